@@ -1,0 +1,92 @@
+"""The ``warmlet`` command line: version, run, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from provider import __version__
+from provider.config import WarmletConfig, load_config
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("run", help="register a virtual node and run the pods bound to it")
+    p.add_argument("--config", type=Path, help="YAML config file (see README: Configuration)")
+    p.add_argument("--kubeconfig", type=Path, help="kubeconfig of the cluster to join")
+    p.add_argument("--node-name", help="name of the Node to register")
+    p.add_argument("--backend", choices=["simulated", "cri"], help="where pods run")
+    p.add_argument("--runtime-endpoint", help="CRI socket, e.g. unix:///run/containerd/containerd.sock")
+    p.add_argument("--port", type=int, help="kubelet API port (advertised in the Node)")
+    p.add_argument("--address", help="kubelet API bind address")
+    p.add_argument("--internal-ip", help="node InternalIP")
+    p.add_argument("--log-dir", type=Path, help="root of CRI pod log directories")
+    p.add_argument("--state-dir", type=Path, help="warmlet's own state (volumes, certs)")
+    p.add_argument("--client-ca-file", type=Path, help="CA verifying kubelet API client certs")
+    p.add_argument("--tls-cert-file", type=Path)
+    p.add_argument("--tls-key-file", type=Path)
+    p.add_argument("--log-format", choices=["kv", "json"])
+    p.add_argument("--log-level")
+
+
+def apply_run_flags(cfg: WarmletConfig, ns: argparse.Namespace) -> WarmletConfig:
+    """CLI flags override the config file."""
+    if ns.kubeconfig:
+        cfg.kubeconfig = ns.kubeconfig
+    if ns.node_name:
+        cfg.node.name = ns.node_name
+    if ns.backend:
+        cfg.backend = ns.backend
+    if ns.runtime_endpoint:
+        cfg.cri.runtime_endpoint = ns.runtime_endpoint
+    if ns.port is not None:
+        cfg.server.port = ns.port
+    if ns.address:
+        cfg.server.address = ns.address
+    if ns.internal_ip:
+        cfg.node.internal_ip = ns.internal_ip
+    if ns.log_dir:
+        cfg.log_dir = ns.log_dir
+    if ns.state_dir:
+        cfg.state_dir = ns.state_dir
+        cfg.pods.volumes_dir = ns.state_dir / "pods"
+        cfg.server.cert_dir = ns.state_dir / "pki"
+    if ns.client_ca_file:
+        cfg.server.client_ca_file = ns.client_ca_file
+    if ns.tls_cert_file:
+        cfg.server.tls_cert_file = ns.tls_cert_file
+    if ns.tls_key_file:
+        cfg.server.tls_key_file = ns.tls_key_file
+    if ns.log_format:
+        cfg.log_format = ns.log_format
+    if ns.log_level:
+        cfg.log_level = ns.log_level
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="warmlet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("version", help="print warmlet's version")
+    _run_parser(sub)
+    ns = parser.parse_args(argv)
+
+    if ns.command == "version":
+        print(f"warmlet {__version__}")
+        return 0
+    if ns.command == "run":
+        from provider.app import run_forever
+
+        cfg = apply_run_flags(load_config(ns.config), ns)
+        try:
+            asyncio.run(run_forever(cfg))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    parser.error(f"unknown command {ns.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

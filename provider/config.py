@@ -1,0 +1,113 @@
+"""warmlet's configuration: one pydantic model, loaded from YAML and overridden by CLI flags."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeConfig(_Section):
+    name: str = Field(default_factory=lambda: f"warmlet-{socket.gethostname()}")
+    provider: str = "warmlet"
+    internal_ip: str = "127.0.0.1"
+    cpu: str = "16"
+    memory: str = "64Gi"
+    pods: str = "10000"
+    ephemeral_storage: str = "200Gi"
+    extended_resources: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    taint: bool = True
+    taint_key: str = "virtual-kubelet.io/provider"
+    taint_effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+    lease_duration_seconds: int = 40
+    lease_renew_interval_seconds: float = 10.0
+    status_update_interval_seconds: float = 60.0
+    kubelet_version: str = "v1.36.3-warmlet"
+
+
+class PodConfig(_Section):
+    workers: int = 64
+    # Rejected on a virtual node; "reject" fails the pod with a reason, "ignore" runs it anyway.
+    unsupported_policy: Literal["reject", "ignore"] = "reject"
+    deletion_cost: int | None = -1000
+    cluster_dns: list[str] = Field(default_factory=lambda: ["10.0.0.10"])
+    cluster_domain: str = "cluster.local"
+    volumes_dir: Path = Path("/var/lib/warmlet/pods")
+    status_qps: float = 200.0
+
+
+class SimulatedConfig(_Section):
+    pull_seconds: float = 0.0
+    sandbox_seconds: float = 0.0
+    start_seconds: float = 0.0
+    default_run_seconds: float | None = None  # None: run until deleted (restartPolicy Always)
+    cpu_nano_cores: int = 1_000_000
+    memory_bytes: int = 8 * 1024 * 1024
+
+
+class CRIConfig(_Section):
+    runtime_endpoint: str = "unix:///run/containerd/containerd.sock"
+    image_endpoint: str = ""
+    call_timeout_seconds: float = 30.0
+    pull_timeout_seconds: float = 600.0
+    max_parallel_pulls: int = 4
+    cgroup_parent: str = ""
+    poll_interval_seconds: float = 0.5
+    image_gc_high_bytes: int = 20 * 1024**3
+    image_gc_min_age_seconds: float = 120.0
+
+
+class PoolConfig(_Section):
+    enabled: bool = True
+    min_per_workload: int = 0
+    max_per_workload: int = 8
+    idle_ttl_seconds: float = 600.0
+    global_max_sandboxes: int = 256
+    global_max_memory_bytes: int = 8 * 1024**3
+    cron_prewarm: bool = True
+    cron_lead_seconds: float = 20.0
+    precreate_containers: bool = False
+
+
+class ServerConfig(_Section):
+    address: str = "127.0.0.1"
+    port: int = 10250
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    cert_dir: Path = Path("/var/lib/warmlet/pki")
+    client_ca_file: Path | None = None
+    anonymous_auth: bool = False
+    authorization_mode: Literal["Webhook", "AlwaysAllow"] = "Webhook"
+    auth_cache_ttl_seconds: float = 60.0
+    log_limit_bytes_max: int = 1024**3
+
+
+class WarmletConfig(_Section):
+    kubeconfig: Path | None = None
+    backend: Literal["simulated", "cri"] = "simulated"
+    log_dir: Path = Path("/var/log/warmlet/pods")
+    state_dir: Path = Path("/var/lib/warmlet")
+    log_format: Literal["kv", "json"] = "kv"
+    log_level: str = "INFO"
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    pods: PodConfig = Field(default_factory=PodConfig)
+    simulated: SimulatedConfig = Field(default_factory=SimulatedConfig)
+    cri: CRIConfig = Field(default_factory=CRIConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+
+def load_config(path: Path | None) -> WarmletConfig:
+    """Read a YAML config file (missing keys keep their defaults)."""
+    if path is None:
+        return WarmletConfig()
+    data = yaml.safe_load(path.read_text()) or {}
+    return WarmletConfig.model_validate(data)

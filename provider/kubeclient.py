@@ -1,0 +1,240 @@
+"""A thin raw-JSON Kubernetes API client on aiohttp.
+
+kubernetes_asyncio loads the kubeconfig (certificates, tokens, exec plugins); requests
+and watches then go out as plain JSON over one aiohttp session per client, so hot paths
+never deserialize into generated models. Several clients with separate connection
+budgets can exist side by side (the node lease must not queue behind pod traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with its Status reason."""
+
+    def __init__(self, status: int, reason: str, message: str, body: Any = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+class KubeClient:
+    """Raw JSON access to one API server with its own connection budget."""
+
+    def __init__(
+        self,
+        server: str,
+        ssl_context: ssl.SSLContext | bool,
+        token: str | None = None,
+        max_connections: int = 32,
+        request_timeout: float = 30.0,
+        on_error: Any = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self._ssl = ssl_context
+        self._token = token
+        self._max_connections = max_connections
+        self._timeout = request_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._on_error = on_error  # callable(verb, status) for metrics
+
+    @classmethod
+    async def from_kubeconfig(
+        cls, path: str | None = None, context: str | None = None, **kwargs: Any
+    ) -> KubeClient:
+        cfg = k8s_client.Configuration()
+        if path is None:
+            try:
+                k8s_config.load_incluster_config(client_configuration=cfg)
+            except k8s_config.ConfigException:
+                await k8s_config.load_kube_config(client_configuration=cfg, context=context)
+        else:
+            await k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+        return cls.from_configuration(cfg, **kwargs)
+
+    @classmethod
+    def from_configuration(cls, cfg: k8s_client.Configuration, **kwargs: Any) -> KubeClient:
+        ctx: ssl.SSLContext | bool
+        if cfg.host.startswith("https"):
+            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+            if not cfg.verify_ssl:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if cfg.cert_file:
+                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        else:
+            ctx = False
+        token = None
+        auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+        if auth:
+            token = auth.removeprefix("Bearer ").strip()
+        return cls(cfg.host, ctx, token=token, **kwargs)
+
+    def clone(self, max_connections: int) -> KubeClient:
+        """Same server and credentials, separate connection pool."""
+        return KubeClient(
+            self.server, self._ssl, self._token, max_connections, self._timeout, self._on_error
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl)
+            headers = {"Accept": "application/json", "User-Agent": "warmlet"}
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            self._session = aiohttp.ClientSession(connector=connector, headers=headers)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> JSON:
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if data is not None else {}
+        client_timeout = aiohttp.ClientTimeout(total=timeout or self._timeout)
+        async with self.session.request(
+            method,
+            self.server + path,
+            params=_params(params),
+            data=data,
+            headers=headers,
+            timeout=client_timeout,
+        ) as resp:
+            raw = await resp.read()
+            if resp.status >= 300:
+                raise self._error(method, resp.status, raw)
+            if not raw:
+                return {}
+            result: JSON = json.loads(raw)
+            return result
+
+    def _error(self, method: str, status: int, raw: bytes) -> ApiError:
+        if self._on_error is not None:
+            try:
+                self._on_error(method, status)
+            except Exception:  # metrics must never break a request
+                pass
+        try:
+            body = json.loads(raw)
+            return ApiError(status, body.get("reason", ""), body.get("message", ""), body)
+        except ValueError:
+            return ApiError(status, "", raw.decode(errors="replace")[:500])
+
+    async def get(self, path: str, **params: Any) -> JSON:
+        return await self.request("GET", path, params=params)
+
+    async def post(self, path: str, body: Any, **params: Any) -> JSON:
+        return await self.request("POST", path, params=params, body=body)
+
+    async def put(self, path: str, body: Any, **params: Any) -> JSON:
+        return await self.request("PUT", path, params=params, body=body)
+
+    async def patch(self, path: str, body: Any, content_type: str = MERGE_PATCH, **params: Any) -> JSON:
+        return await self.request("PATCH", path, params=params, body=body, content_type=content_type)
+
+    async def delete(self, path: str, body: Any = None, **params: Any) -> JSON:
+        return await self.request("DELETE", path, params=params, body=body)
+
+    async def list_all(self, path: str, **params: Any) -> JSON:
+        """List with pagination; returns {'items': [...], 'metadata': {...}} of the last page."""
+        items: list[JSON] = []
+        cont: str | None = None
+        while True:
+            p = dict(params)
+            p.setdefault("limit", 500)
+            if cont:
+                p["continue"] = cont
+            page = await self.get(path, **p)
+            items.extend(page.get("items") or [])
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                page["items"] = items
+                return page
+
+    async def watch(
+        self, path: str, resource_version: str, timeout_seconds: int = 300, **params: Any
+    ) -> AsyncIterator[JSON]:
+        """Yield raw watch events; raises ApiError(410) when the version is too old."""
+        p = dict(params)
+        p.update(
+            watch="true",
+            resourceVersion=resource_version,
+            allowWatchBookmarks="true",
+            timeoutSeconds=timeout_seconds,
+        )
+        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
+        async with self.session.get(self.server + path, params=_params(p), timeout=client_timeout) as resp:
+            if resp.status >= 300:
+                raise self._error("WATCH", resp.status, await resp.read())
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event: JSON = json.loads(line)
+                if event.get("type") == "ERROR":
+                    obj = event.get("object") or {}
+                    raise ApiError(int(obj.get("code", 500)), obj.get("reason", ""), obj.get("message", ""), obj)
+                yield event
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        if v is None:
+            continue
+        out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return out
+
+
+async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> None:
+    """Exponential back-off with jitter for retry loops."""
+    import random
+
+    delay = min(cap, base * (2 ** min(attempt, 16)))
+    await asyncio.sleep(delay * (0.5 + random.random() / 2))

@@ -1,0 +1,1 @@
+"""warmlet's runtime side: the backend protocol, warm pool, image cache, CRI and simulated backends."""

@@ -1,0 +1,309 @@
+"""The seam between the Kubernetes side (``provider/``) and the runtime side (``sandbox/``).
+
+Only plain typed data crosses it: provider code never sees gRPC/CRI types and sandbox
+code never sees Kubernetes client types. The provider decides *what* should run (the
+kubelet-like sync logic and status computation live there); a backend decides *how*
+(images, sandboxes from the warm pool, containers, logs and stats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=False, extra="forbid")
+
+
+class StartLevel(StrEnum):
+    """How much work a pod start needed; recorded per pod start."""
+
+    COLD = "cold"  # image pull + sandbox + containers
+    IMAGE_CACHED = "image_cached"  # sandbox + containers
+    WARM = "warm"  # containers only: sandbox came from the pool
+    PRECREATED = "precreated"  # containers were created ahead of time, only started
+
+
+class PullPolicy(StrEnum):
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class EnvVar(_Model):
+    name: str
+    value: str
+
+
+class Mount(_Model):
+    """A resolved volume mount: host_path already exists on this machine."""
+
+    container_path: str
+    host_path: str
+    read_only: bool = False
+
+
+class Resources(_Model):
+    cpu_request_milli: int = 0
+    cpu_limit_milli: int = 0
+    memory_request_bytes: int = 0
+    memory_limit_bytes: int = 0
+
+
+class ContainerSecurity(_Model):
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool = False
+    privileged: bool = False
+    read_only_root_fs: bool = False
+    allow_privilege_escalation: bool | None = None
+    capabilities_add: list[str] = Field(default_factory=list)
+    capabilities_drop: list[str] = Field(default_factory=list)
+
+
+class PortMapping(_Model):
+    container_port: int
+    protocol: str = "TCP"
+    host_port: int = 0
+    host_ip: str = ""
+
+
+class ContainerSpec(_Model):
+    """One container of a pod, with env and volumes already resolved by the provider."""
+
+    name: str
+    image: str
+    pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    working_dir: str = ""
+    mounts: list[Mount] = Field(default_factory=list)
+    ports: list[PortMapping] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    security: ContainerSecurity = Field(default_factory=ContainerSecurity)
+    tty: bool = False
+    stdin: bool = False
+    termination_message_path: str = "/dev/termination-log"
+    is_init: bool = False
+
+
+class DNSConfig(_Model):
+    servers: list[str] = Field(default_factory=list)
+    searches: list[str] = Field(default_factory=list)
+    options: list[str] = Field(default_factory=list)
+
+
+class PodSecurity(_Model):
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool = False
+    fs_group: int | None = None
+    supplemental_groups: list[int] = Field(default_factory=list)
+    sysctls: dict[str, str] = Field(default_factory=dict)
+
+
+class PodSandboxSpec(_Model):
+    """Everything a backend needs to give a pod a sandbox (pod-level, not containers)."""
+
+    uid: str
+    namespace: str
+    name: str
+    workload_key: str
+    hostname: str
+    attempt: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    dns: DNSConfig = Field(default_factory=DNSConfig)
+    ports: list[PortMapping] = Field(default_factory=list)
+    runtime_class: str = ""
+    security: PodSecurity = Field(default_factory=PodSecurity)
+    resources: Resources = Field(default_factory=Resources)
+    # Images of all the pod's containers: lets a pool prewarm/keep images cached.
+    images: list[str] = Field(default_factory=list)
+
+
+class SandboxInfo(_Model):
+    sandbox_id: str
+    pod_uid: str
+    workload_key: str
+    pod_ip: str = ""
+    from_pool: bool = False  # True: a warm sandbox was reused (StartLevel.WARM)
+    created_at: float = 0.0
+    namespace: str = ""
+    name: str = ""
+
+
+class ImageResult(_Model):
+    image: str
+    image_ref: str  # the image ID / digest the runtime resolved
+    pulled: bool  # False: it was already present (no network)
+    size_bytes: int = 0
+
+
+class ContainerState(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    UNKNOWN = "unknown"
+
+
+class ContainerRuntimeState(_Model):
+    """What the runtime knows of one container instance (one attempt of one container)."""
+
+    container_id: str
+    pod_uid: str
+    name: str
+    attempt: int = 0
+    state: ContainerState
+    image: str = ""
+    image_ref: str = ""
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str = ""  # runtime's reason, e.g. "OOMKilled", "Completed", "Error"
+    message: str = ""
+    log_path: str = ""  # absolute path of the CRI log file
+
+
+class BackendHealth(_Model):
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    runtime_name: str = ""
+    runtime_version: str = ""
+
+
+class ContainerUsage(_Model):
+    name: str
+    container_id: str = ""
+    start_time: float = 0.0
+    timestamp: float = 0.0
+    cpu_usage_core_nanoseconds: int = 0
+    cpu_usage_nano_cores: int = 0
+    memory_working_set_bytes: int = 0
+    memory_usage_bytes: int = 0
+    memory_rss_bytes: int = 0
+    rootfs_used_bytes: int = 0
+    logs_used_bytes: int = 0
+
+
+class PodUsage(_Model):
+    uid: str
+    namespace: str
+    name: str
+    start_time: float = 0.0
+    timestamp: float = 0.0
+    containers: list[ContainerUsage] = Field(default_factory=list)
+    network_rx_bytes: int = 0
+    network_tx_bytes: int = 0
+
+
+class NodeUsage(_Model):
+    timestamp: float
+    start_time: float = 0.0
+    cpu_usage_core_nanoseconds: int = 0
+    cpu_usage_nano_cores: int = 0
+    memory_working_set_bytes: int = 0
+    memory_usage_bytes: int = 0
+    memory_available_bytes: int = 0
+    memory_rss_bytes: int = 0
+    fs_capacity_bytes: int = 0
+    fs_available_bytes: int = 0
+    fs_used_bytes: int = 0
+    pods: list[PodUsage] = Field(default_factory=list)
+
+
+class BackendError(Exception):
+    """A runtime failure with a kubelet-style reason (e.g. ErrImagePull)."""
+
+    reason: str = "RuntimeError"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        self.message = message
+
+
+class ImagePullError(BackendError):
+    reason = "ErrImagePull"
+
+
+class ImageNeverPullError(BackendError):
+    reason = "ErrImageNeverPull"
+
+
+class InvalidImageNameError(BackendError):
+    reason = "InvalidImageName"
+
+
+class CreateContainerError(BackendError):
+    reason = "CreateContainerError"
+
+
+class RunSandboxError(BackendError):
+    reason = "FailedCreatePodSandBox"
+
+
+class RuntimeUnavailableError(BackendError):
+    reason = "ContainerRuntimeUnavailable"
+
+
+PodChangeCallback = Callable[[str], None]
+"""Called with a pod UID whenever the runtime state of that pod changed (PLEG-like)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the provider needs from a runtime. Implementations: simulated, CRI."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect, adopt what runs (by labels), start background loops."""
+
+    async def close(self) -> None:
+        """Stop background loops; leave containers running (warmlet may restart)."""
+
+    async def health(self) -> BackendHealth: ...
+
+    def subscribe(self, callback: PodChangeCallback) -> None:
+        """Register a callback for runtime changes of a pod (container exit, ...)."""
+
+    async def ensure_image(self, image: str, policy: PullPolicy) -> ImageResult:
+        """Make the image present according to the pull policy; raise ImagePullError etc."""
+
+    async def acquire_sandbox(self, pod: PodSandboxSpec) -> SandboxInfo:
+        """Give the pod a sandbox: its existing one (idempotent), a warm one, or a new one."""
+
+    async def create_container(
+        self, sandbox: SandboxInfo, pod: PodSandboxSpec, container: ContainerSpec, attempt: int
+    ) -> str:
+        """Create (not start) a container in the pod's sandbox; return its ID."""
+
+    async def start_container(self, container_id: str) -> None: ...
+
+    async def stop_container(self, container_id: str, grace_seconds: float) -> None:
+        """TERM, wait up to the grace period, then KILL."""
+
+    async def remove_container(self, container_id: str) -> None: ...
+
+    async def pod_containers(self, pod_uid: str) -> list[ContainerRuntimeState]:
+        """All container instances of the pod the runtime still has, every attempt."""
+
+    async def release_sandbox(self, pod_uid: str, reusable: bool) -> None:
+        """The pod is done: scrub its sandbox and return it to its pool, or destroy it."""
+
+    async def list_sandboxes(self) -> list[SandboxInfo]:
+        """Sandboxes this warmlet owns and that belong to a pod (not idle pool members)."""
+
+    async def stats(self) -> NodeUsage: ...
+
+    def log_path(self, namespace: str, name: str, uid: str, container: str, attempt: int) -> str:
+        """Where the CRI log file of one container attempt lives (kubelet's layout)."""
