@@ -1,0 +1,150 @@
+"""kubelet's computePodActions, pure: which containers to start now, which wait in back-off.
+
+Given the pod spec, the runtime's container instances and the restart back-off, it
+decides the next step of one pod. All I/O happens in the pod worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from provider.backoff import Backoff
+from provider.status import Waiting, instances_by_name, is_sidecar
+from sandbox.backend import ContainerRuntimeState, ContainerState
+
+RESTART_RESET_SECONDS = 600.0  # a container that ran this long starts a fresh back-off
+
+
+@dataclass(frozen=True)
+class Start:
+    name: str
+    attempt: int
+    is_init: bool
+
+
+@dataclass
+class PodActions:
+    start: list[Start] = field(default_factory=list)
+    # Containers that should restart but are in back-off: name -> (seconds left, CrashLoopBackOff).
+    backoff: dict[str, tuple[float, Waiting]] = field(default_factory=dict)
+    init_failed: bool = False  # a regular init container failed and restartPolicy is Never
+    terminal: bool = False  # nothing will ever run again in this pod
+
+    @property
+    def next_check(self) -> float | None:
+        return min((s for s, _ in self.backoff.values()), default=None)
+
+
+def backoff_key(uid: str, name: str) -> str:
+    return f"{uid}/{name}"
+
+
+def should_restart(restart_policy: str, exit_code: int | None) -> bool:
+    if restart_policy == "Always":
+        return True
+    if restart_policy == "OnFailure":
+        return (exit_code or 0) != 0
+    return False
+
+
+def crashloop_message(delay: float, pod: Mapping[str, Any], name: str) -> str:
+    md = pod.get("metadata") or {}
+    return (
+        f"back-off {int(delay)}s restarting failed container={name} "
+        f"pod={md.get('name')}_{md.get('namespace')}({md.get('uid')})"
+    )
+
+
+def _restart(
+    pod: Mapping[str, Any],
+    name: str,
+    latest: ContainerRuntimeState,
+    is_init: bool,
+    backoff: Backoff,
+    now: float,
+    actions: PodActions,
+) -> None:
+    uid = (pod.get("metadata") or {}).get("uid", "")
+    key = backoff_key(uid, name)
+    finished = latest.finished_at if latest.finished_at is not None else now
+    started = latest.started_at if latest.started_at is not None else finished
+    if finished - started >= RESTART_RESET_SECONDS:
+        backoff.reset(key)
+    left = backoff.remaining(key, finished, now)
+    if left > 0:
+        msg = crashloop_message(backoff.delay(key), pod, name)
+        actions.backoff[name] = (left, Waiting("CrashLoopBackOff", msg))
+    else:
+        backoff.next(key, now)  # the restart happens now; the next one waits longer
+        actions.start.append(Start(name, latest.attempt + 1, is_init))
+
+
+def compute_pod_actions(
+    pod: Mapping[str, Any], containers: Sequence[ContainerRuntimeState], backoff: Backoff, now: float
+) -> PodActions:
+    """Init containers in order (sidecars must be running before the next), then app containers."""
+    spec = pod.get("spec") or {}
+    policy = spec.get("restartPolicy", "Always")
+    inst = instances_by_name(containers)
+    actions = PodActions()
+    app_specs: Sequence[Mapping[str, Any]] = spec.get("containers") or []
+    app_started = any(inst.get(c["name"]) for c in app_specs)
+
+    for c in spec.get("initContainers") or []:
+        runs = inst.get(c["name"], [])
+        latest = runs[-1] if runs else None
+        if is_sidecar(c):
+            if latest is None:
+                actions.start.append(Start(c["name"], 0, True))
+                return actions
+            if latest.state == ContainerState.EXITED:
+                if _all_app_done(app_specs, inst, policy):
+                    continue
+                _restart(pod, c["name"], latest, True, backoff, now, actions)
+                if not app_started:
+                    return actions
+            elif latest.state != ContainerState.RUNNING and not app_started:
+                return actions  # created, not yet running: wait
+            continue
+        if app_started:
+            continue  # init already completed once; never re-run init containers
+        if latest is None:
+            actions.start.append(Start(c["name"], 0, True))
+            return actions
+        if latest.state != ContainerState.EXITED:
+            return actions  # still running
+        if (latest.exit_code or 0) == 0:
+            continue
+        if policy == "Never":
+            actions.init_failed = True
+            actions.terminal = True
+            return actions
+        _restart(pod, c["name"], latest, True, backoff, now, actions)
+        return actions
+
+    for c in app_specs:
+        runs = inst.get(c["name"], [])
+        latest = runs[-1] if runs else None
+        if latest is None:
+            actions.start.append(Start(c["name"], 0, False))
+        elif latest.state == ContainerState.EXITED and should_restart(policy, latest.exit_code):
+            _restart(pod, c["name"], latest, False, backoff, now, actions)
+    actions.terminal = _all_app_done(app_specs, inst, policy)
+    return actions
+
+
+def _all_app_done(
+    app_specs: Sequence[Mapping[str, Any]], inst: Mapping[str, Sequence[ContainerRuntimeState]], policy: str
+) -> bool:
+    """Every app container exited and none will be restarted."""
+    if not app_specs:
+        return False
+    for c in app_specs:
+        runs = inst.get(c["name"], [])
+        if not runs or runs[-1].state != ContainerState.EXITED:
+            return False
+        if should_restart(policy, runs[-1].exit_code):
+            return False
+    return True

@@ -1,0 +1,21 @@
+"""RFC 3339 timestamps as the API server writes them (second resolution, UTC)."""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+
+def rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def parse_rfc3339(value: str | None) -> float | None:
+    """Seconds since the epoch; None for a missing or unparsable value."""
+    if not value:
+        return None
+    s = value.rstrip("Z").split(".")[0]
+    try:
+        return float(calendar.timegm(time.strptime(s, "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None

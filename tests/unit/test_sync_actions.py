@@ -1,0 +1,193 @@
+"""kubelet-like per-pod decisions: start order, restart policy, CrashLoopBackOff back-off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from provider.backoff import Backoff
+from provider.sync import Start, backoff_key, compute_pod_actions, should_restart
+from sandbox.backend import ContainerRuntimeState, ContainerState
+
+NOW = 1_000_000.0
+
+
+def pod(
+    containers: list[str] = ["app"],  # noqa: B006
+    init: list[str] | None = None,
+    policy: str = "Always",
+    sidecars: list[str] | None = None,
+) -> dict[str, Any]:
+    inits = [{"name": n, "image": "i"} for n in init or []]
+    inits += [{"name": n, "image": "i", "restartPolicy": "Always"} for n in sidecars or []]
+    return {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+        "spec": {
+            "restartPolicy": policy,
+            "initContainers": inits,
+            "containers": [{"name": n, "image": "i"} for n in containers],
+        },
+    }
+
+
+def c(
+    name: str,
+    state: ContainerState,
+    attempt: int = 0,
+    code: int | None = None,
+    started: float = NOW - 20,
+    finished: float | None = NOW - 1,
+) -> ContainerRuntimeState:
+    return ContainerRuntimeState(
+        container_id=f"{name}{attempt}",
+        pod_uid="u",
+        name=name,
+        attempt=attempt,
+        state=state,
+        exit_code=code,
+        started_at=started,
+        finished_at=finished if state == ContainerState.EXITED else None,
+    )
+
+
+R, X, C = ContainerState.RUNNING, ContainerState.EXITED, ContainerState.CREATED
+
+
+def test_fresh_pod_starts_all_app_containers() -> None:
+    a = compute_pod_actions(pod(["a", "b"]), [], Backoff(), NOW)
+    assert a.start == [Start("a", 0, False), Start("b", 0, False)]
+    assert not a.terminal
+
+
+def test_init_containers_run_one_at_a_time_in_order() -> None:
+    p = pod(init=["i1", "i2"])
+    assert compute_pod_actions(p, [], Backoff(), NOW).start == [Start("i1", 0, True)]
+    assert compute_pod_actions(p, [c("i1", R)], Backoff(), NOW).start == []
+    assert compute_pod_actions(p, [c("i1", X, code=0)], Backoff(), NOW).start == [Start("i2", 0, True)]
+    done = [c("i1", X, code=0), c("i2", X, code=0)]
+    assert compute_pod_actions(p, done, Backoff(), NOW).start == [Start("app", 0, False)]
+
+
+def test_init_failure_never_fails_pod() -> None:
+    a = compute_pod_actions(pod(init=["i1"], policy="Never"), [c("i1", X, code=1)], Backoff(), NOW)
+    assert a.init_failed and a.terminal and a.start == []
+
+
+@pytest.mark.parametrize("policy", ["OnFailure", "Always"])
+def test_init_failure_restarts_with_backoff(policy: str) -> None:
+    b = Backoff()
+    p = pod(init=["i1"], policy=policy)
+    a = compute_pod_actions(p, [c("i1", X, code=1)], b, NOW)
+    assert a.start == [Start("i1", 1, True)]
+    a = compute_pod_actions(p, [c("i1", X, 0, 1), c("i1", X, 1, 1)], b, NOW)
+    assert a.start == [] and a.backoff["i1"][1].reason == "CrashLoopBackOff"
+
+
+def test_init_not_rerun_once_app_started() -> None:
+    a = compute_pod_actions(pod(init=["i1"]), [c("app", R)], Backoff(), NOW)
+    assert a.start == []
+
+
+def test_sidecar_must_run_before_next_init_and_app() -> None:
+    p = pod(init=["i1"], sidecars=[])
+    p["spec"]["initContainers"] = [
+        {"name": "side", "image": "i", "restartPolicy": "Always"},
+        {"name": "i1", "image": "i"},
+    ]
+    assert compute_pod_actions(p, [], Backoff(), NOW).start == [Start("side", 0, True)]
+    assert compute_pod_actions(p, [c("side", C)], Backoff(), NOW).start == []
+    assert compute_pod_actions(p, [c("side", R)], Backoff(), NOW).start == [Start("i1", 0, True)]
+    a = compute_pod_actions(p, [c("side", R), c("i1", X, code=0)], Backoff(), NOW)
+    assert a.start == [Start("app", 0, False)]
+
+
+def test_sidecar_restarts_while_app_runs() -> None:
+    p = pod(sidecars=["side"])
+    a = compute_pod_actions(p, [c("side", X, code=1), c("app", R)], Backoff(), NOW)
+    assert a.start == [Start("side", 1, True)]
+
+
+def test_sidecar_not_restarted_after_apps_done() -> None:
+    p = pod(sidecars=["side"], policy="Never")
+    a = compute_pod_actions(p, [c("side", X, code=137), c("app", X, code=0)], Backoff(), NOW)
+    assert a.start == [] and a.terminal
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "restart"),
+    [
+        ("Always", 0, True),
+        ("Always", 1, True),
+        ("OnFailure", 0, False),
+        ("OnFailure", 2, True),
+        ("Never", 0, False),
+        ("Never", 1, False),
+    ],
+)
+def test_restart_policy(policy: str, code: int, restart: bool) -> None:
+    assert should_restart(policy, code) is restart
+    a = compute_pod_actions(pod(policy=policy), [c("app", X, code=code)], Backoff(), NOW)
+    assert (a.start == [Start("app", 1, False)]) is restart
+    assert a.terminal is (not restart)
+
+
+def test_running_pod_has_nothing_to_do() -> None:
+    a = compute_pod_actions(pod(), [c("app", R)], Backoff(), NOW)
+    assert a.start == [] and not a.backoff and not a.terminal
+
+
+def test_crashloop_backoff_doubles_to_cap() -> None:
+    b = Backoff()
+    p = pod()
+    # first exit: immediate restart (kubelet has no back-off entry yet)
+    assert compute_pod_actions(p, [c("app", X, 0, 1, finished=NOW)], b, NOW).start == [Start("app", 1, False)]
+    delays = []
+    t = NOW
+    for attempt in range(1, 10):
+        t += 1
+        a = compute_pod_actions(p, [c("app", X, attempt, 1, started=t - 1, finished=t)], b, t)
+        assert a.start == []
+        left, waiting = a.backoff["app"]
+        delays.append(left)
+        assert waiting.reason == "CrashLoopBackOff"
+        assert waiting.message.startswith(
+            f"back-off {int(left)}s restarting failed container=app pod=p_ns(u)"
+        )
+        assert a.next_check == left
+        t += left
+        a = compute_pod_actions(p, [c("app", X, attempt, 1, started=t - left - 1, finished=t - left)], b, t)
+        assert a.start == [Start("app", attempt + 1, False)]
+    assert delays == [10, 20, 40, 80, 160, 300, 300, 300, 300]
+
+
+def test_backoff_resets_after_ten_minutes_running() -> None:
+    b = Backoff()
+    key = backoff_key("u", "app")
+    for _ in range(4):
+        b.next(key, NOW)
+    assert b.delay(key) == 80
+    long_run = c("app", X, 3, 1, started=NOW - 700, finished=NOW)
+    a = compute_pod_actions(pod(), [long_run], b, NOW)
+    assert a.start == [Start("app", 4, False)]
+    assert b.delay(key) == 10
+
+
+def test_all_done_terminal_only_when_nothing_restarts() -> None:
+    p = pod(["a", "b"], policy="OnFailure")
+    assert not compute_pod_actions(p, [c("a", X, code=0), c("b", R)], Backoff(), NOW).terminal
+    assert compute_pod_actions(p, [c("a", X, code=0), c("b", X, code=0)], Backoff(), NOW).terminal
+    assert not compute_pod_actions(p, [c("a", X, code=0), c("b", X, code=1)], Backoff(), NOW).terminal
+
+
+def test_backoff_entries_expire() -> None:
+    b = Backoff(initial=10, cap=300)
+    b.next("k", 0)
+    assert b.remaining("k", 0, 5) == 5
+    assert b.remaining("k", 0, 1000) == 0
+    assert len(b) == 0
+    b.next("u/a", 0)
+    b.next("u/b", 0)
+    b.next("v/a", 0)
+    b.forget_prefix("u/")
+    assert len(b) == 1

@@ -1,0 +1,221 @@
+"""Workload keys: same controller + same sandbox attributes share a key; nothing else does."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from provider.workload import (
+    OwnerResolver,
+    cronjob_key,
+    direct_owner,
+    make_key,
+    pod_key,
+    resource_shape,
+    sandbox_attributes,
+)
+
+
+def pod(
+    ns: str = "ns", owner: tuple[str, str] | None = ("ReplicaSet", "web-abc"), uid: str = "u1", **spec: Any
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "p", "namespace": ns, "uid": uid}
+    if owner:
+        meta["ownerReferences"] = [
+            {"kind": "Other", "name": "not-controller", "uid": "x"},
+            {"kind": owner[0], "name": owner[1], "uid": "o", "controller": True},
+        ]
+    spec.setdefault("containers", [{"name": "app", "image": "x"}])
+    return {"metadata": meta, "spec": spec}
+
+
+def test_direct_owner() -> None:
+    assert direct_owner(pod()) == ("ReplicaSet", "web-abc")
+    assert direct_owner(pod(owner=None, uid="abc")) == ("Pod", "abc")
+    assert direct_owner(pod(owner=("StatefulSet", "db"))) == ("StatefulSet", "db")
+
+
+def test_key_format() -> None:
+    k = pod_key(pod(), ("Deployment", "web"))
+    prefix, digest = k.split("#")
+    assert prefix == "ns/Deployment/web"
+    assert len(digest) == 16
+
+
+def test_bare_pods_never_share() -> None:
+    a, b = pod(owner=None, uid="u1"), pod(owner=None, uid="u2")
+    assert pod_key(a, direct_owner(a)) != pod_key(b, direct_owner(b))
+
+
+def test_defaults_are_normalized() -> None:
+    base = pod()
+    explicit = pod(
+        serviceAccountName="default",
+        dnsPolicy="ClusterFirst",
+        securityContext={},
+        hostNetwork=False,
+        runtimeClassName=None,
+    )
+    assert pod_key(base, ("Deployment", "w")) == pod_key(explicit, ("Deployment", "w"))
+
+
+def test_quantities_normalized() -> None:
+    a = pod(containers=[{"name": "a", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}])
+    b = pod(containers=[{"name": "a", "resources": {"requests": {"cpu": "1000m", "memory": "1073741824"}}}])
+    assert pod_key(a, ("Deployment", "w")) == pod_key(b, ("Deployment", "w"))
+
+
+def test_images_and_env_do_not_change_key() -> None:
+    a = pod(containers=[{"name": "a", "image": "x:1", "env": [{"name": "A", "value": "1"}]}])
+    b = pod(containers=[{"name": "a", "image": "x:2"}])
+    assert pod_key(a, ("Deployment", "w")) == pod_key(b, ("Deployment", "w"))
+
+
+DIFFERENCES: list[dict[str, Any]] = [
+    {"serviceAccountName": "other"},
+    {"runtimeClassName": "gvisor"},
+    {"securityContext": {"runAsUser": 1000}},
+    {"securityContext": {"fsGroup": 2000}},
+    {"hostNetwork": True},
+    {"hostPID": True},
+    {"hostIPC": True},
+    {"dnsPolicy": "Default"},
+    {"dnsConfig": {"nameservers": ["1.1.1.1"]}},
+    {"containers": [{"name": "a", "resources": {"requests": {"cpu": "100m"}}}]},
+    {"containers": [{"name": "a", "resources": {"limits": {"memory": "1Gi"}}}]},
+]
+
+
+@pytest.mark.parametrize("diff", DIFFERENCES)
+def test_each_sandbox_attribute_changes_key(diff: dict[str, Any]) -> None:
+    assert pod_key(pod(), ("Deployment", "w")) != pod_key(pod(**diff), ("Deployment", "w"))
+
+
+def test_owner_changes_key() -> None:
+    p = pod()
+    keys = {
+        pod_key(p, o)
+        for o in [
+            ("Deployment", "w"),
+            ("Deployment", "x"),
+            ("StatefulSet", "w"),
+            ("DaemonSet", "w"),
+            ("CronJob", "w"),
+            ("Job", "w"),
+        ]
+    }
+    assert len(keys) == 6
+
+
+@given(
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+)
+def test_never_equal_across_namespaces(ns1: str, ns2: str) -> None:
+    if ns1 == ns2:
+        return
+    for kind in ("Deployment", "CronJob", "Pod"):
+        assert make_key(ns1, kind, "w", {}) != make_key(ns2, kind, "w", {})
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["serviceAccountName", "runtimeClassName", "dnsPolicy"]),
+        st.text(min_size=1, max_size=5),
+    )
+)
+def test_key_is_deterministic(spec: dict[str, Any]) -> None:
+    assert make_key("ns", "Deployment", "w", spec) == make_key("ns", "Deployment", "w", copy.deepcopy(spec))
+
+
+def test_resource_shape_init_max_vs_sum() -> None:
+    spec = {
+        "containers": [
+            {"resources": {"requests": {"cpu": "100m"}}},
+            {"resources": {"requests": {"cpu": "200m"}}},
+        ],
+        "initContainers": [{"resources": {"requests": {"cpu": "1", "memory": "64Mi"}}}],
+    }
+    assert resource_shape(spec) == {"requests.cpu": 1000, "requests.memory": 64 * 2**20}
+
+
+def test_sandbox_attributes_contains_namespace() -> None:
+    assert sandbox_attributes("a", {})["namespace"] == "a"
+
+
+def test_cronjob_key_equals_key_of_its_job_pods() -> None:
+    template_spec = {
+        "restartPolicy": "OnFailure",
+        "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "100m"}}}],
+    }
+    cj = {
+        "metadata": {"name": "tick", "namespace": "ns"},
+        "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": template_spec}}}},
+    }
+    # the pod as the apiserver stores it: defaults filled in, controller labels added
+    job_pod = pod(
+        owner=("Job", "tick-123"),
+        **copy.deepcopy(template_spec),
+        serviceAccountName="default",
+        dnsPolicy="ClusterFirst",
+        securityContext={},
+    )
+    assert cronjob_key(cj) == pod_key(job_pod, ("CronJob", "tick"))
+
+
+class FakeApi:
+    def __init__(self, objects: dict[str, dict[str, Any] | None]) -> None:
+        self.objects = objects
+        self.calls: list[str] = []
+
+    async def fetch(self, path: str) -> dict[str, Any] | None:
+        self.calls.append(path)
+        if path not in self.objects:
+            raise RuntimeError("boom")
+        return self.objects[path]
+
+
+def owned_by(kind: str, name: str) -> dict[str, Any]:
+    return {"metadata": {"ownerReferences": [{"kind": kind, "name": name, "controller": True}]}}
+
+
+async def test_resolver_walks_to_deployment_and_caches() -> None:
+    api = FakeApi({"/apis/apps/v1/namespaces/ns/replicasets/web-abc": owned_by("Deployment", "web")})
+    r = OwnerResolver(api.fetch)
+    assert await r.owner(pod()) == ("Deployment", "web")
+    assert await r.owner(pod()) == ("Deployment", "web")
+    assert len(api.calls) == 1
+    assert (await r.key(pod())).startswith("ns/Deployment/web#")
+
+
+async def test_resolver_job_to_cronjob() -> None:
+    api = FakeApi(
+        {
+            "/apis/batch/v1/namespaces/ns/jobs/tick-1": owned_by("CronJob", "tick"),
+            "/apis/batch/v1/namespaces/ns/jobs/plain": {"metadata": {}},
+        }
+    )
+    r = OwnerResolver(api.fetch)
+    assert await r.owner(pod(owner=("Job", "tick-1"))) == ("CronJob", "tick")
+    assert await r.owner(pod(owner=("Job", "plain"))) == ("Job", "plain")
+
+
+async def test_resolver_falls_back_on_missing_or_error() -> None:
+    api = FakeApi({"/apis/apps/v1/namespaces/ns/replicasets/gone": None})
+    r = OwnerResolver(api.fetch)
+    assert await r.owner(pod(owner=("ReplicaSet", "gone"))) == ("ReplicaSet", "gone")
+    assert await r.owner(pod(owner=("ReplicaSet", "err"))) == ("ReplicaSet", "err")
+    assert await r.owner(pod(owner=("ReplicaSet", "err"))) == ("ReplicaSet", "err")
+    assert api.calls.count("/apis/apps/v1/namespaces/ns/replicasets/err") == 2  # errors are not cached
+
+
+async def test_resolver_no_lookup_for_terminal_kinds() -> None:
+    api = FakeApi({})
+    r = OwnerResolver(api.fetch)
+    assert await r.owner(pod(owner=("StatefulSet", "db"))) == ("StatefulSet", "db")
+    assert await r.owner(pod(owner=None, uid="zz")) == ("Pod", "zz")
+    assert api.calls == []
