@@ -89,7 +89,7 @@ class KubeClient:
     def from_configuration(cls, cfg: k8s_client.Configuration, **kwargs: Any) -> KubeClient:
         ctx: ssl.SSLContext | bool
         if cfg.host.startswith("https"):
-            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
             if not cfg.verify_ssl:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
@@ -132,7 +132,7 @@ class KubeClient:
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - per-request override of the client timeout
     ) -> JSON:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
@@ -217,7 +217,8 @@ class KubeClient:
                 event: JSON = json.loads(line)
                 if event.get("type") == "ERROR":
                     obj = event.get("object") or {}
-                    raise ApiError(int(obj.get("code", 500)), obj.get("reason", ""), obj.get("message", ""), obj)
+                    code = int(obj.get("code", 500))
+                    raise ApiError(code, obj.get("reason", ""), obj.get("message", ""), obj)
                 yield event
 
 

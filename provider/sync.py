@@ -29,6 +29,8 @@ class PodActions:
     start: list[Start] = field(default_factory=list)
     # Containers that should restart but are in back-off: name -> (seconds left, CrashLoopBackOff).
     backoff: dict[str, tuple[float, Waiting]] = field(default_factory=dict)
+    # Containers created but never started (warmlet died in between): start them, don't recreate.
+    resume: list[str] = field(default_factory=list)
     init_failed: bool = False  # a regular init container failed and restartPolicy is Never
     terminal: bool = False  # nothing will ever run again in this pod
 
@@ -105,13 +107,20 @@ def compute_pod_actions(
                 _restart(pod, c["name"], latest, True, backoff, now, actions)
                 if not app_started:
                     return actions
+            elif latest.state == ContainerState.CREATED:
+                actions.resume.append(latest.container_id)
+                if not app_started:
+                    return actions
             elif latest.state != ContainerState.RUNNING and not app_started:
-                return actions  # created, not yet running: wait
+                return actions
             continue
         if app_started:
             continue  # init already completed once; never re-run init containers
         if latest is None:
             actions.start.append(Start(c["name"], 0, True))
+            return actions
+        if latest.state == ContainerState.CREATED:
+            actions.resume.append(latest.container_id)
             return actions
         if latest.state != ContainerState.EXITED:
             return actions  # still running
@@ -129,10 +138,26 @@ def compute_pod_actions(
         latest = runs[-1] if runs else None
         if latest is None:
             actions.start.append(Start(c["name"], 0, False))
+        elif latest.state == ContainerState.CREATED:
+            actions.resume.append(latest.container_id)
         elif latest.state == ContainerState.EXITED and should_restart(policy, latest.exit_code):
             _restart(pod, c["name"], latest, False, backoff, now, actions)
     actions.terminal = _all_app_done(app_specs, inst, policy)
     return actions
+
+
+def is_finished(pod: Mapping[str, Any], containers: Sequence[ContainerRuntimeState]) -> bool:
+    """Nothing will ever run again in this pod (no side effects, unlike compute_pod_actions)."""
+    spec = pod.get("spec") or {}
+    policy = spec.get("restartPolicy", "Always")
+    inst = instances_by_name(containers)
+    app_specs = spec.get("containers") or []
+    if policy == "Never" and not any(inst.get(c["name"]) for c in app_specs):
+        for c in spec.get("initContainers") or []:
+            runs = inst.get(c["name"], [])
+            if not is_sidecar(c) and runs and runs[-1].state == ContainerState.EXITED and runs[-1].exit_code:
+                return True
+    return _all_app_done(app_specs, inst, policy)
 
 
 def _all_app_done(

@@ -191,3 +191,26 @@ def test_backoff_entries_expire() -> None:
     b.next("v/a", 0)
     b.forget_prefix("u/")
     assert len(b) == 1
+
+
+def test_created_but_never_started_containers_are_resumed_not_recreated() -> None:
+    a = compute_pod_actions(pod(), [c("app", C)], Backoff(), NOW)
+    assert a.start == [] and a.resume == ["app0"]
+    a = compute_pod_actions(pod(init=["i1"]), [c("i1", C)], Backoff(), NOW)
+    assert a.start == [] and a.resume == ["i10"]
+    a = compute_pod_actions(pod(sidecars=["s"]), [c("s", C)], Backoff(), NOW)
+    assert a.start == [] and a.resume == ["s0"]
+
+
+def test_is_finished_has_no_side_effects() -> None:
+    from provider.sync import is_finished
+
+    b = Backoff()
+    assert not is_finished(pod(), [c("app", X, code=1)])
+    assert len(b) == 0
+    assert is_finished(pod(policy="Never"), [c("app", X, code=1)])
+    assert is_finished(pod(policy="OnFailure"), [c("app", X, code=0)])
+    assert not is_finished(pod(policy="OnFailure"), [c("app", X, code=3)])
+    assert is_finished(pod(init=["i"], policy="Never"), [c("i", X, code=3)])
+    assert not is_finished(pod(init=["i"], policy="OnFailure"), [c("i", X, code=3)])
+    assert not is_finished(pod(), [])

@@ -1,0 +1,313 @@
+"""Env and volume resolution against fake ConfigMaps/Secrets/tokens."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provider.podspec import dns_config, expand, pull_policy, sandbox_spec
+from provider.resolve_env import ConfigError, field_value, resolve_env, resource_value
+from provider.resolve_volumes import MountError, container_mounts, prepare_volumes, remove_pod_dir
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+class Fake:
+    def __init__(self) -> None:
+        self.cms: dict[str, dict[str, Any]] = {
+            "cfg": {"data": {"a": "1", "b": "2"}, "binaryData": {"bin": b64("B")}}
+        }
+        self.secrets: dict[str, dict[str, Any]] = {"sec": {"data": {"pw": b64("hunter2")}}}
+        self.token_calls: list[tuple[Any, ...]] = []
+
+    async def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.cms.get(name)
+
+    async def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get(name)
+
+    async def token(
+        self, namespace: str, sa: str, audiences: Sequence[str], exp: int, pod: Mapping[str, Any]
+    ) -> str:
+        self.token_calls.append((namespace, sa, tuple(audiences), exp, pod["metadata"]["uid"]))
+        return "TOKEN"
+
+
+POD: dict[str, Any] = {
+    "metadata": {
+        "name": "p",
+        "namespace": "ns",
+        "uid": "uid1",
+        "labels": {"app": "x", "b": "y"},
+        "annotations": {"note": "hi"},
+    },
+    "spec": {
+        "nodeName": "vnode",
+        "serviceAccountName": "sa",
+        "containers": [{"name": "c", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}],
+    },
+}
+ALLOC = {"cpu": "16", "memory": "64Gi"}
+
+
+async def env(container: dict[str, Any], fake: Fake | None = None) -> dict[str, str]:
+    vs = await resolve_env(POD, container, fake or Fake(), "10.0.0.5", "192.168.0.1", ALLOC)
+    return {e.name: e.value for e in vs}
+
+
+async def test_plain_and_expanded_values() -> None:
+    out = await env({"env": [{"name": "A", "value": "x"}, {"name": "B", "value": "$(A)-$(NOPE)-$$(A)"}]})
+    assert out == {"A": "x", "B": "x-$(NOPE)-$(A)"}
+
+
+async def test_configmap_and_secret_refs() -> None:
+    out = await env(
+        {
+            "env": [
+                {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "a"}}},
+                {"name": "BIN", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "bin"}}},
+                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "pw"}}},
+                {
+                    "name": "OPT",
+                    "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "a", "optional": True}},
+                },
+                {
+                    "name": "OPTKEY",
+                    "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nokey", "optional": True}},
+                },
+            ]
+        }
+    )
+    assert out == {"A": "1", "BIN": "B", "PW": "hunter2"}
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ({"configMapKeyRef": {"name": "missing", "key": "a"}}, 'configmap "missing" not found'),
+        ({"secretKeyRef": {"name": "missing", "key": "a"}}, 'secret "missing" not found'),
+        ({"configMapKeyRef": {"name": "cfg", "key": "zz"}}, "couldn't find key zz in ConfigMap ns/cfg"),
+        ({"secretKeyRef": {"name": "sec", "key": "zz"}}, "couldn't find key zz in Secret ns/sec"),
+    ],
+)
+async def test_missing_refs_are_config_errors(ref: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        await env({"env": [{"name": "X", "valueFrom": ref}]})
+
+
+async def test_missing_then_created_resolves() -> None:
+    fake = Fake()
+    c = {"env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "k"}}}]}
+    with pytest.raises(ConfigError):
+        await env(c, fake)
+    fake.cms["late"] = {"data": {"k": "v"}}
+    assert await env(c, fake) == {"X": "v"}
+
+
+async def test_env_from_with_prefix_and_override() -> None:
+    out = await env(
+        {
+            "envFrom": [
+                {"configMapRef": {"name": "cfg"}, "prefix": "CFG_"},
+                {"secretRef": {"name": "sec"}},
+                {"configMapRef": {"name": "missing", "optional": True}},
+            ],
+            "env": [{"name": "CFG_a", "value": "override"}],
+        }
+    )
+    assert out == {"CFG_a": "override", "CFG_b": "2", "pw": "hunter2"}
+    with pytest.raises(ConfigError, match='secret "nope" not found'):
+        await env({"envFrom": [{"secretRef": {"name": "nope"}}]})
+
+
+async def test_downward_api_env() -> None:
+    c = {
+        "env": [
+            {"name": n, "valueFrom": {"fieldRef": {"fieldPath": p}}}
+            for n, p in [
+                ("N", "metadata.name"),
+                ("NS", "metadata.namespace"),
+                ("U", "metadata.uid"),
+                ("NODE", "spec.nodeName"),
+                ("SA", "spec.serviceAccountName"),
+                ("IP", "status.podIP"),
+                ("HIP", "status.hostIP"),
+                ("L", "metadata.labels['app']"),
+                ("AN", "metadata.annotations['note']"),
+            ]
+        ]
+    }
+    assert await env(c) == {
+        "N": "p",
+        "NS": "ns",
+        "U": "uid1",
+        "NODE": "vnode",
+        "SA": "sa",
+        "IP": "10.0.0.5",
+        "HIP": "192.168.0.1",
+        "L": "x",
+        "AN": "hi",
+    }
+    assert field_value(POD, "metadata.labels", "", "") == 'app="x"\nb="y"'
+    with pytest.raises(ConfigError):
+        field_value(POD, "spec.bogus", "", "")
+
+
+def test_resource_field_ref() -> None:
+    c = POD["spec"]["containers"][0]
+    assert resource_value(c, "limits.cpu", None, ALLOC) == "1"  # ceil(0.5)
+    assert resource_value(c, "limits.cpu", "1m", ALLOC) == "500"
+    assert resource_value(c, "limits.memory", "1Mi", ALLOC) == "64"
+    assert resource_value({}, "limits.cpu", None, ALLOC) == "16"  # node allocatable
+    assert resource_value({}, "requests.memory", None, ALLOC) == "0"
+
+
+async def test_volumes_written_and_mounted(tmp_path: Path) -> None:
+    fake = Fake()
+    pod = {
+        **POD,
+        "spec": {
+            **POD["spec"],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "cfg", "configMap": {"name": "cfg", "items": [{"key": "a", "path": "sub/a.txt"}]}},
+                {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 0o400}},
+                {
+                    "name": "info",
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                            {
+                                "path": "cpu",
+                                "resourceFieldRef": {
+                                    "containerName": "c",
+                                    "resource": "limits.cpu",
+                                    "divisor": "1m",
+                                },
+                            },
+                        ]
+                    },
+                },
+                {
+                    "name": "kube-api-access",
+                    "projected": {
+                        "sources": [
+                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                            {"configMap": {"name": "cfg", "items": [{"key": "b", "path": "ca.crt"}]}},
+                            {
+                                "downwardAPI": {
+                                    "items": [
+                                        {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                                    ]
+                                }
+                            },
+                        ]
+                    },
+                },
+                {"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}},
+                {"name": "host", "hostPath": {"path": "/etc"}},
+            ],
+        },
+    }
+    paths = await prepare_volumes(pod, tmp_path, fake, "10.0.0.5", "h", ALLOC)
+    root = tmp_path / "uid1" / "volumes"
+    assert paths["scratch"] == str(root / "kubernetes.io~empty-dir" / "scratch")
+    assert (root / "kubernetes.io~configmap/cfg/sub/a.txt").read_text() == "1"
+    assert (root / "kubernetes.io~secret/sec/pw").read_text() == "hunter2"
+    assert os.stat(root / "kubernetes.io~secret/sec/pw").st_mode & 0o777 == 0o400
+    assert (root / "kubernetes.io~downward-api/info/cpu").read_text() == "500"
+    proj = root / "kubernetes.io~projected/kube-api-access"
+    assert (proj / "token").read_text() == "TOKEN"
+    assert (proj / "ca.crt").read_text() == "2"
+    assert (proj / "namespace").read_text() == "ns"
+    assert fake.token_calls == [("ns", "sa", (), 3607, "uid1")]
+    assert "pvc" not in paths and "host" not in paths
+    mounts = container_mounts(
+        {
+            "volumeMounts": [
+                {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
+                {"name": "scratch", "mountPath": "/s", "subPath": "x"},
+                {"name": "pvc", "mountPath": "/data"},
+            ]
+        },
+        paths,
+    )
+    assert [(m.container_path, m.read_only) for m in mounts] == [("/etc/cfg", True), ("/s", False)]
+    assert mounts[1].host_path.endswith("scratch/x") and os.path.isdir(mounts[1].host_path)
+    remove_pod_dir(tmp_path, "uid1")
+    assert not (tmp_path / "uid1").exists()
+
+
+async def test_host_path_passthrough_when_allowed(tmp_path: Path) -> None:
+    pod = {**POD, "spec": {**POD["spec"], "volumes": [{"name": "host", "hostPath": {"path": "/etc"}}]}}
+    assert await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, allow_host_path=True) == {
+        "host": "/etc"
+    }
+
+
+@pytest.mark.parametrize(
+    "vol",
+    [
+        {"name": "v", "configMap": {"name": "missing"}},
+        {"name": "v", "secret": {"secretName": "missing"}},
+        {"name": "v", "configMap": {"name": "cfg", "items": [{"key": "zz", "path": "x"}]}},
+    ],
+)
+async def test_missing_volume_sources_are_mount_errors(tmp_path: Path, vol: dict[str, Any]) -> None:
+    pod = {**POD, "spec": {**POD["spec"], "volumes": [vol]}}
+    with pytest.raises(MountError):
+        await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC)
+
+
+async def test_optional_missing_volume_is_empty(tmp_path: Path) -> None:
+    pod = {
+        **POD,
+        "spec": {**POD["spec"], "volumes": [{"name": "v", "configMap": {"name": "zz", "optional": True}}]},
+    }
+    paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC)
+    assert os.listdir(paths["v"]) == []
+
+
+def test_expand_edge_cases() -> None:
+    assert expand("$(A", {"A": "x"}) == "$(A"
+    assert expand("a$", {}) == "a$"
+    assert expand("$(A)$(A)", {"A": "x"}) == "xx"
+
+
+def test_pull_policy_default() -> None:
+    assert pull_policy({"image": "busybox"}).value == "Always"
+    assert pull_policy({"image": "busybox:latest"}).value == "Always"
+    assert pull_policy({"image": "localhost:5000/busybox:1.36"}).value == "IfNotPresent"
+    assert pull_policy({"image": "localhost:5000/busybox"}).value == "Always"
+    assert pull_policy({"image": "x", "imagePullPolicy": "Never"}).value == "Never"
+
+
+def test_dns_policies() -> None:
+    p = {"metadata": {"namespace": "ns"}, "spec": {}}
+    d = dns_config(p, ["10.0.0.10"], "cluster.local")
+    assert d.servers == ["10.0.0.10"] and d.searches[0] == "ns.svc.cluster.local" and d.options == ["ndots:5"]
+    p["spec"] = {
+        "dnsPolicy": "None",
+        "dnsConfig": {"nameservers": ["1.1.1.1"], "options": [{"name": "ndots", "value": "2"}]},
+    }
+    d = dns_config(p, ["10.0.0.10"], "cluster.local")
+    assert d.servers == ["1.1.1.1"] and d.options == ["ndots:2"] and d.searches == []
+
+
+def test_sandbox_spec_fields() -> None:
+    s = sandbox_spec(POD, "ns/Pod/uid1#x", ["10.0.0.10"], "cluster.local")
+    assert (s.uid, s.namespace, s.name, s.workload_key, s.hostname) == (
+        "uid1",
+        "ns",
+        "p",
+        "ns/Pod/uid1#x",
+        "p",
+    )
+    assert s.resources.cpu_limit_milli == 500 and s.resources.memory_limit_bytes == 64 * 2**20
