@@ -1,0 +1,383 @@
+"""SimulatedBackend: latencies, exits from annotations, logs, stats, warm pool, stop grace."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.backend import (
+    Backend,
+    ContainerSpec,
+    ContainerState,
+    CreateContainerError,
+    ImageNeverPullError,
+    ImagePullError,
+    InvalidImageNameError,
+    PodSandboxSpec,
+    PullPolicy,
+)
+from sandbox.cri_log import parse_bytes
+from sandbox.simulated import SimulatedBackend, normalize_image
+
+pytestmark = pytest.mark.unit
+
+
+def pod(uid: str = "u1", key: str = "k1", ns: str = "default", **annotations: str) -> PodSandboxSpec:
+    return PodSandboxSpec(
+        uid=uid,
+        namespace=ns,
+        name=f"pod-{uid}",
+        workload_key=key,
+        hostname=f"pod-{uid}",
+        annotations=annotations,
+    )
+
+
+def ctr(name: str = "main", image: str = "busybox:1.36", **kw: object) -> ContainerSpec:
+    return ContainerSpec(name=name, image=image, **kw)  # type: ignore[arg-type]
+
+
+async def run_pod(
+    b: SimulatedBackend, spec: PodSandboxSpec, containers: list[ContainerSpec] | None = None
+) -> list[str]:
+    sb = await b.acquire_sandbox(spec)
+    ids = []
+    for c in containers or [ctr()]:
+        await b.ensure_image(c.image, PullPolicy.IF_NOT_PRESENT)
+        cid = await b.create_container(sb, spec, c, 0)
+        await b.start_container(cid)
+        ids.append(cid)
+    return ids
+
+
+async def wait_until(pred, timeout: float = 2.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> SimulatedBackend:
+    return SimulatedBackend(tmp_path / "pods")
+
+
+def test_implements_protocol(backend: SimulatedBackend) -> None:
+    assert isinstance(backend, Backend)
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("busybox", ("docker.io/library/busybox", ":latest")),
+        ("busybox:1.36", ("docker.io/library/busybox", ":1.36")),
+        ("myorg/app:v1", ("docker.io/myorg/app", ":v1")),
+        ("localhost:5000/app", ("localhost:5000/app", ":latest")),
+        ("127.0.0.1:5000/a/b:x", ("127.0.0.1:5000/a/b", ":x")),
+        ("registry.k8s.io/pause:3.10", ("registry.k8s.io/pause", ":3.10")),
+        ("busybox@sha256:" + "a" * 64, ("docker.io/library/busybox", "@sha256:" + "a" * 64)),
+    ],
+)
+def test_normalize_image(image: str, expected: tuple[str, str]) -> None:
+    assert normalize_image(image) == expected
+
+
+@pytest.mark.parametrize(
+    "image", ["", "UPPER/case", "busybox:", "a b", "busybox:bad tag", "-x", "x@sha256:zz", "a//b"]
+)
+def test_invalid_image_names(image: str) -> None:
+    with pytest.raises(InvalidImageNameError):
+        normalize_image(image)
+
+
+async def test_image_pulled_once_then_cached(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, pull_seconds=0.05)
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(b.ensure_image("nginx:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20)))
+    assert time.monotonic() - t0 < 0.5
+    assert b.pulls == 1
+    assert all(r.image_ref.startswith("docker.io/library/nginx@sha256:") for r in results)
+    t0 = time.monotonic()
+    r = await b.ensure_image("nginx:1", PullPolicy.IF_NOT_PRESENT)
+    assert not r.pulled and time.monotonic() - t0 < 0.04
+    assert (await b.ensure_image("nginx:1", PullPolicy.ALWAYS)).pulled
+    assert b.pulls == 1
+
+
+async def test_image_errors(backend: SimulatedBackend) -> None:
+    with pytest.raises(ImagePullError) as e:
+        await backend.ensure_image("127.0.0.1:5000/does-not-exist:v1", PullPolicy.IF_NOT_PRESENT)
+    assert e.value.reason == "ErrImagePull"
+    with pytest.raises(ImagePullError):
+        await backend.ensure_image("notfound/app", PullPolicy.ALWAYS)
+    with pytest.raises(InvalidImageNameError) as e2:
+        await backend.ensure_image("Bad:Name:x", PullPolicy.IF_NOT_PRESENT)
+    assert e2.value.reason == "InvalidImageName"
+    with pytest.raises(ImageNeverPullError):
+        await backend.ensure_image("busybox", PullPolicy.NEVER)
+    # A registry host named "missing" does not make an image missing.
+    await backend.ensure_image("busybox", PullPolicy.IF_NOT_PRESENT)
+    assert not (await backend.ensure_image("busybox", PullPolicy.NEVER)).pulled
+
+
+async def test_latencies(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, sandbox_seconds=0.05, start_seconds=0.05)
+    t0 = time.monotonic()
+    await run_pod(b, pod())
+    assert 0.09 <= time.monotonic() - t0 < 0.5
+
+
+async def test_run_until_stopped_by_default(backend: SimulatedBackend) -> None:
+    [cid] = await run_pod(backend, pod())
+    await asyncio.sleep(0.02)
+    [st] = await backend.pod_containers("u1")
+    assert st.state == ContainerState.RUNNING and st.started_at is not None
+    assert st.container_id == cid and st.attempt == 0
+
+
+async def test_exit_from_annotations(backend: SimulatedBackend) -> None:
+    changed: list[str] = []
+    backend.subscribe(changed.append)
+    spec = pod(
+        **{
+            "warmlet.io/sim-run-seconds": "0.02",
+            "warmlet.io/sim-exit-code": "3",
+            "warmlet.io/sim-run-seconds.side": "inf",
+        }
+    )
+    await run_pod(backend, spec, [ctr("main"), ctr("side")])
+    await wait_until(lambda: changed == ["u1"])
+    states = {s.name: s for s in await backend.pod_containers("u1")}
+    assert states["main"].state == ContainerState.EXITED
+    assert states["main"].exit_code == 3 and states["main"].reason == "Error"
+    assert states["main"].finished_at is not None
+    assert states["side"].state == ContainerState.RUNNING
+
+
+async def test_completed_reason_and_default_run_seconds(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, default_run_seconds=0.01)
+    await run_pod(b, pod())
+    await wait_until(lambda: b._containers and all(c.state.state == "exited" for c in b._containers.values()))
+    [st] = await b.pod_containers("u1")
+    assert st.exit_code == 0 and st.reason == "Completed"
+
+
+async def test_init_containers_finish_by_default(backend: SimulatedBackend) -> None:
+    await run_pod(backend, pod(), [ctr("init", is_init=True)])
+    await asyncio.sleep(0.02)
+    [st] = await backend.pod_containers("u1")
+    assert st.state == ContainerState.EXITED and st.exit_code == 0
+
+
+async def test_custom_reason(backend: SimulatedBackend) -> None:
+    spec = pod(
+        **{
+            "warmlet.io/sim-run-seconds": "0",
+            "warmlet.io/sim-exit-code": "137",
+            "warmlet.io/sim-exit-reason": "OOMKilled",
+        }
+    )
+    await run_pod(backend, spec)
+    await asyncio.sleep(0.01)
+    [st] = await backend.pod_containers("u1")
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+
+
+@pytest.mark.parametrize(
+    "ann",
+    [
+        {"warmlet.io/sim-run-seconds": "soon"},
+        {"warmlet.io/sim-run-seconds": "-1"},
+        {"warmlet.io/sim-exit-code": "x"},
+    ],
+)
+async def test_bad_annotations_fail_create(backend: SimulatedBackend, ann: dict[str, str]) -> None:
+    spec = pod(**ann)
+    sb = await backend.acquire_sandbox(spec)
+    with pytest.raises(CreateContainerError):
+        await backend.create_container(sb, spec, ctr(), 0)
+
+
+async def test_logs_written_in_cri_format(backend: SimulatedBackend) -> None:
+    spec = pod(**{"warmlet.io/sim-log": "hello\nworld", "warmlet.io/sim-stderr": "oops"})
+    await run_pod(backend, spec)
+    [st] = await backend.pod_containers("u1")
+    assert st.log_path == backend.log_path("default", "pod-u1", "u1", "main", 0)
+    assert st.log_path.endswith("default_pod-u1_u1/main/0.log")
+    records = parse_bytes(Path(st.log_path).read_bytes())
+    assert [(r.stream, r.content) for r in records] == [
+        ("stdout", b"simulated container main started"),
+        ("stdout", b"hello"),
+        ("stdout", b"world"),
+        ("stderr", b"oops"),
+    ]
+
+
+async def test_log_ticks_share_the_exit_timer(backend: SimulatedBackend) -> None:
+    spec = pod(**{"warmlet.io/sim-log-every-seconds": "0.01", "warmlet.io/sim-run-seconds": "0.055"})
+    await run_pod(backend, spec)
+    await wait_until(lambda: all(c.state.state == "exited" for c in backend._containers.values()))
+    [st] = await backend.pod_containers("u1")
+    lines = [r.content for r in parse_bytes(Path(st.log_path).read_bytes())]
+    assert b"tick 1" in lines and 3 <= len(lines) - 1 <= 6
+    assert st.exit_code == 0
+
+
+async def test_restart_attempts_keep_previous(backend: SimulatedBackend) -> None:
+    spec = pod(**{"warmlet.io/sim-run-seconds": "0", "warmlet.io/sim-exit-code": "1"})
+    sb = await backend.acquire_sandbox(spec)
+    for attempt in range(3):
+        cid = await backend.create_container(sb, spec, ctr(), attempt)
+        await backend.start_container(cid)
+        await asyncio.sleep(0.01)
+    states = await backend.pod_containers("u1")
+    assert [s.attempt for s in states] == [0, 1, 2]
+    assert all(os.path.exists(s.log_path) for s in states)
+    await backend.remove_container(states[0].container_id)
+    assert [s.attempt for s in await backend.pod_containers("u1")] == [1, 2]
+    assert not os.path.exists(states[0].log_path)
+
+
+async def test_stop_term_is_immediate(backend: SimulatedBackend) -> None:
+    changed: list[str] = []
+    backend.subscribe(changed.append)
+    [cid] = await run_pod(backend, pod())
+    t0 = time.monotonic()
+    await backend.stop_container(cid, 30)
+    assert time.monotonic() - t0 < 0.05
+    [st] = await backend.pod_containers("u1")
+    assert st.state == ContainerState.EXITED and st.exit_code == 143
+    assert changed == ["u1"]
+    await backend.stop_container(cid, 30)  # idempotent
+    await backend.stop_container("nope", 1)
+
+
+async def test_stop_ignoring_term_waits_for_grace(backend: SimulatedBackend) -> None:
+    [cid] = await run_pod(backend, pod(**{"warmlet.io/sim-ignore-term": "true"}))
+    t0 = time.monotonic()
+    await backend.stop_container(cid, 0.1)
+    assert 0.09 <= time.monotonic() - t0 < 0.5
+    [st] = await backend.pod_containers("u1")
+    assert st.exit_code == 137
+
+
+async def test_stop_ignoring_term_ends_early_on_natural_exit(backend: SimulatedBackend) -> None:
+    spec = pod(**{"warmlet.io/sim-ignore-term": "true", "warmlet.io/sim-run-seconds": "0.05"})
+    [cid] = await run_pod(backend, spec)
+    t0 = time.monotonic()
+    await backend.stop_container(cid, 10)
+    assert time.monotonic() - t0 < 0.5
+    [st] = await backend.pod_containers("u1")
+    assert st.exit_code == 0
+
+
+async def test_warm_pool_reuses_only_same_key(backend: SimulatedBackend) -> None:
+    first = await backend.acquire_sandbox(pod("a", key="k1"))
+    assert not first.from_pool
+    await run_pod(backend, pod("a", key="k1"))
+    await backend.release_sandbox("a", reusable=True)
+    assert backend.idle_sandboxes("k1") == 1
+    assert await backend.pod_containers("a") == []
+    other = await backend.acquire_sandbox(pod("b", key="k2"))
+    assert not other.from_pool and other.sandbox_id != first.sandbox_id
+    again = await backend.acquire_sandbox(pod("c", key="k1"))
+    assert again.from_pool and again.sandbox_id == first.sandbox_id and again.pod_uid == "c"
+    assert again.pod_ip == first.pod_ip
+    assert backend.idle_sandboxes() == 0
+    # Idempotent acquire for the same pod.
+    assert (await backend.acquire_sandbox(pod("c", key="k1"))).sandbox_id == first.sandbox_id
+    assert {s.pod_uid for s in await backend.list_sandboxes()} == {"a", "b", "c"} - {"a"}
+
+
+async def test_release_not_reusable_and_pool_disabled(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, pool_enabled=False)
+    await run_pod(b, pod("a"))
+    log_dir = Path(b.log_path("default", "pod-a", "a", "main", 0)).parent.parent
+    assert log_dir.exists()
+    await b.release_sandbox("a", reusable=True)
+    assert b.idle_sandboxes() == 0 and not log_dir.exists()
+    assert not (await b.acquire_sandbox(pod("b"))).from_pool
+    await b.release_sandbox("missing", reusable=True)
+
+
+async def test_pool_bounded_per_workload(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, pool_max_per_workload=2)
+    for uid in "abc":
+        await b.acquire_sandbox(pod(uid))
+    for uid in "abc":
+        await b.release_sandbox(uid, reusable=True)
+    assert b.idle_sandboxes("k1") == 2
+
+
+async def test_stats_usage_grows(backend: SimulatedBackend) -> None:
+    await run_pod(backend, pod(**{"warmlet.io/sim-cpu-nano-cores": "500000000"}), [ctr("a"), ctr("b")])
+    s1 = await backend.stats()
+    await asyncio.sleep(0.05)
+    s2 = await backend.stats()
+    [p] = s2.pods
+    assert (p.uid, p.namespace, p.name) == ("u1", "default", "pod-u1")
+    assert [c.name for c in p.containers] == ["a", "b"]
+    c = p.containers[0]
+    assert c.cpu_usage_nano_cores == 500_000_000 and c.memory_working_set_bytes == 8 * 1024 * 1024
+    assert c.cpu_usage_core_nanoseconds >= 20_000_000
+    assert s2.cpu_usage_core_nanoseconds > s1.cpu_usage_core_nanoseconds
+    assert s2.memory_working_set_bytes == 16 * 1024 * 1024
+    assert s2.memory_available_bytes == 64 * 1024**3 - 16 * 1024 * 1024
+    # Cumulative node CPU never goes backwards when containers are removed.
+    await backend.release_sandbox("u1", reusable=False)
+    s3 = await backend.stats()
+    assert s3.cpu_usage_core_nanoseconds >= s2.cpu_usage_core_nanoseconds and s3.pods == []
+
+
+async def test_remove_while_starting(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, start_seconds=0.05)
+    spec = pod()
+    sb = await b.acquire_sandbox(spec)
+    cid = await b.create_container(sb, spec, ctr(), 0)
+    task = asyncio.ensure_future(b.start_container(cid))
+    await asyncio.sleep(0.01)
+    await b.remove_container(cid)
+    with pytest.raises(CreateContainerError):
+        await task
+
+
+async def test_create_requires_own_sandbox(backend: SimulatedBackend) -> None:
+    sb = await backend.acquire_sandbox(pod("a"))
+    with pytest.raises(CreateContainerError):
+        await backend.create_container(sb, pod("b"), ctr(), 0)
+
+
+async def test_close_cancels_timers(backend: SimulatedBackend) -> None:
+    changed: list[str] = []
+    backend.subscribe(changed.append)
+    await run_pod(backend, pod(**{"warmlet.io/sim-run-seconds": "0.02"}))
+    await backend.close()
+    await asyncio.sleep(0.04)
+    assert changed == []
+    assert not (await backend.health()).ok
+
+
+async def test_ten_thousand_pods_are_cheap(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, default_run_seconds=3600)
+    t0 = time.perf_counter()
+    for i in range(10_000):
+        spec = pod(f"u{i}", key=f"k{i % 50}")
+        sb = await b.acquire_sandbox(spec)
+        cid = await b.create_container(sb, spec, ctr(), 0)
+        await b.start_container(cid)
+    elapsed = time.perf_counter() - t0
+    loop = asyncio.get_running_loop()
+    timers = len(loop._scheduled)  # type: ignore[attr-defined]
+    assert timers >= 10_000
+    assert len(asyncio.all_tasks()) < 10
+    t1 = time.perf_counter()
+    s = await b.stats()
+    stats_time = time.perf_counter() - t1
+    assert len(s.pods) == 10_000
+    await b.close()
+    assert elapsed < 20 and stats_time < 2.0, (elapsed, stats_time)
