@@ -54,12 +54,20 @@ async def run_pod(
     return ids
 
 
-async def wait_until(pred, timeout: float = 2.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def wait_until(pred, within: float = 2.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
     while not pred():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.005)
+
+
+def log_records(path: str) -> list[tuple[str, bytes]]:
+    return [(r.stream, r.content) for r in parse_bytes(Path(path).read_bytes())]
+
+
+def exists(path: str | Path) -> bool:
+    return os.path.exists(path)
 
 
 @pytest.fixture
@@ -209,8 +217,7 @@ async def test_logs_written_in_cri_format(backend: SimulatedBackend) -> None:
     [st] = await backend.pod_containers("u1")
     assert st.log_path == backend.log_path("default", "pod-u1", "u1", "main", 0)
     assert st.log_path.endswith("default_pod-u1_u1/main/0.log")
-    records = parse_bytes(Path(st.log_path).read_bytes())
-    assert [(r.stream, r.content) for r in records] == [
+    assert log_records(st.log_path) == [
         ("stdout", b"simulated container main started"),
         ("stdout", b"hello"),
         ("stdout", b"world"),
@@ -223,7 +230,7 @@ async def test_log_ticks_share_the_exit_timer(backend: SimulatedBackend) -> None
     await run_pod(backend, spec)
     await wait_until(lambda: all(c.state.state == "exited" for c in backend._containers.values()))
     [st] = await backend.pod_containers("u1")
-    lines = [r.content for r in parse_bytes(Path(st.log_path).read_bytes())]
+    lines = [content for _, content in log_records(st.log_path)]
     assert b"tick 1" in lines and 3 <= len(lines) - 1 <= 6
     assert st.exit_code == 0
 
@@ -237,10 +244,10 @@ async def test_restart_attempts_keep_previous(backend: SimulatedBackend) -> None
         await asyncio.sleep(0.01)
     states = await backend.pod_containers("u1")
     assert [s.attempt for s in states] == [0, 1, 2]
-    assert all(os.path.exists(s.log_path) for s in states)
+    assert all(exists(s.log_path) for s in states)
     await backend.remove_container(states[0].container_id)
     assert [s.attempt for s in await backend.pod_containers("u1")] == [1, 2]
-    assert not os.path.exists(states[0].log_path)
+    assert not exists(states[0].log_path)
 
 
 async def test_stop_term_is_immediate(backend: SimulatedBackend) -> None:
@@ -298,9 +305,9 @@ async def test_release_not_reusable_and_pool_disabled(tmp_path: Path) -> None:
     b = SimulatedBackend(tmp_path, pool_enabled=False)
     await run_pod(b, pod("a"))
     log_dir = Path(b.log_path("default", "pod-a", "a", "main", 0)).parent.parent
-    assert log_dir.exists()
+    assert exists(log_dir)
     await b.release_sandbox("a", reusable=True)
-    assert b.idle_sandboxes() == 0 and not log_dir.exists()
+    assert b.idle_sandboxes() == 0 and not exists(log_dir)
     assert not (await b.acquire_sandbox(pod("b"))).from_pool
     await b.release_sandbox("missing", reusable=True)
 
