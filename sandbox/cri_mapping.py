@@ -1,0 +1,439 @@
+"""Pure mapping between the seam's models and CRI messages, the way kubelet builds them.
+
+Why separate from the backend: these functions decide labels, log locations, resources, security
+and status reasons. They have no I/O, so they are unit tested directly (tests/unit/test_cri_*.py),
+and the backend stays about sequencing calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proto import cri_pb2 as pb
+from sandbox.backend import (
+    ContainerRuntimeState,
+    ContainerSpec,
+    ContainerState,
+    ContainerUsage,
+    CreateContainerError,
+    PodSandboxSpec,
+    Resources,
+)
+
+# ---------------------------------------------------------------------------- labels
+
+LABEL_MANAGED = "warmlet.io/managed"
+LABEL_POD_UID = "warmlet.io/pod-uid"
+LABEL_WORKLOAD_KEY = "warmlet.io/workload-key"  # label: hash; annotation: the full key
+LABEL_PREWARMED = "warmlet.io/prewarmed"
+ANNOTATION_WORKLOAD_KEY = "warmlet.io/workload-key"
+ANNOTATION_POD_NAME = "warmlet.io/pod-name"
+ANNOTATION_POD_NAMESPACE = "warmlet.io/pod-namespace"
+
+K8S_POD_NAME = "io.kubernetes.pod.name"
+K8S_POD_NAMESPACE = "io.kubernetes.pod.namespace"
+K8S_POD_UID = "io.kubernetes.pod.uid"
+K8S_CONTAINER_NAME = "io.kubernetes.container.name"
+K8S_CONTAINER_RESTART = "io.kubernetes.container.restartCount"
+K8S_CONTAINER_TERMINATION_MESSAGE_PATH = "io.kubernetes.container.terminationMessagePath"
+
+MANAGED_SELECTOR = {LABEL_MANAGED: "true"}
+
+# kubelet's defaults (k8s.io/kubernetes/pkg/securitycontext): without them containerd masks nothing.
+DEFAULT_MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+DEFAULT_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# cgroup cpu constants as kubelet uses them (pkg/kubelet/cm/helpers_linux.go).
+MIN_SHARES = 2
+MAX_SHARES = 262144
+SHARES_PER_CPU = 1024
+QUOTA_PERIOD_US = 100_000
+MIN_QUOTA_US = 1000
+
+
+def workload_key_label(key: str) -> str:
+    """A label-safe (<=63 chars, [a-z0-9]) stable digest of a workload key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def pod_log_dir(log_root: str | os.PathLike[str], namespace: str, name: str, uid: str) -> str:
+    """kubelet's layout: <root>/<namespace>_<name>_<uid>."""
+    return os.path.join(os.fspath(log_root), f"{namespace}_{name}_{uid}")
+
+
+def container_log_relpath(container: str, attempt: int) -> str:
+    """Relative to the pod log dir, like kubelet: <container>/<attempt>.log."""
+    return os.path.join(container, f"{attempt}.log")
+
+
+def container_log_path(
+    log_root: str | os.PathLike[str], namespace: str, name: str, uid: str, container: str, attempt: int
+) -> str:
+    return os.path.join(pod_log_dir(log_root, namespace, name, uid), container_log_relpath(container, attempt))
+
+
+# ---------------------------------------------------------------------------- resources
+
+
+def milli_cpu_to_shares(milli: int) -> int:
+    if milli <= 0:
+        return MIN_SHARES
+    shares = milli * SHARES_PER_CPU // 1000
+    return max(MIN_SHARES, min(MAX_SHARES, shares))
+
+
+def milli_cpu_to_quota(milli: int, period: int = QUOTA_PERIOD_US) -> int:
+    if milli <= 0:
+        return 0
+    return max(MIN_QUOTA_US, milli * period // 1000)
+
+
+def qos_class(resources: list[Resources]) -> str:
+    """Guaranteed / Burstable / BestEffort from the containers' requests and limits."""
+    if all(
+        r.cpu_request_milli == 0 and r.cpu_limit_milli == 0 and r.memory_request_bytes == 0 and r.memory_limit_bytes == 0
+        for r in resources
+    ):
+        return "BestEffort"
+    if all(
+        r.cpu_limit_milli > 0
+        and r.memory_limit_bytes > 0
+        and r.cpu_request_milli in (0, r.cpu_limit_milli)
+        and r.memory_request_bytes in (0, r.memory_limit_bytes)
+        for r in resources
+    ):
+        return "Guaranteed"
+    return "Burstable"
+
+
+def oom_score_adj(res: Resources, qos: str, node_memory_bytes: int) -> int:
+    """kubelet's policy (pkg/kubelet/qos/policy.go); containerd clamps it with restrict_oom_score_adj."""
+    if qos == "Guaranteed":
+        return -997
+    if qos == "BestEffort":
+        return 1000
+    req = res.memory_request_bytes
+    if node_memory_bytes <= 0:
+        return 999
+    adj = 1000 - (1000 * req) // node_memory_bytes
+    return int(max(2, min(999, adj)))
+
+
+def linux_resources(res: Resources, qos: str = "Burstable", node_memory_bytes: int = 0) -> pb.LinuxContainerResources:
+    cpu_req = res.cpu_request_milli or res.cpu_limit_milli
+    out = pb.LinuxContainerResources(
+        cpu_shares=milli_cpu_to_shares(cpu_req),
+        memory_limit_in_bytes=max(0, res.memory_limit_bytes),
+        oom_score_adj=oom_score_adj(res, qos, node_memory_bytes),
+    )
+    if res.cpu_limit_milli > 0:
+        out.cpu_period = QUOTA_PERIOD_US
+        out.cpu_quota = milli_cpu_to_quota(res.cpu_limit_milli)
+    return out
+
+
+# ---------------------------------------------------------------------------- sandbox config
+
+_PROTOCOLS = {"TCP": pb.TCP, "UDP": pb.UDP, "SCTP": pb.SCTP}
+
+
+def port_mappings(pod: PodSandboxSpec) -> list[pb.PortMapping]:
+    return [
+        pb.PortMapping(
+            protocol=_PROTOCOLS.get(p.protocol.upper(), pb.TCP),  # type: ignore[arg-type]
+            container_port=p.container_port,
+            host_port=p.host_port,
+            host_ip=p.host_ip,
+        )
+        for p in pod.ports
+    ]
+
+
+def sandbox_labels(pod: PodSandboxSpec, prewarmed: bool = False) -> dict[str, str]:
+    labels = dict(pod.labels)
+    labels.update(
+        {
+            K8S_POD_NAME: pod.name,
+            K8S_POD_NAMESPACE: pod.namespace,
+            K8S_POD_UID: pod.uid,
+            LABEL_MANAGED: "true",
+            LABEL_POD_UID: pod.uid,
+            LABEL_WORKLOAD_KEY: workload_key_label(pod.workload_key),
+        }
+    )
+    if prewarmed:
+        labels[LABEL_PREWARMED] = "true"
+    return labels
+
+
+def sandbox_annotations(pod: PodSandboxSpec) -> dict[str, str]:
+    ann = dict(pod.annotations)
+    ann[ANNOTATION_WORKLOAD_KEY] = pod.workload_key
+    return ann
+
+
+def sandbox_config(
+    pod: PodSandboxSpec,
+    log_directory: str,
+    cgroup_parent: str = "",
+    prewarmed: bool = False,
+) -> pb.PodSandboxConfig:
+    """PodSandboxConfig as kubelet's generatePodSandboxConfig builds it (pod network namespace)."""
+    cfg = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt),
+        hostname=pod.hostname or pod.name,
+        log_directory=log_directory,
+        dns_config=pb.DNSConfig(servers=pod.dns.servers, searches=pod.dns.searches, options=pod.dns.options),
+        port_mappings=port_mappings(pod),
+        labels=sandbox_labels(pod, prewarmed),
+        annotations=sandbox_annotations(pod),
+    )
+    linux = cfg.linux
+    if cgroup_parent:
+        linux.cgroup_parent = cgroup_parent
+    for k, v in pod.security.sysctls.items():
+        linux.sysctls[k] = v
+    sc = linux.security_context
+    sc.namespace_options.CopyFrom(pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))
+    if pod.security.run_as_user is not None:
+        sc.run_as_user.value = pod.security.run_as_user
+    if pod.security.run_as_group is not None:
+        sc.run_as_group.value = pod.security.run_as_group
+    groups = list(pod.security.supplemental_groups)
+    if pod.security.fs_group is not None and pod.security.fs_group not in groups:
+        groups.append(pod.security.fs_group)
+    sc.supplemental_groups.extend(groups)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- container config
+
+
+def container_labels(pod: PodSandboxSpec, container: ContainerSpec, attempt: int) -> dict[str, str]:
+    return {
+        K8S_POD_NAME: pod.name,
+        K8S_POD_NAMESPACE: pod.namespace,
+        K8S_POD_UID: pod.uid,
+        K8S_CONTAINER_NAME: container.name,
+        LABEL_MANAGED: "true",
+        LABEL_POD_UID: pod.uid,
+        LABEL_WORKLOAD_KEY: workload_key_label(pod.workload_key),
+    }
+
+
+def container_config(
+    pod: PodSandboxSpec,
+    container: ContainerSpec,
+    attempt: int,
+    image_ref: str = "",
+    qos: str = "Burstable",
+    node_memory_bytes: int = 0,
+) -> pb.ContainerConfig:
+    """ContainerConfig as kubelet's generateContainerConfig builds it.
+
+    ``log_path`` is relative to the log_directory of the PodSandboxConfig sent WITH the request
+    (containerd 1.6 joins them): the backend sends the current pod's log dir there, so reused
+    sandboxes log into the new pod's directory.
+    """
+    sec = container.security
+    psec = pod.security
+    run_as_user = sec.run_as_user if sec.run_as_user is not None else psec.run_as_user
+    run_as_group = sec.run_as_group if sec.run_as_group is not None else psec.run_as_group
+    non_root = sec.run_as_non_root or psec.run_as_non_root
+    if non_root and run_as_user == 0:
+        raise CreateContainerError(
+            "container's runAsUser breaks non-root policy "
+            f'(pod: "{pod.name}_{pod.namespace}({pod.uid})", container: {container.name})',
+            reason="CreateContainerConfigError",
+        )
+    cfg = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=container.name, attempt=attempt),
+        image=pb.ImageSpec(image=image_ref or container.image, user_specified_image=container.image),
+        command=container.command,
+        args=container.args,
+        working_dir=container.working_dir,
+        envs=[pb.KeyValue(key=e.name, value=e.value) for e in container.env],
+        mounts=[
+            pb.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.read_only)
+            for m in container.mounts
+        ],
+        labels=container_labels(pod, container, attempt),
+        annotations={
+            K8S_CONTAINER_RESTART: str(attempt),
+            K8S_CONTAINER_TERMINATION_MESSAGE_PATH: container.termination_message_path,
+            ANNOTATION_POD_NAME: pod.name,
+            ANNOTATION_POD_NAMESPACE: pod.namespace,
+        },
+        log_path=container_log_relpath(container.name, attempt),
+        stdin=container.stdin,
+        tty=container.tty,
+    )
+    linux = cfg.linux
+    linux.resources.CopyFrom(linux_resources(container.resources, qos, node_memory_bytes))
+    sc = linux.security_context
+    sc.privileged = sec.privileged
+    sc.readonly_rootfs = sec.read_only_root_fs
+    sc.capabilities.add_capabilities.extend(sec.capabilities_add)
+    sc.capabilities.drop_capabilities.extend(sec.capabilities_drop)
+    sc.namespace_options.CopyFrom(pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))
+    if run_as_user is not None:
+        sc.run_as_user.value = run_as_user
+    if run_as_group is not None:
+        sc.run_as_group.value = run_as_group
+    groups = list(psec.supplemental_groups)
+    if psec.fs_group is not None and psec.fs_group not in groups:
+        groups.append(psec.fs_group)
+    sc.supplemental_groups.extend(groups)
+    # allowPrivilegeEscalation defaults to true in Kubernetes; false sets no_new_privs.
+    sc.no_new_privs = sec.allow_privilege_escalation is False and not sec.privileged
+    if not sec.privileged:
+        sc.masked_paths.extend(DEFAULT_MASKED_PATHS)
+        sc.readonly_paths.extend(DEFAULT_READONLY_PATHS)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- status
+
+_STATES = {
+    pb.CONTAINER_CREATED: ContainerState.CREATED,
+    pb.CONTAINER_RUNNING: ContainerState.RUNNING,
+    pb.CONTAINER_EXITED: ContainerState.EXITED,
+    pb.CONTAINER_UNKNOWN: ContainerState.UNKNOWN,
+}
+
+
+def map_state(state: int) -> ContainerState:
+    return _STATES.get(state, ContainerState.UNKNOWN)  # type: ignore[call-overload]
+
+
+def ns_to_seconds(ns: int) -> float | None:
+    return ns / 1e9 if ns > 0 else None
+
+
+def exit_reason(runtime_reason: str, exit_code: int) -> str:
+    """kubelet's terminated reason: OOMKilled from the runtime, else Completed (0) or Error."""
+    if runtime_reason == "OOMKilled":
+        return "OOMKilled"
+    if runtime_reason and runtime_reason not in ("Completed", "Error"):
+        return runtime_reason  # e.g. ContainerCannotRun, StartError: the runtime knows better
+    return "Completed" if exit_code == 0 else "Error"
+
+
+def pod_uid_of(labels: Mapping[str, str]) -> str:
+    return labels.get(LABEL_POD_UID) or labels.get(K8S_POD_UID, "")
+
+
+def container_state_from_status(st: pb.ContainerStatus) -> ContainerRuntimeState:
+    state = map_state(st.state)
+    exited = state == ContainerState.EXITED
+    labels = dict(st.labels)
+    return ContainerRuntimeState(
+        container_id=st.id,
+        pod_uid=pod_uid_of(labels),
+        name=st.metadata.name or labels.get(K8S_CONTAINER_NAME, ""),
+        attempt=st.metadata.attempt,
+        state=state,
+        image=st.image.user_specified_image or st.image.image,
+        image_ref=st.image_ref,
+        created_at=ns_to_seconds(st.created_at),
+        started_at=ns_to_seconds(st.started_at),
+        finished_at=ns_to_seconds(st.finished_at) if exited else None,
+        exit_code=st.exit_code if exited else None,
+        reason=exit_reason(st.reason, st.exit_code) if exited else st.reason,
+        message=st.message,
+        log_path=st.log_path,
+    )
+
+
+# ---------------------------------------------------------------------------- stats
+
+
+def container_usage_from_stats(
+    s: pb.ContainerStats, start_time: float = 0.0, log_bytes: int = 0
+) -> ContainerUsage | None:
+    """None for stats without cpu/memory (an exited container): kubelet leaves those out."""
+    if not s.HasField("cpu") and not s.HasField("memory"):
+        return None
+    ts = max(s.cpu.timestamp, s.memory.timestamp)
+    return ContainerUsage(
+        name=s.attributes.metadata.name or s.attributes.labels.get(K8S_CONTAINER_NAME, ""),
+        container_id=s.attributes.id,
+        start_time=start_time,
+        timestamp=ts / 1e9 if ts else 0.0,
+        cpu_usage_core_nanoseconds=s.cpu.usage_core_nano_seconds.value,
+        cpu_usage_nano_cores=s.cpu.usage_nano_cores.value,
+        memory_working_set_bytes=s.memory.working_set_bytes.value,
+        memory_usage_bytes=s.memory.usage_bytes.value,
+        memory_rss_bytes=s.memory.rss_bytes.value,
+        rootfs_used_bytes=s.writable_layer.used_bytes.value,
+        logs_used_bytes=log_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class NetDev:
+    rx_bytes: int
+    tx_bytes: int
+
+
+def parse_net_dev(text: str) -> NetDev:
+    """Sum rx/tx bytes of /proc/<pid>/net/dev, loopback excluded (cAdvisor's pod network stats)."""
+    rx = tx = 0
+    for line in text.splitlines()[2:]:
+        if ":" not in line:
+            continue
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            continue
+        cols = rest.split()
+        if len(cols) >= 9:
+            rx += int(cols[0])
+            tx += int(cols[8])
+    return NetDev(rx, tx)
+
+
+@dataclass(frozen=True)
+class ProcCpu:
+    total_jiffies: int
+    btime: float
+
+
+def parse_proc_stat(text: str) -> ProcCpu:
+    """Busy cpu time of the node (user+nice+system+irq+softirq+steal) and boot time."""
+    busy = 0
+    btime = 0.0
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            f = [int(x) for x in line.split()[1:]]
+            f += [0] * (8 - len(f))
+            busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+        elif line.startswith("btime "):
+            btime = float(line.split()[1])
+    return ProcCpu(busy, btime)
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo in bytes."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        parts = v.split()
+        if parts:
+            n = int(parts[0])
+            out[k.strip()] = n * 1024 if len(parts) > 1 and parts[1] == "kB" else n
+    return out

@@ -1,0 +1,357 @@
+"""Image cache: reference validation, pull-policy decisions, deduplicated pulls, LRU garbage collection.
+
+Why its own module: many pods of one workload start at the same instant (a CronJob firing at
+00:00:00); without deduplication each would ask the runtime to pull the same image. Here one pull
+per image is in flight however many pods wait, a semaphore bounds parallel pulls, and invalid
+references fail with ``InvalidImageName`` before the runtime is contacted (as kubelet does).
+
+The pure parts (``parse_reference``, ``decide_pull``, ``select_gc_victims``) are unit tested; the
+runtime is reached through the small ``ImageRuntime`` protocol so the cache can be tested with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from sandbox import metrics
+from sandbox.backend import (
+    BackendError,
+    ImageNeverPullError,
+    ImagePullError,
+    ImageResult,
+    InvalidImageNameError,
+    PullPolicy,
+    RuntimeUnavailableError,
+)
+
+log = logging.getLogger("warmlet.images")
+
+# ---------------------------------------------------------------------------- references
+
+DEFAULT_DOMAIN = "docker.io"
+LEGACY_DEFAULT_DOMAIN = "index.docker.io"
+OFFICIAL_REPO_PREFIX = "library/"
+MAX_NAME_LENGTH = 255
+
+# The grammar of github.com/distribution/reference (what kubelet and containerd validate against).
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
+_DOMAIN_NAME = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
+_DOMAIN = rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REFERENCE_RE = re.compile(
+    rf"^(?P<name>(?:(?P<domain>{_DOMAIN})/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+)
+_ANCHORED_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """A parsed, normalized image reference (docker.io/library/ added as containerd does)."""
+
+    domain: str
+    path: str
+    tag: str = ""
+    digest: str = ""
+
+    @property
+    def repository(self) -> str:
+        return f"{self.domain}/{self.path}"
+
+    @property
+    def normalized(self) -> str:
+        """The fully qualified reference; a missing tag becomes ``latest`` unless pinned by digest."""
+        s = self.repository
+        if self.tag or not self.digest:
+            s += f":{self.tag or 'latest'}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+def _split_domain(name: str) -> tuple[str, str]:
+    """Docker's rule: the first component is a domain if it has a '.' or ':' or is localhost."""
+    first, sep, rest = name.partition("/")
+    if sep and (("." in first or ":" in first) or first == "localhost" or first != first.lower()):
+        domain, path = first, rest
+    else:
+        domain, path = DEFAULT_DOMAIN, name
+    if domain == LEGACY_DEFAULT_DOMAIN:
+        domain = DEFAULT_DOMAIN
+    if domain == DEFAULT_DOMAIN and "/" not in path:
+        path = OFFICIAL_REPO_PREFIX + path
+    return domain, path
+
+
+def parse_reference(image: str) -> ImageReference:
+    """Validate and normalize an image reference; raise InvalidImageNameError like kubelet."""
+    if not image or image != image.strip():
+        raise InvalidImageNameError(f'Failed to apply default image tag "{image}": invalid reference format')
+    m = _REFERENCE_RE.match(image)
+    if m is None:
+        # Give the same hint distribution/reference gives for the most common mistake.
+        lowered = image.lower()
+        if lowered != image and _REFERENCE_RE.match(_lower_path_only(image)):
+            raise InvalidImageNameError(
+                f'Failed to apply default image tag "{image}": '
+                "invalid reference format: repository name must be lowercase"
+            )
+        raise InvalidImageNameError(f'Failed to apply default image tag "{image}": invalid reference format')
+    name = m.group("name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidImageNameError(
+            f'Failed to apply default image tag "{image}": repository name must not be more than 255 characters'
+        )
+    domain, path = _split_domain(name)
+    return ImageReference(domain=domain, path=path, tag=m.group("tag") or "", digest=m.group("digest") or "")
+
+
+def _lower_path_only(image: str) -> str:
+    first, sep, rest = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first + "/" + rest.lower()
+    return image.lower()
+
+
+def normalize(image: str) -> str:
+    """Normalized reference string, or the input unchanged when it does not parse."""
+    try:
+        return parse_reference(image).normalized
+    except InvalidImageNameError:
+        return image
+
+
+# ---------------------------------------------------------------------------- pull policy
+
+
+class PullAction(StrEnum):
+    USE_PRESENT = "use_present"
+    PULL = "pull"
+    NEVER_MISSING = "never_missing"
+
+
+def decide_pull(policy: PullPolicy, present: bool) -> PullAction:
+    """Kubelet's decision: Always pulls; IfNotPresent pulls only when missing; Never never pulls."""
+    if policy == PullPolicy.ALWAYS:
+        return PullAction.PULL
+    if present:
+        return PullAction.USE_PRESENT
+    if policy == PullPolicy.NEVER:
+        return PullAction.NEVER_MISSING
+    return PullAction.PULL
+
+
+# ---------------------------------------------------------------------------- garbage collection
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the cache needs to know of one image the runtime has."""
+
+    id: str
+    size: int = 0
+    tags: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()
+    pinned: bool = False
+
+    def names(self) -> set[str]:
+        return {self.id, *self.tags, *self.digests}
+
+
+@dataclass(frozen=True)
+class GcCandidate:
+    image: ImageInfo
+    first_seen: float
+    last_used: float
+
+
+def select_gc_victims(
+    images: Iterable[GcCandidate],
+    in_use: set[str],
+    budget_bytes: int,
+    min_age_seconds: float,
+    now: float,
+    low_fraction: float = 0.8,
+) -> list[ImageInfo]:
+    """Least-recently-used unused images to remove so total size falls to ``low_fraction * budget``.
+
+    Nothing happens while the total is within the budget (kubelet's high/low thresholds). Images
+    whose id, tag or digest is in ``in_use`` (live containers, pool sandboxes, the pause image), pinned
+    images and images first seen or used less than ``min_age_seconds`` ago are never selected.
+    """
+    cands = list(images)
+    total = sum(c.image.size for c in cands)
+    if total <= budget_bytes:
+        return []
+    target = int(budget_bytes * low_fraction)
+    in_use_norm = in_use | {normalize(n) for n in in_use}
+    eligible = [
+        c
+        for c in cands
+        if not c.image.pinned
+        and not (c.image.names() & in_use_norm)
+        and not ({normalize(n) for n in c.image.tags} & in_use_norm)
+        and now - max(c.first_seen, c.last_used) >= min_age_seconds
+    ]
+    eligible.sort(key=lambda c: (c.last_used, c.first_seen, c.image.id))
+    victims: list[ImageInfo] = []
+    for c in eligible:
+        if total <= target:
+            break
+        victims.append(c.image)
+        total -= c.image.size
+    return victims
+
+
+# ---------------------------------------------------------------------------- the cache
+
+
+class ImageRuntime(Protocol):
+    """The image calls the cache needs (implemented over CRI by ``CriImageRuntime``)."""
+
+    async def status(self, image: str) -> ImageInfo | None: ...
+
+    async def pull(self, image: str) -> str: ...
+
+    async def list(self) -> list[ImageInfo]: ...
+
+    async def remove(self, image_id: str) -> None: ...
+
+
+@dataclass
+class _Usage:
+    first_seen: float
+    last_used: float
+
+
+@dataclass
+class ImageCache:
+    """Deduplicated, bounded pulls plus usage tracking for LRU garbage collection."""
+
+    runtime: ImageRuntime
+    max_parallel_pulls: int = 4
+    gc_budget_bytes: int = 20 * 1024**3
+    gc_min_age_seconds: float = 120.0
+    clock: Callable[[], float] = time.time
+    _sem: asyncio.Semaphore = field(init=False)
+    _inflight: dict[str, asyncio.Task[ImageResult]] = field(init=False, default_factory=dict)
+    _usage: dict[str, _Usage] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._sem = asyncio.Semaphore(max(1, self.max_parallel_pulls))
+
+    def touch(self, image_id: str) -> None:
+        """Record a use of an image (a container was created from it)."""
+        now = self.clock()
+        u = self._usage.get(image_id)
+        if u is None:
+            self._usage[image_id] = _Usage(first_seen=now, last_used=now)
+        else:
+            u.last_used = now
+
+    async def ensure(self, image: str, policy: PullPolicy) -> ImageResult:
+        """Make ``image`` available per ``policy``; one pull per image in flight, shared by all waiters."""
+        ref = parse_reference(image)  # InvalidImageName before the runtime is contacted
+        key = ref.normalized
+        present = await self.runtime.status(image)
+        action = decide_pull(policy, present is not None)
+        if action == PullAction.USE_PRESENT:
+            assert present is not None
+            self.touch(present.id)
+            metrics.IMAGE_PULLS.labels("present").inc()
+            return ImageResult(image=image, image_ref=present.id, pulled=False, size_bytes=present.size)
+        if action == PullAction.NEVER_MISSING:
+            metrics.IMAGE_PULLS.labels("never").inc()
+            raise ImageNeverPullError(
+                f'Container image "{image}" is not present with pull policy of Never'
+            )
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._pull(image, present), name=f"image-pull:{key}"
+            )
+            self._inflight[key] = task
+            task.add_done_callback(lambda t, k=key: self._inflight.pop(k, None) if self._inflight.get(k) is t else None)
+        else:
+            metrics.IMAGE_PULLS.labels("deduplicated").inc()
+        # shield: a cancelled waiter must not cancel the pull other pods are waiting for.
+        result = await asyncio.shield(task)
+        return result.model_copy(update={"image": image})
+
+    async def _pull(self, image: str, before: ImageInfo | None) -> ImageResult:
+        async with self._sem:
+            t0 = time.perf_counter()
+            log.info("image pull start image=%s", image)
+            try:
+                image_ref = await self.runtime.pull(image)
+            except RuntimeUnavailableError:
+                metrics.IMAGE_PULLS.labels("error").inc()
+                raise
+            except BackendError as e:
+                metrics.IMAGE_PULLS.labels("error").inc()
+                detail = getattr(e, "details", None) or e.message
+                log.warning("image pull failed image=%s error=%r", image, detail)
+                raise ImagePullError(f'Failed to pull image "{image}": {detail}') from e
+            elapsed = time.perf_counter() - t0
+            after = await self.runtime.status(image)
+        size = after.size if after is not None else 0
+        image_id = after.id if after is not None else image_ref
+        # Always-policy pulls of an unchanged present image moved no layers: report them as not pulled.
+        pulled = before is None or before.id != image_id
+        if pulled:
+            metrics.IMAGE_PULLS.labels("pulled").inc()
+            metrics.IMAGE_PULL_BYTES.inc(size)
+            metrics.IMAGE_PULL_SECONDS.observe(elapsed)
+        else:
+            metrics.IMAGE_PULLS.labels("present").inc()
+        self.touch(image_id)
+        log.info("image pull done image=%s id=%s bytes=%d seconds=%.3f pulled=%s", image, image_id, size, elapsed, pulled)
+        return ImageResult(image=image, image_ref=image_id, pulled=pulled, size_bytes=size)
+
+    async def garbage_collect(self, in_use: set[str]) -> list[str]:
+        """Remove LRU unused images beyond the disk budget; return the removed image ids."""
+        images = await self.runtime.list()
+        now = self.clock()
+        cands = []
+        for img in images:
+            u = self._usage.get(img.id)
+            if u is None:  # first time we see it: start its age clock now
+                u = self._usage[img.id] = _Usage(first_seen=now, last_used=now)
+            cands.append(GcCandidate(img, u.first_seen, u.last_used))
+        inflight = set(self._inflight)
+        victims = select_gc_victims(cands, in_use | inflight, self.gc_budget_bytes, self.gc_min_age_seconds, now)
+        removed = []
+        for v in victims:
+            try:
+                await self.runtime.remove(v.id)
+            except BackendError as e:
+                log.warning("image gc remove failed id=%s error=%s", v.id, e)
+                continue
+            self._usage.pop(v.id, None)
+            removed.append(v.id)
+            metrics.IMAGE_GC_REMOVED.inc()
+            log.info("image gc removed id=%s tags=%s bytes=%d", v.id, ",".join(v.tags), v.size)
+        known = {i.id for i in images}
+        for gone in set(self._usage) - known:
+            self._usage.pop(gone, None)
+        return removed
+
+    async def close(self) -> None:
+        """Cancel pulls still in flight (no orphan tasks)."""
+        tasks = list(self._inflight.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()
