@@ -125,6 +125,9 @@ class PodSandboxSpec(_Model):
     resources: Resources = Field(default_factory=Resources)
     # Images of all the pod's containers: lets a pool prewarm/keep images cached.
     images: list[str] = Field(default_factory=list)
+    # Host directories owned by this pod (emptyDir volumes) that must be wiped (contents removed)
+    # before its sandbox is handed to the next pod of the workload. Absolute paths.
+    scratch_dirs: list[str] = Field(default_factory=list)
 
 
 class SandboxInfo(_Model):
@@ -307,3 +310,20 @@ class Backend(Protocol):
 
     def log_path(self, namespace: str, name: str, uid: str, container: str, attempt: int) -> str:
         """Where the CRI log file of one container attempt lives (kubelet's layout)."""
+
+    async def prewarm(self, pod: PodSandboxSpec, count: int) -> int:
+        """Have ``count`` idle warm sandboxes ready for ``pod.workload_key`` and its images cached.
+
+        ``pod`` is a template (e.g. from a CronJob's jobTemplate, uid/name may be placeholders):
+        only its workload key, namespace and pod-level settings are used. Capped by the workload's
+        pool max and the global caps. Returns how many idle sandboxes of the key are ready after
+        the call (idempotent). Backends without a pool return 0.
+        """
+
+    async def reconcile(self, live_pod_uids: set[str]) -> None:
+        """Garbage-collect what belongs to no live pod (after adoption, and periodically).
+
+        Sandboxes in use by a pod not in ``live_pod_uids`` are released (scrubbed back to the pool
+        or destroyed); containers and log directories of unknown pods are removed. Idle pool
+        sandboxes are kept. Optional: the provider may skip it for backends that own nothing.
+        """
