@@ -105,9 +105,7 @@ class KubeClient:
 
     def clone(self, max_connections: int) -> KubeClient:
         """Same server and credentials, separate connection pool."""
-        return KubeClient(
-            self.server, self._ssl, self._token, max_connections, self._timeout, self._on_error
-        )
+        return KubeClient(self.server, self._ssl, self._token, max_connections, self._timeout, self._on_error)
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -203,8 +203,13 @@ async def prepare_volumes(
         writes.append((root, files))
         paths[name] = str(root)
     if writes:
-        await asyncio.to_thread(lambda: [_write(r, f) for r, f in writes])
+        await asyncio.to_thread(_write_all, writes)
     return paths
+
+
+def _write_all(writes: list[tuple[Path, Files | None]]) -> None:
+    for root, files in writes:
+        _write(root, files)
 
 
 def container_mounts(container: Mapping[str, Any], volume_paths: Mapping[str, str]) -> list[Mount]:
@@ -221,6 +226,13 @@ def container_mounts(container: Mapping[str, Any], volume_paths: Mapping[str, st
             Mount(container_path=vm["mountPath"], host_path=host, read_only=bool(vm.get("readOnly")))
         )
     return mounts
+
+
+def scratch_dirs(pod: Mapping[str, Any], volumes_dir: Path) -> list[str]:
+    """Host directories of the pod's emptyDir volumes (the backend wipes them on reuse)."""
+    uid = (pod.get("metadata") or {}).get("uid", "")
+    base = pod_dir(volumes_dir, uid) / "volumes" / PLUGIN_DIRS["emptyDir"]
+    return [str(base / v["name"]) for v in (pod.get("spec") or {}).get("volumes") or [] if "emptyDir" in v]
 
 
 def remove_pod_dir(volumes_dir: Path, uid: str) -> None:

@@ -240,7 +240,8 @@ async def test_volumes_written_and_mounted(tmp_path: Path) -> None:
         paths,
     )
     assert [(m.container_path, m.read_only) for m in mounts] == [("/etc/cfg", True), ("/s", False)]
-    assert mounts[1].host_path.endswith("scratch/x") and os.path.isdir(mounts[1].host_path)
+    assert mounts[1].host_path.endswith("scratch/x")
+    assert os.path.isdir(mounts[1].host_path)  # noqa: ASYNC240
     remove_pod_dir(tmp_path, "uid1")
     assert not (tmp_path / "uid1").exists()
 

@@ -1,0 +1,181 @@
+"""warmlet's process: builds clients and backend, runs node, pods, prewarm and kubelet API.
+
+``WarmletNode`` runs a whole virtual node inside the caller's event loop (tests embed it);
+``run_forever`` is the CLI entry point with signal handling. Everything runs in one
+TaskGroup: a crash of any part stops the node instead of leaving it half alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, cast
+
+from provider.config import WarmletConfig
+from provider.cron_prewarm import CronPrewarmer
+from provider.events import EventRecorder
+from provider.kubeclient import KubeClient
+from provider.logging_setup import setup_logging
+from provider.metrics import record_api_error
+from provider.node import NodeController
+from provider.node_object import capacity, node_labels, node_taints
+from provider.pods.controller import PodController
+from sandbox.backend import Backend
+
+log = logging.getLogger(__name__)
+
+
+def build_backend(cfg: WarmletConfig) -> Backend:
+    """The backend named by cfg.backend (sandbox code is imported lazily: cri needs grpc)."""
+    if cfg.backend == "simulated":
+        from sandbox.simulated import SimulatedBackend
+
+        sim = SimulatedBackend.from_config(cfg.simulated, cfg.log_dir, pool_enabled=cfg.pool.enabled)
+        return cast(Backend, sim)
+    from sandbox import cri_backend  # type: ignore[attr-defined,unused-ignore]
+
+    factory: Any = getattr(cri_backend, "from_config", None) or cri_backend.CRIBackend.from_config
+    backend: Backend = factory(cfg)
+    return backend
+
+
+async def _start_kubelet_api(
+    cfg: WarmletConfig, backend: Backend, pods: PodController, client: KubeClient
+) -> Any:
+    """Start the kubelet HTTP API (provider.kubelet_api, owned by another module)."""
+    try:
+        from provider.kubelet_api import start_kubelet_api
+    except ImportError as e:  # not there yet: the node still works, without logs/stats
+        log.warning("kubelet API not available err=%r", e)
+        return None
+    # INTEGRATION POINT: start_kubelet_api(cfg, backend, pods_provider, client) -> server with .close()
+    return await start_kubelet_api(  # type: ignore[call-arg,unused-ignore]
+        cfg=cfg, backend=backend, pods=lambda: list(pods.informer.pods.values()), client=client
+    )
+
+
+class WarmletNode:
+    """One virtual node in the current event loop: ``await start()`` ... ``await stop()``."""
+
+    def __init__(
+        self,
+        cfg: WarmletConfig,
+        backend: Backend | None = None,
+        client: KubeClient | None = None,
+        serve_kubelet_api: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.backend = backend or build_backend(cfg)
+        self._own_backend = backend is None
+        self.client = client
+        self.serve_kubelet_api = serve_kubelet_api
+        self.lease_client: KubeClient | None = None
+        self.events_client: KubeClient | None = None
+        self.node: NodeController | None = None
+        self.pods: PodController | None = None
+        self.recorder: EventRecorder | None = None
+        self.prewarmer: CronPrewarmer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._api_server: Any = None
+
+    async def start(self, within: float = 60.0) -> None:
+        """Start everything; returns when the Node is registered and pods are being synced."""
+        cfg = self.cfg
+        if self.client is None:
+            self.client = await KubeClient.from_kubeconfig(
+                str(cfg.kubeconfig) if cfg.kubeconfig else None, on_error=record_api_error, max_connections=64
+            )
+        self.lease_client = self.client.clone(max_connections=2)
+        await self.backend.start()
+        self.events_client = self.client.clone(max_connections=4)
+        self.recorder = EventRecorder(self.events_client, cfg.node.name)
+        self.node = NodeController(
+            cfg.node, self.client, self.lease_client, self.backend, cfg.server.port, self.recorder
+        )
+        self.pods = PodController(cfg, self.client, self.backend, self.recorder, capacity(cfg.node))
+        self.prewarmer = CronPrewarmer(
+            cfg, self.client, self.backend, node_labels(cfg.node), node_taints(cfg.node)
+        )
+        self._task = asyncio.create_task(self._main(), name=f"warmlet-{cfg.node.name}")
+        waiter = asyncio.ensure_future(asyncio.wait_for(self._ready(), within))
+        done, _ = await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            waiter.cancel()
+            self._task.result()  # raise what killed it
+            raise RuntimeError("warmlet stopped during start")
+        waiter.result()
+        log.info("warmlet node started name=%s backend=%s", cfg.node.name, self.backend.name)
+
+    async def _ready(self) -> None:
+        assert self.node is not None and self.pods is not None
+        await self.node.registered.wait()
+        await self.pods.ready.wait()
+
+    async def _main(self) -> None:
+        assert self.node and self.pods and self.recorder and self.prewarmer and self.client
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.recorder.run(), name="events")
+            tg.create_task(self.node.run(), name="node")
+            await self.node.registered.wait()
+            tg.create_task(self.pods.run(), name="pods")
+            tg.create_task(self.prewarmer.run(), name="cron-prewarm")
+            if self.serve_kubelet_api:
+                self._api_server = await _start_kubelet_api(self.cfg, self.backend, self.pods, self.client)
+
+    async def wait(self) -> None:
+        """Until the node stops on its own (a fatal error)."""
+        if self._task is not None:
+            await self._task
+
+    async def stop(self, close_backend: bool = True) -> None:
+        """Cancel every task and close clients; containers keep running (like kubelet)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self.pods is not None:
+            self.pods.close()
+        if self._api_server is not None:
+            close = getattr(self._api_server, "close", None) or getattr(self._api_server, "stop", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
+            self._api_server = None
+        if close_backend and self._own_backend:
+            await self.backend.close()
+        for c in (self.lease_client, self.events_client, self.client):
+            if c is not None:
+                await c.close()
+
+    async def crash(self) -> None:
+        """Stop abruptly as a SIGKILL would (tests): no cleanup, backend left as is."""
+        await self.stop(close_backend=False)
+
+
+async def run_forever(cfg: WarmletConfig) -> None:
+    """The CLI's entry point: run until SIGTERM/SIGINT, then shut down cleanly."""
+    setup_logging(cfg.log_format, cfg.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node = WarmletNode(cfg)
+    try:
+        await node.start(within=300)
+        stopper = asyncio.create_task(stop.wait())
+        runner = asyncio.create_task(node.wait())
+        done, pending = await asyncio.wait({stopper, runner}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        if runner in done and runner.exception() is not None:
+            log.error("warmlet stopped on an error err=%r", runner.exception())
+    finally:
+        log.info("warmlet shutting down name=%s", cfg.node.name)
+        await node.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

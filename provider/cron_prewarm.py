@@ -1,0 +1,170 @@
+"""CronJob prewarming: warm sandboxes for a CronJob's pods shortly before it fires.
+
+Lists CronJobs periodically, computes each one's next firing with croniter (in its
+timeZone), and ``pool.cron_lead_seconds`` before it asks the backend to prewarm as many
+sandboxes as the Job runs in parallel, under the workload key its pods will get
+(keyed by the CronJob, see provider.workload). Only CronJobs whose pods would land on
+this node (nodeSelector matches, taint tolerated) are prewarmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from croniter import croniter  # type: ignore[import-untyped,unused-ignore]
+
+from provider.config import WarmletConfig
+from provider.kubeclient import KubeClient, sleep_backoff
+from provider.metrics import PREWARMS
+from provider.podspec import sandbox_spec
+from provider.workload import cronjob_key
+from sandbox.backend import Backend, PodSandboxSpec
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+
+def next_fire(cronjob: Mapping[str, Any], now: float) -> float | None:
+    """Epoch seconds of the next scheduled run after ``now``; None if suspended or invalid."""
+    spec = cronjob.get("spec") or {}
+    if spec.get("suspend"):
+        return None
+    schedule = spec.get("schedule", "")
+    tz_name = spec.get("timeZone")
+    try:
+        tz = ZoneInfo(tz_name) if tz_name else UTC
+        it = croniter(schedule, datetime.fromtimestamp(now, tz))
+        nxt: datetime = it.get_next(datetime)
+    except Exception:
+        return None
+    return nxt.timestamp()
+
+
+def tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
+    for t in tolerations:
+        if t.get("effect") and t.get("effect") != taint.get("effect"):
+            continue
+        op = t.get("operator", "Equal")
+        if not t.get("key") and op == "Exists":
+            return True
+        if t.get("key") != taint.get("key"):
+            continue
+        if op == "Exists" or t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def targets_node(
+    pod_spec: Mapping[str, Any], node_labels: Mapping[str, str], taints: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether pods of this template may be scheduled here (nodeSelector, nodeName, taints)."""
+    if pod_spec.get("nodeName") and pod_spec.get("nodeName") != node_labels.get("kubernetes.io/hostname"):
+        return False
+    for k, v in (pod_spec.get("nodeSelector") or {}).items():
+        if node_labels.get(k) != v:
+            return False
+    tolerations = list(pod_spec.get("tolerations") or [])
+    return all(tolerates(tolerations, t) for t in taints if t.get("effect") in ("NoSchedule", "NoExecute"))
+
+
+def prewarm_spec(cronjob: Mapping[str, Any], cfg: WarmletConfig) -> tuple[PodSandboxSpec, int]:
+    """The sandbox spec of the CronJob's future pods and how many run at once."""
+    meta = cronjob.get("metadata") or {}
+    job_spec = ((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
+    template = job_spec.get("template") or {}
+    pod = {
+        "metadata": {
+            "name": f"{meta.get('name', '')}-prewarm",
+            "namespace": meta.get("namespace", "default"),
+            "uid": "",
+            "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+        },
+        "spec": template.get("spec") or {},
+    }
+    spec = sandbox_spec(pod, cronjob_key(cronjob), cfg.pods.cluster_dns, cfg.pods.cluster_domain)
+    count = int(job_spec.get("parallelism", 1) or 1)
+    return spec, max(1, count)
+
+
+class CronPrewarmer:
+    def __init__(
+        self,
+        cfg: WarmletConfig,
+        client: KubeClient,
+        backend: Backend,
+        node_labels: Mapping[str, str],
+        taints: Sequence[Mapping[str, Any]],
+        relist_seconds: float = 15.0,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.backend = backend
+        self.node_labels = dict(node_labels)
+        self.taints = taints
+        self.relist_seconds = relist_seconds
+        self.cronjobs: dict[str, JSON] = {}
+        self._done: dict[str, float] = {}  # cronjob uid -> firing time already prewarmed
+
+    def due(self, now: float) -> list[tuple[JSON, float]]:
+        """CronJobs whose next firing is within the lead time and not yet prewarmed."""
+        lead = self.cfg.pool.cron_lead_seconds
+        out = []
+        for uid, cj in self.cronjobs.items():
+            fire = next_fire(cj, now)
+            if fire is None or fire - now > lead or self._done.get(uid) == fire:
+                continue
+            template = ((cj.get("spec") or {}).get("jobTemplate") or {}).get("spec", {}).get("template") or {}
+            if not targets_node(template.get("spec") or {}, self.node_labels, self.taints):
+                continue
+            out.append((cj, fire))
+        return out
+
+    async def tick(self, now: float) -> int:
+        prewarm = getattr(self.backend, "prewarm", None)
+        if prewarm is None:
+            return 0
+        total = 0
+        for cj, fire in self.due(now):
+            spec, count = prewarm_spec(cj, self.cfg)
+            self._done[cj["metadata"]["uid"]] = fire
+            try:
+                made = int(await prewarm(spec, count) or 0)
+            except Exception as e:
+                log.warning("prewarm failed cronjob=%s err=%r", spec.workload_key, e)
+                continue
+            PREWARMS.inc(made)
+            total += made
+            log.info("prewarmed cronjob key=%s count=%d fires_in=%.1fs", spec.workload_key, made, fire - now)
+        return total
+
+    async def relist(self) -> None:
+        page = await self.client.list_all("/apis/batch/v1/cronjobs")
+        self.cronjobs = {c["metadata"]["uid"]: c for c in page.get("items") or []}
+        self._done = {k: v for k, v in self._done.items() if k in self.cronjobs}
+
+    async def run(self) -> None:
+        if not self.cfg.pool.cron_prewarm or not hasattr(self.backend, "prewarm"):
+            log.info("cron prewarm disabled (config or backend without prewarm)")
+            return
+        last_list = 0.0
+        failures = 0
+        while True:
+            try:
+                if time.monotonic() - last_list >= self.relist_seconds:
+                    await self.relist()
+                    last_list = time.monotonic()
+                await self.tick(time.time())
+                failures = 0
+                await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                log.warning("cron prewarm loop failed attempt=%d err=%r", failures, e)
+                await sleep_backoff(failures, cap=30.0)

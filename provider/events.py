@@ -1,0 +1,141 @@
+"""core/v1 Events, aggregated and rate limited so a burst cannot flood the apiserver.
+
+``record`` never blocks the caller: events go to a bounded queue; a single task sends
+them under a token bucket. A repeat of (object, type, reason, message) bumps the count
+of the existing Event with a PATCH instead of creating a new one, as client-go does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache
+
+from provider.kubeclient import ApiError, KubeClient
+from provider.metrics import EVENTS, EVENTS_DROPPED
+from provider.timefmt import rfc3339
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+NORMAL, WARNING = "Normal", "Warning"
+
+
+@dataclass
+class _Pending:
+    ref: JSON
+    type: str
+    reason: str
+    message: str
+    ts: float
+
+
+class TokenBucket:
+    """qps tokens per second, up to burst; ``delay`` says how long until one is available."""
+
+    def __init__(self, qps: float, burst: int, now: float) -> None:
+        self.qps, self.burst = qps, burst
+        self.tokens = float(burst)
+        self.last = now
+
+    def take(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.qps)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.qps
+
+
+def object_ref(obj: Mapping[str, Any]) -> JSON:
+    meta = obj.get("metadata") or {}
+    ref = {
+        "apiVersion": obj.get("apiVersion", "v1"),
+        "kind": obj.get("kind", "Pod"),
+        "name": meta.get("name", ""),
+        "uid": meta.get("uid", ""),
+        "resourceVersion": meta.get("resourceVersion", ""),
+    }
+    if meta.get("namespace"):
+        ref["namespace"] = meta["namespace"]
+    return ref
+
+
+class EventRecorder:
+    def __init__(
+        self, client: KubeClient, node_name: str, qps: float = 50.0, burst: int = 200, queue_size: int = 5000
+    ) -> None:
+        self._client = client
+        self._node = node_name
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
+        self._bucket = TokenBucket(qps, burst, time.monotonic())
+        self._seen: LRUCache[tuple[str, str, str, str], tuple[str, str, int]] = LRUCache(4096)
+
+    def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Queue an event about a Pod or Node (non-blocking; dropped when the queue is full)."""
+        EVENTS.labels(type=type_, reason=reason).inc()
+        try:
+            self._queue.put_nowait(_Pending(object_ref(obj), type_, reason, message, time.time()))
+        except asyncio.QueueFull:
+            EVENTS_DROPPED.inc()
+
+    async def run(self) -> None:
+        while True:
+            ev = await self._queue.get()
+            wait = self._bucket.take(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                await self._send(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # events are best effort
+                log.debug("event not recorded reason=%s err=%s", ev.reason, e)
+            finally:
+                self._queue.task_done()
+
+    async def flush(self, within: float = 5.0) -> None:
+        """Wait until queued events were sent (used by tests and shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), within)
+
+    async def _send(self, ev: _Pending) -> None:
+        ns = ev.ref.get("namespace") or "default"
+        key = (ev.ref.get("uid", ""), ev.type, ev.reason, ev.message)
+        seen = self._seen.get(key)
+        if seen is not None:
+            name, ens, count = seen
+            try:
+                await self._client.patch(
+                    f"/api/v1/namespaces/{ens}/events/{name}",
+                    {"count": count + 1, "lastTimestamp": rfc3339(ev.ts)},
+                )
+                self._seen[key] = (name, ens, count + 1)
+                return
+            except ApiError as e:
+                if not e.not_found:
+                    raise
+        name = f"{ev.ref.get('name', 'obj')}.{time.time_ns():x}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": ev.ref,
+            "reason": ev.reason,
+            "message": ev.message[:1024],
+            "type": ev.type,
+            "source": {"component": "warmlet", "host": self._node},
+            "reportingComponent": "warmlet",
+            "reportingInstance": self._node,
+            "firstTimestamp": rfc3339(ev.ts),
+            "lastTimestamp": rfc3339(ev.ts),
+            "count": 1,
+        }
+        await self._client.post(f"/api/v1/namespaces/{ns}/events", body)
+        self._seen[key] = (name, ns, 1)

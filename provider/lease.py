@@ -1,0 +1,107 @@
+"""The node Lease in kube-node-lease: the heartbeat the node lifecycle controller watches.
+
+Runs on its own task and its own KubeClient clone (small connection budget), so a pod
+burst can never delay renewals and make the node NotReady.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from provider.kubeclient import ApiError, KubeClient
+from provider.metrics import NODE_LEASE_RENEWALS
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+NAMESPACE = "kube-node-lease"
+
+
+def micro_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        client: KubeClient,
+        node_name: str,
+        node_uid: Callable[[], str],
+        duration: int = 40,
+        interval: float = 10.0,
+    ) -> None:
+        self._client = client
+        self._name = node_name
+        self._node_uid = node_uid
+        self._duration = duration
+        self._interval = interval
+        self._lease: JSON | None = None
+        self.last_renewed = 0.0
+
+    @property
+    def path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{self._name}"
+
+    def _body(self, now: float) -> JSON:
+        meta: JSON = {"name": self._name, "namespace": NAMESPACE}
+        uid = self._node_uid()
+        if uid:
+            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": self._name, "uid": uid}]
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self._name,
+                "leaseDurationSeconds": self._duration,
+                "renewTime": micro_time(now),
+            },
+        }
+
+    async def renew(self) -> None:
+        now = time.time()
+        if self._lease is None:
+            try:
+                self._lease = await self._client.get(self.path)
+            except ApiError as e:
+                if not e.not_found:
+                    raise
+                self._lease = await self._client.post(
+                    f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases", self._body(now)
+                )
+                self.last_renewed = now
+                return
+        body = self._body(now)
+        body["metadata"]["resourceVersion"] = self._lease["metadata"]["resourceVersion"]
+        owner = body["metadata"].get("ownerReferences")
+        if not owner:
+            body["metadata"]["ownerReferences"] = self._lease["metadata"].get("ownerReferences")
+        try:
+            self._lease = await self._client.put(self.path, body)
+        except ApiError as e:
+            self._lease = None  # conflict or deleted: re-read (or recreate) next time
+            if e.conflict or e.not_found:
+                await self.renew()
+                return
+            raise
+        self.last_renewed = now
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.renew()
+                NODE_LEASE_RENEWALS.labels(result="ok").inc()
+                failures = 0
+                await asyncio.sleep(self._interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                NODE_LEASE_RENEWALS.labels(result="error").inc()
+                failures += 1
+                log.warning("lease renewal failed attempt=%d err=%r", failures, e)
+                # retry fast (kubelet: 200ms doubling up to 7s) so the lease does not expire
+                await asyncio.sleep(min(7.0, 0.2 * 2**failures))

@@ -1,0 +1,35 @@
+"""Provider-side Prometheus metrics (default registry, so the kubelet API's /metrics serves them)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+POD_START_LATENCY = Histogram(
+    "warmlet_pod_start_latency_seconds",
+    "Pod creationTimestamp to Running observed by warmlet, by start level",
+    ["level"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
+POD_STARTS = Counter("warmlet_pod_starts_total", "Pod starts by start level", ["level"])
+API_ERRORS = Counter(
+    "warmlet_api_errors_total", "Kubernetes API errors by verb and HTTP code", ["verb", "code"]
+)
+PODS_BY_PHASE = Gauge("warmlet_pods", "Pods bound to this node by phase", ["phase"])
+EVENTS = Counter("warmlet_events_total", "Events recorded", ["type", "reason"])
+EVENTS_DROPPED = Counter("warmlet_events_dropped_total", "Events dropped by the rate limiter or a full queue")
+POD_SYNCS = Counter("warmlet_pod_syncs_total", "Pod worker syncs by result", ["result"])
+POD_SYNC_SECONDS = Histogram(
+    "warmlet_pod_sync_duration_seconds",
+    "Duration of one pod sync",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STATUS_PATCHES = Counter("warmlet_pod_status_patches_total", "Pod status patches sent")
+NODE_LEASE_RENEWALS = Counter(
+    "warmlet_node_lease_renewals_total", "Node lease renewals by result", ["result"]
+)
+PREWARMS = Counter("warmlet_cron_prewarm_total", "Sandboxes requested by CronJob prewarming")
+
+
+def record_api_error(verb: str, status: int) -> None:
+    """KubeClient's on_error hook."""
+    API_ERRORS.labels(verb=verb, code=str(status)).inc()

@@ -1,0 +1,228 @@
+"""Node controller: register or take over the Node, keep its status fresh, recreate it if deleted.
+
+Status is patched when a condition changes (backend health is polled every few seconds)
+and at least every ``status_update_interval_seconds``; a watch on the Node notices its
+deletion and registers it again at once. The Lease runs beside it (provider.lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from provider.config import NodeConfig
+from provider.events import NORMAL, WARNING, EventRecorder
+from provider.kubeclient import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeClient, sleep_backoff
+from provider.lease import LeaseKeeper
+from provider.node_object import conditions_summary, node_labels, node_object, node_status, node_taints
+from sandbox.backend import Backend, BackendHealth
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+
+class NodeController:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        client: KubeClient,
+        lease_client: KubeClient,
+        backend: Backend,
+        kubelet_port: int,
+        recorder: EventRecorder | None = None,
+        health_interval: float = 5.0,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.backend = backend
+        self.kubelet_port = kubelet_port
+        self.recorder = recorder
+        self.health_interval = health_interval
+        self.node: JSON | None = None
+        self.registered = asyncio.Event()
+        self.lease = LeaseKeeper(
+            lease_client,
+            cfg.name,
+            self.node_uid,
+            cfg.lease_duration_seconds,
+            cfg.lease_renew_interval_seconds,
+        )
+        self._last_summary: list[tuple[str, str, str]] = []
+        self._last_update = 0.0
+        self._wake = asyncio.Event()
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/nodes/{self.cfg.name}"
+
+    def node_uid(self) -> str:
+        return str(((self.node or {}).get("metadata") or {}).get("uid", ""))
+
+    async def health(self) -> BackendHealth:
+        try:
+            return await asyncio.wait_for(self.backend.health(), timeout=10)
+        except Exception as e:
+            return BackendHealth(ok=False, reason="HealthCheckFailed", message=repr(e))
+
+    async def register(self) -> JSON:
+        """Create the Node, or take over an existing one (labels, taints, status)."""
+        health = await self.health()
+        now = time.time()
+        try:
+            existing = await self.client.get(self.path)
+        except ApiError as e:
+            if not e.not_found:
+                raise
+            existing = None
+        if existing is None:
+            body = node_object(self.cfg, health, now, self.kubelet_port)
+            try:
+                node = await self.client.post("/api/v1/nodes", body)
+            except ApiError as e:
+                if not e.conflict:
+                    raise
+                return await self.register()  # raced with another writer: take it over
+            node = await self.client.patch(
+                self.path + "/status", {"status": body["status"]}, content_type=STRATEGIC_MERGE_PATCH
+            )
+            log.info("node registered name=%s uid=%s", self.cfg.name, node["metadata"]["uid"])
+        else:
+            labels = node_labels(self.cfg)
+            await self.client.patch(
+                self.path,
+                {"metadata": {"labels": labels}, "spec": {"taints": node_taints(self.cfg) or None}},
+                content_type=MERGE_PATCH,
+            )
+            status = node_status(self.cfg, health, now, self.kubelet_port, existing.get("status"))
+            node = await self.client.patch(
+                self.path + "/status", {"status": status}, content_type=STRATEGIC_MERGE_PATCH
+            )
+            log.info("node taken over name=%s uid=%s", self.cfg.name, node["metadata"]["uid"])
+        self.node = node
+        self._note_update(node, now)
+        self.registered.set()
+        if self.recorder is not None:
+            self.recorder.record(self._ref(), NORMAL, "Starting", "Starting warmlet.")
+            self.recorder.record(
+                self._ref(),
+                NORMAL,
+                "NodeReady" if health.ok else "NodeNotReady",
+                f"Node {self.cfg.name} status is now: {'NodeReady' if health.ok else 'NodeNotReady'}",
+            )
+        return node
+
+    def _ref(self) -> JSON:
+        meta = (self.node or {}).get("metadata") or {}
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.cfg.name, "uid": meta.get("uid", "")},
+        }
+
+    def _note_update(self, node: JSON, now: float) -> None:
+        self._last_summary = conditions_summary((node.get("status") or {}).get("conditions") or [])
+        self._last_update = now
+
+    async def update_status(self, force: bool = False) -> bool:
+        """Patch the status if a condition changed or the interval elapsed; True if patched."""
+        health = await self.health()
+        now = time.time()
+        old = (self.node or {}).get("status") or {}
+        status = node_status(self.cfg, health, now, self.kubelet_port, old)
+        summary = conditions_summary(status["conditions"])
+        due = now - self._last_update >= self.cfg.status_update_interval_seconds
+        if not (force or due or summary != self._last_summary):
+            return False
+        if summary != self._last_summary and self.recorder is not None:
+            self.recorder.record(
+                self._ref(),
+                NORMAL if health.ok else WARNING,
+                "NodeReady" if health.ok else "NodeNotReady",
+                f"Node {self.cfg.name} status is now: {'NodeReady' if health.ok else 'NodeNotReady'}",
+            )
+        try:
+            node = await self.client.patch(
+                self.path + "/status", {"status": status}, content_type=STRATEGIC_MERGE_PATCH
+            )
+        except ApiError as e:
+            if e.not_found:
+                log.warning("node disappeared, registering again name=%s", self.cfg.name)
+                await self.register()
+                return True
+            raise
+        self.node = node
+        self._note_update(node, now)
+        return True
+
+    async def _status_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.health_interval)
+            except TimeoutError:
+                pass
+            force = self._wake.is_set()
+            self._wake.clear()
+            try:
+                if force:
+                    await self.register()
+                else:
+                    await self.update_status()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                log.warning("node status update failed attempt=%d err=%r", failures, e)
+                await sleep_backoff(failures, cap=10.0)
+
+    async def _watch_loop(self) -> None:
+        """Notice the Node's deletion within a second instead of at the next update."""
+        failures = 0
+        rv = ""
+        while True:
+            try:
+                if not rv:
+                    lst = await self.client.get(
+                        "/api/v1/nodes", fieldSelector=f"metadata.name={self.cfg.name}"
+                    )
+                    rv = lst["metadata"]["resourceVersion"]
+                    if not lst.get("items"):
+                        self._wake.set()
+                async for ev in self.client.watch(
+                    "/api/v1/nodes", rv, timeout_seconds=240, fieldSelector=f"metadata.name={self.cfg.name}"
+                ):
+                    rv = (ev.get("object") or {}).get("metadata", {}).get("resourceVersion", rv)
+                    if ev.get("type") == "DELETED":
+                        log.warning("node deleted, registering again name=%s", self.cfg.name)
+                        self._wake.set()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except ApiError as e:
+                if e.gone:
+                    rv = ""
+                    continue
+                failures += 1
+                await sleep_backoff(failures, cap=10.0)
+            except Exception:
+                failures += 1
+                await sleep_backoff(failures, cap=10.0)
+
+    async def run(self) -> None:
+        failures = 0
+        while not self.registered.is_set():
+            try:
+                await self.register()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                log.warning("node registration failed attempt=%d err=%r", failures, e)
+                await sleep_backoff(failures, cap=10.0)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.lease.run(), name="node-lease")
+            tg.create_task(self._status_loop(), name="node-status")
+            tg.create_task(self._watch_loop(), name="node-watch")

@@ -1,0 +1,140 @@
+"""The Node object warmlet registers: pure builders for metadata, spec and status.
+
+Conditions follow kubelet's wording (KubeletReady / KubeletNotReady, KubeletHasSufficient*)
+and keep their lastTransitionTime while their status does not change.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from provider import __version__
+from provider.config import NodeConfig
+from provider.timefmt import rfc3339
+from sandbox.backend import BackendHealth
+
+JSON = dict[str, Any]
+
+_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+}
+
+
+def arch() -> str:
+    return _ARCH.get(platform.machine(), platform.machine())
+
+
+def node_labels(cfg: NodeConfig) -> dict[str, str]:
+    a = arch()
+    labels = {
+        "type": "virtual-kubelet",
+        "kubernetes.io/role": "agent",
+        "kubernetes.io/hostname": cfg.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": a,
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": a,
+        "node.kubernetes.io/exclude-from-external-load-balancers": "true",
+    }
+    labels.update(cfg.labels)
+    return labels
+
+
+def node_taints(cfg: NodeConfig) -> list[JSON]:
+    if not cfg.taint:
+        return []
+    return [{"key": cfg.taint_key, "value": cfg.provider, "effect": cfg.taint_effect}]
+
+
+def capacity(cfg: NodeConfig) -> dict[str, str]:
+    cap = {"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.pods, "ephemeral-storage": cfg.ephemeral_storage}
+    cap.update(cfg.extended_resources)
+    return cap
+
+
+def node_conditions(health: BackendHealth, now: float, old: Sequence[Mapping[str, Any]] = ()) -> list[JSON]:
+    if health.ok:
+        ready = ("True", "KubeletReady", "kubelet is posting ready status")
+    else:
+        detail = ": ".join(x for x in (health.reason, health.message) if x) or "backend is not healthy"
+        ready = ("False", "KubeletNotReady", f"container runtime is not ready: {detail}")
+    wanted = [
+        ("Ready", *ready),
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        ("NetworkUnavailable", "False", "RouteCreated", "RouteController created a route"),
+    ]
+    prev = {c.get("type"): c for c in old}
+    out = []
+    for ctype, status, reason, message in wanted:
+        p = prev.get(ctype) or {}
+        transition = (
+            p.get("lastTransitionTime") if p.get("status") == status and p.get("lastTransitionTime") else None
+        )
+        out.append(
+            {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": rfc3339(now),
+                "lastTransitionTime": transition or rfc3339(now),
+            }
+        )
+    return out
+
+
+def node_status(
+    cfg: NodeConfig,
+    health: BackendHealth,
+    now: float,
+    kubelet_port: int,
+    old: Mapping[str, Any] | None = None,
+) -> JSON:
+    cap = capacity(cfg)
+    runtime = f"{health.runtime_name or 'warmlet'}://{health.runtime_version or __version__}"
+    return {
+        "capacity": cap,
+        "allocatable": dict(cap),
+        "conditions": node_conditions(health, now, (old or {}).get("conditions") or []),
+        "addresses": [
+            {"type": "InternalIP", "address": cfg.internal_ip},
+            {"type": "Hostname", "address": cfg.name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+        "nodeInfo": {
+            "machineID": "",
+            "systemUUID": "",
+            "bootID": "",
+            "kernelVersion": platform.release(),
+            "osImage": f"warmlet {__version__}",
+            "containerRuntimeVersion": runtime,
+            "kubeletVersion": cfg.kubelet_version,
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+    }
+
+
+def node_object(cfg: NodeConfig, health: BackendHealth, now: float, kubelet_port: int) -> JSON:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": cfg.name, "labels": node_labels(cfg)},
+        "spec": {"taints": node_taints(cfg)},
+        "status": node_status(cfg, health, now, kubelet_port),
+    }
+
+
+def conditions_summary(conditions: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """What counts as a change worth an immediate status update (heartbeats aside)."""
+    return sorted((str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in conditions)

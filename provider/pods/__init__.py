@@ -1,0 +1,1 @@
+"""The pod side of warmlet: informer (watch), work queue, per-pod sync, controller."""

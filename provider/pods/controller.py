@@ -1,0 +1,128 @@
+"""Wires the pod informer, the work queue, the pod worker and runtime events together.
+
+On start it waits for the first list, then cleans up what warmlet owns in the runtime but
+the API no longer has (pods deleted while warmlet was down), so restarts neither leak
+nor duplicate sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from provider.config import WarmletConfig
+from provider.events import EventRecorder
+from provider.kubeclient import ApiError, KubeClient
+from provider.metrics import POD_SYNC_SECONDS, POD_SYNCS, PODS_BY_PHASE
+from provider.pods.informer import PodInformer
+from provider.pods.queue import WorkQueue
+from provider.pods.worker import PodWorker
+from provider.resolve_source import ApiObjectSource
+from provider.workload import OwnerResolver
+from sandbox.backend import Backend
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+
+class PodController:
+    def __init__(
+        self,
+        cfg: WarmletConfig,
+        client: KubeClient,
+        backend: Backend,
+        recorder: EventRecorder,
+        node_allocatable: Mapping[str, str],
+        resync_seconds: float = 60.0,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.backend = backend
+        self.queue = WorkQueue(self._sync, workers=cfg.pods.workers)
+        self.informer = PodInformer(client, cfg.node.name, self.queue.add)
+        self.owners = OwnerResolver(self._fetch)
+        self.worker = PodWorker(
+            cfg,
+            client,
+            backend,
+            self.informer.get,
+            recorder,
+            self.owners,
+            ApiObjectSource(client),
+            node_allocatable,
+        )
+        self.resync_seconds = resync_seconds
+        self.ready = asyncio.Event()
+        backend.subscribe(self._runtime_changed)
+
+    def _runtime_changed(self, uid: str) -> None:
+        try:
+            self.queue.add(uid)
+        except RuntimeError:  # called from a thread without a loop: hop onto ours
+            pass
+
+    async def _fetch(self, path: str) -> JSON | None:
+        try:
+            return await self.client.get(path)
+        except ApiError as e:
+            if e.not_found:
+                return None
+            raise
+
+    async def _sync(self, uid: str) -> float | None:
+        t0 = time.perf_counter()
+        try:
+            result = await self.worker.sync(uid)
+            POD_SYNCS.labels(result="ok").inc()
+            return result
+        except Exception:
+            POD_SYNCS.labels(result="error").inc()
+            raise
+        finally:
+            POD_SYNC_SECONDS.observe(time.perf_counter() - t0)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.informer.run(), name="pod-informer")
+            await self.informer.synced.wait()
+            await self.cleanup_orphans()
+            tg.create_task(self.queue.run(), name="pod-workers")
+            self.ready.set()
+            tg.create_task(self._periodic(), name="pod-resync")
+
+    async def cleanup_orphans(self) -> int:
+        """Release sandboxes whose pods no longer exist in the API; returns how many."""
+        live = set(self.informer.pods)
+        reconcile = getattr(self.backend, "reconcile", None)
+        if callable(reconcile):
+            try:
+                await reconcile(live)
+            except Exception:
+                log.exception("backend reconcile failed")
+        orphans = [s for s in await self.backend.list_sandboxes() if s.pod_uid and s.pod_uid not in live]
+        for s in orphans:
+            log.info("cleaning orphan sandbox pod_uid=%s pod=%s/%s", s.pod_uid, s.namespace, s.name)
+            await self.worker._cleanup(s.pod_uid)
+        return len(orphans)
+
+    async def _periodic(self) -> None:
+        """Phase gauge every few seconds; a full resync of every pod now and then."""
+        last_resync = time.monotonic()
+        while True:
+            await asyncio.sleep(5.0)
+            phases = Counter(
+                (p.get("status") or {}).get("phase", "Pending") for p in self.informer.pods.values()
+            )
+            for phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
+                PODS_BY_PHASE.labels(phase=phase).set(phases.get(phase, 0))
+            if time.monotonic() - last_resync >= self.resync_seconds:
+                last_resync = time.monotonic()
+                for uid in list(self.informer.pods):
+                    self.queue.add(uid)
+
+    def close(self) -> None:
+        self.queue.close()
