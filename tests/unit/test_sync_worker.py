@@ -1,0 +1,308 @@
+"""The pod worker end to end against the simulated backend and an in-memory API (no cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provider.config import WarmletConfig
+from provider.kubeclient import ApiError
+from provider.pods.worker import DELETION_COST_ANNOTATION, START_LEVEL_ANNOTATION, PodWorker
+from provider.workload import OwnerResolver
+from sandbox.backend import ContainerState
+from sandbox.simulated import SimulatedBackend
+
+
+class FakeApi:
+    """Just enough of KubeClient: status/metadata patches applied to stored pods, configmaps."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.configmaps: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def add(self, pod: dict[str, Any]) -> None:
+        self.pods[pod["metadata"]["uid"]] = pod
+
+    def _by_path(self, path: str) -> dict[str, Any]:
+        ns, name = path.split("/namespaces/")[1].split("/pods/")
+        name = name.split("/")[0]
+        for p in self.pods.values():
+            if p["metadata"]["namespace"] == ns and p["metadata"]["name"] == name:
+                return p
+        raise ApiError(404, "NotFound", "pod not found")
+
+    async def patch(self, path: str, body: Any, content_type: str = "", **params: Any) -> dict[str, Any]:
+        self.calls.append(("PATCH", path, body))
+        pod = self._by_path(path)
+        if path.endswith("/status"):
+            status = pod.setdefault("status", {})
+            for k, v in body["status"].items():
+                if k == "conditions":
+                    merged = {c["type"]: c for c in status.get("conditions") or []}
+                    merged.update({c["type"]: c for c in v})
+                    status["conditions"] = list(merged.values())
+                else:
+                    status[k] = v
+        else:
+            pod["metadata"].setdefault("annotations", {}).update(body["metadata"]["annotations"])
+        return pod
+
+    async def delete(self, path: str, body: Any = None, **params: Any) -> dict[str, Any]:
+        self.calls.append(("DELETE", path, body))
+        pod = self._by_path(path)
+        del self.pods[pod["metadata"]["uid"]]
+        return {}
+
+    async def get(self, path: str, **params: Any) -> dict[str, Any]:
+        name = path.rsplit("/", 1)[1]
+        if "/configmaps/" in path and name in self.configmaps:
+            return self.configmaps[name]
+        raise ApiError(404, "NotFound", "not found")
+
+    async def post(self, path: str, body: Any, **params: Any) -> dict[str, Any]:
+        return {"status": {"token": "T"}}
+
+    def patches(self, kind: str = "/status") -> list[Any]:
+        return [b for v, p, b in self.calls if v == "PATCH" and p.endswith(kind)]
+
+
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def record(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((obj["metadata"]["name"], type_, reason, message))
+
+    def reasons(self, name: str | None = None) -> list[str]:
+        return [r for n, _, r, _ in self.events if name is None or n == name]
+
+
+def make_pod(
+    name: str,
+    uid: str,
+    policy: str = "Always",
+    annotations: dict[str, str] | None = None,
+    owner: str | None = "web-rs",
+    **spec: Any,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "uid": uid,
+        "annotations": annotations or {},
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+    if owner:
+        meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": owner, "uid": "rs", "controller": True}]
+    spec.setdefault("containers", [{"name": "app", "image": "registry.local/app:1"}])
+    return {"metadata": meta, "spec": {"restartPolicy": policy, "nodeName": "vnode", **spec}, "status": {}}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWorker]:
+    cfg = WarmletConfig()
+    cfg.node.name = "vnode"
+    cfg.pods.volumes_dir = tmp_path / "pods"
+    api = FakeApi()
+    backend = SimulatedBackend(tmp_path / "logs")
+    rec = FakeRecorder()
+
+    async def fetch(path: str) -> dict[str, Any] | None:
+        return None
+
+    from provider.resolve_source import ApiObjectSource
+
+    worker = PodWorker(
+        cfg,
+        api,
+        backend,
+        api.pods.get,
+        rec,
+        OwnerResolver(fetch),
+        ApiObjectSource(api),  # type: ignore[arg-type]
+        {"cpu": "16", "memory": "64Gi"},
+    )
+    return api, backend, rec, worker
+
+
+async def test_pod_runs_and_is_annotated(env: Any) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("p1", "u1"))
+    assert await worker.sync("u1") is None
+    pod = api.pods["u1"]
+    assert pod["status"]["phase"] == "Running"
+    assert pod["status"]["podIP"].startswith("10.")
+    assert pod["status"]["containerStatuses"][0]["containerID"].startswith("simulated://")
+    assert pod["metadata"]["annotations"][START_LEVEL_ANNOTATION] == "cold"
+    assert pod["metadata"]["annotations"][DELETION_COST_ANNOTATION] == "-1000"
+    assert rec.reasons() == ["Pulling", "Pulled", "Created", "Started"]
+    # a second sync changes nothing: no new patch, no new container
+    n = len(api.calls)
+    await worker.sync("u1")
+    assert len(api.calls) == n
+    assert len(await backend.pod_containers("u1")) == 1
+
+
+async def test_graceful_deletion_then_warm_start_for_same_workload(env: Any) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("p1", "u1"))
+    await worker.sync("u1")
+    api.pods["u1"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    api.pods["u1"]["metadata"]["deletionGracePeriodSeconds"] = 5
+    await worker.sync("u1")
+    assert "u1" not in api.pods
+    dele = [b for v, p, b in api.calls if v == "DELETE"]
+    assert dele == [
+        {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": "u1"}}
+    ]
+    assert "Killing" in rec.reasons("p1")
+    assert backend.idle_sandboxes() == 1
+    api.add(make_pod("p2", "u2"))
+    await worker.sync("u2")
+    assert api.pods["u2"]["metadata"]["annotations"][START_LEVEL_ANNOTATION] == "warm"
+    api.add(make_pod("p3", "u3", owner="other-rs"))
+    await worker.sync("u3")
+    assert api.pods["u3"]["metadata"]["annotations"][START_LEVEL_ANNOTATION] == "image_cached"
+
+
+async def test_missing_configmap_waits_then_runs(env: Any) -> None:
+    api, backend, rec, worker = env
+    c = {
+        "name": "app",
+        "image": "registry.local/app:1",
+        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "k"}}}],
+    }
+    api.add(make_pod("p1", "u1", containers=[c]))
+    retry = await worker.sync("u1")
+    assert retry is not None and retry <= 2
+    cs = api.pods["u1"]["status"]["containerStatuses"][0]
+    assert cs["state"]["waiting"] == {
+        "reason": "CreateContainerConfigError",
+        "message": 'configmap "late" not found',
+    }
+    assert api.pods["u1"]["status"]["phase"] == "Pending"
+    api.configmaps["late"] = {"data": {"k": "v"}}
+    await worker.sync("u1")
+    assert api.pods["u1"]["status"]["phase"] == "Running"
+
+
+async def test_image_pull_error_then_backoff(env: Any) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("p1", "u1", containers=[{"name": "app", "image": "registry.local/does-not-exist:1"}]))
+    retry = await worker.sync("u1")
+    assert retry == 10
+    w = api.pods["u1"]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert w["reason"] == "ErrImagePull" and "not found" in w["message"]
+    await worker.sync("u1")
+    w = api.pods["u1"]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert w["reason"] == "ImagePullBackOff" and w["message"].startswith(
+        'Back-off pulling image "registry.local/'
+    )
+
+
+async def test_host_path_rejected(env: Any) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("p1", "u1", volumes=[{"name": "h", "hostPath": {"path": "/var/run"}}]))
+    await worker.sync("u1")
+    st = api.pods["u1"]["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "UnsupportedOnVirtualNode"
+    assert "hostPath volume 'h' (/var/run)" in st["message"]
+    assert "UnsupportedOnVirtualNode" in rec.reasons()
+    assert await backend.list_sandboxes() == []
+
+
+async def test_completed_pod_releases_sandbox(env: Any) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("job-1", "u1", policy="Never", annotations={"warmlet.io/sim-run-seconds": "0.05"}))
+    await worker.sync("u1")
+    await asyncio.sleep(0.2)
+    await worker.sync("u1")
+    st = api.pods["u1"]["status"]
+    assert st["phase"] == "Succeeded"
+    assert st["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+    assert backend.idle_sandboxes() == 1 and await backend.list_sandboxes() == []
+    await worker.sync("u1")  # terminal: nothing more happens
+    assert backend.idle_sandboxes() == 1
+
+
+async def test_crash_loop_backoff(env: Any) -> None:
+    api, backend, rec, worker = env
+    api.add(
+        make_pod(
+            "p1", "u1", annotations={"warmlet.io/sim-run-seconds": "0.01", "warmlet.io/sim-exit-code": "1"}
+        )
+    )
+    await worker.sync("u1")
+    await asyncio.sleep(0.05)
+    await worker.sync("u1")  # first restart is immediate
+    await asyncio.sleep(0.05)
+    retry = await worker.sync("u1")
+    assert retry is not None and 9 < retry <= 10
+    cs = api.pods["u1"]["status"]["containerStatuses"][0]
+    assert cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert cs["restartCount"] == 1
+    assert cs["lastState"]["terminated"]["exitCode"] == 1
+    assert "BackOff" in rec.reasons()
+
+
+async def test_init_containers_in_order(env: Any) -> None:
+    api, backend, rec, worker = env
+    p = make_pod(
+        "p1",
+        "u1",
+        initContainers=[
+            {"name": "i1", "image": "registry.local/i:1"},
+            {"name": "i2", "image": "registry.local/i:1"},
+        ],
+    )
+    api.add(p)
+    for _ in range(10):
+        if await worker.sync("u1") is None and api.pods["u1"]["status"].get("phase") == "Running":
+            break
+        await asyncio.sleep(0.01)
+    st = api.pods["u1"]["status"]
+    assert st["phase"] == "Running"
+    assert [s["state"]["terminated"]["reason"] for s in st["initContainerStatuses"]] == ["Completed"] * 2
+    names = [c.name for c in await backend.pod_containers("u1")]
+    assert names == ["i1", "i2", "app"]
+
+
+async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path: Path) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("p1", "u1"))
+    await worker.sync("u1")
+    before = await backend.pod_containers("u1")
+    fresh = PodWorker(
+        worker.cfg, api, backend, api.pods.get, rec, worker.owners, worker.source, {"cpu": "16"}
+    )
+    await fresh.sync("u1")
+    after = await backend.pod_containers("u1")
+    assert [c.container_id for c in after] == [c.container_id for c in before]
+    assert backend.sandboxes_created == 1
+
+
+async def test_pod_gone_from_api_is_cleaned(env: Any) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("p1", "u1"))
+    await worker.sync("u1")
+    del api.pods["u1"]
+    await worker.sync("u1")
+    assert await backend.list_sandboxes() == []
+    assert all(c.state == ContainerState.EXITED for c in await backend.pod_containers("u1"))
+
+
+async def test_status_patch_skipped_when_unchanged(env: Any) -> None:
+    api, backend, rec, worker = env
+    pod = make_pod("p1", "u1")
+    api.add(pod)
+    await worker.sync("u1")
+    snapshot = copy.deepcopy(api.pods["u1"])
+    n = len(api.patches())
+    api.pods["u1"] = snapshot
+    await worker.sync("u1")
+    assert len(api.patches()) == n
