@@ -131,7 +131,7 @@ def env(tmp_path: Path) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWor
 
 
 async def test_pod_runs_and_is_annotated(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("p1", "u1"))
     assert await worker.sync("u1") is None
     pod = api.pods["u1"]
@@ -149,7 +149,7 @@ async def test_pod_runs_and_is_annotated(env: Any) -> None:
 
 
 async def test_graceful_deletion_then_warm_start_for_same_workload(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("p1", "u1"))
     await worker.sync("u1")
     api.pods["u1"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
@@ -171,7 +171,7 @@ async def test_graceful_deletion_then_warm_start_for_same_workload(env: Any) -> 
 
 
 async def test_missing_configmap_waits_then_runs(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     c = {
         "name": "app",
         "image": "registry.local/app:1",
@@ -192,7 +192,7 @@ async def test_missing_configmap_waits_then_runs(env: Any) -> None:
 
 
 async def test_image_pull_error_then_backoff(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("p1", "u1", containers=[{"name": "app", "image": "registry.local/does-not-exist:1"}]))
     retry = await worker.sync("u1")
     assert retry == 10
@@ -206,7 +206,7 @@ async def test_image_pull_error_then_backoff(env: Any) -> None:
 
 
 async def test_host_path_rejected(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("p1", "u1", volumes=[{"name": "h", "hostPath": {"path": "/var/run"}}]))
     await worker.sync("u1")
     st = api.pods["u1"]["status"]
@@ -217,7 +217,7 @@ async def test_host_path_rejected(env: Any) -> None:
 
 
 async def test_completed_pod_releases_sandbox(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("job-1", "u1", policy="Never", annotations={"warmlet.io/sim-run-seconds": "0.05"}))
     await worker.sync("u1")
     await asyncio.sleep(0.2)
@@ -231,7 +231,7 @@ async def test_completed_pod_releases_sandbox(env: Any) -> None:
 
 
 async def test_crash_loop_backoff(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(
         make_pod(
             "p1", "u1", annotations={"warmlet.io/sim-run-seconds": "0.01", "warmlet.io/sim-exit-code": "1"}
@@ -251,7 +251,7 @@ async def test_crash_loop_backoff(env: Any) -> None:
 
 
 async def test_init_containers_in_order(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     p = make_pod(
         "p1",
         "u1",
@@ -273,7 +273,7 @@ async def test_init_containers_in_order(env: Any) -> None:
 
 
 async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path: Path) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("p1", "u1"))
     await worker.sync("u1")
     before = await backend.pod_containers("u1")
@@ -287,7 +287,7 @@ async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path
 
 
 async def test_pod_gone_from_api_is_cleaned(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("p1", "u1"))
     await worker.sync("u1")
     del api.pods["u1"]
@@ -297,7 +297,7 @@ async def test_pod_gone_from_api_is_cleaned(env: Any) -> None:
 
 
 async def test_status_patch_skipped_when_unchanged(env: Any) -> None:
-    api, backend, rec, worker = env
+    api, backend, rec, worker = env  # noqa: RUF059
     pod = make_pod("p1", "u1")
     api.add(pod)
     await worker.sync("u1")
