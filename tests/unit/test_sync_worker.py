@@ -131,7 +131,7 @@ def env(tmp_path: Path) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWor
 
 
 async def test_pod_runs_and_is_annotated(env: Any) -> None:
-    api, backend, rec, worker = env  # noqa: RUF059
+    api, backend, rec, worker = env
     api.add(make_pod("p1", "u1"))
     assert await worker.sync("u1") is None
     pod = api.pods["u1"]
@@ -149,7 +149,7 @@ async def test_pod_runs_and_is_annotated(env: Any) -> None:
 
 
 async def test_graceful_deletion_then_warm_start_for_same_workload(env: Any) -> None:
-    api, backend, rec, worker = env  # noqa: RUF059
+    api, backend, rec, worker = env
     api.add(make_pod("p1", "u1"))
     await worker.sync("u1")
     api.pods["u1"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
@@ -206,7 +206,7 @@ async def test_image_pull_error_then_backoff(env: Any) -> None:
 
 
 async def test_host_path_rejected(env: Any) -> None:
-    api, backend, rec, worker = env  # noqa: RUF059
+    api, backend, rec, worker = env
     api.add(make_pod("p1", "u1", volumes=[{"name": "h", "hostPath": {"path": "/var/run"}}]))
     await worker.sync("u1")
     st = api.pods["u1"]["status"]
@@ -273,7 +273,7 @@ async def test_init_containers_in_order(env: Any) -> None:
 
 
 async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path: Path) -> None:
-    api, backend, rec, worker = env  # noqa: RUF059
+    api, backend, rec, worker = env
     api.add(make_pod("p1", "u1"))
     await worker.sync("u1")
     before = await backend.pod_containers("u1")
