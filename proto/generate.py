@@ -21,7 +21,9 @@ HERE = Path(__file__).resolve().parent
 PROTO = HERE / "cri.proto"
 GEN = HERE / "gen"
 STAMP = GEN / "STAMP"
-LOCK = Path(tempfile.gettempdir()) / f"warmlet-proto-{hashlib.sha256(str(HERE).encode()).hexdigest()[:12]}.lock"
+LOCK = (
+    Path(tempfile.gettempdir()) / f"warmlet-proto-{hashlib.sha256(str(HERE).encode()).hexdigest()[:12]}.lock"
+)
 
 
 def _generator_version() -> str:
@@ -62,7 +64,9 @@ def generate(force: bool = False) -> None:
         try:
             from grpc_tools import protoc
         except ImportError as e:  # pragma: no cover - dev dependency missing
-            raise RuntimeError("grpcio-tools is needed to generate proto/gen: pip install grpcio-tools") from e
+            raise RuntimeError(
+                "grpcio-tools is needed to generate proto/gen: pip install grpcio-tools"
+            ) from e
         import grpc_tools
 
         tmp = Path(tempfile.mkdtemp(prefix=".gen-", dir=HERE))

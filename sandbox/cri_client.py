@@ -150,10 +150,10 @@ class CriClient:
         method: str,
         fn: Callable[..., Awaitable[T]],
         request: Any,
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> T:
         """One CRI call with deadline, metrics, and retries of idempotent calls on UNAVAILABLE."""
-        timeout = self.call_timeout if timeout is None else timeout
+        timeout = self.call_timeout if deadline is None else deadline
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
         delay = self.backoff_base
         for attempt in range(1, attempts + 1):
@@ -167,7 +167,9 @@ class CriClient:
                 details = e.details() or ""
                 if code == grpc.StatusCode.UNAVAILABLE:
                     if attempt < attempts:
-                        log.debug("cri call unavailable method=%s attempt=%d retry_in=%.2f", method, attempt, delay)
+                        log.debug(
+                            "cri call unavailable method=%s attempt=%d retry_in=%.2f", method, attempt, delay
+                        )
                         await asyncio.sleep(delay * (0.5 + random.random() / 2))
                         delay = min(delay * 2, self.backoff_max)
                         continue
@@ -190,16 +192,20 @@ class CriClient:
     async def run_pod_sandbox(self, config: pb.PodSandboxConfig, runtime_handler: str = "") -> str:
         req = pb.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
         # Sandbox creation includes CNI setup: allow more than a plain call.
-        resp = await self._call("RunPodSandbox", self.rt.RunPodSandbox, req, timeout=max(self.call_timeout, 120))
+        resp = await self._call(
+            "RunPodSandbox", self.rt.RunPodSandbox, req, deadline=max(self.call_timeout, 120)
+        )
         return str(resp.pod_sandbox_id)
 
     async def stop_pod_sandbox(self, sandbox_id: str) -> None:
         req = pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id)
-        await self._call("StopPodSandbox", self.rt.StopPodSandbox, req, timeout=max(self.call_timeout, 60))
+        await self._call("StopPodSandbox", self.rt.StopPodSandbox, req, deadline=max(self.call_timeout, 60))
 
     async def remove_pod_sandbox(self, sandbox_id: str) -> None:
         req = pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id)
-        await self._call("RemovePodSandbox", self.rt.RemovePodSandbox, req, timeout=max(self.call_timeout, 60))
+        await self._call(
+            "RemovePodSandbox", self.rt.RemovePodSandbox, req, deadline=max(self.call_timeout, 60)
+        )
 
     async def pod_sandbox_status(self, sandbox_id: str, verbose: bool = False) -> pb.PodSandboxStatusResponse:
         req = pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=verbose)
@@ -217,17 +223,23 @@ class CriClient:
     async def create_container(
         self, sandbox_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig
     ) -> str:
-        req = pb.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config)
+        req = pb.CreateContainerRequest(
+            pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config
+        )
         resp = await self._call("CreateContainer", self.rt.CreateContainer, req)
         return str(resp.container_id)
 
     async def start_container(self, container_id: str) -> None:
-        await self._call("StartContainer", self.rt.StartContainer, pb.StartContainerRequest(container_id=container_id))
+        await self._call(
+            "StartContainer", self.rt.StartContainer, pb.StartContainerRequest(container_id=container_id)
+        )
 
     async def stop_container(self, container_id: str, timeout_seconds: int) -> None:
         req = pb.StopContainerRequest(container_id=container_id, timeout=timeout_seconds)
         # The call itself lasts up to the grace period: give the deadline that much more.
-        await self._call("StopContainer", self.rt.StopContainer, req, timeout=self.call_timeout + timeout_seconds)
+        await self._call(
+            "StopContainer", self.rt.StopContainer, req, deadline=self.call_timeout + timeout_seconds
+        )
 
     async def remove_container(self, container_id: str) -> None:
         req = pb.RemoveContainerRequest(container_id=container_id)
@@ -250,9 +262,13 @@ class CriClient:
         req = pb.UpdateContainerResourcesRequest(container_id=container_id, linux=linux)
         await self._call("UpdateContainerResources", self.rt.UpdateContainerResources, req)
 
-    async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: int = 10) -> pb.ExecSyncResponse:
+    async def exec_sync(
+        self, container_id: str, cmd: list[str], timeout_seconds: int = 10
+    ) -> pb.ExecSyncResponse:
         req = pb.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout_seconds)
-        return await self._call("ExecSync", self.rt.ExecSync, req, timeout=self.call_timeout + timeout_seconds)
+        return await self._call(
+            "ExecSync", self.rt.ExecSync, req, deadline=self.call_timeout + timeout_seconds
+        )
 
     async def container_stats(self, container_id: str) -> pb.ContainerStats:
         req = pb.ContainerStatsRequest(container_id=container_id)
@@ -278,7 +294,7 @@ class CriClient:
         req = pb.PullImageRequest(image=pb.ImageSpec(image=image))
         if sandbox_config is not None:
             req.sandbox_config.CopyFrom(sandbox_config)
-        resp = await self._call("PullImage", self.img.PullImage, req, timeout=self.pull_timeout)
+        resp = await self._call("PullImage", self.img.PullImage, req, deadline=self.pull_timeout)
         return str(resp.image_ref)
 
     async def image_status(self, image: str) -> pb.Image | None:

@@ -84,7 +84,9 @@ def container_log_relpath(container: str, attempt: int) -> str:
 def container_log_path(
     log_root: str | os.PathLike[str], namespace: str, name: str, uid: str, container: str, attempt: int
 ) -> str:
-    return os.path.join(pod_log_dir(log_root, namespace, name, uid), container_log_relpath(container, attempt))
+    return os.path.join(
+        pod_log_dir(log_root, namespace, name, uid), container_log_relpath(container, attempt)
+    )
 
 
 # ---------------------------------------------------------------------------- resources
@@ -106,7 +108,10 @@ def milli_cpu_to_quota(milli: int, period: int = QUOTA_PERIOD_US) -> int:
 def qos_class(resources: list[Resources]) -> str:
     """Guaranteed / Burstable / BestEffort from the containers' requests and limits."""
     if all(
-        r.cpu_request_milli == 0 and r.cpu_limit_milli == 0 and r.memory_request_bytes == 0 and r.memory_limit_bytes == 0
+        r.cpu_request_milli == 0
+        and r.cpu_limit_milli == 0
+        and r.memory_request_bytes == 0
+        and r.memory_limit_bytes == 0
         for r in resources
     ):
         return "BestEffort"
@@ -134,7 +139,9 @@ def oom_score_adj(res: Resources, qos: str, node_memory_bytes: int) -> int:
     return int(max(2, min(999, adj)))
 
 
-def linux_resources(res: Resources, qos: str = "Burstable", node_memory_bytes: int = 0) -> pb.LinuxContainerResources:
+def linux_resources(
+    res: Resources, qos: str = "Burstable", node_memory_bytes: int = 0
+) -> pb.LinuxContainerResources:
     cpu_req = res.cpu_request_milli or res.cpu_limit_milli
     out = pb.LinuxContainerResources(
         cpu_shares=milli_cpu_to_shares(cpu_req),
@@ -195,7 +202,9 @@ def sandbox_config(
 ) -> pb.PodSandboxConfig:
     """PodSandboxConfig as kubelet's generatePodSandboxConfig builds it (pod network namespace)."""
     cfg = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt),
+        metadata=pb.PodSandboxMetadata(
+            name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt
+        ),
         hostname=pod.hostname or pod.name,
         log_directory=log_directory,
         dns_config=pb.DNSConfig(servers=pod.dns.servers, searches=pod.dns.searches, options=pod.dns.options),

@@ -12,6 +12,7 @@ runtime is reached through the small ``ImageRuntime`` protocol so the cache can 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -112,7 +113,8 @@ def parse_reference(image: str) -> ImageReference:
     name = m.group("name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidImageNameError(
-            f'Failed to apply default image tag "{image}": repository name must not be more than 255 characters'
+            f'Failed to apply default image tag "{image}": '
+            "repository name must not be more than 255 characters"
         )
     domain, path = _split_domain(name)
     return ImageReference(domain=domain, path=path, tag=m.group("tag") or "", digest=m.group("digest") or "")
@@ -274,21 +276,25 @@ class ImageCache:
             return ImageResult(image=image, image_ref=present.id, pulled=False, size_bytes=present.size)
         if action == PullAction.NEVER_MISSING:
             metrics.IMAGE_PULLS.labels("never").inc()
-            raise ImageNeverPullError(
-                f'Container image "{image}" is not present with pull policy of Never'
-            )
+            raise ImageNeverPullError(f'Container image "{image}" is not present with pull policy of Never')
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(
                 self._pull(image, present), name=f"image-pull:{key}"
             )
             self._inflight[key] = task
-            task.add_done_callback(lambda t, k=key: self._inflight.pop(k, None) if self._inflight.get(k) is t else None)
+            task.add_done_callback(functools.partial(self._pull_done, key))
         else:
             metrics.IMAGE_PULLS.labels("deduplicated").inc()
         # shield: a cancelled waiter must not cancel the pull other pods are waiting for.
         result = await asyncio.shield(task)
         return result.model_copy(update={"image": image})
+
+    def _pull_done(self, key: str, task: asyncio.Task[ImageResult]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters got it; avoid "exception never retrieved" noise
 
     async def _pull(self, image: str, before: ImageInfo | None) -> ImageResult:
         async with self._sem:
@@ -317,7 +323,14 @@ class ImageCache:
         else:
             metrics.IMAGE_PULLS.labels("present").inc()
         self.touch(image_id)
-        log.info("image pull done image=%s id=%s bytes=%d seconds=%.3f pulled=%s", image, image_id, size, elapsed, pulled)
+        log.info(
+            "image pull done image=%s id=%s bytes=%d seconds=%.3f pulled=%s",
+            image,
+            image_id,
+            size,
+            elapsed,
+            pulled,
+        )
         return ImageResult(image=image, image_ref=image_id, pulled=pulled, size_bytes=size)
 
     async def garbage_collect(self, in_use: set[str]) -> list[str]:
@@ -331,7 +344,9 @@ class ImageCache:
                 u = self._usage[img.id] = _Usage(first_seen=now, last_used=now)
             cands.append(GcCandidate(img, u.first_seen, u.last_used))
         inflight = set(self._inflight)
-        victims = select_gc_victims(cands, in_use | inflight, self.gc_budget_bytes, self.gc_min_age_seconds, now)
+        victims = select_gc_victims(
+            cands, in_use | inflight, self.gc_budget_bytes, self.gc_min_age_seconds, now
+        )
         removed = []
         for v in victims:
             try:

@@ -49,5 +49,7 @@ CRI_CALL_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 CRI_CALL_ERRORS = Counter(
-    "warmlet_cri_call_errors_total", "CRI gRPC calls that failed, by method and gRPC code.", ["method", "code"]
+    "warmlet_cri_call_errors_total",
+    "CRI gRPC calls that failed, by method and gRPC code.",
+    ["method", "code"],
 )

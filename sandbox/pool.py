@@ -133,7 +133,9 @@ class WarmPool:
         return [
             r
             for r in self.records.values()
-            if r.state == "idle" and (key is None or r.key == key) and (namespace is None or r.namespace == namespace)
+            if r.state == "idle"
+            and (key is None or r.key == key)
+            and (namespace is None or r.namespace == namespace)
         ]
 
     def in_use_count(self, key: str) -> int:
@@ -195,7 +197,9 @@ class WarmPool:
             tpls = {k: PodSandboxSpec.model_validate(v) for k, v in data.get("templates", {}).items()}
             return recs, tpls
         except (OSError, ValueError, TypeError) as e:
-            log.warning("pool state unreadable, adopting from labels only path=%s error=%s", self.state_file, e)
+            log.warning(
+                "pool state unreadable, adopting from labels only path=%s error=%s", self.state_file, e
+            )
             return [], {}
 
     def adopt(self, records: Iterable[SandboxRecord], templates: dict[str, PodSandboxSpec]) -> None:
@@ -227,7 +231,11 @@ class WarmPool:
                 metrics.POOL_HITS.labels(label).inc()
                 log.info(
                     "pool hit pod=%s/%s uid=%s sandbox=%s key=%s",
-                    spec.namespace, spec.name, spec.uid, rec.sandbox_id[:12], label,
+                    spec.namespace,
+                    spec.name,
+                    spec.uid,
+                    rec.sandbox_id[:12],
+                    label,
                 )
             else:
                 metrics.POOL_MISSES.labels(label).inc()
@@ -319,7 +327,12 @@ class WarmPool:
 
     async def _destroy(self, rec: SandboxRecord, reason: EvictReason) -> None:
         metrics.POOL_EVICTIONS.labels(reason.value).inc()
-        log.info("sandbox destroyed sandbox=%s key=%s reason=%s", rec.sandbox_id[:12], workload_key_label(rec.key)[:12], reason)
+        log.info(
+            "sandbox destroyed sandbox=%s key=%s reason=%s",
+            rec.sandbox_id[:12],
+            workload_key_label(rec.key)[:12],
+            reason,
+        )
         self.records.pop(rec.sandbox_id, None)
         if rec.pod_uid and self.by_pod.get(rec.pod_uid) == rec.sandbox_id:
             self.by_pod.pop(rec.pod_uid, None)
@@ -381,7 +394,9 @@ class WarmPool:
         self._creating[key] = self._creating.get(key, 0) + 1
         try:
             uid = f"warm-{random.getrandbits(64):016x}"
-            spec = tpl.model_copy(update={"uid": uid, "name": f"warm-{workload_key_label(key)[:10]}-{uid[5:13]}"})
+            spec = tpl.model_copy(
+                update={"uid": uid, "name": f"warm-{workload_key_label(key)[:10]}-{uid[5:13]}"}
+            )
             try:
                 sid, ip = await self.driver.create_sandbox(spec, prewarmed=True)
             except BackendError as e:
@@ -390,7 +405,13 @@ class WarmPool:
                 return
             now = self.clock()
             self.records[sid] = SandboxRecord(
-                sandbox_id=sid, key=key, namespace=tpl.namespace, state="idle", pod_ip=ip, created_at=now, idle_since=now
+                sandbox_id=sid,
+                key=key,
+                namespace=tpl.namespace,
+                state="idle",
+                pod_ip=ip,
+                created_at=now,
+                idle_since=now,
             )
             metrics.POOL_PREWARM.labels(trigger, "created").inc()
             self._update_gauges([key])
@@ -430,13 +451,17 @@ class WarmPool:
         """One maintenance pass: health of idle members, trim, then top up each workload to its min."""
         await self.check_idle_health()
         await self.trim()
-        wanted = {k: p.min for k, p in self.policies.items() if p.enabled and p.min > 0 and k in self.templates}
+        wanted = {
+            k: p.min for k, p in self.policies.items() if p.enabled and p.min > 0 and k in self.templates
+        }
         if wanted:
             await self._create_idle(wanted, trigger="min")
 
     def start_maintenance(self, interval: float) -> None:
         if self._maint_task is None:
-            self._maint_task = asyncio.get_running_loop().create_task(self._maintenance_loop(interval), name="pool-maint")
+            self._maint_task = asyncio.get_running_loop().create_task(
+                self._maintenance_loop(interval), name="pool-maint"
+            )
 
     def wake(self) -> None:
         self._wake.set()

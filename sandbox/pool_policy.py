@@ -105,7 +105,11 @@ def policy_for(defaults: PoolDefaults, annotations: Mapping[str, str] | None = N
     a cap is a promise about resources, a min only a latency wish.
     """
     ann = annotations or {}
-    enabled = defaults.enabled and ann.get(ANNOTATION_POOL, "").strip().lower() not in {"off", "false", "disabled"}
+    enabled = defaults.enabled and ann.get(ANNOTATION_POOL, "").strip().lower() not in {
+        "off",
+        "false",
+        "disabled",
+    }
     mn = _int_annotation(ann, ANNOTATION_MIN)
     mx = _int_annotation(ann, ANNOTATION_MAX)
     ttl = _float_annotation(ann, ANNOTATION_TTL)
@@ -265,14 +269,20 @@ def plan_topup(
     """
     out: dict[str, int] = {}
     count = idle_total + sum(creating.values())
-    mem = idle_bytes + sum(creating.get(k, 0) * cost_bytes.get(k, DEFAULT_SANDBOX_COST_BYTES) for k in creating)
+    mem = idle_bytes + sum(
+        creating.get(k, 0) * cost_bytes.get(k, DEFAULT_SANDBOX_COST_BYTES) for k in creating
+    )
     if not defaults.enabled:
         return out
     for key in sorted(wanted):
         need = wanted[key] - idle_counts.get(key, 0) - creating.get(key, 0)
         cost = cost_bytes.get(key, DEFAULT_SANDBOX_COST_BYTES)
         n = 0
-        while n < need and count < defaults.global_max_sandboxes and mem + cost <= defaults.global_max_memory_bytes:
+        while (
+            n < need
+            and count < defaults.global_max_sandboxes
+            and mem + cost <= defaults.global_max_memory_bytes
+        ):
             n += 1
             count += 1
             mem += cost
