@@ -1,0 +1,123 @@
+"""Helpers for tests and benches that run warmlet in-process against a real API server.
+
+Kept in the package (not tests/) so integration tests, e2e tests and benches share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from provider.app import WarmletNode
+from provider.config import WarmletConfig
+from provider.kubeclient import ApiError, KubeClient
+from sandbox.backend import Backend
+
+JSON = dict[str, Any]
+T = TypeVar("T")
+
+
+def node_config(
+    kubeconfig: str | Path, workdir: Path, node_name: str | None = None, **pods: Any
+) -> WarmletConfig:
+    """A config for a simulated node with everything under ``workdir`` and a free port."""
+    cfg = WarmletConfig()
+    cfg.kubeconfig = Path(kubeconfig)
+    cfg.backend = "simulated"
+    cfg.node.name = node_name or f"wl-{uuid.uuid4().hex[:8]}"
+    cfg.log_dir = workdir / "logs"
+    cfg.state_dir = workdir / "state"
+    cfg.pods.volumes_dir = workdir / "state" / "pods"
+    cfg.server.cert_dir = workdir / "state" / "pki"
+    cfg.server.port = 0
+    cfg.server.authorization_mode = "AlwaysAllow"
+    for k, v in pods.items():
+        setattr(cfg.pods, k, v)
+    return cfg
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    cfg: WarmletConfig, backend: Backend | None = None, delete_node: bool = True
+) -> AsyncIterator[WarmletNode]:
+    node = WarmletNode(cfg, backend=backend, serve_kubelet_api=False)
+    await node.start()
+    try:
+        yield node
+    finally:
+        client = await KubeClient.from_kubeconfig(str(cfg.kubeconfig))
+        await node.stop()
+        if delete_node:
+            with contextlib.suppress(ApiError):
+                await client.delete(f"/api/v1/nodes/{cfg.node.name}")
+        await client.close()
+
+
+async def wait_for(
+    fn: Callable[[], Awaitable[T]], within: float = 60.0, interval: float = 0.5, what: str = "condition"
+) -> T:
+    """Poll ``fn`` until it returns something truthy; TimeoutError with the last value otherwise."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await fn()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {within}s waiting for {what}; last={last!r}"[:2000])
+
+
+async def create_namespace(client: KubeClient, prefix: str = "wl") -> str:
+    """A fresh namespace whose default ServiceAccount exists (pods are admitted)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    await client.post(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+
+    async def sa() -> bool:
+        try:
+            await client.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            return True
+        except ApiError:
+            return False
+
+    await wait_for(sa, 30, 0.2, "default service account")
+    return name
+
+
+def pod_template(node: str, annotations: dict[str, str] | None = None, **spec: Any) -> JSON:
+    """A pod template pinned to the virtual node and tolerating its taint."""
+    s: JSON = {
+        "nodeSelector": {"kubernetes.io/hostname": node},
+        "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}],
+        "terminationGracePeriodSeconds": 5,
+        "containers": [{"name": "app", "image": "127.0.0.1:5000/sim/app:1"}],
+    }
+    s.update(spec)
+    return {"metadata": {"labels": {"app": "x"}, "annotations": annotations or {}}, "spec": s}
+
+
+def bare_pod(name: str, node: str, annotations: dict[str, str] | None = None, **spec: Any) -> JSON:
+    t = pod_template(node, annotations, **spec)
+    t["metadata"]["name"] = name
+    return {"apiVersion": "v1", "kind": "Pod", **t}
+
+
+async def list_pods(client: KubeClient, namespace: str, selector: str | None = None) -> list[JSON]:
+    params = {"labelSelector": selector} if selector else {}
+    items: list[JSON] = (await client.list_all(f"/api/v1/namespaces/{namespace}/pods", **params))["items"]
+    return items
+
+
+def phase(p: JSON) -> str:
+    return str((p.get("status") or {}).get("phase", ""))
+
+
+async def events_for(client: KubeClient, namespace: str, reason: str | None = None) -> list[JSON]:
+    items: list[JSON] = (await client.list_all(f"/api/v1/namespaces/{namespace}/events"))["items"]
+    return [e for e in items if reason is None or e.get("reason") == reason]
