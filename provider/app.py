@@ -44,15 +44,17 @@ def build_backend(cfg: WarmletConfig) -> Backend:
 async def _start_kubelet_api(
     cfg: WarmletConfig, backend: Backend, pods: PodController, client: KubeClient
 ) -> Any:
-    """Start the kubelet HTTP API (provider.kubelet_api, owned by another module)."""
-    try:
-        from provider.kubelet_api import start_kubelet_api
-    except ImportError as e:  # not there yet: the node still works, without logs/stats
-        log.warning("kubelet API not available err=%r", e)
-        return None
-    # INTEGRATION POINT: start_kubelet_api(cfg, backend, pods_provider, client) -> server with .close()
-    return await start_kubelet_api(  # type: ignore[call-arg,unused-ignore]
-        cfg=cfg, backend=backend, pods=lambda: list(pods.informer.pods.values()), client=client
+    """Start the kubelet HTTPS API (provider.kubelet_api) serving the informer's pods."""
+    from provider.kubelet_api import start_kubelet_api
+
+    return await start_kubelet_api(
+        cfg.server,
+        cfg.node.name,
+        backend,
+        lambda: list(pods.informer.pods.values()),
+        client,
+        log_root=str(cfg.log_dir),
+        node_addresses=(cfg.node.internal_ip,),
     )
 
 
@@ -115,14 +117,16 @@ class WarmletNode:
 
     async def _main(self) -> None:
         assert self.node and self.pods and self.recorder and self.prewarmer and self.client
+        if self.serve_kubelet_api:
+            # before registration, so the Node advertises the port actually bound (port 0 = any)
+            self._api_server = await _start_kubelet_api(self.cfg, self.backend, self.pods, self.client)
+            self.node.kubelet_port = int(getattr(self._api_server, "port", self.cfg.server.port))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.recorder.run(), name="events")
             tg.create_task(self.node.run(), name="node")
             await self.node.registered.wait()
             tg.create_task(self.pods.run(), name="pods")
             tg.create_task(self.prewarmer.run(), name="cron-prewarm")
-            if self.serve_kubelet_api:
-                self._api_server = await _start_kubelet_api(self.cfg, self.backend, self.pods, self.client)
 
     async def wait(self) -> None:
         """Until the node stops on its own (a fatal error)."""
