@@ -412,6 +412,45 @@ class SimulatedBackend:
                 del self._pool[key]
         log.debug("sandbox destroyed pod_uid=%s sandbox_id=%s", pod_uid, sb.info.sandbox_id)
 
+    async def prewarm(self, pod: PodSandboxSpec, count: int) -> int:
+        """Cache the template's images and create idle sandboxes for its key, up to the pool cap."""
+        if not self.pool_enabled:
+            return 0
+        for image in pod.images:
+            await self.ensure_image(image, PullPolicy.IF_NOT_PRESENT)
+        want = min(count, self.pool_max_per_workload)
+        while self.idle_sandboxes(pod.workload_key) < want:
+            if self.sandbox_seconds > 0:
+                await asyncio.sleep(self.sandbox_seconds)
+            info = SandboxInfo(
+                sandbox_id=secrets.token_hex(32),
+                pod_uid="",
+                workload_key=pod.workload_key,
+                pod_ip=self._next_ip(),
+                created_at=time.time(),
+            )
+            self.sandboxes_created += 1
+            idle = self._pool.setdefault(pod.workload_key, deque())
+            if len(idle) >= want:
+                break
+            idle.append(_Sandbox(info, None))
+        return self.idle_sandboxes(pod.workload_key)
+
+    async def reconcile(self, live_pod_uids: set[str]) -> None:
+        """Release sandboxes of pods that no longer exist and remove stray pod log directories."""
+        for uid in [u for u in self._sandboxes if u not in live_pod_uids]:
+            log.info("releasing sandbox of unknown pod pod_uid=%s", uid)
+            await self.release_sandbox(uid, reusable=True)
+        try:
+            entries = os.listdir(self.log_dir)
+        except OSError:
+            return
+        for entry in entries:
+            parts = entry.split("_")
+            if len(parts) != 3 or parts[2] in live_pod_uids or parts[2] in self._sandboxes:
+                continue
+            shutil.rmtree(os.path.join(self.log_dir, entry), ignore_errors=True)
+
     async def list_sandboxes(self) -> list[SandboxInfo]:
         return [sb.info.model_copy() for sb in self._sandboxes.values()]
 

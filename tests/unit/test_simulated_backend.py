@@ -388,3 +388,30 @@ async def test_ten_thousand_pods_are_cheap(tmp_path: Path) -> None:
     assert len(s.pods) == 10_000
     await b.close()
     assert elapsed < 20 and stats_time < 2.0, (elapsed, stats_time)
+
+
+async def test_prewarm_fills_pool_up_to_cap(tmp_path: Path) -> None:
+    b = SimulatedBackend(tmp_path, pool_max_per_workload=3)
+    template = pod("tmpl", key="cron")
+    template.images = ["busybox:1.36"]
+    assert await b.prewarm(template, 2) == 2
+    assert b.has_image("busybox:1.36")
+    assert await b.prewarm(template, 2) == 2  # idempotent
+    assert await b.prewarm(template, 10) == 3
+    got = await b.acquire_sandbox(pod("real", key="cron"))
+    assert got.from_pool and got.pod_uid == "real"
+    assert await SimulatedBackend(tmp_path, pool_enabled=False).prewarm(template, 2) == 0
+
+
+async def test_reconcile_releases_unknown_pods_and_stray_logs(backend: SimulatedBackend) -> None:
+    await run_pod(backend, pod("a"))
+    await run_pod(backend, pod("b"))
+    stray = Path(backend.log_dir) / "default_old_zzz"
+    keep = Path(backend.log_dir) / "not-a-pod-dir"
+    for d in (stray, keep):
+        d.mkdir(parents=True)
+    await backend.reconcile({"a"})
+    assert {s.pod_uid for s in await backend.list_sandboxes()} == {"a"}
+    assert backend.idle_sandboxes("k1") == 1
+    assert not exists(stray) and exists(keep)
+    assert exists(Path(backend.log_path("default", "pod-a", "a", "main", 0)))
