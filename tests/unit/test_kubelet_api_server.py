@@ -99,9 +99,9 @@ class Env:
         name: str = "p1",
         containers: tuple[str, ...] = ("main",),
         attempt: int = 0,
-        **ann: str,
+        ann: dict[str, str] | None = None,
     ) -> list[str]:
-        s = spec(uid, name, **ann)
+        s = spec(uid, name, **(ann or {}))
         sb = await self.backend.acquire_sandbox(s)
         ids = []
         for c in containers:
@@ -148,7 +148,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 
 async def test_logs_plain_and_options(env: Env) -> None:
-    await env.start(**{"warmlet.io/sim-log": "one\ntwo"})
+    await env.start(ann={"warmlet.io/sim-log": "one\ntwo"})
     env.log().write(b"err\n", "stderr")
     status, body = await env.get("/containerLogs/default/p1/main")
     assert status == 200
@@ -208,10 +208,10 @@ async def test_logs_previous_after_restart(env: Env) -> None:
         "warmlet.io/sim-exit-code": "1",
         "warmlet.io/sim-log": "attempt",
     }
-    await env.start(**ann)
+    await env.start(ann=ann)
     await asyncio.sleep(0.01)
     env.log(attempt=0).write("first run\n")
-    await env.start(attempt=1, **ann)
+    await env.start(attempt=1, ann=ann)
     env.log(attempt=1).write("second run\n")
     assert (await env.get("/containerLogs/default/p1/main", previous="true"))[1].endswith(b"first run\n")
     assert (await env.get("/containerLogs/default/p1/main"))[1].endswith(b"second run\n")
@@ -265,7 +265,7 @@ async def test_log_path_outside_log_dir_is_refused(env: Env, tmp_path: Path) -> 
     async def evil(uid: str) -> list[ContainerRuntimeState]:
         return [s.model_copy(update={"log_path": str(secret)}) for s in await real(uid)]
 
-    env.backend.pod_containers = evil  # type: ignore[method-assign]
+    env.backend.pod_containers = evil  # type: ignore[method-assign,assignment]
     status, body = await env.get("/containerLogs/default/p1/main")
     assert status == 400 and b"secret" not in body
     replace_with_symlink(env.backend.log_path("default", "p1", "u1", "main", 0), secret)
@@ -273,7 +273,7 @@ async def test_log_path_outside_log_dir_is_refused(env: Env, tmp_path: Path) -> 
     async def real_path(uid: str) -> list[ContainerRuntimeState]:
         return await real(uid)
 
-    env.backend.pod_containers = real_path  # type: ignore[method-assign]
+    env.backend.pod_containers = real_path  # type: ignore[method-assign,assignment]
     status, body = await env.get("/containerLogs/default/p1/main")
     assert status == 400 and b"secret" not in body
 
@@ -318,7 +318,7 @@ async def test_resource_metrics_on_stats_failure(env: Env) -> None:
     async def broken() -> Any:
         raise RuntimeError("runtime down")
 
-    env.backend.stats = broken  # type: ignore[method-assign]
+    env.backend.stats = broken  # type: ignore[method-assign,assignment]
     status, body = await env.get("/metrics/resource")
     assert status == 200 and body.endswith(b"resource_scrape_error 1\n")
 
