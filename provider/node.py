@@ -16,7 +16,14 @@ from provider.config import NodeConfig
 from provider.events import NORMAL, WARNING, EventRecorder
 from provider.kubeclient import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeClient, sleep_backoff
 from provider.lease import LeaseKeeper
-from provider.node_object import conditions_summary, node_labels, node_object, node_status, node_taints
+from provider.node_object import (
+    conditions_summary,
+    node_labels,
+    node_object,
+    node_restriction_safe,
+    node_status,
+    node_taints,
+)
 from sandbox.backend import Backend, BackendHealth
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ class NodeController:
         self._last_summary: list[tuple[str, str, str]] = []
         self._last_update = 0.0
         self._wake = asyncio.Event()
+        self._restricted = False  # the identity may not set kubernetes.io/role etc.
 
     @property
     def path(self) -> str:
@@ -78,9 +86,15 @@ class NodeController:
             existing = None
         if existing is None:
             body = node_object(self.cfg, health, now, self.kubelet_port)
+            if self._restricted:
+                body["metadata"]["labels"] = node_restriction_safe(body["metadata"]["labels"])
             try:
                 node = await self.client.post("/api/v1/nodes", body)
             except ApiError as e:
+                if e.status == 403 and not self._restricted:
+                    log.warning("node labels forbidden (NodeRestriction?), retrying without restricted ones")
+                    self._restricted = True
+                    return await self.register()
                 if not e.conflict:
                     raise
                 return await self.register()  # raced with another writer: take it over
@@ -90,11 +104,19 @@ class NodeController:
             log.info("node registered name=%s uid=%s", self.cfg.name, node["metadata"]["uid"])
         else:
             labels = node_labels(self.cfg)
-            await self.client.patch(
-                self.path,
-                {"metadata": {"labels": labels}, "spec": {"taints": node_taints(self.cfg) or None}},
-                content_type=MERGE_PATCH,
-            )
+            if self._restricted:
+                labels = node_restriction_safe(labels)
+            try:
+                await self.client.patch(
+                    self.path,
+                    {"metadata": {"labels": labels}, "spec": {"taints": node_taints(self.cfg) or None}},
+                    content_type=MERGE_PATCH,
+                )
+            except ApiError as e:
+                if e.status != 403 or self._restricted:
+                    raise
+                self._restricted = True
+                return await self.register()
             status = node_status(self.cfg, health, now, self.kubelet_port, existing.get("status"))
             node = await self.client.patch(
                 self.path + "/status", {"status": status}, content_type=STRATEGIC_MERGE_PATCH

@@ -47,6 +47,32 @@ def node_labels(cfg: NodeConfig) -> dict[str, str]:
     return labels
 
 
+_NODE_ALLOWED = {
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+}
+
+
+def node_restriction_safe(labels: dict[str, str]) -> dict[str, str]:
+    """Drop labels NodeRestriction forbids a node identity to set (e.g. kubernetes.io/role)."""
+    out = {}
+    for k, v in labels.items():
+        prefix = k.split("/", 1)[0] if "/" in k else ""
+        restricted = prefix.endswith(("kubernetes.io", "k8s.io")) and not prefix.endswith(
+            ("kubelet.kubernetes.io", "node.kubernetes.io")
+        )
+        if not restricted or k in _NODE_ALLOWED:
+            out[k] = v
+    return out
+
+
 def node_taints(cfg: NodeConfig) -> list[JSON]:
     if not cfg.taint:
         return []

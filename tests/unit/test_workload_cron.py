@@ -1,0 +1,94 @@
+"""CronJob prewarming decisions: next firing, lead time, node targeting, spec and key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from provider.config import WarmletConfig
+from provider.cron_prewarm import CronPrewarmer, next_fire, prewarm_spec, targets_node, tolerates
+from provider.workload import cronjob_key
+
+TAINT = {"key": "virtual-kubelet.io/provider", "value": "warmlet", "effect": "NoSchedule"}
+TOL = [{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def ts(s: str) -> float:
+    return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
+
+
+def cj(schedule: str = "* * * * *", tolerations: Any = TOL, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "tick", "namespace": "ns", "uid": "cj1"},
+        "spec": {
+            "schedule": schedule,
+            **spec,
+            "jobTemplate": {
+                "spec": {
+                    "parallelism": 3,
+                    "template": {
+                        "metadata": {"labels": {"app": "tick"}},
+                        "spec": {
+                            "tolerations": tolerations,
+                            "containers": [{"name": "c", "image": "busybox:1"}],
+                        },
+                    },
+                }
+            },
+        },
+    }
+
+
+def test_next_fire() -> None:
+    now = ts("2026-01-01T00:00:30")
+    assert next_fire(cj(), now) == ts("2026-01-01T00:01:00")
+    assert next_fire(cj("0 * * * *"), now) == ts("2026-01-01T01:00:00")
+    assert next_fire(cj(suspend=True), now) is None
+    assert next_fire(cj("not a schedule"), now) is None
+    # 00:00 in Paris is 23:00 UTC in winter
+    assert next_fire(cj("0 0 * * *", timeZone="Europe/Paris"), now) == ts("2026-01-01T23:00:00")
+
+
+def test_tolerations_and_targeting() -> None:
+    assert tolerates(TOL, TAINT)
+    assert tolerates([{"operator": "Exists"}], TAINT)
+    assert not tolerates([{"key": "other", "operator": "Exists"}], TAINT)
+    assert tolerates([{"key": TAINT["key"], "value": "warmlet"}], TAINT)
+    assert not tolerates([{"key": TAINT["key"], "value": "x"}], TAINT)
+    labels = {"kubernetes.io/hostname": "vn", "type": "virtual-kubelet"}
+    assert targets_node({"tolerations": TOL}, labels, [TAINT])
+    assert not targets_node({}, labels, [TAINT])
+    assert targets_node({}, labels, [])
+    assert not targets_node({"tolerations": TOL, "nodeSelector": {"type": "real"}}, labels, [TAINT])
+    assert not targets_node({"tolerations": TOL, "nodeName": "other"}, labels, [TAINT])
+
+
+def test_prewarm_spec_uses_cronjob_key() -> None:
+    spec, count = prewarm_spec(cj(), WarmletConfig())
+    assert spec.workload_key == cronjob_key(cj()) and spec.workload_key.startswith("ns/CronJob/tick#")
+    assert count == 3 and spec.namespace == "ns" and spec.images == ["busybox:1"]
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    async def prewarm(self, pod: Any, count: int) -> int:
+        self.calls.append((pod.workload_key, count))
+        return count
+
+
+async def test_tick_prewarms_once_per_firing_within_lead() -> None:
+    cfg = WarmletConfig()
+    cfg.pool.cron_lead_seconds = 20
+    backend = FakeBackend()
+    pw = CronPrewarmer(cfg, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
+    pw.cronjobs = {
+        "cj1": cj(),
+        "cj2": {**cj(tolerations=[]), "metadata": {"name": "x", "namespace": "ns", "uid": "cj2"}},
+    }
+    assert await pw.tick(ts("2026-01-01T00:00:30")) == 0  # 30 s before: outside the lead time
+    assert await pw.tick(ts("2026-01-01T00:00:45")) == 3
+    assert await pw.tick(ts("2026-01-01T00:00:50")) == 0  # same firing: once
+    assert await pw.tick(ts("2026-01-01T00:01:45")) == 3  # next firing
+    assert backend.calls == [(cronjob_key(cj()), 3)] * 2
