@@ -44,7 +44,9 @@ class FakeRuntime:
             raise BackendError(self.fail[image])
         old = self.images.get(image)
         self.next_id += 1
-        self.images[image] = ImageInfo(id=old.id if old else f"sha256:{self.next_id}", size=1000, tags=(image,))
+        self.images[image] = ImageInfo(
+            id=old.id if old else f"sha256:{self.next_id}", size=1000, tags=(image,)
+        )
         return self.images[image].id
 
     async def list(self) -> list[ImageInfo]:
@@ -58,7 +60,9 @@ class FakeRuntime:
 async def test_concurrent_ensure_pulls_once() -> None:
     rt = FakeRuntime()
     cache = ImageCache(rt)
-    results = await asyncio.gather(*(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20)))
+    results = await asyncio.gather(
+        *(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20))
+    )
     assert rt.pulls == ["reg.local/app:1"]
     assert all(r.pulled for r in results)
     assert {r.image_ref for r in results} == {"sha256:1"}
@@ -90,7 +94,8 @@ async def test_pull_error_carries_registry_message() -> None:
     rt.fail["reg.local/nope:1"] = "failed to resolve reference: reg.local/nope:1: not found"
     cache = ImageCache(rt)
     errs = await asyncio.gather(
-        *(cache.ensure("reg.local/nope:1", PullPolicy.IF_NOT_PRESENT) for _ in range(3)), return_exceptions=True
+        *(cache.ensure("reg.local/nope:1", PullPolicy.IF_NOT_PRESENT) for _ in range(3)),
+        return_exceptions=True,
     )
     assert len(rt.pulls) == 1
     for e in errs:

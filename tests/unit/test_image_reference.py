@@ -115,7 +115,9 @@ def test_decide_pull(policy: PullPolicy, present: bool, action: PullAction) -> N
 GB = 1024**3
 
 
-def cand(i: str, size: int, used: float, seen: float = 0.0, tags: tuple[str, ...] = (), pinned: bool = False) -> GcCandidate:
+def cand(
+    i: str, size: int, used: float, seen: float = 0.0, tags: tuple[str, ...] = (), pinned: bool = False
+) -> GcCandidate:
     return GcCandidate(ImageInfo(id=i, size=size, tags=tags, pinned=pinned), first_seen=seen, last_used=used)
 
 
@@ -126,7 +128,9 @@ def test_gc_nothing_under_budget() -> None:
 
 def test_gc_lru_until_low_watermark() -> None:
     cands = [cand("new", GB, 900), cand("old", GB, 100), cand("mid", GB, 500), cand("older", GB, 50)]
-    victims = select_gc_victims(cands, set(), budget_bytes=3 * GB, min_age_seconds=0, now=1000, low_fraction=0.5)
+    victims = select_gc_victims(
+        cands, set(), budget_bytes=3 * GB, min_age_seconds=0, now=1000, low_fraction=0.5
+    )
     # 4 GB total, target 1.5 GB: remove the three least recently used.
     assert [v.id for v in victims] == ["older", "old", "mid"]
 
@@ -165,11 +169,12 @@ def test_gc_in_use_matches_normalized_names() -> None:
     st.integers(0, 50 * GB),
     st.floats(0, 500),
 )
-def test_gc_invariants(
-    spec: list[tuple[int, float, float, bool, bool]], budget: int, min_age: float
-) -> None:
+def test_gc_invariants(spec: list[tuple[int, float, float, bool, bool]], budget: int, min_age: float) -> None:
     now = 1000.0
-    cands = [cand(f"id{i}", size, used, seen, pinned=pinned) for i, (size, used, seen, pinned, _) in enumerate(spec)]
+    cands = [
+        cand(f"id{i}", size, used, seen, pinned=pinned)
+        for i, (size, used, seen, pinned, _) in enumerate(spec)
+    ]
     in_use = {f"id{i}" for i, s in enumerate(spec) if s[4]}
     victims = select_gc_victims(cands, in_use, budget, min_age, now)
     by_id = {c.image.id: c for c in cands}

@@ -122,15 +122,16 @@ def test_decide_release() -> None:
     assert decide_release(p, True, idle_of_key=1, peak=1, cost_bytes=c, defaults=D) == EvictReason.RETENTION
     assert decide_release(p, True, idle_of_key=2, peak=3, cost_bytes=c, defaults=D) is None
     assert decide_release(p, True, idle_of_key=4, peak=9, cost_bytes=c, defaults=D) == EvictReason.RETENTION
-    assert decide_release(p, False, idle_of_key=0, peak=1, cost_bytes=c, defaults=D) == EvictReason.NOT_REUSABLE
+    assert (
+        decide_release(p, False, idle_of_key=0, peak=1, cost_bytes=c, defaults=D) == EvictReason.NOT_REUSABLE
+    )
     off = WorkloadPolicy(False, 0, 0, 0)
     assert decide_release(off, True, idle_of_key=0, peak=1, cost_bytes=c, defaults=D) == EvictReason.DISABLED
-    assert (
-        decide_release(p, True, 0, 1, c, PoolDefaults(enabled=False)) == EvictReason.DISABLED
-    )
+    assert decide_release(p, True, 0, 1, c, PoolDefaults(enabled=False)) == EvictReason.DISABLED
     assert decide_release(p, True, 0, 1, c, PoolDefaults(global_max_sandboxes=0)) == EvictReason.GLOBAL_COUNT
     assert (
-        decide_release(p, True, 0, 1, c, PoolDefaults(global_max_memory_bytes=c - 1)) == EvictReason.GLOBAL_MEMORY
+        decide_release(p, True, 0, 1, c, PoolDefaults(global_max_memory_bytes=c - 1))
+        == EvictReason.GLOBAL_MEMORY
     )
 
 
@@ -172,9 +173,7 @@ def test_trim_global_caps_lru_across_keys() -> None:
     st.floats(0, 500),
     st.integers(0, 20),
 )
-def test_trim_invariants(
-    raw: list[tuple[str, float]], mn: int, mx: int, ttl: float, cap: int
-) -> None:
+def test_trim_invariants(raw: list[tuple[str, float]], mn: int, mx: int, ttl: float, cap: int) -> None:
     mn = min(mn, mx)
     d = PoolDefaults(global_max_sandboxes=cap, global_max_memory_bytes=10**15)
     pols = {k: WorkloadPolicy(True, mn, mx, ttl) for k in "abcd"}
@@ -196,7 +195,9 @@ def test_trim_invariants(
     for k in "abcd":
         before = sum(1 for e in entries if e.key == k)
         ttl_evicted = sum(
-            1 for s, r in plan if r == EvictReason.TTL and next(x for x in entries if x.sandbox_id == s).key == k
+            1
+            for s, r in plan
+            if r == EvictReason.TTL and next(x for x in entries if x.sandbox_id == s).key == k
         )
         assert before - ttl_evicted >= min(before, mn)
 
