@@ -262,12 +262,10 @@ def test_container_usage_from_stats() -> None:
 
 
 def test_proc_parsers() -> None:
-    net = (
-        "Inter-|   Receive                                                |  Transmit\n"
-        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n"
-        "    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n"
-        "  eth0:    1234      10    0    0    0     0          0         0      567       5    0    0    0     0       0          0\n"
-    )
+    header = "Inter-|   Receive  |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes\n"
+    lo = "    lo:     100 1 0 0 0 0 0 0      100 1 0 0 0 0 0 0\n"
+    eth = "  eth0:    1234 10 0 0 0 0 0 0      567 5 0 0 0 0 0 0\n"
+    net = header + lo + eth
     assert m.parse_net_dev(net) == m.NetDev(1234, 567)
     stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4\nbtime 1700000000\n"
     assert m.parse_proc_stat(stat) == m.ProcCpu(100 + 5 + 50 + 3 + 2 + 1, 1700000000.0)

@@ -86,7 +86,7 @@ async def test_miss_release_hit(tmp_path: Path, clock: Clock) -> None:
 
 
 async def test_never_across_keys_or_namespaces(tmp_path: Path, clock: Clock) -> None:
-    pool, d = make(tmp_path, clock)
+    pool, _d = make(tmp_path, clock)
     await pool.acquire(spec("u1", key="k", ns="a"))
     await pool.release("u1", True)
     other_key = await pool.acquire(spec("u2", key="k2", ns="a"))
@@ -129,7 +129,7 @@ async def test_retention_follows_peak_concurrency(tmp_path: Path, clock: Clock) 
 
 
 async def test_concurrent_acquires_take_distinct_sandboxes(tmp_path: Path, clock: Clock) -> None:
-    pool, d = make(tmp_path, clock)
+    pool, _d = make(tmp_path, clock)
     await asyncio.gather(*(pool.acquire(spec(f"a{i}")) for i in range(2)))
     await pool.release("a0", True)
     await pool.release("a1", True)
@@ -154,7 +154,7 @@ async def test_prewarm_idempotent_and_capped(tmp_path: Path, clock: Clock) -> No
 
 
 async def test_prewarm_global_cap_and_errors(tmp_path: Path, clock: Clock) -> None:
-    pool, d = make(tmp_path, clock, global_max_sandboxes=1)
+    pool, _d = make(tmp_path, clock, global_max_sandboxes=1)
     assert await pool.prewarm(spec("tpl"), 5) == 1
     pool2, d2 = make(tmp_path / "2", clock)
     d2.fail_create = True
@@ -186,7 +186,7 @@ async def test_global_cap_evicts_lru_on_release(tmp_path: Path, clock: Clock) ->
 
 
 async def test_state_roundtrip(tmp_path: Path, clock: Clock) -> None:
-    pool, d = make(tmp_path, clock)
+    pool, _d = make(tmp_path, clock)
     await pool.acquire(spec("u1", annotations={ANNOTATION_MIN: "1"}))
     await pool.acquire(spec("u2"))
     await pool.release("u2", True)
