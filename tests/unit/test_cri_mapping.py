@@ -262,7 +262,7 @@ def test_container_usage_from_stats() -> None:
 
 
 def test_proc_parsers() -> None:
-    header = "Inter-|   Receive  |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes\n"
+    header = "Inter-|   Receive  |  Transmit\n face |bytes    packets errs drop|bytes\n"
     lo = "    lo:     100 1 0 0 0 0 0 0      100 1 0 0 0 0 0 0\n"
     eth = "  eth0:    1234 10 0 0 0 0 0 0      567 5 0 0 0 0 0 0\n"
     net = header + lo + eth
