@@ -217,8 +217,11 @@ class CriBackend:
         *,
         maintenance_interval: float = 5.0,
         image_gc_interval: float = 60.0,
+        instance: str = "",
     ) -> None:
         self.cri = cri
+        self.instance = instance
+        self.selector = m.managed_selector(instance)
         self.log_dir = os.fspath(log_dir)
         self.state_dir = Path(state_dir)
         self.client = CriClient(
@@ -258,7 +261,8 @@ class CriBackend:
     @classmethod
     def from_config(cls, cfg: Any) -> CriBackend:
         """Build from a WarmletConfig-like object (cfg.cri, cfg.pool, cfg.log_dir, cfg.state_dir)."""
-        return cls(cfg.cri, cfg.pool, cfg.log_dir, cfg.state_dir)
+        node = getattr(getattr(cfg, "node", None), "name", "")
+        return cls(cfg.cri, cfg.pool, cfg.log_dir, cfg.state_dir, instance=node)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -357,7 +361,9 @@ class CriBackend:
         self, spec: PodSandboxSpec, prewarmed: bool = False, cgroup_parent: str = ""
     ) -> pb.PodSandboxConfig:
         logdir = m.pod_log_dir(self.log_dir, spec.namespace, spec.name, spec.uid)
-        return m.sandbox_config(spec, logdir, cgroup_parent=cgroup_parent, prewarmed=prewarmed)
+        return m.sandbox_config(
+            spec, logdir, cgroup_parent=cgroup_parent, prewarmed=prewarmed, instance=self.instance
+        )
 
     async def create_sandbox(self, spec: PodSandboxSpec, prewarmed: bool) -> tuple[str, str]:
         """SandboxDriver: RunPodSandbox (+ its IP). Prewarmed ones get placeholder metadata."""
@@ -565,7 +571,13 @@ class CriBackend:
         )
         qos = m.qos_class([pod_res if has_pod_res else container.resources])
         cfg = m.container_config(
-            pod, container, attempt, image_ref, qos=qos, node_memory_bytes=self._node_memory
+            pod,
+            container,
+            attempt,
+            image_ref,
+            qos=qos,
+            node_memory_bytes=self._node_memory,
+            instance=self.instance,
         )
         # The CURRENT pod's sandbox config: containerd takes log_directory (and names) from it.
         sb_cfg = self._sandbox_config(pod, cgroup_parent=self._cgroup_parent_of(rec))
@@ -661,7 +673,7 @@ class CriBackend:
 
     async def relist(self) -> set[str]:
         """One PLEG pass; returns the pod uids notified (exposed for tests)."""
-        conts = await self.client.list_containers(labels=m.MANAGED_SELECTOR)
+        conts = await self.client.list_containers(labels=self.selector)
         snap = {c.id: (int(c.state), m.pod_uid_of(c.labels)) for c in conts}
         changed: set[str] = set()
         for cid, (state, uid) in snap.items():
@@ -681,8 +693,8 @@ class CriBackend:
         """Rebuild ownership from the runtime (labels) and the state file; never restart anything."""
         saved, templates = self.pool.load()
         saved_by_id = {r.sandbox_id: r for r in saved}
-        sandboxes = await self.client.list_pod_sandbox(labels=m.MANAGED_SELECTOR)
-        conts = await self.client.list_containers(labels=m.MANAGED_SELECTOR)
+        sandboxes = await self.client.list_pod_sandbox(labels=self.selector)
+        conts = await self.client.list_containers(labels=self.selector)
         by_sb: dict[str, list[pb.Container]] = {}
         for c in conts:
             by_sb.setdefault(c.pod_sandbox_id, []).append(c)
@@ -761,7 +773,7 @@ class CriBackend:
                 )
                 await self.release_sandbox(rec.pod_uid, reusable=True)
         known = set(self.pool.records)
-        for sb in await self.client.list_pod_sandbox(labels=m.MANAGED_SELECTOR):
+        for sb in await self.client.list_pod_sandbox(labels=self.selector):
             if sb.id not in known:
                 log.info("reconcile: destroying unowned sandbox=%s", sb.id[:12])
                 from sandbox import metrics
@@ -769,7 +781,7 @@ class CriBackend:
                 metrics.POOL_EVICTIONS.labels(EvictReason.ORPHAN.value).inc()
                 await self.destroy_sandbox(sb.id)
         current = {r.pod_uid for r in self.pool.records.values() if r.pod_uid}
-        for c in await self.client.list_containers(labels=m.MANAGED_SELECTOR):
+        for c in await self.client.list_containers(labels=self.selector):
             uid = m.pod_uid_of(c.labels)
             if c.pod_sandbox_id not in known or (uid not in current and uid not in live_pod_uids):
                 await self._kill_and_remove(c.id)
@@ -859,7 +871,7 @@ class CriBackend:
     async def stats(self) -> NodeUsage:
         node = await asyncio.to_thread(self._node_usage)
         try:
-            all_stats = await self.client.list_container_stats(labels=m.MANAGED_SELECTOR)
+            all_stats = await self.client.list_container_stats(labels=self.selector)
         except CriCallError as e:
             log.warning("list container stats failed error=%s", e)
             all_stats = []

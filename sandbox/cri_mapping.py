@@ -40,7 +40,18 @@ K8S_CONTAINER_NAME = "io.kubernetes.container.name"
 K8S_CONTAINER_RESTART = "io.kubernetes.container.restartCount"
 K8S_CONTAINER_TERMINATION_MESSAGE_PATH = "io.kubernetes.container.terminationMessagePath"
 
+LABEL_INSTANCE = "warmlet.io/instance"  # which warmlet (node) owns it: several may share one runtime
+
 MANAGED_SELECTOR = {LABEL_MANAGED: "true"}
+
+
+def managed_selector(instance: str = "") -> dict[str, str]:
+    """Label selector of what one warmlet instance owns (never another instance's sandboxes)."""
+    sel = dict(MANAGED_SELECTOR)
+    if instance:
+        sel[LABEL_INSTANCE] = instance
+    return sel
+
 
 # kubelet's defaults (k8s.io/kubernetes/pkg/securitycontext): without them containerd masks nothing.
 DEFAULT_MASKED_PATHS = (
@@ -171,7 +182,7 @@ def port_mappings(pod: PodSandboxSpec) -> list[pb.PortMapping]:
     ]
 
 
-def sandbox_labels(pod: PodSandboxSpec, prewarmed: bool = False) -> dict[str, str]:
+def sandbox_labels(pod: PodSandboxSpec, prewarmed: bool = False, instance: str = "") -> dict[str, str]:
     labels = dict(pod.labels)
     labels.update(
         {
@@ -185,6 +196,8 @@ def sandbox_labels(pod: PodSandboxSpec, prewarmed: bool = False) -> dict[str, st
     )
     if prewarmed:
         labels[LABEL_PREWARMED] = "true"
+    if instance:
+        labels[LABEL_INSTANCE] = instance
     return labels
 
 
@@ -199,6 +212,7 @@ def sandbox_config(
     log_directory: str,
     cgroup_parent: str = "",
     prewarmed: bool = False,
+    instance: str = "",
 ) -> pb.PodSandboxConfig:
     """PodSandboxConfig as kubelet's generatePodSandboxConfig builds it (pod network namespace)."""
     cfg = pb.PodSandboxConfig(
@@ -209,7 +223,7 @@ def sandbox_config(
         log_directory=log_directory,
         dns_config=pb.DNSConfig(servers=pod.dns.servers, searches=pod.dns.searches, options=pod.dns.options),
         port_mappings=port_mappings(pod),
-        labels=sandbox_labels(pod, prewarmed),
+        labels=sandbox_labels(pod, prewarmed, instance),
         annotations=sandbox_annotations(pod),
     )
     linux = cfg.linux
@@ -233,8 +247,10 @@ def sandbox_config(
 # ---------------------------------------------------------------------------- container config
 
 
-def container_labels(pod: PodSandboxSpec, container: ContainerSpec, attempt: int) -> dict[str, str]:
-    return {
+def container_labels(
+    pod: PodSandboxSpec, container: ContainerSpec, attempt: int, instance: str = ""
+) -> dict[str, str]:
+    labels = {
         K8S_POD_NAME: pod.name,
         K8S_POD_NAMESPACE: pod.namespace,
         K8S_POD_UID: pod.uid,
@@ -243,6 +259,9 @@ def container_labels(pod: PodSandboxSpec, container: ContainerSpec, attempt: int
         LABEL_POD_UID: pod.uid,
         LABEL_WORKLOAD_KEY: workload_key_label(pod.workload_key),
     }
+    if instance:
+        labels[LABEL_INSTANCE] = instance
+    return labels
 
 
 def container_config(
@@ -252,6 +271,7 @@ def container_config(
     image_ref: str = "",
     qos: str = "Burstable",
     node_memory_bytes: int = 0,
+    instance: str = "",
 ) -> pb.ContainerConfig:
     """ContainerConfig as kubelet's generateContainerConfig builds it.
 
@@ -281,7 +301,7 @@ def container_config(
             pb.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.read_only)
             for m in container.mounts
         ],
-        labels=container_labels(pod, container, attempt),
+        labels=container_labels(pod, container, attempt, instance),
         annotations={
             K8S_CONTAINER_RESTART: str(attempt),
             K8S_CONTAINER_TERMINATION_MESSAGE_PATH: container.termination_message_path,
