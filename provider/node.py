@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
 
+def merged_taints(existing: JSON, cfg: NodeConfig) -> list[JSON]:
+    """Our provider taint replaces any with its key; taints others own (not-ready, ...) stay."""
+    ours = node_taints(cfg)
+    keep = [t for t in (existing.get("spec") or {}).get("taints") or [] if t.get("key") != cfg.taint_key]
+    return keep + ours
+
+
 class NodeController:
     def __init__(
         self,
@@ -109,7 +116,10 @@ class NodeController:
             try:
                 await self.client.patch(
                     self.path,
-                    {"metadata": {"labels": labels}, "spec": {"taints": node_taints(self.cfg) or None}},
+                    {
+                        "metadata": {"labels": labels},
+                        "spec": {"taints": merged_taints(existing, self.cfg) or None},
+                    },
                     content_type=MERGE_PATCH,
                 )
             except ApiError as e:

@@ -50,11 +50,11 @@ async def test_node_registration_lease_health_and_recreation(kubeconfig: Any, tm
             assert labels["kubernetes.io/hostname"] == name
             assert labels["kubernetes.io/os"] == "linux" and labels["beta.kubernetes.io/os"] == "linux"
             assert labels["example.com/pool"] == "jobs"
-            assert node["spec"]["taints"] == [
-                {"key": "virtual-kubelet.io/provider", "value": "warmlet", "effect": "NoSchedule"}
-            ]
+            assert {"key": "virtual-kubelet.io/provider", "value": "warmlet", "effect": "NoSchedule"} in node[
+                "spec"
+            ]["taints"]
             st = node["status"]
-            assert st["capacity"]["cpu"] == "16" and st["capacity"]["pods"] == "10000"
+            assert st["capacity"]["cpu"] == "16" and st["capacity"]["pods"] in ("10000", "10k")
             assert st["allocatable"]["example.com/gpu"] == "2"
             assert {a["type"] for a in st["addresses"]} == {"InternalIP", "Hostname"}
             assert st["nodeInfo"]["containerRuntimeVersion"].startswith("simulated://")
@@ -122,6 +122,6 @@ async def test_takeover_of_existing_node(kubeconfig: Any, tmp_path: Path) -> Non
             node = await client.get(f"/api/v1/nodes/{cfg.node.name}")
             assert node["metadata"]["labels"]["type"] == "virtual-kubelet"
             assert cond(node, "Ready")["status"] == "True"
-            assert node["spec"]["taints"][0]["key"] == "virtual-kubelet.io/provider"
+            assert "virtual-kubelet.io/provider" in [t["key"] for t in node["spec"]["taints"]]
     finally:
         await client.close()
