@@ -153,6 +153,8 @@ async def test_sigkill_mid_burst_and_restart(kubeconfig: Any, tmp_path: Path) ->
             pods = await list_pods(client, ns)
             if len(pods) != 55 or not all(phase(p) == "Running" for p in pods):
                 return None
+            if not all("warmlet.io/start-level" in (p["metadata"].get("annotations") or {}) for p in pods):
+                return None
             return pods
 
         pods = await wait_for(converged, 120, 0.5, "55 Running pods after restart")
