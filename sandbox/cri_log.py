@@ -238,6 +238,24 @@ class CRILogParser:
         self._buf = rest
         return out
 
+    def feed_rendered(self, data: bytes, timestamps: bool, stream: str | None) -> bytes | None:
+        """Fast path: the rendered bytes of ``data``'s complete lines if they are all plain F
+        lines and no partial line is pending; None (nothing consumed) otherwise."""
+        if self._pending or self._discarding:
+            return None
+        buf = self._buf + data if self._buf else data
+        cut = buf.rfind(b"\n") + 1
+        out = render_full_lines(buf[:cut], timestamps, stream)
+        if out is None:
+            return None
+        rest = buf[cut:]
+        if len(rest) > self.max_raw_line_bytes:
+            self.invalid_lines += 1
+            self._discarding = True
+            rest = b""
+        self._buf = rest
+        return out
+
     def finish(self) -> list[LogRecord]:
         """End of input: parse a trailing line without newline and flush open partial lines."""
         out: list[LogRecord] = []
@@ -292,6 +310,37 @@ class CRILogParser:
         if p is None or (not p.parts and p.continued):
             return None
         return LogRecord(p.timestamp, p.timestamp_ns, stream, b"".join(p.parts), complete, p.continued)
+
+
+_FAST_LINE = (
+    rb"^(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:[Zz]|[+-]\d\d:\d\d)) "
+    rb"(%s) F(?::[^ \n]*)? ([^\n]*)\n"
+)
+_FAST_ANY = re.compile(_FAST_LINE % rb"stdout|stderr", re.M)
+_FAST_STREAM = {
+    STDOUT: (re.compile(_FAST_LINE % rb"stdout", re.M), re.compile(_FAST_LINE % rb"stderr", re.M)),
+    STDERR: (re.compile(_FAST_LINE % rb"stderr", re.M), re.compile(_FAST_LINE % rb"stdout", re.M)),
+}
+
+
+def render_full_lines(lines: bytes, timestamps: bool, stream: str | None) -> bytes | None:
+    """Render complete lines in one regex pass, or None if any line is partial or invalid.
+
+    The fast path of log serving: when every line of a block is a well-formed F line, the
+    output is a substitution done in C instead of a parse per line; anything else (P lines,
+    garbage) returns None and the caller uses the streaming parser.
+    """
+    if not lines:
+        return b""
+    total = lines.count(b"\n")
+    repl = rb"\1 \3\n" if timestamps else rb"\3\n"
+    if stream is None:
+        out, n = _FAST_ANY.subn(repl, lines)
+        return out if n == total else None
+    keep, drop = _FAST_STREAM[stream]
+    kept, dropped = drop.subn(b"", lines)
+    out, n = keep.subn(repl, kept)
+    return out if n + dropped == total else None
 
 
 def parse_bytes(data: bytes) -> list[LogRecord]:

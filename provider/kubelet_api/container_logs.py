@@ -84,13 +84,27 @@ class LogRenderer:
         self.remaining = max_bytes if opts.limit_bytes is None else min(max_bytes, opts.limit_bytes)
         self.parser = CRILogParser()
         self._skip_continuation: dict[str, bool] = {}
+        # Once a line at/after sinceTime was seen, later lines are (CRI logs are append-only in
+        # time order) and the fast path can skip per-line timestamp checks.
+        self._since_passed = False
 
     @property
     def done(self) -> bool:
         return self.remaining <= 0
 
     def feed(self, data: bytes) -> bytes:
+        opts = self.opts
+        if opts.since_ns is None or self._since_passed:
+            fast = self.parser.feed_rendered(data, opts.timestamps, opts.stream)
+            if fast is not None:
+                return self._limit(fast)
         return self._render(self.parser.feed(data))
+
+    def _limit(self, data: bytes) -> bytes:
+        if len(data) > self.remaining:
+            data = data[: max(0, self.remaining)]
+        self.remaining -= len(data)
+        return data
 
     def finish(self) -> bytes:
         return self._render(self.parser.finish())
@@ -113,6 +127,7 @@ class LogRenderer:
                 self._skip_continuation[r.stream] = skip and not r.complete
                 if skip:
                     continue
+                self._since_passed = True
             b = r.render(ts)
             size += len(b)
             out.append(b)

@@ -49,6 +49,11 @@ def go_float(v: float) -> str:
         return "+Inf" if v > 0 else "-Inf"
     if v == 0:
         return "-0" if math.copysign(1.0, v) < 0 else "0"
+    a = abs(v)
+    if v.is_integer() and a < 1e6:
+        return str(int(v))
+    if 1e-4 <= a < 1e6:
+        return repr(v)  # Python's shortest repr agrees with Go's in this range
     sign, digits_t, exp = Decimal(repr(v)).as_tuple()
     digits = "".join(map(str, digits_t)).rstrip("0") or "0"
     assert isinstance(exp, int)

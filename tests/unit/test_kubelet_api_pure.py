@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,7 @@ from provider.kubelet_api.resource_metrics import go_float, render_resource_metr
 from provider.kubelet_api.server import path_bucket
 from provider.kubelet_api.summary import build_summary
 from sandbox.backend import ContainerRuntimeState, ContainerState, ContainerUsage, NodeUsage, PodUsage
-from sandbox.cri_log import encode_line
+from sandbox.cri_log import encode_line, parse_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -420,3 +421,35 @@ def test_path_bucket(path: str, bucket: str) -> None:
 
 def test_time_is_monotonic_enough() -> None:
     assert time.time() > 1_600_000_000
+
+
+line_st = st.one_of(
+    st.tuples(
+        st.binary(max_size=20).filter(lambda b: b"\n" not in b),
+        st.booleans(),
+        st.sampled_from(["stdout", "stderr"]),
+    ),
+    st.binary(max_size=20).filter(lambda b: b"\n" not in b),
+)
+
+
+@settings(max_examples=300)
+@given(
+    lines=st.lists(line_st, max_size=30),
+    cut=st.integers(min_value=1, max_value=200),
+    timestamps=st.booleans(),
+    stream=st.sampled_from([None, "stdout", "stderr"]),
+)
+def test_fast_path_renders_like_the_parser(
+    lines: list[Any], cut: int, timestamps: bool, stream: str | None
+) -> None:
+    data = b"".join(
+        encode_line(10**9 + i, ln[2], ln[0], ln[1]) if isinstance(ln, tuple) else ln + b"\n"
+        for i, ln in enumerate(lines)
+    )
+    expected = b"".join(
+        r.render(timestamps) for r in parse_bytes(data) if stream is None or r.stream == stream
+    )
+    r = LogRenderer(LogOptions(timestamps=timestamps, stream=stream), 10**9)
+    got = b"".join(r.feed(data[i : i + cut]) for i in range(0, len(data), cut)) + r.finish()
+    assert got == expected
