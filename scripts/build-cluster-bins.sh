@@ -18,13 +18,52 @@ if have_all; then
   exit 0
 fi
 
-command -v go >/dev/null || { echo "go is required (apt-get install golang-go)" >&2; exit 1; }
 mkdir -p "$OUT" "$SRC/etcd"
 cd "$SRC"
 
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 MODFILE="$SRC/kubernetes.mod"
-curl -fsS "${GOPROXY_URL:-https://proxy.golang.org}/k8s.io/kubernetes/@v/$K8S_VERSION.mod" -o "$MODFILE"
+PROXY="${GOPROXY_URL:-https://proxy.golang.org}"
+curl -fsS "$PROXY/k8s.io/kubernetes/@v/$K8S_VERSION.mod" -o "$MODFILE"
+
+# A Go new enough for the release (its go.mod's `go` line). Debian 12 ships 1.19, so when the
+# local go is missing or older, fetch the official toolchain module (golang.org/toolchain) from
+# the module proxy -- what `GOTOOLCHAIN=auto` does -- and cache it next to the binaries.
+NEED_GO="$(awk '$1=="go"{print $2; exit}' "$MODFILE")"
+GO_TOOLCHAIN="${WARMLET_GO_TOOLCHAIN:-go1.26.8}"
+export PATH="$PATH:/usr/local/go/bin"
+go_ok() {
+  command -v go >/dev/null || return 1
+  local have; have="$(go env GOVERSION 2>/dev/null)"; have="${have#go}"
+  [[ "$(printf '%s\n%s\n' "$NEED_GO" "$have" | sort -V | head -1)" == "$NEED_GO" ]]
+}
+if ! go_ok; then
+  TC="$CACHE/go-toolchain/$GO_TOOLCHAIN"
+  if [[ ! -x "$TC/bin/go" ]]; then
+    echo "fetching Go toolchain $GO_TOOLCHAIN from the module proxy (need >= $NEED_GO)"
+    mkdir -p "$CACHE/go-toolchain"
+    ZIP="$CACHE/go-toolchain/$GO_TOOLCHAIN.zip"
+    curl -fsS "$PROXY/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip" -o "$ZIP"
+    python3 - "$ZIP" "$TC" <<'PY'
+import os, sys, zipfile
+zpath, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(zpath) as z:
+    for info in z.infolist():
+        name = info.filename.split("/", 1)[1] if "/" in info.filename else ""
+        if not name or info.is_dir():
+            continue
+        path = os.path.join(dest, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with z.open(info) as src, open(path, "wb") as out:
+            out.write(src.read())
+        mode = (info.external_attr >> 16) & 0o777
+        os.chmod(path, mode or 0o644)
+PY
+    rm -f "$ZIP"
+  fi
+  export PATH="$TC/bin:$PATH" GOTOOLCHAIN=local
+fi
+go_ok || { echo "no Go >= $NEED_GO available" >&2; exit 1; }
 ETCD_VERSION="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$MODFILE")"
 
 {

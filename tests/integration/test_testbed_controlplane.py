@@ -89,8 +89,12 @@ async def test_scheduler_binds_pod_to_registered_node(kube_api: client.ApiClient
             return p.spec.node_name  # type: ignore[no-any-return]
 
         assert await _eventually("pod bound by the scheduler", bound) == node
-        events = await core.list_namespaced_event(ns, field_selector="reason=Scheduled")
-        assert any(e.involved_object.name == "p" for e in events.items)
+
+        async def scheduled_event() -> bool:  # recorded asynchronously after the binding
+            events = await core.list_namespaced_event(ns, field_selector="reason=Scheduled")
+            return any(e.involved_object.name == "p" for e in events.items)
+
+        await _eventually("Scheduled event", scheduled_event)
     finally:
         await _drop_namespace(core, ns)
         await core.delete_node(node)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Second command of the README (and CI): install what is missing, lint, type-check, then all
+# test tiers -- unit first, then integration and e2e against a private test bed. Extra
+# arguments go to pytest. Any failure, or a tier that collects no tests (pytest exit 5), fails.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+setup
+
+say "ruff check"
+.venv/bin/ruff check .
+say "mypy"
+.venv/bin/mypy
+
+run_tier() {
+  local marker="$1"; shift
+  say "pytest -m '$marker'"
+  local rc=0
+  .venv/bin/python -m pytest -m "$marker" "$@" || rc=$?
+  if ((rc == 5)); then echo "pytest: no tests collected for -m '$marker'" >&2; fi
+  return "$rc"
+}
+t0=$SECONDS
+run_tier unit -q "$@"
+run_tier "integration or e2e" -q -rfEs --durations=15 "$@"
+say "all tiers passed in $((SECONDS - t0))s"
