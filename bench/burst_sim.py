@@ -9,7 +9,7 @@ warmlet itself adds on top of the API server.
 
     python -m bench.burst_sim [--kubeconfig PATH] [-n 1000]
 
-Without --kubeconfig it starts the test bed's control plane itself.
+Without --kubeconfig (or $KUBECONFIG) it starts the test bed itself (testbed.bed.TestBed).
 """
 
 from __future__ import annotations
@@ -158,17 +158,17 @@ async def measure_floor(client: KubeClient, n: int, workers: int = 64) -> float:
 
 @contextlib.asynccontextmanager
 async def control_plane(kubeconfig: str | None, workdir: Path) -> AsyncIterator[str]:
-    """The given cluster, or the test bed's own control plane started for the run."""
+    """The given cluster, or the test bed (started for the run; stopped afterwards)."""
     if kubeconfig:
         yield kubeconfig
         return
-    import testbed  # the test bed package (another module): starts etcd + control plane
+    from testbed.bed import TestBed
 
-    start = getattr(testbed, "start_control_plane", None)
-    if start is None:
-        raise SystemExit("no --kubeconfig and testbed.start_control_plane is not available")
-    async with start(workdir) as bed:  # INTEGRATION POINT with testbed's API
-        yield str(bed.kubeconfig)
+    bed = await asyncio.to_thread(TestBed().start)
+    try:
+        yield str(bed.admin_kubeconfig)
+    finally:
+        await asyncio.to_thread(bed.stop)
 
 
 async def main_async(args: argparse.Namespace) -> Path:
