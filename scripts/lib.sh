@@ -32,8 +32,13 @@ install_venv() {
   want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
   if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]] || ! .venv/bin/python -c 'import testbed, pytest' 2>/dev/null; then
     say "pip: installing warmlet[dev] into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    local log="$WARMLET_CACHE/pip-install.log"
+    mkdir -p "$WARMLET_CACHE"
+    if ! .venv/bin/python -m pip install -e '.[dev]' >"$log" 2>&1; then
+      tail -30 "$log" >&2
+      echo "pip install failed; full log: $log" >&2
+      return 1
+    fi
     echo "$want" >"$stamp"
   fi
 }
