@@ -2,7 +2,14 @@
 # Build kube-apiserver, kube-scheduler, kube-controller-manager, kubectl and a
 # matching etcd of one pinned Kubernetes release from the Go module proxy.
 # Cached under $WARMLET_CACHE/k8s-<version>/bin: a second run builds nothing.
+#
+# Opt-in, not part of what the test bed needs: `build-cluster-bins.sh kubelet` (or
+# WARMLET_BUILD_KUBELET=1) builds only the release's kubelet into the same directory,
+# for bench/kubelet_baseline.py.
 set -euo pipefail
+
+MODE="${1:-cluster}"
+[[ "${WARMLET_BUILD_KUBELET:-}" == 1 ]] && MODE=kubelet
 
 K8S_VERSION="${WARMLET_K8S_VERSION:-v1.36.3}"
 CACHE="${WARMLET_CACHE:-$HOME/.cache/warmlet}"
@@ -13,8 +20,15 @@ BINS=(kube-apiserver kube-scheduler kube-controller-manager kubectl etcd)
 have_all() {
   for b in "${BINS[@]}"; do [[ -x "$OUT/$b" ]] || return 1; done
 }
+if [[ "$MODE" == kubelet ]]; then
+  BINS=(kubelet)
+  PKGS=(k8s.io/kubernetes/cmd/kubelet)
+else
+  PKGS=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler
+        k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ./etcd)
+fi
 if have_all; then
-  echo "cluster binaries for $K8S_VERSION cached in $OUT"
+  echo "$MODE binaries for $K8S_VERSION cached in $OUT"
   exit 0
 fi
 
@@ -49,7 +63,8 @@ import os, sys, zipfile
 zpath, dest = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(zpath) as z:
     for info in z.infolist():
-        name = info.filename.split("/", 1)[1] if "/" in info.filename else ""
+        # entries are "golang.org/toolchain@v0.0.1-goX.Y.Z.linux-amd64/<path>"
+        name = info.filename.split("/", 2)[2] if info.filename.count("/") >= 2 else ""
         if not name or info.is_dir():
             continue
         path = os.path.join(dest, name)
@@ -104,11 +119,6 @@ done
 
 echo "building Kubernetes $K8S_VERSION (etcd $ETCD_VERSION) into $OUT; this takes a while the first time"
 go mod download k8s.io/kubernetes go.etcd.io/etcd/server/v3
-go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/" \
-  k8s.io/kubernetes/cmd/kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-scheduler \
-  k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kubectl \
-  ./etcd
+go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/" "${PKGS[@]}"
 have_all || { echo "build finished but binaries are missing in $OUT" >&2; exit 1; }
 echo "built: $(ls "$OUT" | tr '\n' ' ')"
