@@ -68,7 +68,11 @@ def ratio(a: float, b: float) -> float:
 def write_result(scenario: str, result: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
     """Write bench/results/<scenario>.json with the scenario name, machine and time stamped."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"scenario": scenario, "machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload = {
+        "scenario": scenario,
+        "machine": machine(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     payload.update(result)
     path = results_dir / f"{scenario}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
