@@ -22,11 +22,10 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import summarize_ms, write_result
+from bench.common import RESULTS_DIR, summarize_ms, write_result
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, KubeClient
 from provider.status import compute_status
 from provider.testing import bare_pod, create_namespace, node_config, running_node
@@ -34,6 +33,7 @@ from sandbox.backend import ContainerRuntimeState, ContainerState
 
 log = logging.getLogger("bench.burst_sim")
 JSON = dict[str, Any]
+SCENARIO = "burst-sim"
 
 
 class PodClock:
@@ -156,24 +156,14 @@ async def measure_floor(client: KubeClient, n: int, workers: int = 64) -> float:
             await client.delete(f"/api/v1/nodes/{node}")
 
 
-@contextlib.asynccontextmanager
-async def control_plane(kubeconfig: str | None, workdir: Path) -> AsyncIterator[str]:
-    """The given cluster, or the test bed (started for the run; stopped afterwards)."""
-    if kubeconfig:
-        yield kubeconfig
-        return
-    from testbed.bed import TestBed
+async def measure(args: argparse.Namespace) -> JSON:
+    """Run the burst and its floor; write bench/results/burst-sim.json; return the result."""
+    from bench.harness import bed_session
 
-    bed = await asyncio.to_thread(TestBed().start)
-    try:
-        yield str(bed.admin_kubeconfig)
-    finally:
-        await asyncio.to_thread(bed.stop)
-
-
-async def main_async(args: argparse.Namespace) -> Path:
     workdir = Path(tempfile.mkdtemp(prefix="burst-sim-"))
-    async with control_plane(args.kubeconfig or os.environ.get("KUBECONFIG"), workdir) as kubeconfig:
+    # the given cluster, else the running CLI test bed, else a test bed started for the run
+    async with bed_session(args.kubeconfig or os.environ.get("KUBECONFIG")) as bed:
+        kubeconfig = bed.kubeconfig
         client = await KubeClient.from_kubeconfig(kubeconfig, max_connections=64)
         try:
             warm = await measure_warmlet(client, kubeconfig, args.n, workdir)
@@ -189,7 +179,38 @@ async def main_async(args: argparse.Namespace) -> Path:
         "ratio_to_floor": round(warm["seconds_to_all_running"] / floor, 2) if floor else None,
         "detail": warm,
     }
-    path = write_result("burst-sim", result)
+    write_result(SCENARIO, result)
+    return result
+
+
+# ---- scenario interface (bench/harness.py): ``warmlet bench burst-sim [--quick]``
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """-n; --kubeconfig comes from bench/cli.py's common options."""
+    parser.add_argument("-n", type=int, default=None, help="pods in the burst (default 1000; --quick 100)")
+
+
+async def run(args: argparse.Namespace, quick: bool) -> JSON:
+    if getattr(args, "n", None) is None:
+        args.n = 100 if quick else 1000
+    return await measure(args)
+
+
+def summary_rows(result: JSON) -> list[tuple[str, str]]:
+    return [
+        ("pods", str(result.get("n"))),
+        ("all Running (s)", f"{result.get('seconds_to_all_running')}"),
+        ("bind→Running p50 (ms)", f"{result.get('p50_ms')}"),
+        ("bind→Running p99 (ms)", f"{result.get('p99_ms')}"),
+        ("floor: API server only (s)", f"{result.get('floor_seconds')}"),
+        ("ratio to floor", f"{result.get('ratio_to_floor')}x"),
+    ]
+
+
+async def main_async(args: argparse.Namespace) -> Path:
+    await measure(args)
+    path = RESULTS_DIR / f"{SCENARIO}.json"
     print(path.read_text())
     return path
 

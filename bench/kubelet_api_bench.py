@@ -70,7 +70,7 @@ async def _get(session: aiohttp.ClientSession, url: str, ctx: ssl.SSLContext) ->
     return time.perf_counter() - t0, n
 
 
-async def run(pods: int, log_mb: int, scrapes: int) -> dict[str, Any]:
+async def measure(pods: int, log_mb: int, scrapes: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="kapi-bench-"))
     backend = SimulatedBackend(tmp / "logs")
     await backend.start()
@@ -139,13 +139,47 @@ async def run(pods: int, log_mb: int, scrapes: int) -> dict[str, Any]:
     return result
 
 
+# ---- scenario interface (bench/harness.py): ``warmlet bench kubelet-api [--quick]``
+
+SCENARIO = "kubelet-api"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pods", type=int, default=None, help="simulated pods (default 1000; --quick 200)")
+    parser.add_argument("--log-mb", type=int, default=None, help="log size (default 100; --quick 20)")
+    parser.add_argument("--scrapes", type=int, default=None, help="scrapes timed (default 20; --quick 5)")
+
+
+async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    """Measure (no cluster needed) and write bench/results/kubelet-api.json."""
+    pods = args.pods or (200 if quick else 1000)
+    log_mb = args.log_mb or (20 if quick else 100)
+    scrapes = args.scrapes or (5 if quick else 20)
+    result = await measure(pods, log_mb, scrapes)
+    write_result(SCENARIO, result)
+    return result
+
+
+def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    scrape = result.get("metrics_resource_scrape") or {}
+    logs = result.get("container_logs") or {}
+    return [
+        ("pods (containers)", f"{result.get('pods')} ({result.get('containers')})"),
+        ("/metrics/resource p50 / p99 (ms)", f"{scrape.get('p50_ms')} / {scrape.get('p99_ms')}"),
+        ("/stats/summary p50 (ms)", f"{(result.get('stats_summary') or {}).get('p50_ms')}"),
+        ("containerLogs MB/s (cat floor)", f"{logs.get('plain_mb_per_s')} ({logs.get('cat_mb_per_s')})"),
+        ("containerLogs vs cat", f"{logs.get('plain_vs_cat')}x"),
+        ("tailLines=100 (ms)", f"{logs.get('tail100_ms')}"),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--log-mb", type=int, default=100)
     ap.add_argument("--scrapes", type=int, default=20)
     args = ap.parse_args()
-    result = asyncio.run(run(args.pods, args.log_mb, args.scrapes))
+    result = asyncio.run(measure(args.pods, args.log_mb, args.scrapes))
     path = write_result("kubelet-api", result)
     print(path.read_text())
 

@@ -30,6 +30,20 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--log-level")
 
 
+def _demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "demo",
+        help="bring up the local test bed (or use --kubeconfig), run a warmlet node and a sample "
+        "workload, and show cold / image-cached / warm start latencies",
+    )
+    p.add_argument("--kubeconfig", type=Path, help="an existing cluster instead of the local test bed")
+    p.add_argument("--cri-endpoint", help="CRI socket with --kubeconfig (default $WARMLET_CRI_ENDPOINT)")
+    p.add_argument("--image", help="image of the sample workload (default: the bed's fat image)")
+    p.add_argument("--n", type=int, default=5, help="pods measured per start level")
+    p.add_argument("--down", action="store_true", help="stop the test bed at the end")
+    p.add_argument("--keep", action="store_true", help="leave the node and sample workload running")
+
+
 def apply_run_flags(cfg: WarmletConfig, ns: argparse.Namespace) -> WarmletConfig:
     """CLI flags override the config file."""
     if ns.kubeconfig:
@@ -70,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print warmlet's version")
     _run_parser(sub)
-    ns = parser.parse_args(argv)
+    _demo_parser(sub)
+    from bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
+    # Scenario options of ``warmlet bench`` are passed through to the scenario's own parser.
+    ns, extra = parser.parse_known_args(argv)
+    if extra and ns.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     if ns.command == "version":
         print(f"warmlet {__version__}")
@@ -84,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
+    if ns.command == "bench":
+        from bench.cli import main as bench_main
+
+        return bench_main(ns, extra)
+    if ns.command == "demo":
+        from provider.demo import main as demo_main
+
+        return demo_main(ns)
     parser.error(f"unknown command {ns.command}")
     return 2
 

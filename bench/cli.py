@@ -1,0 +1,189 @@
+"""``warmlet bench <scenario>... | --all [--quick]``: run benchmark scenarios, print their figures.
+
+Scenarios are modules ``bench/<module>.py`` following the interface in ``bench/harness.py``
+(``SCENARIO``, ``add_arguments``, ``run``, ``summary_rows``). They are found by reading the
+``SCENARIO = "..."`` line of each module (no import), so a new scenario needs no registration
+here and one broken scenario does not break the others. ``--all`` runs every scenario and then
+regenerates ``bench/RESULTS.md`` (``bench/report.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bench.common import RESULTS_DIR
+
+log = logging.getLogger("bench.cli")
+BENCH_DIR = Path(__file__).resolve().parent
+_SCENARIO_RE = re.compile(r"""^SCENARIO\s*(?::\s*str\s*)?=\s*["']([A-Za-z0-9_.-]+)["']""", re.M)
+# Run order of --all: the figures the README leads with first; others after, by name.
+PREFERRED_ORDER = ["cold-vs-warm", "midnight-burst", "burst-sim", "scale", "kubelet-baseline", "kubelet-api"]
+
+
+def discover(bench_dir: Path = BENCH_DIR) -> dict[str, str]:
+    """Scenario name → module name, from the ``SCENARIO = "..."`` line of each bench module."""
+    found: dict[str, str] = {}
+    for path in sorted(bench_dir.glob("*.py")):
+        if path.stem.startswith("_") or path.stem in ("cli", "harness", "common", "report"):
+            continue
+        m = _SCENARIO_RE.search(path.read_text(errors="replace"))
+        if m:
+            found[m.group(1)] = f"bench.{path.stem}"
+    return found
+
+
+def ordered(names: list[str]) -> list[str]:
+    """``names`` in the --all run order."""
+    rank = {n: i for i, n in enumerate(PREFERRED_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def load(module: str) -> ModuleType:
+    mod = importlib.import_module(module)
+    for attr in ("SCENARIO", "add_arguments", "run", "summary_rows"):
+        if not hasattr(mod, attr):
+            raise TypeError(f"{module} lacks {attr} (see bench/harness.py for the scenario interface)")
+    return mod
+
+
+def scenario_parser(mod: ModuleType) -> argparse.ArgumentParser:
+    from bench.harness import add_common_arguments
+
+    p = argparse.ArgumentParser(prog=f"warmlet bench {mod.SCENARIO}", description=mod.__doc__)
+    add_common_arguments(p)
+    mod.add_arguments(p)
+    return p
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """The ``bench`` subcommand of ``warmlet`` (scenario options are passed through)."""
+    p = sub.add_parser(
+        "bench",
+        help="run benchmark scenarios (cold-vs-warm, ...); --all regenerates bench/RESULTS.md",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    p.add_argument("scenarios", nargs="*", help="scenario names (see --list)")
+    p.add_argument("--all", action="store_true", help="run every scenario and regenerate bench/RESULTS.md")
+    p.add_argument("--quick", action="store_true", help="small versions (< 2 min each)")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--report", action="store_true", help="only regenerate bench/RESULTS.md from results/")
+    p.add_argument("-h", "--help", action="store_true", help="this help, or a scenario's with its name")
+    return p
+
+
+def render_table(scenario: str, rows: list[tuple[str, str]], title_note: str = "") -> Any:
+    """A rich table of a scenario's summary rows."""
+    from rich.table import Table
+
+    table = Table(title=f"{scenario}{' - ' + title_note if title_note else ''}", title_justify="left")
+    table.add_column("metric", style="cyan", no_wrap=True)
+    table.add_column("value", justify="right")
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def _record_command(scenario: str, command: str) -> None:
+    """Stamp the reproducing command into the scenario's result JSON (if it wrote one)."""
+    path = RESULTS_DIR / f"{scenario}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if data.get("command") != command:
+        data["command"] = command
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+async def run_scenarios(
+    names: list[str], modules: dict[str, str], quick: bool, extra: list[str], console: Any
+) -> dict[str, str]:
+    """Run scenarios one after the other; returns scenario → "ok" or the error."""
+    from bench.harness import command_line
+
+    outcome: dict[str, str] = {}
+    for name in names:
+        try:
+            mod = load(modules[name])
+            args, unknown = scenario_parser(mod).parse_known_args(extra)
+            if unknown and len(names) == 1:
+                raise SystemExit(f"warmlet bench {name}: unknown options {unknown}")
+            console.rule(f"[bold]{name}[/] {'(quick)' if quick else ''}")
+            t0 = time.monotonic()
+            result = await mod.run(args, quick)
+            _record_command(name, command_line(name, quick, [a for a in extra if a not in unknown]))
+            console.print(render_table(name, mod.summary_rows(result), f"{time.monotonic() - t0:.0f} s"))
+            outcome[name] = "ok"
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except SystemExit:
+            raise
+        except Exception as e:
+            log.exception("scenario failed scenario=%s", name)
+            console.print(f"[red]{name} failed:[/] {e!r}")
+            outcome[name] = f"failed: {e!r}"
+    return outcome
+
+
+def main(ns: argparse.Namespace, extra: list[str]) -> int:
+    """Entry point of ``warmlet bench`` (``extra``: options for the scenarios)."""
+    from rich.console import Console
+
+    console = Console()
+    modules = discover()
+    if ns.list:
+        for name in ordered(list(modules)):
+            console.print(f"{name:18} {modules[name]}")
+        return 0
+    if ns.help:
+        if ns.scenarios and ns.scenarios[0] in modules:
+            scenario_parser(load(modules[ns.scenarios[0]])).print_help()
+        else:
+            print(__doc__)
+            print("scenarios:", ", ".join(ordered(list(modules))))
+        return 0
+    if ns.report:
+        from bench.report import write_report
+
+        console.print(f"wrote {write_report()}")
+        return 0
+    names = ordered(list(modules)) if ns.all else list(ns.scenarios)
+    unknown = [n for n in names if n not in modules]
+    if unknown or not names:
+        console.print(f"[red]unknown or no scenario {unknown}[/]; known: {', '.join(ordered(list(modules)))}")
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    try:
+        outcome = asyncio.run(run_scenarios(names, modules, ns.quick, extra, console))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    if ns.all:
+        from bench.report import write_report
+
+        console.print(f"wrote {write_report()}")
+    failed = {k: v for k, v in outcome.items() if v != "ok"}
+    for k, v in failed.items():
+        console.print(f"[red]{k}[/]: {v}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_bench_parser(sub)
+    ns_, extra_ = parser.parse_known_args(["bench", *sys.argv[1:]])
+    sys.exit(main(ns_, extra_))

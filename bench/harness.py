@@ -1,0 +1,539 @@
+"""Shared plumbing of the benchmark scenarios: a cluster, a warmlet node, a pod clock.
+
+Why one module: every scenario needs the same three things and they are easy to get subtly
+wrong (a warmlet that is not Ready yet, a pod deleted but its sandbox not back in the pool,
+latencies measured on the server clock instead of what a user sees).
+
+The scenario interface (``bench/<module>.py``, run by ``warmlet bench``, see ``bench/cli.py``)::
+
+    SCENARIO: str                                   # e.g. "cold-vs-warm"
+    def add_arguments(parser: argparse.ArgumentParser) -> None
+    async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]
+        # runs, writes bench/results/<SCENARIO>.json (+ PNG beside it) via bench.common,
+        # returns the result dict
+    def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]
+
+``bench/cli.py`` adds the common options of :func:`add_common_arguments` (``--kubeconfig``,
+``--cri-endpoint``) before calling ``add_arguments``: scenarios must not add them again.
+
+Building blocks:
+
+- ``async with bed_session(kubeconfig) as bed``: the given cluster, else the CLI test bed when
+  ``python -m testbed status`` says one is up, else a private ``TestBed`` for the run (torn down
+  afterwards; an attached bed is left running).
+- ``async with warmlet_node(bed, backend="cri", **pool) as node``: a ``warmlet run`` subprocess
+  (realistic: own process, own event loop, real CLI and config file) or, with
+  ``inprocess=True``, a ``WarmletNode`` in this event loop. Yields once the Node is Ready; on exit
+  stops it, deletes the Node and removes the CRI sandboxes it left (idle pool members).
+- ``PodClock``: client-side timestamps per pod (POST sent, first watch event bound, first watch
+  event with phase Running, deleted) from one namespace watch; awaitable per pod.
+- ``owner_configmap``/``owned_pod``: bare pods whose controller reference points at an object no
+  controller manages, which gives them a stable workload key (``provider.workload`` keys unknown
+  controller kinds by the owner) without a controller recreating or deleting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provider.kubeclient import ApiError, KubeClient
+from provider.testing import create_namespace, pod_template
+from testbed.util import kv
+
+log = logging.getLogger("bench.harness")
+JSON = dict[str, Any]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_LEVEL_ANNOTATION = "warmlet.io/start-level"
+# A container that stays running and exits promptly on TERM (sh is PID 1: no default TERM action).
+HOLD_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every scenario understands (added by bench/cli.py, not by scenarios)."""
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="cluster to use (default: the running test bed, else a test bed started for the run)",
+    )
+    parser.add_argument(
+        "--cri-endpoint",
+        default=os.environ.get("WARMLET_CRI_ENDPOINT"),
+        help="CRI socket when --kubeconfig names a cluster outside the test bed",
+    )
+
+
+def command_line(scenario: str, quick: bool, extra: list[str] | None = None) -> str:
+    """The command that reproduces a result (recorded in the JSON and in RESULTS.md)."""
+    parts = ["warmlet", "bench", scenario, *(["--quick"] if quick else []), *(extra or [])]
+    return shlex.join(parts)
+
+
+# ---------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class Bed:
+    """What a scenario needs of a cluster + runtime, whoever runs them."""
+
+    kubeconfig: str  # admin
+    cri_endpoint: str = ""
+    registry: str = ""
+    images: dict[str, str] = field(default_factory=dict)
+    testbed: Any = None  # testbed.bed.TestBed when the cluster is the test bed
+    owned: bool = False  # True: started for this run (stopped at the end)
+
+    @property
+    def is_testbed(self) -> bool:
+        return self.testbed is not None
+
+    def node_kubeconfig(self, node_name: str) -> str:
+        """Credentials for warmlet's node identity (``system:node:<name>``) when we can mint them."""
+        if self.testbed is not None:
+            return str(self.testbed.kubeconfig_for_node(node_name))
+        return self.kubeconfig
+
+    def client_ca(self) -> str:
+        return str(self.testbed.client_ca_cert) if self.testbed is not None else ""
+
+
+def cli_bed_running() -> bool:
+    """True when ``python -m testbed status`` reports a healthy CLI bed (slot 0)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "testbed", "status"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=30,
+    )
+    return r.returncode == 0
+
+
+def _bed_from_testbed(tb: Any, owned: bool) -> Bed:
+    return Bed(
+        kubeconfig=str(tb.admin_kubeconfig),
+        cri_endpoint=f"unix://{tb.containerd_socket}",
+        registry=str(tb.registry),
+        images=dict(tb.images),
+        testbed=tb,
+        owned=owned,
+    )
+
+
+@contextlib.asynccontextmanager
+async def bed_session(kubeconfig: str | None = None, cri_endpoint: str | None = None) -> AsyncIterator[Bed]:
+    """The given cluster, else the running CLI bed, else a private test bed for the run."""
+    if kubeconfig:
+        yield Bed(
+            kubeconfig=kubeconfig,
+            cri_endpoint=cri_endpoint or os.environ.get("WARMLET_CRI_ENDPOINT", ""),
+            registry=os.environ.get("WARMLET_REGISTRY", ""),
+            images={
+                k: os.environ[f"WARMLET_IMAGE_{k.upper()}"]
+                for k in ("pause", "busybox", "fat")
+                if f"WARMLET_IMAGE_{k.upper()}" in os.environ
+            },
+        )
+        return
+    from testbed.bed import TestBed, TestBedInfo
+
+    if await asyncio.to_thread(cli_bed_running):
+        tb = TestBed.attach(TestBedInfo.load())
+        log.info(kv("bench uses the running test bed", slot=tb.slot, api=tb.apiserver_url))
+        yield _bed_from_testbed(tb, owned=False)
+        return
+    log.info(kv("bench starts a test bed for the run"))
+    tb = await asyncio.to_thread(TestBed().start)
+    try:
+        yield _bed_from_testbed(tb, owned=True)
+    finally:
+        await asyncio.to_thread(tb.stop)
+
+
+# ---------------------------------------------------------------------------- warmlet node
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the kubelet API binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NodeHandle:
+    """A running warmlet node: its name, kubelet API port, files, and how it runs."""
+
+    name: str
+    port: int
+    workdir: Path
+    config_path: Path
+    log_path: Path
+    backend: str
+    kubeconfig: str  # the node identity's
+    proc: subprocess.Popen[bytes] | None = None
+    node: Any = None  # provider.app.WarmletNode when in-process
+
+    @property
+    def metrics_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/metrics"
+
+
+def node_config_dict(
+    bed: Bed, name: str, workdir: Path, port: int, backend: str, pool: dict[str, Any]
+) -> JSON:
+    """The YAML config of a bench/demo warmlet (everything under ``workdir``)."""
+    cfg: JSON = {
+        "kubeconfig": bed.node_kubeconfig(name),
+        "backend": backend,
+        "log_dir": str(workdir / "logs"),
+        "state_dir": str(workdir / "state"),
+        "log_level": "INFO",
+        "node": {"name": name, "internal_ip": "127.0.0.1"},
+        "pods": {"volumes_dir": str(workdir / "state" / "pods")},
+        "server": {"address": "127.0.0.1", "port": port, "cert_dir": str(workdir / "state" / "pki")},
+        "pool": dict(pool),
+    }
+    if bed.client_ca():
+        cfg["server"]["client_ca_file"] = bed.client_ca()
+    if backend == "cri":
+        if not bed.cri_endpoint:
+            raise ValueError("the CRI backend needs a runtime endpoint (--cri-endpoint)")
+        cfg["cri"] = {"runtime_endpoint": bed.cri_endpoint}
+    return cfg
+
+
+async def wait_node_ready(client: KubeClient, name: str, within: float = 120.0) -> JSON:
+    """Until the Node exists with condition Ready=True."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(ApiError):
+            node = await client.get(f"/api/v1/nodes/{name}")
+            conds = (node.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+                return node
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"node {name} not Ready after {within}s")
+        await asyncio.sleep(0.2)
+
+
+async def _wait_ready_or_exit(client: KubeClient, h: NodeHandle, within: float = 120.0) -> None:
+    """Node Ready, or an error with the log tail if the subprocess died first."""
+    ready = asyncio.create_task(wait_node_ready(client, h.name, within))
+    try:
+        while not ready.done():
+            if h.proc is not None and h.proc.poll() is not None:
+                tail = h.log_path.read_text(errors="replace")[-3000:] if h.log_path.exists() else ""
+                raise RuntimeError(f"warmlet exited rc={h.proc.returncode} before Ready:\n{tail}")
+            await asyncio.wait({ready}, timeout=0.2)
+        ready.result()
+    finally:
+        ready.cancel()
+
+
+@contextlib.asynccontextmanager
+async def warmlet_node(
+    bed: Bed,
+    backend: str = "cri",
+    *,
+    name: str | None = None,
+    inprocess: bool = False,
+    workdir: Path | None = None,
+    cleanup_runtime: bool = True,
+    **pool: Any,
+) -> AsyncIterator[NodeHandle]:
+    """A warmlet node on ``bed`` (``pool`` overrides go to the config's ``pool`` section)."""
+    name = name or f"bench-{uuid.uuid4().hex[:6]}"
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"warmlet-{name}-"))
+    port = free_port()
+    cfg = node_config_dict(bed, name, workdir, port, backend, pool)
+    config_path = workdir / "warmlet.yaml"
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    handle = NodeHandle(
+        name, port, workdir, config_path, workdir / "warmlet.log", backend, str(cfg["kubeconfig"])
+    )
+    client = await KubeClient.from_kubeconfig(bed.kubeconfig)
+    try:
+        await _start_node(handle, inprocess)
+        await _wait_ready_or_exit(client, handle)
+        log.info(kv("warmlet node ready", node=name, backend=backend, port=port, log=handle.log_path))
+        yield handle
+    finally:
+        await _stop_node(handle)
+        with contextlib.suppress(ApiError):
+            await client.delete(f"/api/v1/nodes/{name}")
+        await client.close()
+        if cleanup_runtime and backend == "cri" and bed.cri_endpoint:
+            removed = await remove_instance_sandboxes(bed.cri_endpoint, name)
+            log.info(kv("warmlet node cleaned up", node=name, sandboxes_removed=removed))
+
+
+async def _start_node(h: NodeHandle, inprocess: bool) -> None:
+    """Start ``warmlet run --config`` as a subprocess (default) or a WarmletNode in this loop."""
+    if inprocess:
+        from provider.app import WarmletNode
+        from provider.config import load_config
+
+        h.node = WarmletNode(load_config(h.config_path))
+        await h.node.start()
+        return
+    h.proc = _spawn(h)
+
+
+def _spawn(h: NodeHandle) -> subprocess.Popen[bytes]:
+    with open(h.log_path, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "provider.cli", "run", "--config", str(h.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            start_new_session=True,  # a Ctrl-C of the bench does not hit it before we stop it
+        )
+
+
+async def _stop_node(h: NodeHandle) -> None:
+    if h.node is not None:
+        await h.node.stop()
+        h.node = None
+    if h.proc is not None:
+        await asyncio.to_thread(stop_process, h.proc)
+        h.proc = None
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """SIGTERM (warmlet shuts down cleanly), SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+async def remove_instance_sandboxes(cri_endpoint: str, instance: str) -> int:
+    """Stop and remove every sandbox a (stopped) warmlet instance left in the runtime."""
+    from sandbox.cri_client import CriClient
+    from sandbox.cri_mapping import managed_selector
+
+    cri = CriClient(cri_endpoint)
+    n = 0
+    try:
+        for sb in await cri.list_pod_sandbox(labels=managed_selector(instance)):
+            with contextlib.suppress(Exception):
+                await cri.stop_pod_sandbox(sb.id)
+                await cri.remove_pod_sandbox(sb.id)
+                n += 1
+    finally:
+        await cri.close()
+    return n
+
+
+# ---------------------------------------------------------------------------- pods
+
+
+@dataclass
+class PodTimes:
+    """Client-side monotonic timestamps of one pod (what a user watching the API sees)."""
+
+    created: float | None = None  # just before the POST was sent
+    bound: float | None = None  # first watch event with spec.nodeName
+    running: float | None = None  # first watch event with phase Running
+    deleted: float | None = None  # DELETED watch event
+    annotations: dict[str, str] = field(default_factory=dict)  # latest seen
+    phase: str = ""
+
+    @property
+    def start_seconds(self) -> float | None:
+        """POST → Running: the start latency a user sees."""
+        if self.created is None or self.running is None:
+            return None
+        return self.running - self.created
+
+
+class PodClock:
+    """One watch on a namespace's pods recording :class:`PodTimes`; awaitable per pod.
+
+    ``async with PodClock(client, ns) as clock:`` starts the watch (from a fresh list's
+    resourceVersion, relisting on 410) and stops it on exit.
+    """
+
+    def __init__(self, client: KubeClient, ns: str) -> None:
+        self.client, self.ns = client, ns
+        self.pods: dict[str, PodTimes] = {}
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+
+    async def __aenter__(self) -> PodClock:
+        self._task = asyncio.create_task(self._run(), name=f"pod-clock-{self.ns}")
+        await asyncio.wait_for(self._started.wait(), 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    def times(self, name: str) -> PodTimes:
+        return self.pods.setdefault(name, PodTimes())
+
+    async def _run(self) -> None:
+        path = f"/api/v1/namespaces/{self.ns}/pods"
+        while True:
+            try:
+                rv = (await self.client.get(path, limit=1))["metadata"]["resourceVersion"]
+                self._started.set()
+                while True:
+                    async for ev in self.client.watch(path, rv, timeout_seconds=300):
+                        obj = ev.get("object") or {}
+                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                        if ev.get("type") in ("BOOKMARK", "ERROR"):
+                            continue
+                        await self._observe(str(ev.get("type")), obj)
+            except ApiError as e:
+                if e.status != 410:
+                    log.warning(kv("pod clock watch error", ns=self.ns, err=repr(e)))
+                    await asyncio.sleep(0.5)
+
+    async def _observe(self, etype: str, obj: JSON) -> None:
+        now = time.monotonic()
+        meta = obj.get("metadata") or {}
+        t = self.times(str(meta.get("name")))
+        t.annotations = dict(meta.get("annotations") or {})
+        t.phase = str((obj.get("status") or {}).get("phase", ""))
+        if t.bound is None and (obj.get("spec") or {}).get("nodeName"):
+            t.bound = now
+        if t.running is None and t.phase == "Running":
+            t.running = now
+        if etype == "DELETED":
+            t.deleted = now
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait(self, name: str, what: str, within: float = 120.0) -> PodTimes:
+        """Until pod ``name`` has timestamp ``what`` ("bound", "running", "deleted")."""
+        t = self.times(name)
+
+        async def until() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: getattr(t, what) is not None)
+
+        try:
+            await asyncio.wait_for(until(), within)
+        except TimeoutError:
+            msg = f"pod {self.ns}/{name} not {what} after {within}s (phase={t.phase!r})"
+            raise TimeoutError(msg) from None
+        return t
+
+    async def wait_annotation(self, name: str, key: str, within: float = 10.0) -> str | None:
+        """The pod's annotation once it appears (None after ``within`` seconds)."""
+        t = self.times(name)
+
+        async def until() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: key in t.annotations)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until(), within)
+        return t.annotations.get(key)
+
+    async def create(self, pod: JSON) -> PodTimes:
+        """POST the pod, stamping ``created`` just before the request leaves."""
+        name = pod["metadata"]["name"]
+        t = self.times(name)
+        t.created = time.monotonic()
+        await self.client.post(f"/api/v1/namespaces/{self.ns}/pods", pod)
+        return t
+
+    async def delete_and_wait_gone(self, name: str, within: float = 120.0) -> PodTimes:
+        """Delete (default grace) and wait for the DELETED event: warmlet has released the sandbox."""
+        with contextlib.suppress(ApiError):
+            await self.client.delete(f"/api/v1/namespaces/{self.ns}/pods/{name}")
+        return await self.wait(name, "deleted", within)
+
+
+async def bench_namespace(client: KubeClient, prefix: str) -> str:
+    """A fresh namespace (its default ServiceAccount exists, so pods are admitted)."""
+    return await create_namespace(client, prefix)
+
+
+async def delete_namespace(client: KubeClient, ns: str, wait: float = 120.0) -> bool:
+    """Delete a namespace and wait until it is gone (its pods released by their node)."""
+    with contextlib.suppress(ApiError):
+        await client.delete(f"/api/v1/namespaces/{ns}")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            await client.get(f"/api/v1/namespaces/{ns}")
+        except ApiError as e:
+            if e.not_found:
+                return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def owner_configmap(client: KubeClient, ns: str, name: str) -> JSON:
+    """A ConfigMap to act as a pod's controller: no controller manages it, so nothing interferes.
+
+    Returns the ownerReference (controller: true) to put on pods of that "workload".
+    """
+    cm = await client.post(
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"bench": "owner"}},
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": name,
+        "uid": cm["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def owned_pod(
+    name: str,
+    node: str,
+    image: str,
+    owner: JSON | None = None,
+    command: list[str] | None = None,
+    grace_seconds: int = 5,
+) -> JSON:
+    """A pod pinned to ``node``; with ``owner`` its workload key is the owner's (warm reuse)."""
+    t = pod_template(
+        node,
+        terminationGracePeriodSeconds=grace_seconds,
+        containers=[
+            {
+                "name": "app",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": command or HOLD_COMMAND,
+            }
+        ],
+    )
+    meta: JSON = {**t["metadata"], "name": name}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]}
