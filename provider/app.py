@@ -34,11 +34,9 @@ def build_backend(cfg: WarmletConfig) -> Backend:
 
         sim = SimulatedBackend.from_config(cfg.simulated, cfg.log_dir, pool_enabled=cfg.pool.enabled)
         return cast(Backend, sim)
-    from sandbox import cri_backend  # type: ignore[attr-defined,unused-ignore]
+    from sandbox.cri_backend import from_config
 
-    factory: Any = getattr(cri_backend, "from_config", None) or cri_backend.CRIBackend.from_config
-    backend: Backend = factory(cfg)
-    return backend
+    return cast(Backend, from_config(cfg))
 
 
 async def _start_kubelet_api(
