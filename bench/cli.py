@@ -59,7 +59,10 @@ def load(module: str) -> ModuleType:
 def scenario_parser(mod: ModuleType) -> argparse.ArgumentParser:
     from bench.harness import add_common_arguments
 
-    p = argparse.ArgumentParser(prog=f"warmlet bench {mod.SCENARIO}", description=mod.__doc__)
+    # "resolve": a scenario that also declares --kubeconfig (for its own __main__) keeps working.
+    p = argparse.ArgumentParser(
+        prog=f"warmlet bench {mod.SCENARIO}", description=mod.__doc__, conflict_handler="resolve"
+    )
     add_common_arguments(p)
     mod.add_arguments(p)
     return p

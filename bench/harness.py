@@ -105,9 +105,12 @@ class Bed:
         return self.testbed is not None
 
     def node_kubeconfig(self, node_name: str) -> str:
-        """Credentials for warmlet's node identity (``system:node:<name>``) when we can mint them."""
-        if self.testbed is not None:
-            return str(self.testbed.kubeconfig_for_node(node_name))
+        """Credentials warmlet runs with.
+
+        The admin kubeconfig, as a virtual kubelet runs with a ServiceAccount bound to a broad
+        ClusterRole: a ``system:node:<name>`` identity may not patch pod annotations (start
+        level, deletion cost) nor list CronJobs (prewarming) under the Node authorizer.
+        """
         return self.kubeconfig
 
     def client_ca(self) -> str:
