@@ -41,7 +41,11 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--image", help="image of the sample workload (default: the bed's fat image)")
     p.add_argument("--n", type=int, default=5, help="pods measured per start level")
     p.add_argument("--down", action="store_true", help="stop the test bed at the end")
-    p.add_argument("--keep", action="store_true", help="leave the node and sample workload running")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="clean up and exit after measuring (default: keep the node running until Ctrl-C)",
+    )
 
 
 def apply_run_flags(cfg: WarmletConfig, ns: argparse.Namespace) -> WarmletConfig:
