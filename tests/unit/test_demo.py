@@ -1,0 +1,102 @@
+"""warmlet demo: the pure parts (latency table rows, next steps, sample workload, kubeconfig)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from provider import demo
+
+
+def _result() -> dict:  # type: ignore[type-arg]
+    return {
+        "levels": {
+            "cold": {"n": 5, "p50_ms": 800.0, "p95_ms": 900.0, "p99_ms": 950.0},
+            "image_cached": {"n": 5, "p50_ms": 200.0, "p95_ms": 210.0, "p99_ms": 220.0},
+            "warm": {"n": 5, "p50_ms": 100.0, "p95_ms": 110.0, "p99_ms": 1234.4},
+        },
+        "floor": {"n": 5, "p50_ms": 50.0, "p95_ms": 55.0, "p99_ms": 60.0},
+        "level_mismatches": 0,
+    }
+
+
+def test_level_rows_format_and_ratio_to_warm() -> None:
+    rows = demo.level_rows(_result())
+    assert rows[0] == ("cold (pull + sandbox)", "5", "800 ms", "900 ms", "950 ms", "8.0x")
+    assert rows[1][-1] == "2.0x"
+    assert rows[2][4] == "1,234 ms" and rows[2][-1] == "1.0x"
+    assert rows[3][0].startswith("floor") and rows[3][-1] == ""
+
+
+def test_level_rows_without_warm() -> None:
+    r = _result()
+    del r["levels"]["warm"]
+    r["floor"] = {}
+    rows = demo.level_rows(r)
+    assert [row[-1] for row in rows] == ["-", "-"]
+
+
+def test_results_table_caption_on_mismatch() -> None:
+    r = _result()
+    r["level_mismatches"] = 2
+    assert "2 pod(s)" in str(demo.results_table(r).caption)
+
+
+def test_next_steps() -> None:
+    lines = demo.next_steps(
+        "/k/admin.kubeconfig",
+        "/bin/x/kubectl",
+        "warmlet-demo",
+        1234,
+        "warmlet-demo",
+        "/tmp/w.log",
+        ("c", "k"),
+    )
+    text = "\n".join(lines)
+    assert lines[0] == "export KUBECONFIG=/k/admin.kubeconfig"
+    assert 'export PATH="/bin/x:$PATH"' in text
+    assert "kubectl get nodes,pods -A -o wide" in text
+    assert "curl -sk --cert c --key k https://127.0.0.1:1234/metrics" in text
+    assert "'custom-columns=" in text  # quoted: the escaped dot survives the shell
+    assert "tail -f /tmp/w.log" in text
+    no_cert = demo.next_steps("kc", "kubectl", "n", 1, "ns", "l", None)
+    assert not any("export PATH" in line for line in no_cert)
+    assert any("https://127.0.0.1:1/metrics" in line for line in no_cert)
+
+
+def test_admin_client_cert(tmp_path: Path) -> None:
+    kc = tmp_path / "kc"
+    kc.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "a",
+                "contexts": [{"name": "a", "context": {"user": "u"}}],
+                "users": [{"name": "u", "user": {"client-certificate": "/c.crt", "client-key": "/c.key"}}],
+            }
+        )
+    )
+    assert demo.admin_client_cert(str(kc)) == ("/c.crt", "/c.key")
+    assert demo.admin_client_cert(str(tmp_path / "missing")) is None
+
+
+def test_sample_workload_pins_to_node() -> None:
+    objs = dict(demo.sample_workload("node-x", "img"))
+    cron = objs[f"/apis/batch/v1/namespaces/{demo.NAMESPACE}/cronjobs"]
+    assert cron["spec"]["schedule"] == "* * * * *"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "node-x"}
+    assert pod["spec"]["restartPolicy"] == "Never"
+    dep = objs[f"/apis/apps/v1/namespaces/{demo.NAMESPACE}/deployments"]
+    assert dep["spec"]["template"]["metadata"]["labels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_demo_cli_flags() -> None:
+    from provider import cli
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    cli._demo_parser(sub)
+    ns = parser.parse_args(["demo", "--n", "3", "--no-wait"])
+    assert ns.n == 3 and ns.no_wait and ns.kubeconfig is None and not ns.down
