@@ -38,6 +38,7 @@ from sandbox.backend import (
     BackendHealth,
     ContainerRuntimeState,
     ContainerSpec,
+    ContainerState,
     CreateContainerError,
     ImageResult,
     NodeUsage,
@@ -251,7 +252,10 @@ class CriBackend:
         self._subscribers: list[PodChangeCallback] = []
         self._sb: dict[str, _SandboxRuntime] = {}
         self._specs: dict[str, PodSandboxSpec] = {}  # pod uid -> spec (for create_container)
+        # finished pods whose sandbox went back to the pool: final container states (logs stay)
+        self._finished: dict[str, tuple[PodSandboxSpec, list[ContainerRuntimeState]]] = {}
         self._pleg_snapshot: dict[str, tuple[int, str]] = {}
+        self._start_times: dict[str, float] = {}  # container id -> started_at (seconds)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._runtime_info: dict[str, Any] = {}
@@ -486,11 +490,30 @@ class CriBackend:
         ]
 
     async def release_sandbox(self, pod_uid: str, reusable: bool) -> None:
+        """Scrub the pod's sandbox back to the pool; its log files and final states are kept.
+
+        Like kubelet, the logs of a finished pod stay readable (``kubectl logs`` of a completed
+        Job) until the pod object is deleted (:meth:`pod_gone`), although its containers are
+        removed right away so the sandbox can be reused.
+        """
         spec = self._specs.pop(pod_uid, None)
+        if spec is not None and self.pool.get_by_pod(pod_uid) is not None:
+            final = [s for s in await self.pod_containers(pod_uid) if s.state == ContainerState.EXITED]
+            if final:
+                self._finished[pod_uid] = (spec, final)
         await self.pool.release(pod_uid, reusable)
-        if spec is not None:
+
+    async def pod_gone(self, pod_uid: str) -> None:
+        """The pod object was deleted: drop its kept final states and remove its log directory."""
+        kept = self._finished.pop(pod_uid, None)
+        if self.pool.get_by_pod(pod_uid) is not None:
+            return  # still holds a sandbox: release_sandbox first
+        if kept is not None:
+            spec = kept[0]
             logdir = m.pod_log_dir(self.log_dir, spec.namespace, spec.name, spec.uid)
             await asyncio.to_thread(shutil.rmtree, logdir, True)
+        else:  # e.g. adopted after a restart: find the directory by the uid suffix
+            await asyncio.to_thread(self._remove_stale_log_dirs, None, pod_uid)
 
     async def scrub_sandbox(self, record: SandboxRecord) -> bool:
         """SandboxDriver: make a sandbox fit for the next pod of its workload (see module doc)."""
@@ -630,6 +653,8 @@ class CriBackend:
 
     async def pod_containers(self, pod_uid: str) -> list[ContainerRuntimeState]:
         conts = await self.client.list_containers(labels={m.LABEL_POD_UID: pod_uid})
+        if not conts and pod_uid in self._finished:
+            return [s.model_copy() for s in self._finished[pod_uid][1]]  # released finished pod
         out: list[ContainerRuntimeState] = []
 
         async def one(cid: str) -> None:
@@ -788,7 +813,8 @@ class CriBackend:
         keep = live_pod_uids | current
         await asyncio.to_thread(self._remove_stale_log_dirs, keep)
 
-    def _remove_stale_log_dirs(self, keep: set[str]) -> None:
+    def _remove_stale_log_dirs(self, keep: set[str] | None, only: str = "") -> None:
+        """Remove pod log dirs whose uid is not in ``keep`` (or, with ``only``, that pod's)."""
         try:
             entries = os.listdir(self.log_dir)
         except OSError:
@@ -797,7 +823,7 @@ class CriBackend:
             parts = e.rsplit("_", 1)
             if len(parts) != 2 or e.count("_") < 2:
                 continue
-            if parts[1] not in keep:
+            if (parts[1] == only) if only else (keep is not None and parts[1] not in keep):
                 shutil.rmtree(os.path.join(self.log_dir, e), ignore_errors=True)
 
     # ------------------------------------------------------------------ image GC
@@ -868,6 +894,23 @@ class CriBackend:
             fs_used_bytes=(fs.f_blocks - fs.f_bfree) * fs.f_frsize,
         )
 
+    async def _learn_start_times(self, container_ids: list[str]) -> None:
+        """Start times of live containers (ListContainerStats lacks them); asked once per container."""
+        live = set(container_ids)
+        for cid in list(self._start_times):
+            if cid not in live:
+                del self._start_times[cid]
+
+        async def one(cid: str) -> None:
+            try:
+                st = (await self.client.container_status(cid)).status
+            except CriCallError:
+                return
+            if st.started_at:
+                self._start_times[cid] = st.started_at / 1e9
+
+        await asyncio.gather(*(one(cid) for cid in live if cid not in self._start_times))
+
     async def stats(self) -> NodeUsage:
         node = await asyncio.to_thread(self._node_usage)
         try:
@@ -875,6 +918,7 @@ class CriBackend:
         except CriCallError as e:
             log.warning("list container stats failed error=%s", e)
             all_stats = []
+        await self._learn_start_times([s.attributes.id for s in all_stats])
         pods: dict[str, PodUsage] = {}
         for s in all_stats:
             labels = s.attributes.labels
@@ -891,7 +935,9 @@ class CriBackend:
                 log_bytes = os.stat(
                     self.log_path(ns, name, uid, cname, s.attributes.metadata.attempt)
                 ).st_size
-            cu = m.container_usage_from_stats(s, log_bytes=log_bytes)
+            cu = m.container_usage_from_stats(
+                s, start_time=self._start_times.get(s.attributes.id, 0.0), log_bytes=log_bytes
+            )
             if cu is None:  # exited container: no live usage (kubelet omits it)
                 continue
             pu = pods.get(uid)
