@@ -154,6 +154,7 @@ class _Container:
     __slots__ = (
         "cpu_nano_cores",
         "exit_at",
+        "started_loop",
         "exit_code",
         "exit_reason",
         "ignore_term",
@@ -182,6 +183,7 @@ class _Container:
         self.cpu_nano_cores = 0
         self.memory_bytes = 0
         self.exit_at: float | None = None  # loop time
+        self.started_loop = 0.0  # loop time of the start: ticks are due at start + k * log_every
         self.next_is_exit = False
         self.timer: asyncio.TimerHandle | None = None
         self.waiters: list[asyncio.Future[None]] | None = None
@@ -532,8 +534,9 @@ class SimulatedBackend:
         except OSError as e:
             log.warning("cannot write container log path=%s error=%s", st.log_path, e)
         loop = asyncio.get_running_loop()
+        c.started_loop = loop.time()
         if c.run_seconds is not None:
-            c.exit_at = loop.time() + c.run_seconds
+            c.exit_at = c.started_loop + c.run_seconds
         self._arm(c, loop)
 
     def _arm(self, c: _Container, loop: asyncio.AbstractEventLoop) -> None:
@@ -541,7 +544,7 @@ class SimulatedBackend:
         when = c.exit_at
         c.next_is_exit = when is not None
         if c.log_every is not None:
-            tick = loop.time() + c.log_every
+            tick = c.started_loop + (c.ticks + 1) * c.log_every
             if when is None or tick < when:
                 when, c.next_is_exit = tick, False
         c.timer = None if when is None else loop.call_at(when, self._fire, c)
@@ -551,14 +554,27 @@ class SimulatedBackend:
         if c.state.state != ContainerState.RUNNING or self._closed:
             return
         loop = asyncio.get_running_loop()
-        if c.next_is_exit:
+        # Ticks are due on a fixed schedule; a late timer (a loaded loop) catches up on every
+        # tick due before now and before the exit, so the log does not depend on load.
+        now = loop.time()
+        lines: list[str] = []
+        if c.log_every is not None:
+            while True:
+                due = c.started_loop + (c.ticks + 1) * c.log_every
+                if due > now or (c.exit_at is not None and due >= c.exit_at):
+                    break
+                c.ticks += 1
+                lines.append(f"tick {c.ticks}\n")
+        if lines:
+            try:
+                writer = CRILogWriter(c.state.log_path)
+                for line in lines:
+                    writer.write(line, STDOUT)
+            except OSError:
+                pass
+        if c.exit_at is not None and now >= c.exit_at:
             self._finish(c, c.exit_code, c.exit_reason)
             return
-        c.ticks += 1
-        try:
-            CRILogWriter(c.state.log_path).write(f"tick {c.ticks}\n", STDOUT)
-        except OSError:
-            pass
         self._arm(c, loop)
 
     def _finish(self, c: _Container, exit_code: int, reason: str, message: str = "") -> None:
