@@ -154,7 +154,6 @@ class _Container:
     __slots__ = (
         "cpu_nano_cores",
         "exit_at",
-        "started_loop",
         "exit_code",
         "exit_reason",
         "ignore_term",
@@ -163,6 +162,7 @@ class _Container:
         "memory_bytes",
         "next_is_exit",
         "run_seconds",
+        "started_loop",
         "state",
         "stderr_lines",
         "ticks",
