@@ -60,6 +60,8 @@ JSON = dict[str, Any]
 START_LEVEL_ANNOTATION = "warmlet.io/start-level"
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 CONFIG_RETRY_SECONDS = 2.0
+# Image errors that are not pull failures: shown as their own reason, never as ImagePullBackOff.
+PERSISTENT_IMAGE_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 
 
 @dataclass
@@ -205,12 +207,30 @@ class PodWorker:
             runtime = await self.backend.pod_containers(uid)
             runtime = await self._gc_containers(runtime)
         finished = is_finished(pod, runtime)
-        status = await self._write_status(
-            pod, st, runtime, waiting, sandbox_ready=not finished, sandbox=sandbox
+        status = compute_status(
+            pod,
+            runtime,
+            waiting,
+            self.clock(),
+            sandbox_ready=not finished,
+            pod_ip=sandbox.pod_ip,
+            host_ip=self.host_ip,
+            scheme=self.scheme,
         )
+        # A short container may already have exited at its first status: record its start too.
+        annotate = not st.annotated and (
+            status.get("phase") == RUNNING
+            or (finished and any(c.state in (ContainerState.RUNNING, ContainerState.EXITED) for c in runtime))
+        )
+        if annotate and finished:
+            await self._annotate_started(pod, st)  # visible no later than the terminal phase
         if finished:
+            # Back to the pool BEFORE the terminal status is visible: the workload's next pod
+            # (created by its controller when it sees this one finish) finds the sandbox idle.
             await self._release(pod, st)
-        elif status.get("phase") == RUNNING and not st.annotated:
+        await self._patch_status(pod, st, status)
+        if annotate and not finished:
+            # After the status: Running is what users wait for; the annotations can follow.
             await self._annotate_started(pod, st)
         if started_any and any(s.is_init for s in actions.start):
             retry = _min(retry, 0.0)  # the next init step may already be possible
@@ -270,7 +290,7 @@ class PodWorker:
         key = f"{uid}/image/{c.name}"
         now = self.clock()
         err = st.image_errors.get(key)
-        left = self.pulls.remaining(key, err[1], now) if err else 0.0
+        left = self.pulls.remaining(key, err[1], now) if err and err[1] >= 0 else 0.0
         if err and left > 0:
             msg = f'Back-off pulling image "{c.image}": {err[0]}'
             self.events.record(pod, NORMAL, "BackOff", msg)
@@ -280,6 +300,14 @@ class PodWorker:
             result = await self.backend.ensure_image(c.image, c.pull_policy)
         except BackendError as e:
             delay = self.pulls.next(key, now)
+            if e.reason in PERSISTENT_IMAGE_ERRORS:
+                # The reference itself is unusable (or pulling is forbidden): no pull happened, so
+                # like kubelet show the reason as is (no ImagePullBackOff); events only once.
+                if st.image_errors.get(key, ("", 0.0))[0] != e.message:
+                    self.events.record(pod, WARNING, "InspectFailed", e.message)
+                    self.events.record(pod, WARNING, "Failed", f"Error: {e.reason}")
+                st.image_errors[key] = (e.message, -1.0)
+                return Waiting(e.reason, e.message), delay
             st.image_errors[key] = (e.message, now)
             self.events.record(pod, WARNING, "Failed", e.message)
             self.events.record(pod, WARNING, "Failed", f"Error: {e.reason}")
@@ -413,6 +441,7 @@ class PodWorker:
         await self._stop_all(pod, uid, float(grace))
         await self.backend.release_sandbox(uid, reusable=True)
         await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
+        await self._pod_gone(uid)
         try:
             await self.client.delete(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
@@ -433,7 +462,14 @@ class PodWorker:
         await self._stop_all(None, uid, 0)
         await self.backend.release_sandbox(uid, reusable=True)
         await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
+        await self._pod_gone(uid)
         self._forget(uid)
+
+    async def _pod_gone(self, uid: str) -> None:
+        """Tell the backend the pod object is gone (it may drop kept logs/final states)."""
+        gone = getattr(self.backend, "pod_gone", None)
+        if gone is not None:
+            await gone(uid)
 
     def _forget(self, uid: str) -> None:
         self.states.pop(uid, None)

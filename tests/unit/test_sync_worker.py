@@ -205,6 +205,35 @@ async def test_image_pull_error_then_backoff(env: Any) -> None:
     )
 
 
+async def test_invalid_image_name_stays_invalid_without_pull_backoff(env: Any) -> None:
+    api, backend, rec, worker = env  # noqa: RUF059
+    api.add(make_pod("p1", "u1", containers=[{"name": "app", "image": "UPPER/Case::bad"}]))
+    for _ in range(3):  # every later sync keeps the reason: no pull was attempted, no back-off
+        await worker.sync("u1")
+        w = api.pods["u1"]["status"]["containerStatuses"][0]["state"]["waiting"]
+        assert w["reason"] == "InvalidImageName", w
+        assert w["message"].startswith('Failed to apply default image tag "UPPER/Case::bad"'), w
+    assert rec.reasons().count("InspectFailed") == 1
+
+
+async def test_short_container_finished_at_first_status_still_gets_start_level(env: Any) -> None:
+    api, backend, rec, worker = env  # noqa: RUF059
+    api.add(make_pod("p1", "u1", "Never", {"warmlet.io/sim-run-seconds": "0"}))
+    start = backend.start_container
+
+    async def start_and_exit(cid: str) -> None:  # the container is done before the first status
+        await start(cid)
+        for _ in range(100):
+            if all(c.state == ContainerState.EXITED for c in await backend.pod_containers("u1")):
+                return
+            await asyncio.sleep(0.01)
+
+    backend.start_container = start_and_exit  # type: ignore[method-assign]
+    await worker.sync("u1")
+    assert api.pods["u1"]["status"]["phase"] == "Succeeded"
+    assert api.pods["u1"]["metadata"]["annotations"][START_LEVEL_ANNOTATION] in ("cold", "image_cached")
+
+
 async def test_host_path_rejected(env: Any) -> None:
     api, backend, rec, worker = env
     api.add(make_pod("p1", "u1", volumes=[{"name": "h", "hostPath": {"path": "/var/run"}}]))
