@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,11 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--runtime-endpoint", help="CRI socket, e.g. unix:///run/containerd/containerd.sock")
     p.add_argument("--port", type=int, help="kubelet API port (advertised in the Node)")
     p.add_argument("--address", help="kubelet API bind address")
-    p.add_argument("--internal-ip", help="node InternalIP")
+    p.add_argument(
+        "--internal-ip",
+        default=os.environ.get("WARMLET_INTERNAL_IP"),
+        help="node InternalIP (default: $WARMLET_INTERNAL_IP, e.g. the pod IP when run in cluster)",
+    )
     p.add_argument("--log-dir", type=Path, help="root of CRI pod log directories")
     p.add_argument("--state-dir", type=Path, help="warmlet's own state (volumes, certs)")
     p.add_argument("--client-ca-file", type=Path, help="CA verifying kubelet API client certs")
