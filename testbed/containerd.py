@@ -180,6 +180,22 @@ class Containerd:
             archive.unlink(missing_ok=True)
         log.info(kv("imported", image=full_name))
 
+    # ------------------------------------------------------------------ outage (fault tests)
+    def running(self) -> bool:
+        p = self.procs.procs.get("containerd")
+        return p is not None and p.poll() is None
+
+    def stop_daemon(self, grace: float = 10.0) -> None:
+        """Stop only the containerd daemon, as a service restart does: the shims (own process
+        groups) and so every sandbox and container keep running. :meth:`start_daemon` resumes."""
+        self.procs.stop(["containerd"], grace=grace)
+
+    def start_daemon(self, timeout: float = 60) -> None:
+        """Start containerd again on the same config, root and state; it reconnects to the shims."""
+        if not self.running():
+            self.spawn()
+        self.wait(timeout)
+
     # ------------------------------------------------------------------ teardown
     def _cri_cleanup(self, timeout: float = 20) -> None:
         """Stop and remove every pod sandbox through CRI, so CNI releases IPs/veths properly."""
