@@ -41,7 +41,7 @@ def cronjob(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 async def test_cronjob_pods_start_warm_and_prewarm_covers_first_firing(e2e: E2E) -> None:
     # Leave enough time before the next minute boundary for warmlet to start and learn the
     # schedule (it may prewarm at once: the lead time may already have begun).
-    if time.time() % 60 > 45:
+    if time.time() % 60 > 35:
         await asyncio.sleep(61 - time.time() % 60)
     ns = await e2e.namespace("e2ecron")
     cfg_a = e2e.config()

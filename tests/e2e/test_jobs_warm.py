@@ -102,6 +102,7 @@ async def test_later_pods_of_a_workload_start_warm_never_across_namespaces(e2e: 
     ns_a = await e2e.namespace("e2ea")
     ns_b = await e2e.namespace("e2eb")
     warm0 = start_count("warm")
+    first0 = {lvl: start_count(lvl) for lvl in ("cold", "image_cached")}
     spec = pod_spec(node, "echo run; sleep 1", e2e.busybox)
     body = job("w", spec, completions=3, parallelism=1)
     await e2e.client.post(f"/apis/batch/v1/namespaces/{ns_a}/jobs", body)
@@ -117,6 +118,7 @@ async def test_later_pods_of_a_workload_start_warm_never_across_namespaces(e2e: 
     ips = {p["status"].get("podIP") for p in pods}
     assert len(ips) == 1 and "" not in ips and None not in ips, ips
     assert start_count("warm") - warm0 >= 2
+    assert start_count(levels[0]) - first0[levels[0]] >= 1  # the first start, under its own level
 
     # the pool now holds the workload's sandbox, idle
     backend: Any = wl.backend
