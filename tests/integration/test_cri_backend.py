@@ -192,6 +192,9 @@ async def test_reuse_same_key_scrubs_everything(env: Env, tmp_path: Path) -> Non
     assert pids_with_arg(marker) == []
     assert list(scratch.iterdir()) == []
     assert await b.client.list_containers(sandbox_id=sb_a.sandbox_id) == []
+    # the finished pod's final states (and log files) stay readable until the pod object is gone
+    assert all(s.state == ContainerState.EXITED for s in await b.pod_containers(a.uid))
+    await b.pod_gone(a.uid)
     assert await b.pod_containers(a.uid) == []
 
     bpod = env.pod("reuse-b")
