@@ -107,10 +107,13 @@ def kubelet_config(endpoint: str, client_ca: str, port: int, healthz: int, cgrou
 _ERR_RE = re.compile(r'^[EF]\d{4} .*|.*(?:err(?:or)?="|failed to run Kubelet|command failed).*', re.M)
 
 
-def kubelet_error(log_text: str, limit: int = 1500) -> str:
-    """The last error lines kubelet printed (E/F klog lines, "failed to run Kubelet")."""
+def kubelet_error(log_text: str, limit: int = 2000) -> str:
+    """Why kubelet stopped: its fatal line ("failed to run Kubelet"/"command failed") if any, else
+    the last error lines it printed (E/F klog lines)."""
     lines = [m.group(0).strip() for m in _ERR_RE.finditer(log_text)]
-    return "\n".join(lines[-5:])[-limit:] if lines else log_text.strip()[-limit:]
+    fatal = [ln for ln in lines if "failed to run Kubelet" in ln or "command failed" in ln]
+    picked = fatal[-1:] or lines[-3:]
+    return "\n".join(picked)[-limit:] if picked else log_text.strip()[-limit:]
 
 
 def read_tunables() -> dict[str, str]:
@@ -176,7 +179,20 @@ class KubeletNode:
         layouts = images_mod.build_all()
         self.containerd.import_image(layouts["pause"], self.bed.images["pause"])
 
+    def make_cgroup_root(self) -> None:
+        """kubelet wants its cgroupRoot to exist in every hierarchy (cpuset: with cpus and mems)."""
+        for h in Path("/sys/fs/cgroup").iterdir():
+            if not h.is_dir() or h.is_symlink():
+                continue
+            d = h / self.cgroup_root.lstrip("/")
+            with contextlib.suppress(OSError):
+                d.mkdir(exist_ok=True)
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    if (h / f).exists():
+                        (d / f).write_text((h / f).read_text())
+
     def start_kubelet(self, binary: Path) -> None:
+        self.make_cgroup_root()
         tb = self.bed.testbed
         cfg = kubelet_config(
             self.endpoint, str(tb.client_ca_cert), free_port(), free_port(), self.cgroup_root
@@ -317,7 +333,8 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
             with contextlib.suppress(ApiError):
                 await admin.delete(f"/api/v1/nodes/{name}")
             await admin.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+            for sub in ("kubelet", "containerd"):  # keep logs/ for a look afterwards
+                shutil.rmtree(workdir / sub, ignore_errors=True)
     kubelet = {lv: summarize_ms(v) for lv, v in samples.items()}
     cvw = warmlet_result()
     warmlet = cvw.get("levels") or None
