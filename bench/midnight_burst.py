@@ -16,8 +16,10 @@ alone: no pod can run before it is bound.
 
     python -m bench.midnight_burst [--backend cri|simulated|both] [--quick]
 
-Without --kubeconfig (or $KUBECONFIG) it starts the test bed itself (testbed.bed.TestBed); the CRI
-backend needs the test bed's containerd, so it always uses the bed.
+Cluster: --kubeconfig, else the running CLI test bed, else a test bed started for the run
+(bench.harness.bed_session); the CRI variants need the bed's containerd and busybox image.
+warmlet runs as ``warmlet run`` subprocesses with a user bound to kind-config/rbac.yaml's role.
+Quick: 60 simulated pods per variant, both variants firing at the same instant on two nodes.
 """
 
 from __future__ import annotations
@@ -533,9 +535,6 @@ async def _patch_schedules(client: KubeClient, ns: str, names: Sequence[str], sc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kubeconfig", help="cluster for the simulated backend (default: start the test bed)"
-    )
     parser.add_argument("--backend", choices=["cri", "simulated", "both"], default="both")
     parser.add_argument("--pods-cri", type=int, default=200, help="pods fired at once on the CRI backend")
     parser.add_argument(
@@ -650,6 +649,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--kubeconfig", help="cluster (default: the running test bed, else a new one)")
+    parser.add_argument("--cri-endpoint", help="CRI socket when --kubeconfig is not the test bed")
     add_arguments(parser)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
