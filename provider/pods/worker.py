@@ -364,7 +364,7 @@ class PodWorker:
         try:
             await self.client.patch(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
-                {"metadata": {"uid": meta["uid"]}, "status": status},
+                {"metadata": {"uid": meta["uid"]}, "status": replace_ip_lists(status)},
                 content_type=STRATEGIC_MERGE_PATCH,
             )
             STATUS_PATCHES.inc()
@@ -484,3 +484,13 @@ def _min(a: float | None, b: float) -> float:
 def _name(pod: Mapping[str, Any]) -> str:
     meta = pod.get("metadata") or {}
     return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def replace_ip_lists(status: JSON) -> JSON:
+    """Strategic merge would MERGE podIPs/hostIPs (merge key ``ip``) with the old ones; a pod
+    whose sandbox was recreated (e.g. after a restart lost the runtime) must REPLACE them."""
+    out = dict(status)
+    for key in ("podIPs", "hostIPs"):
+        if key in out:
+            out[key] = [*out[key], {"$patch": "replace"}]
+    return out
