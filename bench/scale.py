@@ -260,7 +260,7 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
         "n": n,
         "pods_created": f"directly bound (spec.nodeName set), {args.concurrency} POSTs in flight",
         "warmlet_process": "warmlet run --config (simulated backend, zero timers), own process",
-        "warmlet_config": "defaults: pods.workers=64 (pods.status_qps is not enforced by provider/)",
+        "warmlet_config": "defaults: pods.workers=64",
         "warmlet": warm,
         # interface figures: per-pod bind -> Running of the warmlet variant
         "p50_ms": warm["bind_to_running"]["p50_ms"],

@@ -41,7 +41,6 @@ class PodConfig(_Section):
     cluster_dns: list[str] = Field(default_factory=lambda: ["10.0.0.10"])
     cluster_domain: str = "cluster.local"
     volumes_dir: Path = Path("/var/lib/warmlet/pods")
-    status_qps: float = 200.0
 
 
 class SimulatedConfig(_Section):

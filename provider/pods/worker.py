@@ -106,6 +106,7 @@ class PodWorker:
         self.states: dict[str, PodState] = {}
         self.scheme = backend.name if backend.name != "cri" else "containerd"
         self.host_ip = cfg.node.internal_ip
+        self._annotations_forbidden_logged = False
         self.volumes_dir = Path(cfg.pods.volumes_dir)
 
     # -- entry point ---------------------------------------------------------------------------
@@ -405,7 +406,17 @@ class PodWorker:
                 {"metadata": {"annotations": patch}},
             )
         except ApiError as e:
-            if not (e.not_found or e.conflict):
+            if e.status == 403:
+                # A node identity (system:node:*) may not change pod metadata under
+                # NodeRestriction; the start still counts, the annotations are best effort.
+                if not self._annotations_forbidden_logged:
+                    self._annotations_forbidden_logged = True
+                    log.warning(
+                        "pod annotations forbidden; start level and deletion cost not recorded "
+                        "on pods (grant the warmlet ClusterRole, kind-config/rbac.yaml) error=%s",
+                        e.message,
+                    )
+            elif not (e.not_found or e.conflict):
                 raise
 
     # -- teardown ----------------------------------------------------------------------------------

@@ -335,3 +335,23 @@ async def test_status_patch_skipped_when_unchanged(env: Any) -> None:
     api.pods["u1"] = snapshot
     await worker.sync("u1")
     assert len(api.patches()) == n
+
+
+async def test_forbidden_annotations_do_not_block_the_pod(env: Any) -> None:
+    """Under NodeRestriction a node identity may not patch pod metadata: the pod still runs."""
+    api, backend, rec, worker = env  # noqa: RUF059
+    real_patch = api.patch
+
+    async def patch(path: str, body: Any, content_type: str = "", **params: Any) -> dict[str, Any]:
+        if not path.endswith("/status"):
+            raise ApiError(403, "Forbidden", "node may not modify pod metadata")
+        return await real_patch(path, body, content_type, **params)
+
+    api.patch = patch
+    api.add(make_pod("p1", "u1"))
+    api.add(make_pod("p2", "u2"))
+    assert await worker.sync("u1") is None
+    assert await worker.sync("u2") is None
+    for uid in ("u1", "u2"):
+        assert api.pods[uid]["status"]["phase"] == "Running"
+        assert START_LEVEL_ANNOTATION not in api.pods[uid]["metadata"]["annotations"]
