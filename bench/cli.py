@@ -68,6 +68,22 @@ def scenario_parser(mod: ModuleType) -> argparse.ArgumentParser:
     return p
 
 
+def module_main(module: str) -> None:
+    """``python -m bench.<module> [--quick] [options]``: one scenario, its table printed."""
+    from rich.console import Console
+
+    mod = load(module)
+    parser = scenario_parser(mod)
+    parser.prog = f"python -m {module}"
+    parser.add_argument("--quick", action="store_true", help="the small version (< 2 min)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in ("provider", "sandbox"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    result = asyncio.run(mod.run(args, args.quick))
+    Console().print(render_table(mod.SCENARIO, mod.summary_rows(result)))
+
+
 def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     """The ``bench`` subcommand of ``warmlet`` (scenario options are passed through)."""
     p = sub.add_parser(

@@ -370,19 +370,7 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--kubeconfig")
-    add_arguments(parser)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = asyncio.run(run(args, args.quick))
-    for k, v in summary_rows(result):
-        print(f"{k:40s} {v}")
-
-
 if __name__ == "__main__":
-    main()
+    from bench.cli import module_main
+
+    module_main("bench.kubelet_baseline")
