@@ -98,6 +98,12 @@ def direct_owner(pod: Mapping[str, Any]) -> tuple[str, str]:
     return str(ref.get("kind")), str(ref.get("name"))
 
 
+def single_use(key: str) -> bool:
+    """A bare pod's key (``<ns>/Pod/<uid>#…``): no other pod can ever have it, so a sandbox
+    released under it could never be reused (pooling it would only keep it until evicted)."""
+    return key.split("/", 2)[1:2] == ["Pod"]
+
+
 def pod_key(pod: Mapping[str, Any], owner: tuple[str, str]) -> str:
     meta = pod.get("metadata") or {}
     return make_key(meta.get("namespace", "default"), owner[0], owner[1], pod.get("spec") or {})

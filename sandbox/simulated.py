@@ -213,6 +213,7 @@ class SimulatedBackend:
         memory_bytes: int = 8 * 1024 * 1024,
         pool_enabled: bool = True,
         pool_max_per_workload: int = 8,
+        pool_max_idle: int = 256,
         node_memory_bytes: int = 64 * 1024**3,
         node_fs_bytes: int = 200 * 1024**3,
         preloaded_images: tuple[str, ...] = (),
@@ -226,6 +227,7 @@ class SimulatedBackend:
         self.memory_bytes = memory_bytes
         self.pool_enabled = pool_enabled
         self.pool_max_per_workload = pool_max_per_workload
+        self.pool_max_idle = pool_max_idle  # across workloads; the least recently released go first
         self.node_memory_bytes = node_memory_bytes
         self.node_fs_bytes = node_fs_bytes
         self.start_time = time.time()
@@ -245,7 +247,7 @@ class SimulatedBackend:
 
     @classmethod
     def from_config(
-        cls, cfg: object, log_dir: str | os.PathLike[str], pool_enabled: bool = True
+        cls, cfg: object, log_dir: str | os.PathLike[str], pool_enabled: bool = True, pool_max_idle: int = 256
     ) -> SimulatedBackend:
         """Build from a SimulatedConfig-like object (plain attribute access, no import of provider/)."""
         return cls(
@@ -257,6 +259,7 @@ class SimulatedBackend:
             cpu_nano_cores=int(getattr(cfg, "cpu_nano_cores", 1_000_000)),
             memory_bytes=int(getattr(cfg, "memory_bytes", 8 * 1024 * 1024)),
             pool_enabled=pool_enabled,
+            pool_max_idle=pool_max_idle,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -409,10 +412,24 @@ class SimulatedBackend:
                 )
                 sb.spec = None
                 idle.append(sb)
+                self._pool[key] = self._pool.pop(key)  # most recently released key last
+                self._trim_pool()
                 return
             if not idle:
                 del self._pool[key]
         log.debug("sandbox destroyed pod_uid=%s sandbox_id=%s", pod_uid, sb.info.sandbox_id)
+
+    def _trim_pool(self) -> None:
+        """Destroy idle sandboxes over ``pool_max_idle``, oldest workload first (like the CRI pool's
+        global cap): keys of bare pods or finished Jobs are never asked for again."""
+        excess = self.idle_sandboxes() - self.pool_max_idle
+        while excess > 0 and self._pool:
+            key = next(iter(self._pool))
+            idle = self._pool[key]
+            idle.popleft()
+            excess -= 1
+            if not idle:
+                del self._pool[key]
 
     async def prewarm(self, pod: PodSandboxSpec, count: int) -> int:
         """Cache the template's images and create idle sandboxes for its key, up to the pool cap."""

@@ -42,7 +42,7 @@ from provider.status import (
 from provider.sync import backoff_key, compute_pod_actions, is_finished
 from provider.timefmt import parse_rfc3339
 from provider.validation import validate_pod
-from provider.workload import OwnerResolver
+from provider.workload import OwnerResolver, direct_owner, single_use
 from sandbox.backend import (
     Backend,
     BackendError,
@@ -436,7 +436,7 @@ class PodWorker:
             return
         uid = pod["metadata"]["uid"]
         await self._stop_all(None, uid, 0)
-        await self.backend.release_sandbox(uid, reusable=True)
+        await self.backend.release_sandbox(uid, reusable=self._reusable(uid, pod))
         st.released = True
         st.sandbox = None
         await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
@@ -450,7 +450,7 @@ class PodWorker:
         if grace is None:
             grace = spec.get("terminationGracePeriodSeconds", 30)
         await self._stop_all(pod, uid, float(grace))
-        await self.backend.release_sandbox(uid, reusable=True)
+        await self.backend.release_sandbox(uid, reusable=self._reusable(uid, pod))
         await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
         await self._pod_gone(uid)
         try:
@@ -471,10 +471,17 @@ class PodWorker:
     async def _cleanup(self, uid: str) -> None:
         """The pod object is gone (force-deleted or deleted by us): make sure nothing is left."""
         await self._stop_all(None, uid, 0)
-        await self.backend.release_sandbox(uid, reusable=True)
+        await self.backend.release_sandbox(uid, reusable=self._reusable(uid, None))
         await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
         await self._pod_gone(uid)
         self._forget(uid)
+
+    def _reusable(self, uid: str, pod: JSON | None) -> bool:
+        """A bare pod's sandbox is keyed by the pod's own uid: pooled, no pod could ever reuse it."""
+        st = self.states.get(uid)
+        if st is not None and st.spec is not None:
+            return not single_use(st.spec.workload_key)
+        return pod is None or direct_owner(pod)[0] != "Pod"
 
     async def _pod_gone(self, uid: str) -> None:
         """Tell the backend the pod object is gone (it may drop kept logs/final states)."""

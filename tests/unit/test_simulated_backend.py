@@ -321,6 +321,17 @@ async def test_pool_bounded_per_workload(tmp_path: Path) -> None:
     assert b.idle_sandboxes("k1") == 2
 
 
+async def test_pool_bounded_across_workloads_oldest_go_first(tmp_path: Path) -> None:
+    """Keys that are never asked for again (bare pods, finished Jobs) must not pile up idle."""
+    b = SimulatedBackend(tmp_path, pool_max_idle=3)
+    for i in range(10):
+        await b.acquire_sandbox(pod(f"u{i}", key=f"k{i}"))
+        await b.release_sandbox(f"u{i}", reusable=True)
+    assert b.idle_sandboxes() == 3
+    assert [b.idle_sandboxes(f"k{i}") for i in range(10)] == [0] * 7 + [1] * 3
+    assert (await b.acquire_sandbox(pod("again", key="k9"))).from_pool
+
+
 async def test_stats_usage_grows(backend: SimulatedBackend) -> None:
     await run_pod(backend, pod(**{"warmlet.io/sim-cpu-nano-cores": "500000000"}), [ctr("a"), ctr("b")])
     s1 = await backend.stats()

@@ -355,3 +355,55 @@ async def test_forbidden_annotations_do_not_block_the_pod(env: Any) -> None:
     for uid in ("u1", "u2"):
         assert api.pods[uid]["status"]["phase"] == "Running"
         assert START_LEVEL_ANNOTATION not in api.pods[uid]["metadata"]["annotations"]
+
+
+async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(env: Any) -> None:
+    """Bare pods (keyed by their own uid) and ReplicaSet pods, run through the work queue, then
+    deleted gracefully: no state of theirs is left in the worker, the queue or the backend, and
+    only the ReplicaSet's workload keeps (bounded) idle sandboxes."""
+    from provider.pods.queue import WorkQueue
+
+    api, backend, rec, worker = env  # noqa: RUF059
+    queue = WorkQueue(worker.sync, workers=8)
+    backend.subscribe(queue.add)
+    runner = asyncio.create_task(queue.run())
+
+    async def settle() -> None:
+        for _ in range(400):
+            await asyncio.sleep(0.01)
+            if queue.idle:
+                return
+        raise AssertionError("queue never idle")
+
+    n = 30
+    uids = [f"bare-{i}" for i in range(n)] + [f"rs-{i}" for i in range(n)]
+    for uid in uids:
+        api.add(make_pod(uid, uid, owner=None if uid.startswith("bare") else "web-rs"))
+        queue.add(uid)
+    await settle()
+    assert all(api.pods[u]["status"]["phase"] == "Running" for u in uids)
+    assert len(worker.states) == 2 * n and len(backend._sandboxes) == 2 * n
+    for uid in uids:
+        api.pods[uid]["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+        queue.add(uid)
+    await settle()
+    for uid in uids:  # the watch's DELETED events
+        queue.add(uid)
+    await settle()
+    runner.cancel()
+    queue.close()
+
+    assert api.pods == {}
+    per_pod = {
+        "worker.states": len(worker.states),
+        "worker.restarts": len(worker.restarts),
+        "worker.pulls": len(worker.pulls),
+        "queue": len(queue._queued) + len(queue._active) + len(queue._dirty),
+        "queue.failures": len(queue._failures),
+        "queue.timers": len(queue._timers),
+        "backend.sandboxes": len(backend._sandboxes),
+        "backend.containers": len(backend._containers),
+        "backend.pool_keys_of_bare_pods": sum(1 for k in backend._pool if "/Pod/" in k),
+    }
+    assert per_pod == dict.fromkeys(per_pod, 0)
+    assert backend.idle_sandboxes() == backend.pool_max_per_workload  # the ReplicaSet's, capped
