@@ -76,6 +76,9 @@ class PodState:
     rejected: bool = False
     last_status: JSON | None = None
     image_errors: dict[str, tuple[str, float]] = field(default_factory=dict)  # key -> (error, when)
+    # The terminal status computed when the pod finished: once its sandbox is released the pod
+    # never runs again, even if a stale informer copy (not yet terminal) triggers another sync.
+    final_status: JSON | None = None
     mount_event: str = ""
 
 
@@ -122,6 +125,10 @@ class PodWorker:
         st = self.states.setdefault(uid, PodState())
         if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             await self._release(pod, st)
+            return None
+        if st.released:
+            if st.final_status is not None:
+                await self._patch_status(pod, st, st.final_status)  # e.g. the first write failed
             return None
         rejection = validate_pod(pod, self.cfg.pods.unsupported_policy)
         if rejection is not None:
@@ -228,6 +235,7 @@ class PodWorker:
         if finished:
             # Back to the pool BEFORE the terminal status is visible: the workload's next pod
             # (created by its controller when it sees this one finish) finds the sandbox idle.
+            st.final_status = status
             await self._release(pod, st)
         await self._patch_status(pod, st, status)
         if annotate and not finished:

@@ -407,3 +407,20 @@ async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(env
     }
     assert per_pod == dict.fromkeys(per_pod, 0)
     assert backend.idle_sandboxes() == backend.pool_max_per_workload  # the ReplicaSet's, capped
+
+
+async def test_finished_pod_never_runs_again_from_a_stale_copy(env: Any) -> None:
+    """After release, a sync from a stale (still Running) informer copy must not start it again."""
+    api, backend, rec, worker = env  # noqa: RUF059
+    api.add(make_pod("job-1", "u1", policy="Never", annotations={"warmlet.io/sim-run-seconds": "0.05"}))
+    await worker.sync("u1")
+    stale = copy.deepcopy(api.pods["u1"])
+    assert stale["status"]["phase"] == "Running"
+    await asyncio.sleep(0.2)
+    await worker.sync("u1")
+    assert api.pods["u1"]["status"]["phase"] == "Succeeded"
+    created = len(await backend.pod_containers("u1"))
+    api.pods["u1"] = stale  # the informer still holds the Running copy
+    await worker.sync("u1")
+    assert await backend.list_sandboxes() == []
+    assert len(await backend.pod_containers("u1")) == created
