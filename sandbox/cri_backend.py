@@ -141,18 +141,24 @@ def _leftover_pids(pause_pid: int) -> list[int]:
     if target is None:
         return []
     parents: dict[int, int] = {}
+
+    def parent(pid: int) -> int | None:
+        # Read on demand: only members and their ancestors, not every process on the node
+        # (reading /proc/<pid>/stat of all of them made a scrub cost ~0.1 s of CPU).
+        if pid not in parents:
+            try:
+                stat = _read(f"/proc/{pid}/stat")
+                parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                return None
+        return parents[pid]
+
     members: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
-        try:
-            stat = _read(f"/proc/{pid}/stat")
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents[pid] = ppid
-        if pid != pause_pid and _ns_inode(pid) == target:
+        if pid != pause_pid and _ns_inode(pid) == target and parent(pid) is not None:
             members.append(pid)
 
     def descends_from_pause(pid: int) -> bool:
@@ -160,7 +166,7 @@ def _leftover_pids(pause_pid: int) -> list[int]:
         while pid > 1 and seen < 64:
             if pid == pause_pid:
                 return True
-            pid = parents.get(pid, 0)
+            pid = parent(pid) or 0
             seen += 1
         return False
 

@@ -22,7 +22,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -67,7 +67,11 @@ class SandboxRecord:
     scratch_dirs: list[str] = field(default_factory=list)  # current pod's dirs to wipe on reuse
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Same dict as dataclasses.asdict (flat fields + a list of str), without its deep copy:
+        # saved on every acquire/release, over every record (hot in a burst).
+        d = dict(self.__dict__)
+        d["scratch_dirs"] = list(self.scratch_dirs)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SandboxRecord:
@@ -113,6 +117,8 @@ class WarmPool:
         self.policies: dict[str, WorkloadPolicy] = {}
         self.tracker = ConcurrencyTracker(window_seconds=defaults.concurrency_window_seconds)
         self._creating: dict[str, int] = {}
+        # workload key -> (template object, its JSON text): save() encodes each template once
+        self._template_json: dict[str, tuple[PodSandboxSpec, str]] = {}
         self._pod_locks: dict[str, asyncio.Lock] = {}
         self._maint_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -169,21 +175,35 @@ class WarmPool:
         """Write the state file atomically (tmp + rename): a crash never leaves half a file."""
         if self.state_file is None:
             return
-        data = {
-            "version": STATE_VERSION,
-            "sandboxes": [r.to_json() for r in self.records.values() if r.state != "creating"],
-            "templates": {k: v.model_dump(mode="json") for k, v in self.templates.items()},
-        }
+        sandboxes = [r.to_json() for r in self.records.values() if r.state != "creating"]
+        # The text of json.dumps({"version", "sandboxes", "templates"}), built from each template's
+        # cached encoding: saved on every acquire/release, this was ~25 ms with 200 workloads.
+        templates = ", ".join(
+            f"{json.dumps(k)}: {self._template_text(k, v)}" for k, v in self.templates.items()
+        )
+        text = (
+            f'{{"version": {json.dumps(STATE_VERSION)}, "sandboxes": {json.dumps(sandboxes)}, '
+            f'"templates": {{{templates}}}}}'
+        )
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.state_file.parent, prefix=".pool-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
+                f.write(text)
             os.replace(tmp, self.state_file)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _template_text(self, key: str, spec: PodSandboxSpec) -> str:
+        """JSON of a template, encoded once per template object (templates are replaced, not mutated)."""
+        cached = self._template_json.get(key)
+        if cached is not None and cached[0] is spec:
+            return cached[1]
+        text = json.dumps(spec.model_dump(mode="json"))
+        self._template_json[key] = (spec, text)
+        return text
 
     def load(self) -> tuple[list[SandboxRecord], dict[str, PodSandboxSpec]]:
         """Read the state file (missing or corrupt: empty; adoption falls back to labels)."""
