@@ -29,6 +29,9 @@ from sandbox.backend import Backend, PodSandboxSpec
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
+# CronJobs prewarmed at once by one tick (each makes its sandboxes and pulls its images).
+PREWARM_CONCURRENCY = 8
+
 
 def next_fire(cronjob: Mapping[str, Any], now: float) -> float | None:
     """Epoch seconds of the next scheduled run after ``now``; None if suspended or invalid."""
@@ -101,6 +104,7 @@ class CronPrewarmer:
         node_labels: Mapping[str, str],
         taints: Sequence[Mapping[str, Any]],
         relist_seconds: float = 15.0,
+        concurrency: int = PREWARM_CONCURRENCY,
     ) -> None:
         self.cfg = cfg
         self.client = client
@@ -108,6 +112,7 @@ class CronPrewarmer:
         self.node_labels = dict(node_labels)
         self.taints = taints
         self.relist_seconds = relist_seconds
+        self.concurrency = max(1, concurrency)
         self.cronjobs: dict[str, JSON] = {}
         self._done: dict[str, float] = {}  # cronjob uid -> firing time already prewarmed
 
@@ -126,22 +131,35 @@ class CronPrewarmer:
         return out
 
     async def tick(self, now: float) -> int:
+        """Prewarm every CronJob due now, ``concurrency`` at a time; returns the sandboxes made.
+
+        Concurrently, not one after another: K CronJobs sharing one instant would otherwise be
+        prewarmed back to back (K sandboxes in a row, 200 took ~25 s of a 30 s lead).
+        """
         prewarm = getattr(self.backend, "prewarm", None)
         if prewarm is None:
             return 0
-        total = 0
+        due = []
         for cj, fire in self.due(now):
             spec, count = prewarm_spec(cj, self.cfg)
             self._done[cj["metadata"]["uid"]] = fire
-            try:
-                made = int(await prewarm(spec, count) or 0)
-            except Exception as e:
-                log.warning("prewarm failed cronjob=%s err=%r", spec.workload_key, e)
-                continue
+            due.append((spec, count, fire))
+        if not due:
+            return 0
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(spec: PodSandboxSpec, count: int, fire: float) -> int:
+            async with sem:
+                try:
+                    made = int(await prewarm(spec, count) or 0)
+                except Exception as e:
+                    log.warning("prewarm failed cronjob=%s err=%r", spec.workload_key, e)
+                    return 0
             PREWARMS.inc(made)
-            total += made
             log.info("prewarmed cronjob key=%s count=%d fires_in=%.1fs", spec.workload_key, made, fire - now)
-        return total
+            return made
+
+        return sum(await asyncio.gather(*(one(*d) for d in due)))
 
     async def relist(self) -> None:
         page = await self.client.list_all("/apis/batch/v1/cronjobs")

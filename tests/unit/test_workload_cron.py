@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,3 +94,35 @@ async def test_tick_prewarms_once_per_firing_within_lead() -> None:
     assert await pw.tick(ts("2026-01-01T00:00:50")) == 0  # same firing: once
     assert await pw.tick(ts("2026-01-01T00:01:45")) == 3  # next firing
     assert backend.calls == [(cronjob_key(cj()), 3)] * 2
+
+
+class SlowBackend:
+    """Each prewarm takes a while; records how many run at once."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.peak = 0
+
+    async def prewarm(self, pod: Any, count: int) -> int:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(0.05)
+        self.running -= 1
+        return count
+
+
+async def test_tick_prewarms_due_cronjobs_concurrently_and_bounded() -> None:
+    cfg = WarmletConfig()
+    cfg.pool.cron_lead_seconds = 20
+    backend = SlowBackend()
+    pw = CronPrewarmer(cfg, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
+    pw.cronjobs = {
+        f"cj{i}": {**cj(), "metadata": {"name": f"t{i}", "namespace": "ns", "uid": f"cj{i}"}}
+        for i in range(20)
+    }
+    t0 = time.monotonic()
+    assert await pw.tick(ts("2026-01-01T00:00:45")) == 20 * 3
+    elapsed = time.monotonic() - t0
+    assert backend.peak == pw.concurrency == 8  # concurrent, at most 8 at once
+    assert elapsed < 20 * 0.05 / 2  # 3 waves of 0.05 s, not 20 in a row (1 s)
+    assert await pw.tick(ts("2026-01-01T00:00:50")) == 0  # same firing: once
