@@ -65,14 +65,16 @@ async def test_deployment_scale_up_and_down(kubeconfig: Any, tmp_path: Path) -> 
             # graceful termination returned the sandboxes to the warm pool (capped per workload)
             assert wn.backend.idle_sandboxes()  # type: ignore[attr-defined] >= 1
 
-            async def killing() -> list[dict[str, Any]]:
-                return [
+            async def killing() -> list[dict[str, Any]] | None:
+                evs = [
                     e
                     for e in await events_for(client, ns, "Killing")
                     if e["source"].get("component") == "warmlet"
                 ]
+                # events are written asynchronously (rate limited): wait for all of them
+                return evs if len({e["involvedObject"]["uid"] for e in evs}) >= 15 else None
 
-            evs = await wait_for(killing, 30, 0.5, "Killing events")
+            evs = await wait_for(killing, 60, 0.5, "Killing events of the 15 removed pods")
             assert len({e["involvedObject"]["uid"] for e in evs}) == 15
             started = await events_for(client, ns, "Started")
             assert len({e["involvedObject"]["uid"] for e in started}) >= 20
