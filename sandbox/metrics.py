@@ -53,3 +53,14 @@ CRI_CALL_ERRORS = Counter(
     "CRI gRPC calls that failed, by method and gRPC code.",
     ["method", "code"],
 )
+
+
+def workload_label(key: str) -> str:
+    """The ``workload`` label of pool metrics: the readable part of the workload key
+    (``<ns>/<kind>/<name>``), with every bare pod of a namespace folded into ``<ns>/Pod`` so a
+    stream of bare pods cannot create one series per pod (unbounded cardinality)."""
+    head = key.split("#", 1)[0]
+    parts = head.split("/")
+    if len(parts) >= 3 and parts[1] == "Pod":
+        return f"{parts[0]}/Pod"
+    return head[:200]

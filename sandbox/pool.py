@@ -158,12 +158,19 @@ class WarmPool:
         return lock
 
     def _update_gauges(self, keys: Iterable[str]) -> None:
-        for key in set(keys):
-            label = workload_key_label(key)[:12]
-            idle = sum(1 for r in self.records.values() if r.key == key and r.state == "idle")
-            busy = self.in_use_count(key)
-            metrics.POOL_SANDBOXES.labels(label, "idle").set(idle)
-            metrics.POOL_SANDBOXES.labels(label, "in_use").set(busy)
+        for label in {metrics.workload_label(k) for k in keys}:
+            idle = busy = 0
+            for r in self.records.values():
+                if metrics.workload_label(r.key) == label:
+                    idle += r.state == "idle"
+                    busy += r.state in ("in_use", "releasing")
+            if idle or busy:
+                metrics.POOL_SANDBOXES.labels(label, "idle").set(idle)
+                metrics.POOL_SANDBOXES.labels(label, "in_use").set(busy)
+            else:  # the workload has no sandbox left: drop its series
+                for state in ("idle", "in_use"):
+                    with contextlib.suppress(KeyError):
+                        metrics.POOL_SANDBOXES.remove(label, state)
 
     def _track(self, key: str) -> None:
         self.tracker.record(key, self.in_use_count(key), self.clock())
@@ -248,7 +255,7 @@ class WarmPool:
             warm = rec is not None
             label = workload_key_label(spec.workload_key)[:12]
             if rec is not None:
-                metrics.POOL_HITS.labels(label).inc()
+                metrics.POOL_HITS.labels(metrics.workload_label(spec.workload_key)).inc()
                 log.info(
                     "pool hit pod=%s/%s uid=%s sandbox=%s key=%s",
                     spec.namespace,
@@ -258,7 +265,7 @@ class WarmPool:
                     label,
                 )
             else:
-                metrics.POOL_MISSES.labels(label).inc()
+                metrics.POOL_MISSES.labels(metrics.workload_label(spec.workload_key)).inc()
                 sid, ip = await self.driver.create_sandbox(spec, prewarmed=False)
                 now = self.clock()
                 rec = SandboxRecord(

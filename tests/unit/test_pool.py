@@ -207,3 +207,36 @@ async def test_maintenance_loop_cancels_cleanly(tmp_path: Path, clock: Clock) ->
     await asyncio.sleep(0.05)
     await pool.stop_maintenance()
     assert pool._maint_task is None
+
+
+def _series(name: str) -> dict[tuple[str, ...], float]:
+    from prometheus_client import REGISTRY
+
+    out: dict[tuple[str, ...], float] = {}
+    for fam in REGISTRY.collect():
+        for s in fam.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value  # type: ignore[arg-type]
+    return out
+
+
+def test_workload_label_is_readable_and_folds_bare_pods() -> None:
+    from sandbox.metrics import workload_label
+
+    assert workload_label("team-a/CronJob/report#3f9c0011") == "team-a/CronJob/report"
+    assert workload_label("team-a/Pod/8c1f-uid#aa") == "team-a/Pod"
+    assert workload_label("team-a/Pod/other-uid#bb") == "team-a/Pod"
+    assert workload_label("weird") == "weird"
+
+
+async def test_pool_series_bounded_for_bare_pods_and_dropped_when_empty(tmp_path: Path, clock: Clock) -> None:
+    pool, _d = make(tmp_path, clock)
+    for i in range(20):  # a stream of bare pods: one series for the namespace, not one per pod
+        await pool.acquire(spec(f"bare{i}", key=f"mx/Pod/bare{i}#h{i}", ns="mx"))
+        await pool.release(f"bare{i}", reusable=False)
+    misses = {k: v for k, v in _series("warmlet_pool_misses_total").items() if ("workload", "mx/Pod") in k}
+    assert list(misses.values()) == [20.0]
+    labels = [dict(k).get("workload", "") for k in _series("warmlet_pool_misses_total")]
+    assert not any(lb.startswith("mx/Pod/") for lb in labels)
+    gauges = [k for k in _series("warmlet_pool_sandboxes") if ("workload", "mx/Pod") in k]
+    assert gauges == []  # no sandbox of the workload left: its series are gone
