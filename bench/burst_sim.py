@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, summarize_ms, write_result
+from bench.harness import watch_namespace_pods
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, KubeClient
 from provider.status import compute_status
 from provider.testing import bare_pod, create_namespace, node_config, running_node
@@ -47,23 +48,19 @@ class PodClock:
         self.expect = 0
 
     async def run(self) -> None:
-        rv = (await self.client.get(f"/api/v1/namespaces/{self.ns}/pods", limit=1))["metadata"][
-            "resourceVersion"
-        ]
-        while True:
-            async for ev in self.client.watch(f"/api/v1/namespaces/{self.ns}/pods", rv, timeout_seconds=600):
-                obj = ev.get("object") or {}
-                rv = obj.get("metadata", {}).get("resourceVersion", rv)
-                if ev.get("type") == "BOOKMARK":
-                    continue
-                name = obj["metadata"]["name"]
-                now = time.monotonic()
-                if (obj.get("spec") or {}).get("nodeName"):
-                    self.bound.setdefault(name, now)
-                if (obj.get("status") or {}).get("phase") == "Running":
-                    self.running.setdefault(name, now)
-                    if self.expect and len(self.running) >= self.expect:
-                        self.done.set()
+        await watch_namespace_pods(self.client, self.ns, self._observe, list_first=False)
+
+    def _observe(self, etype: str, obj: JSON) -> None:
+        if etype == "DELETED":
+            return
+        name = obj["metadata"]["name"]
+        now = time.monotonic()
+        if (obj.get("spec") or {}).get("nodeName"):
+            self.bound.setdefault(name, now)
+        if (obj.get("status") or {}).get("phase") == "Running":
+            self.running.setdefault(name, now)
+            if self.expect and len(self.running) >= self.expect:
+                self.done.set()
 
 
 async def create_pods(client: KubeClient, ns: str, pods: list[JSON], concurrency: int = 50) -> None:

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,6 +373,53 @@ class PodTimes:
         return self.running - self.created
 
 
+PodEventHandler = Callable[[str, JSON], Awaitable[None] | None]
+
+
+async def watch_namespace_pods(
+    client: KubeClient,
+    ns: str,
+    on_event: PodEventHandler,
+    *,
+    list_first: bool = True,
+    started: asyncio.Event | None = None,
+) -> None:
+    """List, then watch a namespace's pods until cancelled, relisting on 410 Gone or a dropped
+    connection. ``on_event(type, pod)`` sees listed pods as ADDED (with ``list_first``), then
+    every ADDED / MODIFIED / DELETED event; ``started`` is set once the watch is positioned."""
+    path = f"/api/v1/namespaces/{ns}/pods"
+    while True:
+        try:
+            if list_first:
+                page = await client.list_all(path)
+                for pod in page.get("items") or []:
+                    await _call(on_event, "ADDED", pod)
+            else:
+                page = await client.get(path, limit=1)
+            rv = page["metadata"]["resourceVersion"]
+            if started is not None:
+                started.set()
+            while True:
+                async for ev in client.watch(path, rv, timeout_seconds=300):
+                    obj = ev.get("object") or {}
+                    rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                    etype = str(ev.get("type"))
+                    if etype in ("ADDED", "MODIFIED", "DELETED"):
+                        await _call(on_event, etype, obj)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # 410 Gone or a dropped connection: relist
+            if not (isinstance(e, ApiError) and e.gone):
+                log.warning(kv("pod watch restarts", ns=ns, err=repr(e)))
+            await asyncio.sleep(0.2)
+
+
+async def _call(handler: PodEventHandler, etype: str, obj: JSON) -> None:
+    result = handler(etype, obj)
+    if result is not None:
+        await result
+
+
 class PodClock:
     """One watch on a namespace's pods recording :class:`PodTimes`; awaitable per pod.
 
@@ -402,22 +449,9 @@ class PodClock:
         return self.pods.setdefault(name, PodTimes())
 
     async def _run(self) -> None:
-        path = f"/api/v1/namespaces/{self.ns}/pods"
-        while True:
-            try:
-                rv = (await self.client.get(path, limit=1))["metadata"]["resourceVersion"]
-                self._started.set()
-                while True:
-                    async for ev in self.client.watch(path, rv, timeout_seconds=300):
-                        obj = ev.get("object") or {}
-                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                        if ev.get("type") in ("BOOKMARK", "ERROR"):
-                            continue
-                        await self._observe(str(ev.get("type")), obj)
-            except ApiError as e:
-                if e.status != 410:
-                    log.warning(kv("pod clock watch error", ns=self.ns, err=repr(e)))
-                    await asyncio.sleep(0.5)
+        await watch_namespace_pods(
+            self.client, self.ns, self._observe, list_first=False, started=self._started
+        )
 
     async def _observe(self, etype: str, obj: JSON) -> None:
         now = time.monotonic()

@@ -56,6 +56,7 @@ from bench.harness import (
     remove_instance_sandboxes,
     stop_process,
     wait_node_ready,
+    watch_namespace_pods,
 )
 from provider.kubeclient import ApiError, KubeClient
 from provider.testing import create_namespace, pod_template
@@ -171,25 +172,11 @@ class PodTimeline:
             t.level = lv
 
     async def run(self) -> None:
-        path = f"/api/v1/namespaces/{self.ns}/pods"
-        while True:
-            try:
-                page = await self.client.list_all(path)
-                now = time.time()
-                for p in page.get("items") or []:
-                    self.observe(p, now)
-                rv = page["metadata"]["resourceVersion"]
-                while True:
-                    async for ev in self.client.watch(path, rv, timeout_seconds=300):
-                        obj = ev.get("object") or {}
-                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                        if ev.get("type") in ("ADDED", "MODIFIED"):
-                            self.observe(obj, time.time())
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # 410 Gone or a dropped connection: relist
-                log.debug("pod watch restarts err=%r", e)
-                await asyncio.sleep(0.2)
+        def on_event(etype: str, obj: JSON) -> None:
+            if etype != "DELETED":
+                self.observe(obj, time.time())
+
+        await watch_namespace_pods(self.client, self.ns, on_event)
 
 
 # ---------------------------------------------------------------------------------------- one variant

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
-from bench.harness import bed_session, delete_namespace
+from bench.harness import bed_session, delete_namespace, watch_namespace_pods
 from bench.midnight_burst import warmlet_process
 from provider.kubeclient import ApiError, KubeClient
 from provider.testing import bare_pod, create_namespace
@@ -111,24 +111,11 @@ class ScaleClock:
                 self.done.set()
 
     async def run(self, client: KubeClient, ns: str) -> None:
-        path = f"/api/v1/namespaces/{ns}/pods"
-        while True:
-            try:
-                page = await client.list_all(path)
-                for p in page.get("items") or []:
-                    self.observe(p, time.monotonic())
-                rv = page["metadata"]["resourceVersion"]
-                while True:
-                    async for ev in client.watch(path, rv, timeout_seconds=300):
-                        obj = ev.get("object") or {}
-                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                        if ev.get("type") in ("ADDED", "MODIFIED"):
-                            self.observe(obj, time.monotonic())
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # 410 Gone or a dropped connection: relist
-                log.debug("scale watch restarts err=%r", e)
-                await asyncio.sleep(0.2)
+        def on_event(etype: str, obj: JSON) -> None:
+            if etype != "DELETED":
+                self.observe(obj, time.monotonic())
+
+        await watch_namespace_pods(client, ns, on_event)
 
 
 def lags(first: Mapping[str, float], second: Mapping[str, float]) -> list[float]:
