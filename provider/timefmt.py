@@ -7,7 +7,8 @@ import time
 
 
 def rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    """metav1.Time as JSON; an unset (zero or negative) time renders as the epoch."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(0.0, ts)))
 
 
 def parse_rfc3339(value: str | None) -> float | None:

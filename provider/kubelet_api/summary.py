@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from provider.timefmt import rfc3339
 from sandbox.backend import ContainerUsage, NodeUsage, PodUsage
 
 JSON = dict[str, Any]
-
-
-def rfc3339(ts: float) -> str:
-    """metav1.Time as JSON: RFC3339 with second precision, UTC."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(0.0, ts)))
 
 
 def _cpu(t: str, nano_cores: int, core_ns: int) -> JSON:
