@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Second command of the README (and CI): install what is missing, lint, type-check, then all
-# test tiers -- unit first, then integration and e2e against a private test bed. Extra
+# test tiers -- unit, then integration and e2e, then faults -- against a private test bed. Extra
 # arguments go to pytest. Any failure, or a tier that collects no tests (pytest exit 5), fails.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,4 +22,5 @@ run_tier() {
 t0=$SECONDS
 run_tier unit -q "$@"
 run_tier "integration or e2e" -q -rfEs --durations=15 "$@"
+run_tier faults -q -rfEs --durations=15 "$@"
 say "all tiers passed in $((SECONDS - t0))s"

@@ -1,4 +1,4 @@
-"""Test tiers by folder (unit / integration / e2e) and the test-bed fixtures (lazy)."""
+"""Test tiers by folder (unit / integration / e2e / faults) and the test-bed fixtures (lazy)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 # Fixtures only: importing the plugin starts nothing; the bed starts when a test asks for it.
-pytest_plugins = ["testbed.pytest_plugin"]
+pytest_plugins = ["testbed.pytest_plugin", "testbed.reliability_plugin"]
 
 _HERE = Path(__file__).resolve().parent
-_TIERS = ("unit", "integration", "e2e")
+_TIERS = ("unit", "integration", "e2e", "faults")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
