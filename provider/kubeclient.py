@@ -135,28 +135,35 @@ class KubeClient:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
         client_timeout = aiohttp.ClientTimeout(total=timeout or self._timeout)
-        async with self.session.request(
-            method,
-            self.server + path,
-            params=_params(params),
-            data=data,
-            headers=headers,
-            timeout=client_timeout,
-        ) as resp:
-            raw = await resp.read()
-            if resp.status >= 300:
-                raise self._error(method, resp.status, raw)
-            if not raw:
-                return {}
-            result: JSON = json.loads(raw)
-            return result
+        try:
+            async with self.session.request(
+                method,
+                self.server + path,
+                params=_params(params),
+                data=data,
+                headers=headers,
+                timeout=client_timeout,
+            ) as resp:
+                raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            self._count(method, "transport")  # refused, reset, timed out: the apiserver is away
+            raise
+        if resp.status >= 300:
+            raise self._error(method, resp.status, raw)
+        if not raw:
+            return {}
+        result: JSON = json.loads(raw)
+        return result
 
-    def _error(self, method: str, status: int, raw: bytes) -> ApiError:
+    def _count(self, verb: str, code: int | str) -> None:
         if self._on_error is not None:
             try:
-                self._on_error(method, status)
+                self._on_error(verb, code)
             except Exception:  # metrics must never break a request
                 pass
+
+    def _error(self, method: str, status: int, raw: bytes) -> ApiError:
+        self._count(method, status)
         try:
             body = json.loads(raw)
             return ApiError(status, body.get("reason", ""), body.get("message", ""), body)
@@ -206,7 +213,12 @@ class KubeClient:
             timeoutSeconds=timeout_seconds,
         )
         client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
-        async with self.session.get(self.server + path, params=_params(p), timeout=client_timeout) as resp:
+        try:
+            resp = await self.session.get(self.server + path, params=_params(p), timeout=client_timeout)
+        except (aiohttp.ClientError, TimeoutError):
+            self._count("WATCH", "transport")
+            raise
+        async with resp:
             if resp.status >= 300:
                 raise self._error("WATCH", resp.status, await resp.read())
             async for line in resp.content:

@@ -12,7 +12,9 @@ POD_START_LATENCY = Histogram(
 )
 POD_STARTS = Counter("warmlet_pod_starts_total", "Pod starts by start level", ["level"])
 API_ERRORS = Counter(
-    "warmlet_api_errors_total", "Kubernetes API errors by verb and HTTP code", ["verb", "code"]
+    "warmlet_api_errors_total",
+    "Kubernetes API errors by verb and HTTP code (transport: no answer at all)",
+    ["verb", "code"],
 )
 PODS_BY_PHASE = Gauge("warmlet_pods", "Pods bound to this node by phase", ["phase"])
 EVENTS = Counter("warmlet_events_total", "Events recorded", ["type", "reason"])
@@ -30,6 +32,14 @@ NODE_LEASE_RENEWALS = Counter(
 PREWARMS = Counter("warmlet_cron_prewarm_total", "Sandboxes requested by CronJob prewarming")
 
 
-def record_api_error(verb: str, status: int) -> None:
-    """KubeClient's on_error hook."""
+def record_api_error(verb: str, status: int | str) -> None:
+    """KubeClient's on_error hook (``status`` is ``"transport"`` when no answer came at all)."""
     API_ERRORS.labels(verb=verb, code=str(status)).inc()
+INFORMER_RELISTS = Counter(
+    "warmlet_pod_informer_relists_total",
+    "Full lists of this node's pods by reason (initial, gone = watch expired with 410, errors)",
+    ["reason"],
+)
+INFORMER_WATCH_ERRORS = Counter(
+    "warmlet_pod_informer_watch_errors_total", "Pod watch connections that failed (not counting 410)"
+)

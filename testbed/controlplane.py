@@ -48,6 +48,7 @@ class ControlPlane:
         self.verify_kubelet_serving = verify_kubelet_serving
         self.bins = bin_dir()
         self.etcd_port = 0
+        self.etcd_peer_port = 0
         self.apiserver_port = 0
         self.apiserver_url = ""
         self.admin_kubeconfig = self.dir / "admin.kubeconfig"
@@ -56,8 +57,9 @@ class ControlPlane:
     def spawn_etcd(self) -> None:
         """Start etcd (single member, no fsync: the data is throwaway)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.etcd_port, peer = free_port(), free_port()
-        url, purl = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{peer}"
+        if not self.etcd_port:  # a restart (:meth:`start_etcd`) keeps ports and data dir
+            self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        url, purl = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{self.etcd_peer_port}"
         self.procs.spawn(
             "etcd",
             [
@@ -91,7 +93,8 @@ class ControlPlane:
     def spawn_apiserver(self) -> None:
         """Start kube-apiserver on a free loopback port, kubeadm-like flags."""
         p = self.pki
-        self.apiserver_port = free_port()
+        if not self.apiserver_port:  # a restart (:meth:`start_apiserver`) keeps the port
+            self.apiserver_port = free_port()
         self.apiserver_url = f"https://127.0.0.1:{self.apiserver_port}"
         args = [
             str(self.bins / "kube-apiserver"),
@@ -246,6 +249,75 @@ class ControlPlane:
     def stop(self) -> None:
         """Controllers first, then apiserver, then etcd."""
         self.procs.stop(["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"])
+
+    # ------------------------------------------------------------------ outages (fault tests)
+    def running(self, name: str) -> bool:
+        """True while ``name`` (``etcd``, ``kube-apiserver``, ...) is running."""
+        p = self.procs.procs.get(name)
+        return p is not None and p.poll() is None
+
+    def stop_apiserver(self, grace: float = 10.0) -> None:
+        """Stop kube-apiserver only (TERM, then KILL): clients see refused connections."""
+        self.procs.stop(["kube-apiserver"], grace=grace)
+
+    def start_apiserver(self, timeout: float = 120) -> None:
+        """Start kube-apiserver again in place: same port, certs, flags and etcd; wait for /readyz."""
+        if not self.running("kube-apiserver"):
+            self.spawn_apiserver()
+        self.wait_apiserver(timeout)
+
+    def stop_etcd(self, grace: float = 10.0) -> None:
+        """Stop etcd only; kube-apiserver stays up and answers errors until etcd is back."""
+        self.procs.stop(["etcd"], grace=grace)
+
+    def start_etcd(self, timeout: float = 60) -> None:
+        """Start etcd again in place (same ports and data dir: every object survives)."""
+        if not self.running("etcd"):
+            self.spawn_etcd()
+        self.wait_etcd(timeout)
+
+    def etcd_call(self, method: str, body: dict[str, object], timeout: float = 10) -> dict[str, object]:
+        """POST to etcd's gRPC gateway (``/v3/kv/range``, ``/v3/kv/put``, ``/v3/kv/compaction``...)."""
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.etcd_port}/v3/{method.lstrip('/')}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            out: dict[str, object] = json.loads(r.read() or b"{}")
+        return out
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (what the apiserver calls resourceVersion)."""
+        import base64
+
+        r = self.etcd_call("kv/range", {"key": base64.b64encode(b"/registry/").decode(), "limit": 1})
+        header = r.get("header") or {}
+        assert isinstance(header, dict)
+        return int(header.get("revision", 0))
+
+    def etcd_bump_and_compact(self, writes: int = 5) -> int:
+        """Write a few throwaway keys directly into etcd, then compact up to the newest revision.
+
+        Every resourceVersion a client saw before is then compacted away: a watch resumed from one
+        (once the apiserver's watch cache no longer has it, e.g. after an apiserver restart) is
+        answered 410 Gone. Returns the compaction revision.
+        """
+        import base64
+
+        def b64(s: str) -> str:
+            return base64.b64encode(s.encode()).decode()
+
+        for i in range(writes):
+            key, value = b64(f"/warmlet-faults/bump-{i}"), b64(str(time.time()))
+            self.etcd_call("kv/put", {"key": key, "value": value})
+        rev = self.etcd_revision()
+        self.etcd_call("kv/compaction", {"revision": rev, "physical": True}, timeout=30)
+        log.info(kv("etcd compacted", revision=rev))
+        return rev
 
     def kubectl(self, *args: str, timeout: float = 60) -> str:
         """Run kubectl as admin (handy in tests and the CLI)."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from provider.kubeclient import ApiError, KubeClient, sleep_backoff
+from provider.metrics import INFORMER_RELISTS, INFORMER_WATCH_ERRORS
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -34,13 +36,21 @@ class PodInformer:
         return self.pods.get(uid)
 
     async def run(self) -> None:
+        """List, then watch from the list's resourceVersion; relist on 410 or repeated failures.
+
+        Every failure backs off (jittered, up to 10 s), and so does a watch the server closes at
+        once without a single event (an apiserver shutting down or still starting), so an
+        unreachable or flapping apiserver never sees a hot loop of reconnects.
+        """
         failures = 0
-        need_list = True
+        need_list = "initial"
         while True:
             try:
                 if need_list:
                     await self._relist()
-                    need_list = False
+                    INFORMER_RELISTS.labels(reason=need_list).inc()
+                    need_list = ""
+                started, events = time.monotonic(), 0
                 async for ev in self._client.watch(
                     "/api/v1/pods",
                     self.resource_version,
@@ -48,23 +58,29 @@ class PodInformer:
                     fieldSelector=self._selector,
                 ):
                     self._apply(ev)
+                    events += 1
                     failures = 0
+                if events == 0 and time.monotonic() - started < 1.0:
+                    failures += 1  # closed at once: back off like an error
+                    await sleep_backoff(failures, cap=10.0)
             except asyncio.CancelledError:
                 raise
             except ApiError as e:
                 if e.gone:
                     log.info("pod watch expired, relisting rv=%s", self.resource_version)
-                    need_list = True
+                    need_list = "gone"
                     continue
                 failures += 1
-                log.warning("pod watch failed status=%s err=%s", e.status, e.message)
+                INFORMER_WATCH_ERRORS.inc()
+                log.warning("pod watch failed status=%s err=%s attempt=%d", e.status, e.message, failures)
                 await sleep_backoff(failures, cap=10.0)
-                need_list = failures > 3
+                need_list = "errors" if failures > 3 else ""
             except Exception as e:
                 failures += 1
-                log.warning("pod watch error err=%r", e)
+                INFORMER_WATCH_ERRORS.inc()
+                log.warning("pod watch error err=%r attempt=%d", e, failures)
                 await sleep_backoff(failures, cap=10.0)
-                need_list = failures > 3
+                need_list = "errors" if failures > 3 else ""
 
     async def _relist(self) -> None:
         page = await self._client.list_all("/api/v1/pods", fieldSelector=self._selector)
