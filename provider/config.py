@@ -41,6 +41,9 @@ class PodConfig(_Section):
     cluster_dns: list[str] = Field(default_factory=lambda: ["10.0.0.10"])
     cluster_domain: str = "cluster.local"
     volumes_dir: Path = Path("/var/lib/warmlet/pods")
+    # Secrets, tokens, downward API and emptyDir{medium: Memory}: one tmpfs mount per volume here,
+    # or plain dirs when this dir is already on tmpfs. None: "<volumes_dir>-memory".
+    memory_volumes_dir: Path | None = None
 
 
 class SimulatedConfig(_Section):

@@ -45,14 +45,21 @@ def dns_config(pod: Mapping[str, Any], cluster_dns: Sequence[str], cluster_domai
     return DNSConfig(servers=servers, searches=searches, options=options)
 
 
+# The apiserver accepts quantities far beyond what a cgroup or CRI's int64 fields can hold
+# ("9Ei" of memory, "1e15" CPUs). Such a limit means "unlimited" in practice: clamp instead of
+# failing the CreateContainer call (protobuf raises ValueError on int64 overflow).
+MAX_CPU_MILLI = 10**12
+MAX_BYTES = 2**62
+
+
 def container_resources(c: Mapping[str, Any]) -> Resources:
     res = c.get("resources") or {}
     req, lim = res.get("requests") or {}, res.get("limits") or {}
     return Resources(
-        cpu_request_milli=cpu_milli(req.get("cpu", lim.get("cpu"))),
-        cpu_limit_milli=cpu_milli(lim.get("cpu")),
-        memory_request_bytes=to_int(req.get("memory", lim.get("memory"))),
-        memory_limit_bytes=to_int(lim.get("memory")),
+        cpu_request_milli=min(MAX_CPU_MILLI, cpu_milli(req.get("cpu", lim.get("cpu")))),
+        cpu_limit_milli=min(MAX_CPU_MILLI, cpu_milli(lim.get("cpu"))),
+        memory_request_bytes=min(MAX_BYTES, to_int(req.get("memory", lim.get("memory")))),
+        memory_limit_bytes=min(MAX_BYTES, to_int(lim.get("memory"))),
     )
 
 

@@ -1,21 +1,36 @@
-"""Pod volumes as host directories under ``<volumes_dir>/<uid>/volumes/<plugin>/<name>``.
+"""Pod volumes as host directories under ``<root>/<uid>/volumes/<plugin>/<name>``.
 
 configMap, secret, downwardAPI, projected (incl. service-account tokens via TokenRequest)
 and emptyDir are materialized on the host and handed to the backend as Mounts; a fresh
 directory per pod uid means emptyDir contents are never shared between pods. A missing
 source raises MountError (kubelet's FailedMount: the pod stays ContainerCreating).
+
+Memory-backed volumes (secret, projected, downwardAPI — like kubelet — and emptyDir with
+``medium: Memory``) live under a separate root (``pods.memory_volumes_dir``), never on the
+disk ``volumes_dir``: secrets and tokens must not reach a disk. Each such volume is its own
+tmpfs mount (kubelet's way, needs CAP_SYS_ADMIN) unless the root is already on tmpfs/ramfs
+(checked with statfs); if neither works the pod gets a FailedMount instead of a disk write.
+``remove_pod_dir`` unmounts and deletes them; ``remove_orphan_pod_dirs`` does it at start
+for pods deleted while warmlet was down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from provider.podspec import expand
+from provider.quantity import to_int
 from provider.resolve_env import ConfigError, field_value, resource_value
 from provider.resolve_source import ObjectSource
 from sandbox.backend import Mount
@@ -37,8 +52,107 @@ PLUGIN_DIRS = {
 }
 
 
+log = logging.getLogger(__name__)
+
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+_MS_NOSUID, _MS_NODEV = 2, 4
+_MNT_DETACH = 2
+_libc: Any = None
+
+
+def _c() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    return _libc
+
+
+def fs_type(path: str | os.PathLike[str]) -> int:
+    """statfs(2) f_type of the filesystem holding ``path`` (os.statvfs does not expose it)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if _c().statfs(os.fsencode(path), buf) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def is_memory_backed(path: str | os.PathLike[str]) -> bool:
+    try:
+        return fs_type(path) in (TMPFS_MAGIC, RAMFS_MAGIC)
+    except OSError:
+        return False
+
+
+def _mount_tmpfs(path: Path, size_bytes: int | None) -> None:
+    opts = "mode=0755" + (f",size={size_bytes}" if size_bytes else "")
+    rc = _c().mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode())
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+
+
+def _unmount(path: str) -> None:
+    if _c().umount2(os.fsencode(path), _MNT_DETACH) != 0:
+        e = ctypes.get_errno()
+        if e not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point (any more)
+            raise OSError(e, os.strerror(e), path)
+
+
 def pod_dir(volumes_dir: Path, uid: str) -> Path:
     return volumes_dir / uid
+
+
+def memory_root(volumes_dir: Path, memory_dir: Path | None = None) -> Path:
+    """Where memory-backed volumes live: the configured dir, else ``<volumes_dir>-memory``."""
+    return memory_dir if memory_dir is not None else volumes_dir.with_name(volumes_dir.name + "-memory")
+
+
+def is_memory_volume(volume: Mapping[str, Any]) -> bool:
+    """Volumes kubelet backs by memory: secrets, tokens (projected), downward API, emptyDir Memory."""
+    if "secret" in volume or "projected" in volume or "downwardAPI" in volume:
+        return True
+    ed = volume.get("emptyDir")
+    return isinstance(ed, Mapping) and ed.get("medium") == "Memory"
+
+
+def _size_limit(volume: Mapping[str, Any]) -> int | None:
+    raw = (volume.get("emptyDir") or {}).get("sizeLimit")
+    if raw is None:
+        return None
+    try:
+        return max(4096, to_int(raw))
+    except ValueError:
+        return None
+
+
+def volume_root(
+    volumes_dir: Path, memory_dir: Path | None, uid: str, volume: Mapping[str, Any]
+) -> Path | None:
+    """The host directory of one volume of pod ``uid`` (None: not a volume warmlet materializes)."""
+    plugin = next((PLUGIN_DIRS[k] for k in PLUGIN_DIRS if k in volume), None)
+    if plugin is None:
+        return None
+    base = memory_root(volumes_dir, memory_dir) if is_memory_volume(volume) else volumes_dir
+    return pod_dir(base, uid) / "volumes" / plugin / str(volume["name"])
+
+
+def ensure_memory_dir(root: Path, size_bytes: int | None = None) -> None:
+    """Make ``root`` a directory on memory-backed storage, or raise MountError (never fall back to disk)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if is_memory_backed(root):
+        return  # already a tmpfs mount of ours, or a tmpfs-backed memory root
+    try:
+        _mount_tmpfs(root, size_bytes)
+    except OSError as e:
+        raise MountError(
+            f"memory-backed storage (tmpfs) unavailable for {root}: mount failed ({e.strerror}); "
+            "refusing to write secrets to disk (run warmlet with CAP_SYS_ADMIN or set "
+            "pods.memory_volumes_dir to a tmpfs directory)"
+        ) from None
+    if not is_memory_backed(root):  # pragma: no cover - a mount that is not tmpfs
+        _unmount(str(root))
+        raise MountError(f"tmpfs mount at {root} is not memory-backed")
 
 
 def _items(
@@ -160,13 +274,17 @@ async def volume_files(
     return None
 
 
-def _write(root: Path, files: Files | None) -> None:
-    root.mkdir(parents=True, exist_ok=True)
+def _write(root: Path, files: Files | None, memory: bool = False, size_bytes: int | None = None) -> None:
+    if memory:
+        ensure_memory_dir(root, size_bytes)
+    else:
+        root.mkdir(parents=True, exist_ok=True)
     if files is None:
         return
+    real_root = root.resolve()
     for rel, (content, mode) in files.items():
         path = (root / rel).resolve()
-        if root.resolve() not in path.parents:
+        if real_root not in path.parents:
             raise MountError(f"invalid path {rel!r} escapes the volume")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -183,59 +301,146 @@ async def prepare_volumes(
     host_ip: str,
     node_allocatable: Mapping[str, str],
     allow_host_path: bool = False,
+    memory_dir: Path | None = None,
 ) -> dict[str, str]:
     """Materialize every volume; returns volume name -> host directory."""
-    meta = pod.get("metadata") or {}
-    base = pod_dir(volumes_dir, meta.get("uid", "")) / "volumes"
+    uid = (pod.get("metadata") or {}).get("uid", "")
+    if not uid or "/" in uid or uid in (".", ".."):
+        raise MountError(f"invalid pod uid {uid!r}")
     paths: dict[str, str] = {}
-    writes: list[tuple[Path, Files | None]] = []
+    writes: list[tuple[Path, Files | None, bool, int | None]] = []
     for vol in (pod.get("spec") or {}).get("volumes") or []:
         name = vol["name"]
         if "hostPath" in vol:
             if allow_host_path:
                 paths[name] = vol["hostPath"].get("path", "")
             continue
-        plugin = next((PLUGIN_DIRS[k] for k in PLUGIN_DIRS if k in vol), None)
-        if plugin is None:
-            continue  # unsupported volume type (PVC, CSI, ...): not mounted
+        root = volume_root(volumes_dir, memory_dir, uid, vol)
+        if root is None:
+            continue  # unsupported volume type (PVC, CSI, ...): rejected by validation unless ignored
         files = await volume_files(pod, vol, source, pod_ip, host_ip, node_allocatable)
-        root = base / plugin / name
-        writes.append((root, files))
+        writes.append((root, files, is_memory_volume(vol), _size_limit(vol)))
         paths[name] = str(root)
     if writes:
         await asyncio.to_thread(_write_all, writes)
     return paths
 
 
-def _write_all(writes: list[tuple[Path, Files | None]]) -> None:
-    for root, files in writes:
-        _write(root, files)
+def _write_all(writes: list[tuple[Path, Files | None, bool, int | None]]) -> None:
+    for root, files, memory, size in writes:
+        _write(root, files, memory, size)
 
 
-def container_mounts(container: Mapping[str, Any], volume_paths: Mapping[str, str]) -> list[Mount]:
+def subpath_host_path(volume_root_path: str, sub_path: str) -> str:
+    """The host path of a volumeMount's subPath, guaranteed inside the volume.
+
+    The apiserver already refuses absolute and ``..`` subPaths, but not ``subPathExpr`` after
+    expansion, and not a symlink a container planted in a writable volume (``ln -s / x`` then
+    ``subPath: x``, CVE-2017-1002101): resolve every symlink and refuse anything outside.
+    """
+    if os.path.isabs(sub_path) or any(part == ".." for part in sub_path.split("/")) or "\x00" in sub_path:
+        raise ConfigError(f"invalid subPath {sub_path!r}: must be a relative path without '..'")
+    root = os.path.realpath(volume_root_path)
+    host = os.path.realpath(os.path.join(root, sub_path))
+    if host != root and not host.startswith(root + os.sep):
+        raise ConfigError(f"subPath {sub_path!r} resolves outside of its volume")
+    if not os.path.lexists(host):
+        Path(host).mkdir(parents=True, exist_ok=True)
+        # mkdir followed no planted symlink (every component was resolved above), but check again.
+        if os.path.realpath(host) != host:
+            raise ConfigError(f"subPath {sub_path!r} resolves outside of its volume")
+    return host
+
+
+def container_mounts(
+    container: Mapping[str, Any],
+    volume_paths: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
+) -> list[Mount]:
+    """The container's Mounts; ConfigError (CreateContainerConfigError) for a bad subPath."""
     mounts = []
     for vm in container.get("volumeMounts") or []:
         host = volume_paths.get(vm["name"])
         if host is None:
             continue
-        if vm.get("subPath"):
-            host = os.path.join(host, vm["subPath"])
-            if not os.path.exists(host):
-                Path(host).mkdir(parents=True, exist_ok=True)
+        sub = vm.get("subPath") or ""
+        if vm.get("subPathExpr"):
+            sub = expand(vm["subPathExpr"], env or {})
+        if sub:
+            try:
+                host = subpath_host_path(host, sub)
+            except OSError as e:
+                raise ConfigError(
+                    f"failed to prepare subPath {sub!r} for volumeMount {vm['name']!r}: {e}"
+                ) from None
         mounts.append(
             Mount(container_path=vm["mountPath"], host_path=host, read_only=bool(vm.get("readOnly")))
         )
     return mounts
 
 
-def scratch_dirs(pod: Mapping[str, Any], volumes_dir: Path) -> list[str]:
+def scratch_dirs(pod: Mapping[str, Any], volumes_dir: Path, memory_dir: Path | None = None) -> list[str]:
     """Host directories of the pod's emptyDir volumes (the backend wipes them on reuse)."""
     uid = (pod.get("metadata") or {}).get("uid", "")
-    base = pod_dir(volumes_dir, uid) / "volumes" / PLUGIN_DIRS["emptyDir"]
-    return [str(base / v["name"]) for v in (pod.get("spec") or {}).get("volumes") or [] if "emptyDir" in v]
+    out: list[str] = []
+    for v in (pod.get("spec") or {}).get("volumes") or []:
+        if "emptyDir" in v:
+            root = volume_root(volumes_dir, memory_dir, uid, v)
+            if root is not None:
+                out.append(str(root))
+    return out
 
 
-def remove_pod_dir(volumes_dir: Path, uid: str) -> None:
-    """Delete a pod's volumes (emptyDir contents never outlive the pod)."""
-    if uid:
-        shutil.rmtree(pod_dir(volumes_dir, uid), ignore_errors=True)
+def _mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mountinfo), deepest first."""
+    prefix = os.path.realpath(path)
+    found: list[str] = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split(" ")
+                if len(fields) > 4:
+                    mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                    if mp == prefix or mp.startswith(prefix + "/"):
+                        found.append(mp)
+    except OSError:
+        return []
+    return sorted(set(found), key=lambda m: -m.count("/"))
+
+
+def _remove_tree(path: Path) -> None:
+    """Unmount every tmpfs below ``path`` and delete it (never follows into a still-mounted fs)."""
+    if not path.exists():
+        return
+    for mp in _mounts_under(str(path)):
+        try:
+            _unmount(mp)
+        except OSError as e:
+            log.warning("unmount failed path=%s error=%s", mp, e.strerror)
+    if _mounts_under(str(path)):
+        log.warning("pod volume dir still has mounts, not deleting path=%s", path)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_pod_dir(volumes_dir: Path, uid: str, memory_dir: Path | None = None) -> None:
+    """Delete a pod's volumes (emptyDir contents never outlive the pod; tmpfs mounts are unmounted)."""
+    if not uid or "/" in uid or uid in (".", ".."):
+        return
+    _remove_tree(pod_dir(memory_root(volumes_dir, memory_dir), uid))
+    _remove_tree(pod_dir(volumes_dir, uid))
+
+
+def remove_orphan_pod_dirs(
+    volumes_dir: Path, live_uids: Iterable[str], memory_dir: Path | None = None
+) -> list[str]:
+    """At start: remove the volume dirs of pods that no longer exist (deleted while warmlet was down)."""
+    live = set(live_uids)
+    removed: list[str] = []
+    for base in (memory_root(volumes_dir, memory_dir), volumes_dir):
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(base):
+                if entry not in live and (base / entry).is_dir():
+                    remove_pod_dir(volumes_dir, entry, memory_dir)
+                    removed.append(entry)
+    return sorted(set(removed))

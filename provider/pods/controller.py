@@ -22,6 +22,7 @@ from provider.pods.informer import PodInformer
 from provider.pods.queue import WorkQueue
 from provider.pods.worker import PodWorker
 from provider.resolve_source import ApiObjectSource
+from provider.resolve_volumes import remove_orphan_pod_dirs
 from provider.workload import OwnerResolver
 from sandbox.backend import Backend
 
@@ -107,6 +108,12 @@ class PodController:
         for s in orphans:
             log.info("cleaning orphan sandbox pod_uid=%s pod=%s/%s", s.pod_uid, s.namespace, s.name)
             await self.worker._cleanup(s.pod_uid)
+        # Volume dirs (tmpfs mounts with secrets included) of pods deleted while warmlet was down.
+        dirs = await asyncio.to_thread(
+            remove_orphan_pod_dirs, self.worker.volumes_dir, live, self.worker.memory_dir
+        )
+        if dirs:
+            log.info("removed orphan pod volume dirs count=%d", len(dirs))
         return len(orphans)
 
     async def _periodic(self) -> None:

@@ -60,6 +60,9 @@ JSON = dict[str, Any]
 START_LEVEL_ANNOTATION = "warmlet.io/start-level"
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 CONFIG_RETRY_SECONDS = 2.0
+# A container that cannot be configured (missing Secret/ConfigMap, bad subPath, failed mount) is
+# retried with back-off doubling from CONFIG_RETRY_SECONDS up to this: never a hot loop.
+CONFIG_RETRY_MAX_SECONDS = 30.0
 # Image errors that are not pull failures: shown as their own reason, never as ImagePullBackOff.
 PERSISTENT_IMAGE_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 
@@ -106,11 +109,13 @@ class PodWorker:
         self.clock = clock
         self.restarts = Backoff(10.0, 300.0)
         self.pulls = Backoff(10.0, 300.0)
+        self.config_retries = Backoff(CONFIG_RETRY_SECONDS, CONFIG_RETRY_MAX_SECONDS)
         self.states: dict[str, PodState] = {}
         self.scheme = backend.name if backend.name != "cri" else "containerd"
         self.host_ip = cfg.node.internal_ip
         self._annotations_forbidden_logged = False
         self.volumes_dir = Path(cfg.pods.volumes_dir)
+        self.memory_dir = cfg.pods.memory_volumes_dir  # None: <volumes_dir>-memory (tmpfs mounts)
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -150,7 +155,7 @@ class PodWorker:
         if st.sandbox is None:
             key = await self.owners.key(pod)
             st.spec = sandbox_spec(pod, key, self.cfg.pods.cluster_dns, self.cfg.pods.cluster_domain)
-            st.spec.scratch_dirs = scratch_dirs(pod, self.volumes_dir)
+            st.spec.scratch_dirs = scratch_dirs(pod, self.volumes_dir, self.memory_dir)
             try:
                 st.sandbox = await self.backend.acquire_sandbox(st.spec)
                 st.released = False
@@ -180,10 +185,11 @@ class PodWorker:
             spec_or_wait = resolved[start.name]
             if isinstance(spec_or_wait, Waiting):
                 waiting[start.name] = spec_or_wait
-                retry = _min(retry, CONFIG_RETRY_SECONDS)
+                retry = _min(retry, self.config_retries.next(f"{uid}/config/{start.name}", now))
                 if start.is_init:
                     break
                 continue
+            self.config_retries.reset(f"{uid}/config/{start.name}")
             cspec = spec_or_wait
             pull_wait = await self._ensure_image(pod, st, cspec)
             if isinstance(pull_wait, tuple):
@@ -271,6 +277,7 @@ class PodWorker:
                 self.host_ip,
                 self.allocatable,
                 allow_host_path=self.cfg.pods.unsupported_policy == "ignore",
+                memory_dir=self.memory_dir,
             )
         except MountError as e:
             msg = f"MountVolume.SetUp failed: {e}"
@@ -286,12 +293,15 @@ class PodWorker:
             c = by_name[n]
             try:
                 env = await resolve_env(pod, c, self.source, ip, self.host_ip, self.allocatable)
-            except ConfigError as e:
-                msg = str(e)
+                mounts = container_mounts(c, paths, {e.name: e.value for e in env})
+                out[n] = container_spec(c, pod, env, mounts, n in inits)
+            except (ConfigError, ValueError, KeyError, TypeError) as e:
+                # ValueError & co.: a spec the apiserver accepted but warmlet cannot map (e.g. a
+                # quantity out of range); a clear Waiting reason instead of an exception loop.
+                msg = str(e) if isinstance(e, ConfigError) else f"invalid container spec: {e!r}"
                 out[n] = Waiting("CreateContainerConfigError", msg)
                 self.events.record(pod, WARNING, "Failed", f"Error: {msg}")
                 continue
-            out[n] = container_spec(c, pod, env, container_mounts(c, paths), n in inits)
         return out
 
     async def _ensure_image(self, pod: JSON, st: PodState, c: ContainerSpec) -> tuple[Waiting, float] | None:
@@ -447,7 +457,7 @@ class PodWorker:
         await self.backend.release_sandbox(uid, reusable=self._reusable(uid, pod))
         st.released = True
         st.sandbox = None
-        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
+        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
 
     async def _terminate(self, pod: JSON) -> None:
         """Graceful deletion: stop with the grace period, release, then delete with grace 0."""
@@ -459,7 +469,7 @@ class PodWorker:
             grace = spec.get("terminationGracePeriodSeconds", 30)
         await self._stop_all(pod, uid, float(grace))
         await self.backend.release_sandbox(uid, reusable=self._reusable(uid, pod))
-        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
+        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
         await self._pod_gone(uid)
         try:
             await self.client.delete(
@@ -480,7 +490,7 @@ class PodWorker:
         """The pod object is gone (force-deleted or deleted by us): make sure nothing is left."""
         await self._stop_all(None, uid, 0)
         await self.backend.release_sandbox(uid, reusable=self._reusable(uid, None))
-        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid)
+        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
         await self._pod_gone(uid)
         self._forget(uid)
 
@@ -501,6 +511,7 @@ class PodWorker:
         self.states.pop(uid, None)
         self.restarts.forget_prefix(uid + "/")
         self.pulls.forget_prefix(uid + "/")
+        self.config_retries.forget_prefix(uid + "/")
 
 
 def _min(a: float | None, b: float) -> float:

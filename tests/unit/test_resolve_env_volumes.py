@@ -12,7 +12,27 @@ import pytest
 
 from provider.podspec import dns_config, expand, pull_policy, sandbox_spec
 from provider.resolve_env import ConfigError, field_value, resolve_env, resource_value
-from provider.resolve_volumes import MountError, container_mounts, prepare_volumes, remove_pod_dir
+from provider.resolve_env import ConfigError
+from provider.resolve_volumes import (
+    MountError,
+    container_mounts,
+    ensure_memory_dir,
+    is_memory_backed,
+    prepare_volumes,
+    remove_orphan_pod_dirs,
+    remove_pod_dir,
+    subpath_host_path,
+)
+
+
+def _tmpfs_dir(tmp_path: Path) -> Path:
+    """A memory-backed dir for memory volumes: /dev/shm when present (no mount needed), else skip."""
+    shm = Path("/dev/shm")
+    if not is_memory_backed(shm):
+        pytest.skip("no tmpfs at /dev/shm")
+    d = shm / f"warmlet-unit-{tmp_path.name}"
+    d.mkdir(exist_ok=True)
+    return d
 
 
 def b64(s: str) -> str:
@@ -216,14 +236,19 @@ async def test_volumes_written_and_mounted(tmp_path: Path) -> None:
             ],
         },
     }
-    paths = await prepare_volumes(pod, tmp_path, fake, "10.0.0.5", "h", ALLOC)
+    mem_dir = _tmpfs_dir(tmp_path)
+    paths = await prepare_volumes(pod, tmp_path, fake, "10.0.0.5", "h", ALLOC, memory_dir=mem_dir)
     root = tmp_path / "uid1" / "volumes"
+    mem = mem_dir / "uid1" / "volumes"
     assert paths["scratch"] == str(root / "kubernetes.io~empty-dir" / "scratch")
     assert (root / "kubernetes.io~configmap/cfg/sub/a.txt").read_text() == "1"
-    assert (root / "kubernetes.io~secret/sec/pw").read_text() == "hunter2"
-    assert os.stat(root / "kubernetes.io~secret/sec/pw").st_mode & 0o777 == 0o400
-    assert (root / "kubernetes.io~downward-api/info/cpu").read_text() == "500"
-    proj = root / "kubernetes.io~projected/kube-api-access"
+    # secrets, tokens and the downward API are memory-backed, nothing of them on the disk dir
+    assert not (root / "kubernetes.io~secret").exists()
+    assert (mem / "kubernetes.io~secret/sec/pw").read_text() == "hunter2"
+    assert is_memory_backed(mem / "kubernetes.io~secret/sec/pw")
+    assert os.stat(mem / "kubernetes.io~secret/sec/pw").st_mode & 0o777 == 0o400
+    assert (mem / "kubernetes.io~downward-api/info/cpu").read_text() == "500"
+    proj = mem / "kubernetes.io~projected/kube-api-access"
     assert (proj / "token").read_text() == "TOKEN"
     assert (proj / "ca.crt").read_text() == "2"
     assert (proj / "namespace").read_text() == "ns"
@@ -242,8 +267,9 @@ async def test_volumes_written_and_mounted(tmp_path: Path) -> None:
     assert [(m.container_path, m.read_only) for m in mounts] == [("/etc/cfg", True), ("/s", False)]
     assert mounts[1].host_path.endswith("scratch/x")
     assert os.path.isdir(mounts[1].host_path)  # noqa: ASYNC240
-    remove_pod_dir(tmp_path, "uid1")
+    remove_pod_dir(tmp_path, "uid1", mem_dir)
     assert not (tmp_path / "uid1").exists()
+    assert not (mem_dir / "uid1").exists()
 
 
 async def test_host_path_passthrough_when_allowed(tmp_path: Path) -> None:
@@ -312,3 +338,42 @@ def test_sandbox_spec_fields() -> None:
         "p",
     )
     assert s.resources.cpu_limit_milli == 500 and s.resources.memory_limit_bytes == 64 * 2**20
+
+
+def test_subpath_never_escapes_the_volume(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ok").mkdir()
+    os.symlink("/etc", vol / "planted")  # what a container could do in a writable emptyDir
+    os.symlink("../..", vol / "up")
+    assert subpath_host_path(str(vol), "ok") == str(vol / "ok")
+    assert subpath_host_path(str(vol), "new/dir") == str(vol / "new/dir")
+    for bad in ("../../etc", "/etc", "a/../../x", "planted", "planted/passwd", "up/x", "ok/\x00"):
+        with pytest.raises(ConfigError):
+            subpath_host_path(str(vol), bad)
+    mounts = container_mounts(
+        {"volumeMounts": [{"name": "v", "mountPath": "/m", "subPathExpr": "$(POD)/data"}]},
+        {"v": str(vol)},
+        {"POD": "p1"},
+    )
+    assert mounts[0].host_path == str(vol / "p1/data")
+    with pytest.raises(ConfigError):
+        container_mounts(
+            {"volumeMounts": [{"name": "v", "mountPath": "/m", "subPathExpr": "$(X)/etc"}]},
+            {"v": str(vol)},
+            {"X": ".."},
+        )
+
+
+def test_memory_dir_is_tmpfs_or_mount_error(tmp_path: Path) -> None:
+    """On disk, a memory volume is a tmpfs mount of its own (root) or a MountError, never a disk dir."""
+    target = tmp_path / "m" / "uid9" / "volumes" / "x"
+    try:
+        ensure_memory_dir(target)
+    except MountError as e:
+        assert "refusing to write secrets to disk" in str(e)
+        return
+    assert is_memory_backed(target)
+    (target / "s").write_text("x")
+    assert remove_orphan_pod_dirs(tmp_path / "disk", {"other"}, tmp_path / "m") == ["uid9"]
+    assert not (tmp_path / "m" / "uid9").exists()
