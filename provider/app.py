@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import uuid
 from typing import Any, cast
 
 from provider.config import WarmletConfig
 from provider.cron_prewarm import CronPrewarmer
 from provider.events import EventRecorder
 from provider.kubeclient import KubeClient
+from provider.leader_election import LeaderElector
 from provider.logging_setup import setup_logging
 from provider.metrics import record_api_error
 from provider.node import NodeController
@@ -84,6 +88,8 @@ class WarmletNode:
         self.prewarmer: CronPrewarmer | None = None
         self._task: asyncio.Task[None] | None = None
         self._api_server: Any = None
+        self._parts: list[asyncio.Task[None]] = []  # node, pods, cron-prewarm: stopped first on SIGTERM
+        self._stopped = False
 
     async def start(self, within: float = 60.0) -> None:
         """Start everything; returns when the Node is registered and pods are being synced."""
@@ -126,10 +132,10 @@ class WarmletNode:
             self.node.kubelet_port = int(getattr(self._api_server, "port", self.cfg.server.port))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.recorder.run(), name="events")
-            tg.create_task(self.node.run(), name="node")
+            self._parts.append(tg.create_task(self.node.run(), name="node"))
             await self.node.registered.wait()
-            tg.create_task(self.pods.run(), name="pods")
-            tg.create_task(self.prewarmer.run(), name="cron-prewarm")
+            self._parts.append(tg.create_task(self.pods.run(), name="pods"))
+            self._parts.append(tg.create_task(self.prewarmer.run(), name="cron-prewarm"))
 
     async def wait(self) -> None:
         """Until the node stops on its own (a fatal error)."""
@@ -137,7 +143,10 @@ class WarmletNode:
             await self._task
 
     async def stop(self, close_backend: bool = True) -> None:
-        """Cancel every task and close clients; containers keep running (like kubelet)."""
+        """Cancel every task and close clients; containers keep running (like kubelet). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -159,30 +168,152 @@ class WarmletNode:
             if c is not None:
                 await c.close()
 
+    async def shutdown(self, grace: float = 20.0) -> int:
+        """Graceful stop (SIGTERM): no new work, every container left running, the Node says so.
+
+        Pod syncs in flight finish (up to half the grace) but no new one starts; then the node's
+        loops stop (status, node lease, informer, prewarming) and the Node's Ready condition turns
+        False with reason WarmletStopped. Returns how many pods were left running.
+        """
+        running = 0
+        if self.pods is not None:
+            await self.pods.quiesce(grace / 2)
+            running = sum(
+                1
+                for p in self.pods.informer.pods.values()
+                if (p.get("status") or {}).get("phase") == "Running"
+                and not (p.get("metadata") or {}).get("deletionTimestamp")
+            )
+        parts, self._parts = self._parts, []
+        for t in parts:
+            t.cancel()
+        await asyncio.gather(*parts, return_exceptions=True)
+        if self.node is not None:
+            try:
+                await asyncio.wait_for(self.node.mark_stopped(running), timeout=grace / 4)
+            except Exception as e:
+                log.warning("could not mark the node stopped err=%r", e)
+        if self.recorder is not None:
+            await self.recorder.flush(within=min(2.0, grace / 10))
+        await self.stop()
+        log.info("warmlet stopped gracefully name=%s pods_left_running=%d", self.cfg.node.name, running)
+        return running
+
     async def crash(self) -> None:
         """Stop abruptly as a SIGKILL would (tests): no cleanup, backend left as is."""
         await self.stop(close_backend=False)
 
 
-async def run_forever(cfg: WarmletConfig) -> None:
-    """The CLI's entry point: run until SIGTERM/SIGINT, then shut down cleanly."""
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_LOST_LEADERSHIP = 3  # a supervisor restarts the process; it comes back as a standby
+
+
+def _elector(cfg: WarmletConfig, client: KubeClient) -> LeaderElector:
+    le = cfg.leader_election
+    identity = le.identity or f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    return LeaderElector(
+        client,
+        le.lease_name or f"{cfg.node.name}-warmlet-leader",
+        le.namespace,
+        identity,
+        le.lease_duration_seconds,
+        le.renew_deadline_seconds,
+        le.retry_period_seconds,
+    )
+
+
+async def _first(*aws: Any) -> set[asyncio.Future[Any]]:
+    """Run coroutines/tasks until the first completes; cancel and await the others (no orphans)."""
+    tasks = {asyncio.ensure_future(a) for a in aws}
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        done, pending = set(), tasks
+        raise
+    finally:
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    return done
+
+
+async def _run(cfg: WarmletConfig, stop: asyncio.Event) -> int:
+    elector: LeaderElector | None = None
+    el_client: KubeClient | None = None
+    try:
+        if cfg.leader_election.enabled:
+            # Standby: nothing but Lease reads until we hold it (no Node, pod or CRI writes, no port).
+            el_client = await KubeClient.from_kubeconfig(
+                str(cfg.kubeconfig) if cfg.kubeconfig else None, on_error=record_api_error, max_connections=2
+            )
+            elector = _elector(cfg, el_client)
+            acquire = asyncio.ensure_future(elector.acquire())
+            await _first(acquire, stop.wait())
+            if not acquire.done() or acquire.cancelled():
+                log.info("warmlet standby stopped name=%s", cfg.node.name)
+                return EXIT_OK
+            acquire.result()
+        return await _lead(cfg, stop, elector)
+    finally:
+        if elector is not None:
+            await elector.release()
+        if el_client is not None:
+            await el_client.close()
+
+
+async def _lead(cfg: WarmletConfig, stop: asyncio.Event, elector: LeaderElector | None) -> int:
+    """Run the node until SIGTERM (graceful), a fatal error, or lost leadership (abrupt)."""
+    node = WarmletNode(cfg)
+
+    async def run_node() -> None:
+        await node.start(within=300)
+        await node.wait()
+
+    runner = asyncio.ensure_future(run_node())
+    stopper = asyncio.ensure_future(stop.wait())
+    holder = asyncio.ensure_future(elector.hold()) if elector is not None else None
+    try:
+        done, _ = await asyncio.wait(
+            {t for t in (runner, stopper, holder) if t is not None}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if holder is not None and holder in done:
+            # Another process may be leader by now: stop at once, write nothing more (not even
+            # the pool state file, which the new leader owns), let a supervisor restart us.
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await node.crash()
+            log.error("warmlet stopping: leadership lost name=%s", cfg.node.name)
+            return EXIT_LOST_LEADERSHIP
+        if stopper in done:
+            log.info("warmlet shutting down (signal) name=%s", cfg.node.name)
+            if node.node is not None and node.node.registered.is_set():
+                await node.shutdown()  # stop taking work, leave pods running, say so on the Node
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await node.stop()
+            return EXIT_OK
+        err = runner.exception() if not runner.cancelled() else None
+        log.error("warmlet stopped on an error name=%s err=%r", cfg.node.name, err)
+        await node.stop()
+        return EXIT_ERROR
+    finally:
+        for t in (runner, stopper, holder):
+            if t is not None and not t.done():
+                t.cancel()
+        await asyncio.gather(*(t for t in (runner, stopper, holder) if t is not None), return_exceptions=True)
+
+
+async def run_forever(cfg: WarmletConfig) -> int:
+    """The CLI's entry point: run until SIGTERM/SIGINT (exit 0), a fatal error (1) or lost
+    leadership (3). SIGTERM stops gracefully: containers keep running (see WarmletNode.shutdown)."""
     setup_logging(cfg.log_format, cfg.log_level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    node = WarmletNode(cfg)
     try:
-        await node.start(within=300)
-        stopper = asyncio.create_task(stop.wait())
-        runner = asyncio.create_task(node.wait())
-        done, pending = await asyncio.wait({stopper, runner}, return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
-            t.cancel()
-        if runner in done and runner.exception() is not None:
-            log.error("warmlet stopped on an error err=%r", runner.exception())
+        return await _run(cfg, stop)
     finally:
-        log.info("warmlet shutting down name=%s", cfg.node.name)
-        await node.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

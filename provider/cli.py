@@ -33,6 +33,18 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--tls-key-file", type=Path)
     p.add_argument("--log-format", choices=["kv", "json"])
     p.add_argument("--log-level")
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=None,
+        help="run as one of several processes for this node name: only the Lease holder runs it",
+    )
+    p.add_argument("--leader-elect-lease-name", help="election Lease name (default <node>-warmlet-leader)")
+    p.add_argument("--leader-elect-namespace", help="election Lease namespace (default kube-node-lease)")
+    p.add_argument("--leader-elect-identity", help="candidate identity (default <host>_<pid>_<random>)")
+    p.add_argument("--leader-elect-lease-duration", type=float, help="seconds (default 10)")
+    p.add_argument("--leader-elect-renew-deadline", type=float, help="seconds (default 8)")
+    p.add_argument("--leader-elect-retry-period", type=float, help="seconds (default 2)")
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -85,6 +97,20 @@ def apply_run_flags(cfg: WarmletConfig, ns: argparse.Namespace) -> WarmletConfig
         cfg.log_format = ns.log_format
     if ns.log_level:
         cfg.log_level = ns.log_level
+    le = cfg.leader_election
+    if getattr(ns, "leader_elect", None):
+        le.enabled = True
+    for flag, attr in (
+        ("leader_elect_lease_name", "lease_name"),
+        ("leader_elect_namespace", "namespace"),
+        ("leader_elect_identity", "identity"),
+        ("leader_elect_lease_duration", "lease_duration_seconds"),
+        ("leader_elect_renew_deadline", "renew_deadline_seconds"),
+        ("leader_elect_retry_period", "retry_period_seconds"),
+    ):
+        value = getattr(ns, flag, None)
+        if value is not None:
+            setattr(le, attr, value)
     return cfg
 
 
@@ -110,10 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = apply_run_flags(load_config(ns.config), ns)
         try:
-            asyncio.run(run_forever(cfg))
+            return asyncio.run(run_forever(cfg))
         except KeyboardInterrupt:
-            pass
-        return 0
+            return 0
     if ns.command == "bench":
         from bench.cli import main as bench_main
 

@@ -65,6 +65,14 @@ class CRIConfig(_Section):
     poll_interval_seconds: float = 0.5
     image_gc_high_bytes: int = 20 * 1024**3
     image_gc_min_age_seconds: float = 120.0
+    # kubelet's containerLogMaxSize / containerLogMaxFiles / containerLogMonitorInterval: a running
+    # container's log is rotated at this size, at most max_files files kept ("0": no rotation).
+    container_log_max_size: str = "10Mi"
+    container_log_max_files: int = Field(default=5, ge=2)
+    container_log_monitor_interval_seconds: float = Field(default=10.0, gt=0)
+    # kubelet's podPidsLimit: pids.max of each pod's cgroup (-1: unlimited). Needs the cgroupfs
+    # driver; warmlet then gives pods a cgroup parent (cgroup_parent, default /warmlet).
+    pod_pids_limit: int = -1
 
 
 class PoolConfig(_Section):
@@ -90,6 +98,68 @@ class ServerConfig(_Section):
     authorization_mode: Literal["Webhook", "AlwaysAllow"] = "Webhook"
     auth_cache_ttl_seconds: float = 60.0
     log_limit_bytes_max: int = 1024**3
+    # Request bounds of the kubelet API: body (413), request line / each header (400), header count
+    # (400), and the idle/slow-client deadline (connection closed).
+    max_request_body_bytes: int = 64 * 1024
+    max_header_line_bytes: int = 8190
+    max_headers: int = 100
+    idle_timeout_seconds: float = 60.0
+
+
+class LeaderElectionConfig(_Section):
+    """Two warmlet processes for one node name: only the Lease holder runs it (README: Operating it)."""
+
+    enabled: bool = False
+    lease_name: str = ""  # "": <node name>-warmlet-leader
+    namespace: str = "kube-node-lease"
+    lease_duration_seconds: float = 10.0
+    renew_deadline_seconds: float = 8.0
+    retry_period_seconds: float = 2.0
+    identity: str = ""  # "": <hostname>_<pid>
+
+
+class WebhookConfig(_Section):
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = 8443  # 0: any free port (the registered URL follows)
+    url: str | None = None  # registered URL; default https://<address>:<port>/mutate
+    service: dict[str, str | int] | None = None  # in cluster: {namespace, name, port}
+    configuration_name: str = "warmlet-placement"
+    timeout_seconds: int = 2
+    excluded_namespaces: list[str] = Field(default_factory=lambda: ["kube-system", "kube-node-lease"])
+    namespace_selector: dict[str, str] = Field(default_factory=dict)  # extra matchLabels
+    cert_dir: Path = Path("/var/lib/warmlet/placement-pki")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    ca_file: Path | None = None  # caBundle when tls_cert_file is given (else warmlet's own CA)
+    manage_configuration: bool = True  # create/update the MutatingWebhookConfiguration
+
+
+class BinderConfig(_Section):
+    enabled: bool = False
+    scheduler_name: str = "warmlet-scheduler"
+    concurrency: int = 64
+    batch_size: int = 500
+    retry_seconds: float = 5.0
+
+
+class PlacementConfig(_Section):
+    virtual_node_labels: dict[str, str] = Field(default_factory=lambda: {"type": "virtual-kubelet"})
+    taint_key: str = "virtual-kubelet.io/provider"
+    jobs: Literal["always", "never", "annotation"] = "annotation"
+    unannotated: Literal["off", "auto"] = "off"  # workloads without warmlet.io/overflow-threshold
+    peak_fraction: float = 0.8
+    min_threshold: int = 1
+    peak_window_seconds: float = 7 * 24 * 3600.0
+    lease_grace_seconds: float = 60.0
+    deletion_cost: int | None = -1000
+    steer_to_binder: bool = False  # steered pods name the binder's scheduler
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+    binder: BinderConfig = Field(default_factory=BinderConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return self.webhook.enabled or self.binder.enabled
 
 
 class WarmletConfig(_Section):
@@ -105,6 +175,8 @@ class WarmletConfig(_Section):
     cri: CRIConfig = Field(default_factory=CRIConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)
 
 
 def load_config(path: Path | None) -> WarmletConfig:

@@ -43,3 +43,10 @@ INFORMER_RELISTS = Counter(
 INFORMER_WATCH_ERRORS = Counter(
     "warmlet_pod_informer_watch_errors_total", "Pod watch connections that failed (not counting 410)"
 )
+LEADER = Gauge("warmlet_leader", "1 while this process holds the leader election Lease and runs the node")
+LEADER_TRANSITIONS = Counter(
+    "warmlet_leader_transitions_total", "Times this process acquired the leader election Lease"
+)
+LEADER_RENEWALS = Counter(
+    "warmlet_leader_renewals_total", "Leader election Lease renewals by result (ok, error)", ["result"]
+)

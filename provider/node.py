@@ -188,6 +188,30 @@ class NodeController:
         self._note_update(node, now)
         return True
 
+    async def mark_stopped(self, pods_left_running: int) -> None:
+        """Graceful stop (SIGTERM): Ready=False, reason WarmletStopped, saying what was left running.
+
+        Like kubelet's graceful node shutdown ("node is shutting down"), the node stops being
+        schedulable at once instead of after the lease expires; unlike it, pods are NOT killed: a
+        restarted warmlet adopts their containers. Call after the status loop and lease have stopped.
+        """
+        if not self.registered.is_set():
+            return
+        msg = (
+            f"warmlet stopped (SIGTERM); {pods_left_running} pods left running, "
+            "adopted without restart when warmlet starts again"
+        )
+        health = await self.health()
+        now = time.time()
+        old = (self.node or {}).get("status") or {}
+        status = node_status(self.cfg, health, now, self.kubelet_port, old, stopped=msg)
+        self.node = await self.client.patch(
+            self.path + "/status", {"status": status}, content_type=STRATEGIC_MERGE_PATCH
+        )
+        log.info("node marked stopped name=%s pods_left_running=%d", self.cfg.name, pods_left_running)
+        if self.recorder is not None:
+            self.recorder.record(self._ref(), WARNING, "NodeNotReady", f"Node {self.cfg.name}: {msg}")
+
     async def _status_loop(self) -> None:
         failures = 0
         while True:

@@ -85,8 +85,16 @@ def capacity(cfg: NodeConfig) -> dict[str, str]:
     return cap
 
 
-def node_conditions(health: BackendHealth, now: float, old: Sequence[Mapping[str, Any]] = ()) -> list[JSON]:
-    if health.ok:
+STOPPED_REASON = "WarmletStopped"
+
+
+def node_conditions(
+    health: BackendHealth, now: float, old: Sequence[Mapping[str, Any]] = (), stopped: str = ""
+) -> list[JSON]:
+    """Kubelet's conditions; ``stopped`` (a message) marks a node whose warmlet shut down on purpose."""
+    if stopped:
+        ready = ("False", STOPPED_REASON, stopped)
+    elif health.ok:
         ready = ("True", "KubeletReady", "kubelet is posting ready status")
     else:
         detail = ": ".join(x for x in (health.reason, health.message) if x) or "backend is not healthy"
@@ -124,13 +132,14 @@ def node_status(
     now: float,
     kubelet_port: int,
     old: Mapping[str, Any] | None = None,
+    stopped: str = "",
 ) -> JSON:
     cap = capacity(cfg)
     runtime = f"{health.runtime_name or 'warmlet'}://{health.runtime_version or __version__}"
     return {
         "capacity": cap,
         "allocatable": dict(cap),
-        "conditions": node_conditions(health, now, (old or {}).get("conditions") or []),
+        "conditions": node_conditions(health, now, (old or {}).get("conditions") or [], stopped),
         "addresses": [
             {"type": "InternalIP", "address": cfg.internal_ip},
             {"type": "Hostname", "address": cfg.name},

@@ -131,5 +131,11 @@ class PodController:
                 for uid in list(self.informer.pods):
                     self.queue.add(uid)
 
+    async def quiesce(self, within: float) -> None:
+        """Graceful stop: no pod sync starts any more; syncs in flight may finish (up to ``within``)."""
+        busy = self.queue.in_flight
+        drained = await self.queue.pause(within)
+        log.info("pod workers paused in_flight=%d drained=%s queued=%d", busy, drained, len(self.queue))
+
     def close(self) -> None:
         self.queue.close()

@@ -9,6 +9,7 @@ retried with per-key exponential back-off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ class WorkQueue:
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._paused = False
+        self._drained = asyncio.Event()  # set when no handler runs (watched only while pausing)
 
     def add(self, key: str) -> None:
         if key in self._active:
@@ -70,6 +73,10 @@ class WorkQueue:
         return len(self._queued)
 
     @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    @property
     def idle(self) -> bool:
         return not self._queued and not self._active
 
@@ -81,6 +88,9 @@ class WorkQueue:
     async def _worker(self) -> None:
         while True:
             key = await self._queue.get()
+            if self._paused:  # graceful stop: leave it queued, take nothing more
+                self._queue.put_nowait(key)
+                await asyncio.Event().wait()  # until cancelled
             self._queued.discard(key)
             self._active.add(key)
             try:
@@ -98,9 +108,20 @@ class WorkQueue:
                 self.add_after(key, delay)
             finally:
                 self._active.discard(key)
+                if not self._active:
+                    self._drained.set()
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+
+    async def pause(self, within: float) -> bool:
+        """Take no new key; wait (up to ``within`` s) for the handlers running now. True if drained."""
+        self._paused = True
+        if self._active:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), within)
+        return not self._active
 
     def close(self) -> None:
         for t in self._timers.values():
