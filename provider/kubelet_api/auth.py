@@ -161,6 +161,8 @@ class KubeletAuthenticator:
             scheme, _, token = authorization.partition(" ")
             token = token.strip()
             if scheme.lower() == "bearer" and token:
+                if not token.isascii() or not token.isprintable() or len(token) > 16384:
+                    return None  # never a Kubernetes token: no TokenReview for it
                 return await self._token(token)
         if self.anonymous:
             return UserInfo(name=ANONYMOUS, groups=(UNAUTHENTICATED,))

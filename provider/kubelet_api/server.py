@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ _BUCKETS = {
 
 KEY_CTX = web.AppKey("kubelet_api", object)
 
+# Methods a kubelet API request may use; anything else is 405 before authentication (an unknown
+# verb would otherwise reach the SubjectAccessReview as "" and fail as a 500).
+ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Kubernetes object names: namespace and container are DNS-1123 labels, pod a DNS-1123 subdomain.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -98,6 +106,7 @@ class _Ctx:
     authorizer: Authorizer
     log_limit_bytes_max: int
     log_root: str | None
+    max_body_bytes: int = 64 * 1024
 
 
 def _ctx(request: web.Request) -> _Ctx:
@@ -123,6 +132,30 @@ async def _observe(
     finally:
         REQUESTS.labels(request.method, bucket, str(code)).inc()
         DURATION.labels(request.method, bucket).observe(time.perf_counter() - start)
+
+
+@web.middleware
+async def _limits(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> Any:
+    """Cheap refusals before any authentication work: unknown methods and oversized bodies.
+
+    No kubelet endpoint served here reads a body, so a body above the limit is refused with 413
+    without reading it (and the connection closed: the rest of the body is never drained).
+    """
+    if request.method not in ALLOWED_METHODS:
+        return _text(405, f"Method Not Allowed: {request.method[:32]!r} is not a kubelet API method")
+    limit = _ctx(request).max_body_bytes
+    length = request.content_length
+    if (length is not None and length > limit) or (length is None and request.body_exists):
+        if length is None:  # chunked: read at most limit + 1 bytes to decide
+            data = await request.content.read(limit + 1)
+            if len(data) <= limit:
+                return await handler(request)
+        resp = _text(413, f"Request Entity Too Large: bodies are limited to {limit} bytes")
+        resp.force_close()
+        return resp
+    return await handler(request)
 
 
 @web.middleware
@@ -213,6 +246,14 @@ async def _container_logs(request: web.Request) -> web.StreamResponse:
     ns = request.match_info["namespace"]
     pod_name = request.match_info["pod"]
     container = request.match_info["container"]
+    for what, value, pattern in (
+        ("namespace", ns, _DNS_LABEL),
+        ("pod name", pod_name, _DNS_SUBDOMAIN),
+        ("container name", container, _DNS_LABEL),
+    ):
+        if not pattern.match(value):
+            # "..", "%2e%2e", encoded slashes, NUL: never a Kubernetes name, never a file lookup.
+            return _text(400, f"invalid {what} {value[:64]!r}: not a valid Kubernetes name")
     try:
         opts = parse_log_options({k: request.query.getall(k) for k in request.query})
     except LogParamError as e:
@@ -273,9 +314,10 @@ def build_app(
     authorizer: Authorizer,
     log_limit_bytes_max: int = 1024**3,
     log_root: str | None = None,
+    max_body_bytes: int = 64 * 1024,
 ) -> web.Application:
     """The application without TLS (tests drive it directly; start_kubelet_api adds TLS)."""
-    app = web.Application(middlewares=[_observe, _auth])
+    app = web.Application(middlewares=[_observe, _limits, _auth], client_max_size=max_body_bytes)
     app[KEY_CTX] = _Ctx(
         node_name,
         backend,
@@ -284,6 +326,7 @@ def build_app(
         authorizer,
         log_limit_bytes_max,
         log_root,
+        max_body_bytes,
     )
     r = app.router
     r.add_get("/containerLogs/{namespace}/{pod}/{container}", _container_logs)
@@ -360,9 +403,28 @@ async def start_kubelet_api(
                 kube, allow_ttl=cfg.auth_cache_ttl_seconds, deny_ttl=min(30.0, cfg.auth_cache_ttl_seconds)
             )
     app = build_app(
-        node_name, backend, pods_provider, authenticator, authorizer, cfg.log_limit_bytes_max, log_root
+        node_name,
+        backend,
+        pods_provider,
+        authenticator,
+        authorizer,
+        cfg.log_limit_bytes_max,
+        log_root,
+        cfg.max_request_body_bytes,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        # Bounded request heads (a longer line or header is a 400 from the parser) and a deadline
+        # for idle and slow clients: a connection that has not sent a complete request head within
+        # idle_timeout_seconds (slowloris) or sits idle between requests that long is closed.
+        keepalive_timeout=cfg.idle_timeout_seconds,
+        max_line_size=cfg.max_header_line_bytes,
+        max_field_size=cfg.max_header_line_bytes,
+        max_headers=cfg.max_headers,
+    )
     await runner.setup()
     site = web.TCPSite(runner, cfg.address, cfg.port, ssl_context=ssl_ctx, reuse_address=True)
     await site.start()

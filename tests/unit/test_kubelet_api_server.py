@@ -483,3 +483,38 @@ def test_fuzz_container_logs_query(live: _LoopThread, query: list[tuple[str, str
     assert status in (200, 400, 422), (status, body)
     if status == 200:
         assert len(body) <= len(b"simulated container main started\na\nb\nc\n") + 4 * 40
+
+
+async def test_bad_input_is_refused_before_any_work(tmp_path: Path) -> None:
+    """Unknown methods 405, oversized or chunked bodies 413, non-names in containerLogs 400."""
+    backend = SimulatedBackend(tmp_path / "logs")
+    authz = FakeAuthz({("admin", "proxy")})
+    app = build_app(
+        NODE,
+        backend,
+        StaticPods([pod_json()]),
+        FakeAuthn({"admin": UserInfo("admin")}),
+        authz,
+        max_body_bytes=1024,
+    )
+    async with TestClient(TestServer(app)) as c:
+        r = await c.request("PROPFIND", "/pods", headers=ADMIN)
+        assert r.status == 405
+        r = await c.post("/exec/default/p1/main", data=b"x" * 4096, headers=ADMIN)
+        assert r.status == 413
+        assert "1024 bytes" in await r.text()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(8):
+                yield b"y" * 512
+
+        r = await c.post("/exec/default/p1/main", data=chunks(), headers=ADMIN)
+        assert r.status == 413
+        for bad in ("..", "%2e%2e", "a%2Fb", "A", "x%00y"):
+            url = c.make_url("/").with_path(f"/containerLogs/default/{bad}/main", encoded=True)
+            r = await c.session.get(url, headers=ADMIN)
+            # the server resolves a ".." segment itself (-> /containerLogs/main: no such route)
+            assert r.status in ((400, 404) if bad in ("..", "%2e%2e") else (400,)), (bad, r.status)
+            r = await c.get(f"/containerLogs/{bad}/p1/main", headers=ADMIN)
+            assert r.status in (400, 404), (bad, r.status)
+    assert not [a for a in authz.seen if a.verb == ""]  # no SAR with an empty verb

@@ -12,7 +12,6 @@ import pytest
 
 from provider.podspec import dns_config, expand, pull_policy, sandbox_spec
 from provider.resolve_env import ConfigError, field_value, resolve_env, resource_value
-from provider.resolve_env import ConfigError
 from provider.resolve_volumes import (
     MountError,
     container_mounts,
