@@ -136,6 +136,11 @@ class WarmletNode:
             await self.node.registered.wait()
             self._parts.append(tg.create_task(self.pods.run(), name="pods"))
             self._parts.append(tg.create_task(self.prewarmer.run(), name="cron-prewarm"))
+            if self.cfg.placement.enabled:  # webhook and/or fast binder (provider/placement)
+                from provider.placement.service import PlacementService
+
+                placement = PlacementService(self.cfg.placement, self.client)
+                self._parts.append(tg.create_task(placement.run(), name="placement"))
 
     async def wait(self) -> None:
         """Until the node stops on its own (a fatal error)."""

@@ -120,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("version", help="print warmlet's version")
     _run_parser(sub)
     _demo_parser(sub)
+    pl = sub.add_parser(
+        "placement",
+        help="run only the placement webhook and/or fast binder (config section placement:)",
+    )
+    pl.add_argument("--config", type=Path, help="YAML config file (see README: Placement)")
+    pl.add_argument("--kubeconfig", type=Path, help="kubeconfig of the cluster")
+    pl.add_argument("--log-format", choices=["kv", "json"])
+    pl.add_argument("--log-level")
     from bench.cli import add_bench_parser
 
     add_bench_parser(sub)
@@ -139,6 +147,20 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_forever(cfg))
         except KeyboardInterrupt:
             return 0
+    if ns.command == "placement":
+        from provider.placement.service import run_placement
+
+        cfg = load_config(ns.config)
+        cfg.kubeconfig = ns.kubeconfig or cfg.kubeconfig
+        cfg.log_format = ns.log_format or cfg.log_format
+        cfg.log_level = ns.log_level or cfg.log_level
+        if not cfg.placement.enabled:
+            parser.error("placement: enable placement.webhook and/or placement.binder in --config")
+        try:
+            asyncio.run(run_placement(cfg))
+        except KeyboardInterrupt:
+            pass
+        return 0
     if ns.command == "bench":
         from bench.cli import main as bench_main
 
