@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from proto import cri_pb2 as pb
+from sandbox import cri_log
 from sandbox import cri_mapping as m
 from sandbox.backend import (
     BackendError,
@@ -52,6 +53,7 @@ from sandbox.backend import (
 )
 from sandbox.cri_client import CriCallError, CriClient
 from sandbox.images import ImageCache, ImageInfo
+from sandbox.log_rotation import ContainerLogRotator
 from sandbox.pool import SandboxRecord, WarmPool
 from sandbox.pool_policy import EvictReason, PoolDefaults
 
@@ -59,6 +61,7 @@ log = logging.getLogger("warmlet.cri")
 
 STATE_FILE = "cri-pool.json"
 DEFAULT_CGROUP_BASE = ""  # empty: let the runtime place cgroups (no pod cgroup to clean up)
+PIDS_CGROUP_BASE = "/warmlet"  # pod cgroups' parent when a pids limit is set and cgroup_parent is not
 
 
 class CriSettings(Protocol):
@@ -197,6 +200,21 @@ def _remove_cgroup(parent: str) -> None:
                 os.rmdir(path)
 
 
+def _set_pods_max(parent: str, limit: int) -> str:
+    """Create the pod's cgroup (pids controller) and write ``pids.max`` before the sandbox starts
+    in it (see ``cri_mapping.pids_max_files`` for why not through CRI); returns the file."""
+    v1 = os.path.isdir("/sys/fs/cgroup/pids")
+    target, controls = m.pids_max_files(parent, v1=v1)
+    for ctl in controls:  # cgroup v2: enable the pids controller down to the pod's parent
+        os.makedirs(os.path.dirname(ctl), exist_ok=True)
+        with open(ctl, "w") as f:
+            f.write("+pids")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w") as f:
+        f.write(str(limit))
+    return target
+
+
 def _wipe_dir(path: str) -> None:
     """Remove the contents of a directory (not the directory: mounts may point at it)."""
     p = Path(path)
@@ -267,6 +285,17 @@ class CriBackend:
         self._runtime_info: dict[str, Any] = {}
         self._node_cpu_prev: tuple[float, int] | None = None
         self._node_memory = self._read_node_memory()
+        self.pids_limit = int(getattr(cri, "pod_pids_limit", -1))
+        max_size = cri_log.parse_size(getattr(cri, "container_log_max_size", "10Mi"))
+        self.log_rotator: ContainerLogRotator | None = None
+        if max_size > 0:
+            self.log_rotator = ContainerLogRotator(
+                self.client,
+                self.selector,
+                max_size,
+                int(getattr(cri, "container_log_max_files", 5)),
+                float(getattr(cri, "container_log_monitor_interval_seconds", 10.0)),
+            )
 
     @classmethod
     def from_config(cls, cfg: Any) -> CriBackend:
@@ -301,6 +330,8 @@ class CriBackend:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._pleg_loop(), name="cri-pleg"))
         self._tasks.append(loop.create_task(self._image_gc_loop(), name="cri-image-gc"))
+        if self.log_rotator is not None:
+            self._tasks.append(loop.create_task(self.log_rotator.run(), name="cri-log-rotation"))
         self.pool.start_maintenance(self.maintenance_interval)
 
     async def close(self) -> None:
@@ -365,6 +396,8 @@ class CriBackend:
 
     def _cgroup_parent(self, spec: PodSandboxSpec) -> str:
         base = self.cri.cgroup_parent or DEFAULT_CGROUP_BASE
+        if not base and self.pids_limit > 0:
+            base = PIDS_CGROUP_BASE  # a pids limit needs a pod cgroup to write pids.max into
         return f"{base.rstrip('/')}/pod{spec.uid}" if base else ""
 
     def _sandbox_config(
@@ -381,6 +414,14 @@ class CriBackend:
         cfg.annotations["warmlet.io/cgroup-parent"] = cfg.linux.cgroup_parent
         if not prewarmed:
             os.makedirs(cfg.log_directory, exist_ok=True)
+        if self.pids_limit > 0 and cfg.linux.cgroup_parent:
+            try:
+                await asyncio.to_thread(_set_pods_max, cfg.linux.cgroup_parent, self.pids_limit)
+            except OSError as e:  # run the pod anyway, like kubelet with an unsupported controller
+                from sandbox import metrics
+
+                metrics.POD_PIDS_LIMIT_ERRORS.inc()
+                log.warning("pod pids limit not set parent=%s error=%s", cfg.linux.cgroup_parent, e)
         t0 = time.perf_counter()
         try:
             sid = await self.client.run_pod_sandbox(cfg, spec.runtime_class)
@@ -707,9 +748,14 @@ class CriBackend:
         conts = await self.client.list_containers(labels=self.selector)
         snap = {c.id: (int(c.state), m.pod_uid_of(c.labels)) for c in conts}
         changed: set[str] = set()
+        exited: list[str] = []
         for cid, (state, uid) in snap.items():
             if self._pleg_snapshot.get(cid, (None, None))[0] != state and uid:
                 changed.add(uid)
+                if state == pb.CONTAINER_EXITED:
+                    exited.append(cid)
+        if exited:
+            await self._count_oom_kills(exited)
         for cid, (_, uid) in self._pleg_snapshot.items():
             if cid not in snap and uid:
                 changed.add(uid)
@@ -717,6 +763,25 @@ class CriBackend:
         for uid in changed:
             self._notify(uid)
         return changed
+
+    async def _count_oom_kills(self, container_ids: list[str]) -> None:
+        """warmlet_container_oom_kills_total: one ContainerStatus per newly exited container."""
+        from sandbox import metrics
+
+        async def one(cid: str) -> None:
+            with contextlib.suppress(BackendError):
+                st = (await self.client.container_status(cid)).status
+                if st.reason == "OOMKilled":
+                    metrics.OOM_KILLS.inc()
+                    log.warning(
+                        "container OOMKilled container=%s pod=%s/%s name=%s",
+                        cid[:12],
+                        st.labels.get(m.K8S_POD_NAMESPACE, ""),
+                        st.labels.get(m.K8S_POD_NAME, ""),
+                        st.metadata.name,
+                    )
+
+        await asyncio.gather(*(one(c) for c in container_ids))
 
     # ------------------------------------------------------------------ adoption / reconcile
 

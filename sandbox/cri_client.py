@@ -262,6 +262,11 @@ class CriClient:
         req = pb.UpdateContainerResourcesRequest(container_id=container_id, linux=linux)
         await self._call("UpdateContainerResources", self.rt.UpdateContainerResources, req)
 
+    async def reopen_container_log(self, container_id: str) -> None:
+        """After the log file was renamed (rotation): the runtime opens a new one at the log path."""
+        req = pb.ReopenContainerLogRequest(container_id=container_id)
+        await self._call("ReopenContainerLog", self.rt.ReopenContainerLog, req)
+
     async def exec_sync(
         self, container_id: str, cmd: list[str], timeout_seconds: int = 10
     ) -> pb.ExecSyncResponse:

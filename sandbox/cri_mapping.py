@@ -165,6 +165,26 @@ def linux_resources(
     return out
 
 
+def pids_max_files(
+    cgroup_parent: str, root: str = "/sys/fs/cgroup", v1: bool = True
+) -> tuple[str, list[str]]:
+    """Where a pod's pids limit goes: (``pids.max`` file, ``cgroup.subtree_control`` files to
+    enable ``+pids`` in first, top down).
+
+    Why not CRI: LinuxContainerResources has no pids field (kubelet's podPidsLimit is written by
+    kubelet into the pod cgroup, not sent to the runtime), and its ``unified`` map, which could
+    carry ``pids.max`` on cgroup v2, is refused by runc on cgroup v1. So warmlet does what kubelet
+    does: the pod gets its own cgroup parent and warmlet writes ``pids.max`` there before the
+    sandbox starts; the limit is hierarchical, so it covers the pause and every container.
+    """
+    rel = cgroup_parent.strip("/")
+    if v1:
+        return os.path.join(root, "pids", rel, "pids.max"), []
+    parts = rel.split("/")
+    controls = [os.path.join(root, *parts[:i], "cgroup.subtree_control") for i in range(len(parts))]
+    return os.path.join(root, rel, "pids.max"), controls
+
+
 # ---------------------------------------------------------------------------- sandbox config
 
 _PROTOCOLS = {"TCP": pb.TCP, "UDP": pb.UDP, "SCTP": pb.SCTP}

@@ -64,3 +64,17 @@ def workload_label(key: str) -> str:
     if len(parts) >= 3 and parts[1] == "Pod":
         return f"{parts[0]}/Pod"
     return head[:200]
+LOG_ROTATIONS = Counter(
+    "warmlet_container_log_rotations_total",
+    "Container log rotations (size cap reached) by result.",
+    ["result"],
+)
+LOG_ROTATED_BYTES = Counter(
+    "warmlet_container_log_rotated_bytes_total", "Bytes of container logs moved aside by rotation."
+)
+OOM_KILLS = Counter(
+    "warmlet_container_oom_kills_total", "Containers the runtime reported as OOMKilled (memory limit)."
+)
+POD_PIDS_LIMIT_ERRORS = Counter(
+    "warmlet_pod_pids_limit_errors_total", "Pod cgroups whose pids.max could not be set."
+)

@@ -145,6 +145,7 @@ class LogReader:
 
     def __init__(self, path: str, opts: LogOptions, max_bytes: int) -> None:
         self.renderer = LogRenderer(opts, max_bytes)
+        self.path = path
         self.f = open(path, "rb")  # noqa: SIM115 - closed by close()
         try:
             start = tail_offset(self.f, opts.tail_lines) if opts.tail_lines is not None else 0
@@ -162,6 +163,23 @@ class LogReader:
 
     def finish(self) -> bytes:
         return self.renderer.finish()
+
+    def reopen_if_rotated(self) -> bool:
+        """Follow across log rotation: once the open file (read to its end) was renamed away and a
+        new file took its path, continue with the new file from its start (kubelet does the same)."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        if now.st_ino == os.fstat(self.f.fileno()).st_ino:
+            return False
+        rest = self.f.read()  # written between the last read and the rename
+        if rest:
+            self.f.seek(-len(rest), os.SEEK_CUR)
+            return True  # read that first; the next EOF switches
+        self.f.close()
+        self.f = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        return True
 
     def close(self) -> None:
         self.f.close()
@@ -198,6 +216,8 @@ async def stream_log(
                 break
             if client_gone():
                 return written
+            if await asyncio.to_thread(reader.reopen_if_rotated):
+                continue
             if not await still_running():
                 # Drain what the container wrote before it stopped, then end.
                 while not reader.renderer.done:

@@ -1,0 +1,134 @@
+"""Container log rotation for the CRI backend (kubelet's ContainerLogManager).
+
+containerd appends a container's output to its CRI log file for as long as it runs: without
+rotation one container printing at full speed fills the node's disk. Every
+``monitor_interval`` this rotates the log of each running container that reached
+``max_size``: the oldest rotated files beyond ``max_files`` are removed, older rotated ones
+compressed, the live file renamed to ``<log>.<timestamp>`` and the runtime asked to reopen its
+log (``ReopenContainerLog``), exactly kubelet's sequence; if the reopen fails the rename is
+undone. ``kubectl logs`` serves the live file, as on a kubelet node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+from proto import cri_pb2 as pb
+from sandbox import metrics
+from sandbox.cri_client import CriCallError, CriClient
+from sandbox.cri_log import compress_file, list_rotated, plan_rotation, rotated_name
+
+log = logging.getLogger("warmlet.cri.logs")
+
+
+class ContainerLogRotator:
+    """Rotates the CRI logs of one warmlet instance's running containers (see module doc)."""
+
+    def __init__(
+        self,
+        client: CriClient,
+        selector: dict[str, str],
+        max_size: int,
+        max_files: int,
+        monitor_interval: float = 10.0,
+    ) -> None:
+        if max_files < 2:
+            raise ValueError("container_log_max_files must be at least 2 (the live file and one rotated)")
+        self.client = client
+        self.selector = selector
+        self.max_size = max_size
+        self.max_files = max_files
+        self.interval = monitor_interval
+        self._paths: dict[str, str] = {}  # container id -> log path (fixed for its lifetime)
+
+    async def run(self) -> None:
+        """Forever: one pass per interval; failures back off (up to 10 intervals), never stop."""
+        delay = self.interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.rotate_all()
+                delay = self.interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # runtime away: the PLEG reports that; just slow down
+                delay = min(delay * 2, self.interval * 10)
+                log.warning("log rotation pass failed retry_in=%.0f error=%s", delay, e)
+
+    async def rotate_all(self) -> int:
+        """One pass over the running containers; returns how many logs were rotated."""
+        conts = await self.client.list_containers(labels=self.selector, state=pb.CONTAINER_RUNNING)
+        live = {c.id for c in conts}
+        for cid in [c for c in self._paths if c not in live]:
+            del self._paths[cid]
+        rotated = 0
+        for c in conts:
+            path = await self._log_path(c.id)
+            if path and await self.rotate_one(c.id, path):
+                rotated += 1
+        return rotated
+
+    async def _log_path(self, cid: str) -> str:
+        path = self._paths.get(cid)
+        if path is None:
+            try:
+                path = (await self.client.container_status(cid)).status.log_path
+            except CriCallError as e:
+                if e.not_found:
+                    return ""
+                raise
+            self._paths[cid] = path
+        return path
+
+    async def rotate_one(self, cid: str, path: str) -> bool:
+        """Rotate ``path`` if it reached the size cap; True if it was rotated."""
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return False
+        existing = await asyncio.to_thread(list_rotated, path)
+        plan = plan_rotation(size, self.max_size, existing, self.max_files)
+        if not plan.rotate:
+            return False
+        await asyncio.to_thread(self._prepare, plan.remove, plan.compress)
+        target = rotated_name(path, time.time(), set(existing))
+        try:
+            os.rename(path, target)
+        except OSError as e:
+            metrics.LOG_ROTATIONS.labels("error").inc()
+            log.warning("log rotation rename failed container=%s path=%s error=%s", cid[:12], path, e)
+            return False
+        try:
+            await self.client.reopen_container_log(cid)
+        except Exception as e:
+            # the container stopped meanwhile (or the runtime is away): put the file back
+            with contextlib.suppress(OSError):
+                os.rename(target, path)
+            metrics.LOG_ROTATIONS.labels("error").inc()
+            log.warning("log reopen failed, rotation undone container=%s error=%s", cid[:12], e)
+            return False
+        metrics.LOG_ROTATIONS.labels("ok").inc()
+        metrics.LOG_ROTATED_BYTES.inc(size)
+        log.info(
+            "container log rotated container=%s size=%d rotated_to=%s removed=%d",
+            cid[:12],
+            size,
+            os.path.basename(target),
+            len(plan.remove),
+        )
+        return True
+
+    @staticmethod
+    def _prepare(remove: tuple[str, ...], compress: tuple[str, ...]) -> None:
+        for f in remove:
+            with contextlib.suppress(OSError):
+                os.unlink(f)
+        for f in compress:
+            try:
+                compress_file(f)
+            except OSError as e:
+                log.warning("log compression failed file=%s error=%s", f, e)
