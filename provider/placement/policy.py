@@ -362,15 +362,26 @@ def steer_ops(pod: Mapping[str, Any], policy: PlacementPolicy) -> list[JSON]:
     return ops
 
 
-def virtual_room(pod: Mapping[str, Any], nodes: Iterable[NodeView], policy: PlacementPolicy) -> str | None:
-    """None when some healthy virtual node can take the pod, else the reason (unavailable/full)."""
+def virtual_room(
+    pod: Mapping[str, Any],
+    nodes: Iterable[NodeView],
+    policy: PlacementPolicy,
+    pending: Resources = Resources(),
+) -> str | None:
+    """None when some healthy virtual node can take the pod, else the reason (unavailable/full).
+
+    ``pending``: pods already steered but not yet bound (they will take room too).
+    """
     need = pod_request(pod)
     healthy = [
         n for n in nodes if n.healthy(policy.lease_grace_seconds) and matches_node(pod, n.labels, n.name)
     ]
     if not healthy:
         return "virtual-unavailable"
-    if not any(n.fits(need) for n in healthy):
+    total = Resources()
+    for n in healthy:
+        total = total + n.free()
+    if not any(n.fits(need) for n in healthy) or not (total - pending).covers(need):
         return "virtual-full"
     return None
 
@@ -395,11 +406,13 @@ def decide(
     policy: PlacementPolicy,
     admission_id: str = "",
     job_annotations: Mapping[str, str] | None = None,
+    pending: Resources = Resources(),
 ) -> Decision:
     """Where this pod (being created) should go, and the patch that gets it there.
 
     ``regular_count``: the workload's live pods that are not on / steered to the virtual node.
     ``job_annotations``: the Job's and CronJob's annotations merged (for ``jobs: annotation``).
+    ``pending``: what pods steered earlier but not bound yet will take on the virtual nodes.
     """
     early = early_skip(pod, policy)
     if early is not None:
@@ -408,7 +421,7 @@ def decide(
     if workload is None or workload.kind in ("Pod", "Other"):
         if hint != "virtual":
             return Decision("skip", "not-a-workload")
-        return _steer_or_fallback(pod, nodes, policy, "pod-annotation", None, admission_id)
+        return _steer_or_fallback(pod, nodes, policy, "pod-annotation", None, admission_id, pending)
     if workload.kind == "Job":
         if policy.jobs == "never":
             return Decision("skip", "jobs-never")
@@ -417,17 +430,17 @@ def decide(
             and (hint or _placement_hint(job_annotations, workload.annotations)) != "virtual"
         ):
             return Decision("skip", "jobs-not-annotated")
-        return _steer_or_fallback(pod, nodes, policy, f"jobs-{policy.jobs}", None, admission_id)
+        return _steer_or_fallback(pod, nodes, policy, f"jobs-{policy.jobs}", None, admission_id, pending)
     if workload.kind not in REPLICATED_KINDS:
         return Decision("skip", "not-a-workload")
     threshold, source = threshold_for(workload, peak, policy)
     if threshold is None:
         if hint == "virtual":
-            return _steer_or_fallback(pod, nodes, policy, "pod-annotation", None, admission_id)
+            return _steer_or_fallback(pod, nodes, policy, "pod-annotation", None, admission_id, pending)
         return Decision("skip", source)
     if regular_count < threshold:
         return _regular(pod, "below-threshold", threshold, admission_id)
-    return _steer_or_fallback(pod, nodes, policy, f"overflow-{source}", threshold, admission_id)
+    return _steer_or_fallback(pod, nodes, policy, f"overflow-{source}", threshold, admission_id, pending)
 
 
 def _regular(pod: Mapping[str, Any], reason: str, threshold: int | None, admission_id: str) -> Decision:
@@ -444,8 +457,9 @@ def _steer_or_fallback(
     reason: str,
     threshold: int | None,
     admission_id: str,
+    pending: Resources,
 ) -> Decision:
-    blocked = virtual_room(pod, nodes, policy)
+    blocked = virtual_room(pod, nodes, policy, pending)
     if blocked is not None:
         return _regular(pod, blocked, threshold, admission_id)
     values = {DECISION_ANNOTATION: "virtual", REASON_ANNOTATION: reason}

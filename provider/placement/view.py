@@ -16,8 +16,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from cachetools import TTLCache
+
 from provider.kubeclient import ApiError, KubeClient, sleep_backoff
-from provider.placement.policy import NodeView, Resources, node_view, occupies_node, pod_request
+from provider.placement.policy import (
+    ADMISSION_ANNOTATION,
+    NodeView,
+    Resources,
+    node_view,
+    occupies_node,
+    pod_request,
+)
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -111,9 +120,16 @@ class Reflector:
 class NodePods:
     """The pods bound to one warmlet node and what they use."""
 
-    def __init__(self, client: KubeClient, node: str, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        node: str,
+        on_change: Callable[[], None],
+        on_seen: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.node = node
         self._on_change = on_change
+        self._on_seen = on_seen  # admission id of a pod seen bound here
         self.reflector = Reflector(client, "/api/v1/pods", self._event, fieldSelector=f"spec.nodeName={node}")
         self.used = Resources()
         self._counted: dict[str, Resources] = {}
@@ -124,6 +140,9 @@ class NodePods:
         if old is not None:
             self.used = self.used - old
         if etype != "DELETED" and occupies_node(pod):
+            aid = (pod["metadata"].get("annotations") or {}).get(ADMISSION_ANNOTATION)
+            if aid:
+                self._on_seen(aid)
             req = pod_request(pod)
             self._counted[uid] = req
             self.used = self.used + req
@@ -143,6 +162,7 @@ class ClusterView:
         node_labels: Mapping[str, str],
         lease_poll_seconds: float = 2.0,
         assume_ttl_seconds: float = 60.0,
+        steer_ttl_seconds: float = 30.0,
     ) -> None:
         self.client = client
         self.node_labels = dict(node_labels)
@@ -156,6 +176,8 @@ class ClusterView:
         self._pod_tasks: dict[str, asyncio.Task[None]] = {}
         # pod uid → (node, request, monotonic time assumed)
         self.assumed: dict[str, tuple[str, Resources, float]] = {}
+        # admission id → request of pods the webhook steered that are not bound yet
+        self.steered: TTLCache[str, Resources] = TTLCache(100_000, ttl=steer_ttl_seconds)
         self.changed = asyncio.Event()  # set when capacity may have been freed or nodes changed
         self._tg: asyncio.TaskGroup | None = None
         self.synced = asyncio.Event()
@@ -190,7 +212,7 @@ class ClusterView:
             self.pods.pop(name, None)
             self.leases.pop(name, None)
         elif name not in self.pods and self._tg is not None:
-            np = NodePods(self.client, name, self.changed.set)
+            np = NodePods(self.client, name, self.changed.set, self._steered_seen)
             self.pods[name] = np
             self._pod_tasks[name] = self._tg.create_task(np.reflector.run(), name=f"placement-pods-{name}")
         self.changed.set()
@@ -238,6 +260,19 @@ class ClusterView:
             used = (np.used if np is not None else Resources()) + extra.get(name, Resources())
             out.append(node_view(node, self.leases.get(name), used, now))
         return out
+
+    def _steered_seen(self, admission_id: str) -> None:
+        self.steered.pop(admission_id, None)
+
+    def steer(self, admission_id: str, req: Resources) -> None:
+        """The webhook sent a pod here; count it until it shows up bound (or the TTL passes)."""
+        self.steered[admission_id] = req
+
+    def pending_steered(self) -> Resources:
+        total = Resources()
+        for req in list(self.steered.values()):
+            total = total + req
+        return total
 
     def assume(self, uid: str, node: str, req: Resources) -> None:
         self.assumed[uid] = (node, req, time.monotonic())

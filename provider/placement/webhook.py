@@ -36,6 +36,7 @@ from provider.placement.policy import (
     counts_as_regular,
     decide,
     early_skip,
+    pod_request,
 )
 from provider.placement.view import ClusterView
 from provider.workload import controller_ref
@@ -351,14 +352,41 @@ class PlacementWebhook:
         wl = owner.workload
         nodes = self.view.views()
         admission_id = str(req.get("uid", ""))
+        dry_run = bool(req.get("dryRun"))
         if wl is None or wl.kind not in REPLICATED_KINDS:
-            return decide(pod, wl, 0, None, nodes, self.policy, admission_id, owner.job_annotations)
+            d = decide(
+                pod,
+                wl,
+                0,
+                None,
+                nodes,
+                self.policy,
+                admission_id,
+                owner.job_annotations,
+                self.view.pending_steered(),
+            )
+            if d.placement == "virtual" and not dry_run:
+                self.view.steer(admission_id, pod_request(pod))
+            return d
         peak = self.peaks.observe(wl.uid, wl.replicas, time.monotonic())
         async with self.counter.lock(wl.uid):
             regular = await self.counter.count(ns, wl, owner.selector, self.view.node_names())
-            d = decide(pod, wl, regular, peak, nodes, self.policy, admission_id, owner.job_annotations)
-            if d.placement == "regular" and not req.get("dryRun"):
-                self.counter.reserve(wl.uid, admission_id)
+            d = decide(
+                pod,
+                wl,
+                regular,
+                peak,
+                nodes,
+                self.policy,
+                admission_id,
+                owner.job_annotations,
+                self.view.pending_steered(),
+            )
+            if not dry_run:
+                if d.placement == "regular":
+                    self.counter.reserve(wl.uid, admission_id)
+                elif d.placement == "virtual":
+                    self.view.steer(admission_id, pod_request(pod))
             return d
 
 
