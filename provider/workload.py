@@ -7,12 +7,20 @@ pod security context, host namespaces, DNS, resource shape). The namespace is bo
 the readable prefix and in the hash, so keys never collide across namespaces.
 Jobs of a CronJob are keyed by the CronJob so prewarming can compute the key before
 the Job exists.
+
+The chain is walked without reading ReplicaSets or Jobs (warmlet's ClusterRole grants
+neither, kind-config/rbac.yaml): a ReplicaSet named ``<deployment>-<pod-template-hash>``
+whose pods carry that hash belongs to the Deployment (the Deployment controller names
+and labels them so), and a Job named ``<cronjob>-<minutes>`` belongs to the CronJob when
+that CronJob (readable for prewarming anyway) lists the Job's uid in ``status.active``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -22,11 +30,10 @@ from provider.quantity import cpu_milli, to_int
 
 JSON = dict[str, Any]
 
-# kind of a controller → (api path of that kind, kind its own controller may have)
-_PARENTS: dict[str, tuple[str, str]] = {
-    "ReplicaSet": ("/apis/apps/v1/namespaces/{ns}/replicasets/{name}", "Deployment"),
-    "Job": ("/apis/batch/v1/namespaces/{ns}/jobs/{name}", "CronJob"),
-}
+CRONJOB_PATH = "/apis/batch/v1/namespaces/{ns}/cronjobs/{name}"
+POD_TEMPLATE_HASH = "pod-template-hash"
+# the CronJob controller names its Jobs "<cronjob>-<scheduled time in minutes since the epoch>"
+_CRON_JOB_NAME = re.compile(r"^(?P<cronjob>.+)-(?P<minutes>[0-9]{1,12})$")
 
 
 def controller_ref(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -121,34 +128,82 @@ def cronjob_key(cronjob: Mapping[str, Any]) -> str:
 Fetch = Callable[[str], Awaitable[JSON | None]]
 
 
-class OwnerResolver:
-    """Walks ReplicaSet → Deployment and Job → CronJob with one cached API lookup."""
+def deployment_of(pod: Mapping[str, Any], replicaset: str) -> str | None:
+    """The Deployment owning ``replicaset``, read from the pod's own labels (no API call)."""
+    h = ((pod.get("metadata") or {}).get("labels") or {}).get(POD_TEMPLATE_HASH)
+    if h and replicaset.endswith(f"-{h}") and len(replicaset) > len(h) + 1:
+        return replicaset[: -len(h) - 1]
+    return None
 
-    def __init__(self, fetch: Fetch, ttl: float = 300.0, maxsize: int = 10_000) -> None:
-        self._fetch = fetch  # returns the object, or None when it does not exist
+
+def cronjob_candidate(job: str) -> str | None:
+    """The CronJob a Job of this name would have been created by, if any."""
+    m = _CRON_JOB_NAME.match(job)
+    return m.group("cronjob") if m else None
+
+
+def lists_active(cronjob: Mapping[str, Any], job_name: str, job_uid: str) -> bool:
+    for ref in (cronjob.get("status") or {}).get("active") or []:
+        if ref.get("name") == job_name and (not job_uid or ref.get("uid") == job_uid):
+            return True
+    return False
+
+
+class OwnerResolver:
+    """Walks ReplicaSet → Deployment (from labels) and Job → CronJob (one cached CronJob read).
+
+    ``fetch`` returns the object at an API path or None when it does not exist; it is only
+    called for CronJobs. A Job whose CronJob candidate exists but does not list it yet (the
+    CronJob controller writes ``status.active`` right after creating the Job) is looked up
+    again after ``retry_delays``; a miss keys the pod by its Job, which is always safe.
+    """
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        ttl: float = 300.0,
+        maxsize: int = 10_000,
+        retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0),
+    ) -> None:
+        self._fetch = fetch
         self._cache: TTLCache[tuple[str, str, str], tuple[str, str]] = TTLCache(maxsize, ttl)
+        self._retry_delays = retry_delays
 
     async def owner(self, pod: Mapping[str, Any]) -> tuple[str, str]:
         kind, name = direct_owner(pod)
-        parent = _PARENTS.get(kind)
-        if parent is None:
+        if kind == "ReplicaSet":
+            deployment = deployment_of(pod, name)
+            return ("Deployment", deployment) if deployment else (kind, name)
+        if kind != "Job":
             return kind, name
-        ns = (pod.get("metadata") or {}).get("namespace", "default")
+        meta = pod.get("metadata") or {}
+        ns = meta.get("namespace", "default")
         ck = (ns, kind, name)
         hit = self._cache.get(ck)
         if hit is not None:
             return hit
         result = (kind, name)
-        try:
-            obj = await self._fetch(parent[0].format(ns=ns, name=name))
-        except Exception:  # lookups are best effort: fall back to the direct owner, uncached
-            return result
-        if obj is not None:
-            ref = controller_ref(obj.get("metadata") or {})
-            if ref is not None and ref.get("kind") == parent[1]:
-                result = (parent[1], str(ref.get("name")))
+        cronjob = cronjob_candidate(name)
+        if cronjob is not None:
+            job_uid = str((controller_ref(meta) or {}).get("uid") or "")
+            try:
+                result = await self._cronjob_owner(ns, cronjob, name, job_uid) or result
+            except Exception:  # lookups are best effort: fall back to the Job, uncached
+                return result
         self._cache[ck] = result
         return result
+
+    async def _cronjob_owner(self, ns: str, cronjob: str, job: str, job_uid: str) -> tuple[str, str] | None:
+        for delay in (*self._retry_delays, None):
+            obj = await self._fetch(CRONJOB_PATH.format(ns=ns, name=cronjob))
+            if obj is None:
+                return None
+            if lists_active(obj, job, job_uid):
+                return ("CronJob", cronjob)
+            if delay is None:
+                return None
+            await asyncio.sleep(delay)
+        return None
 
     async def key(self, pod: Mapping[str, Any]) -> str:
         return pod_key(pod, await self.owner(pod))

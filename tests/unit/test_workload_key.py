@@ -179,38 +179,71 @@ class FakeApi:
         return self.objects[path]
 
 
-def owned_by(kind: str, name: str) -> dict[str, Any]:
-    return {"metadata": {"ownerReferences": [{"kind": kind, "name": name, "controller": True}]}}
+def labelled(p: dict[str, Any], **labels: str) -> dict[str, Any]:
+    p["metadata"]["labels"] = labels
+    return p
 
 
-async def test_resolver_walks_to_deployment_and_caches() -> None:
-    api = FakeApi({"/apis/apps/v1/namespaces/ns/replicasets/web-abc": owned_by("Deployment", "web")})
+def cronjob(*active: tuple[str, str]) -> dict[str, Any]:
+    return {"status": {"active": [{"kind": "Job", "name": n, "uid": u} for n, u in active]}}
+
+
+CJ = "/apis/batch/v1/namespaces/ns/cronjobs/tick"
+
+
+async def test_resolver_deployment_from_pod_template_hash_without_api_calls() -> None:
+    api = FakeApi({})
     r = OwnerResolver(api.fetch)
-    assert await r.owner(pod()) == ("Deployment", "web")
-    assert await r.owner(pod()) == ("Deployment", "web")
-    assert len(api.calls) == 1
-    assert (await r.key(pod())).startswith("ns/Deployment/web#")
+    web = labelled(pod(owner=("ReplicaSet", "web-5d4f8c")), **{"pod-template-hash": "5d4f8c"})
+    assert await r.owner(web) == ("Deployment", "web")
+    assert (await r.key(web)).startswith("ns/Deployment/web#")
+    # a ReplicaSet of its own (no hash, or a hash that is not its name's suffix) is the owner
+    assert await r.owner(pod(owner=("ReplicaSet", "web-abc"))) == ("ReplicaSet", "web-abc")
+    other = labelled(pod(owner=("ReplicaSet", "web-abc")), **{"pod-template-hash": "zzz"})
+    assert await r.owner(other) == ("ReplicaSet", "web-abc")
+    assert api.calls == []  # ReplicaSets are never read (not granted by the ClusterRole)
 
 
-async def test_resolver_job_to_cronjob() -> None:
-    api = FakeApi(
-        {
-            "/apis/batch/v1/namespaces/ns/jobs/tick-1": owned_by("CronJob", "tick"),
-            "/apis/batch/v1/namespaces/ns/jobs/plain": {"metadata": {}},
-        }
-    )
+async def test_resolver_job_to_cronjob_when_listed_active_and_caches() -> None:
+    api = FakeApi({CJ: cronjob(("tick-29000000", "o"))})
+    r = OwnerResolver(api.fetch, retry_delays=())
+    assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("CronJob", "tick")
+    assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("CronJob", "tick")
+    assert api.calls == [CJ]
+
+
+async def test_resolver_job_not_listed_by_its_cronjob_stays_a_job() -> None:
+    # same name pattern, but another Job (uid) or no CronJob: never keyed as the CronJob
+    api = FakeApi({CJ: cronjob(("tick-29000000", "someone-else"))})
+    r = OwnerResolver(api.fetch, retry_delays=(0.0, 0.0))
+    assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("Job", "tick-29000000")
+    assert api.calls == [CJ, CJ, CJ]  # looked up again: status.active may lag the Job's creation
+    api = FakeApi({"/apis/batch/v1/namespaces/ns/cronjobs/gone": None})
     r = OwnerResolver(api.fetch)
-    assert await r.owner(pod(owner=("Job", "tick-1"))) == ("CronJob", "tick")
+    assert await r.owner(pod(owner=("Job", "gone-29000000"))) == ("Job", "gone-29000000")
     assert await r.owner(pod(owner=("Job", "plain"))) == ("Job", "plain")
+    assert api.calls == ["/apis/batch/v1/namespaces/ns/cronjobs/gone"]
 
 
-async def test_resolver_falls_back_on_missing_or_error() -> None:
-    api = FakeApi({"/apis/apps/v1/namespaces/ns/replicasets/gone": None})
+async def test_resolver_job_listed_after_a_retry() -> None:
+    api = FakeApi({CJ: cronjob()})
+    original = api.fetch
+
+    async def fetch(path: str) -> dict[str, Any] | None:
+        if len(api.calls) == 1:
+            api.objects[CJ] = cronjob(("tick-29000000", "o"))
+        return await original(path)
+
+    r = OwnerResolver(fetch, retry_delays=(0.0, 0.0))
+    assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("CronJob", "tick")
+
+
+async def test_resolver_falls_back_on_error_uncached() -> None:
+    api = FakeApi({})
     r = OwnerResolver(api.fetch)
-    assert await r.owner(pod(owner=("ReplicaSet", "gone"))) == ("ReplicaSet", "gone")
-    assert await r.owner(pod(owner=("ReplicaSet", "err"))) == ("ReplicaSet", "err")
-    assert await r.owner(pod(owner=("ReplicaSet", "err"))) == ("ReplicaSet", "err")
-    assert api.calls.count("/apis/apps/v1/namespaces/ns/replicasets/err") == 2  # errors are not cached
+    assert await r.owner(pod(owner=("Job", "err-1"))) == ("Job", "err-1")
+    assert await r.owner(pod(owner=("Job", "err-1"))) == ("Job", "err-1")
+    assert api.calls.count("/apis/batch/v1/namespaces/ns/cronjobs/err") == 2  # errors are not cached
 
 
 async def test_resolver_no_lookup_for_terminal_kinds() -> None:
