@@ -61,6 +61,8 @@ log = logging.getLogger("warmlet.cri")
 
 STATE_FILE = "cri-pool.json"
 DEFAULT_CGROUP_BASE = ""  # empty: let the runtime place cgroups (no pod cgroup to clean up)
+ORPHAN_SWEEP_SECONDS = 15.0
+ORPHAN_MIN_AGE_SECONDS = 20.0  # younger sandboxes may be a RunPodSandbox whose answer is on its way
 PIDS_CGROUP_BASE = "/warmlet"  # pod cgroups' parent when a pids limit is set and cgroup_parent is not
 
 
@@ -286,6 +288,7 @@ class CriBackend:
         self._node_cpu_prev: tuple[float, int] | None = None
         self._node_memory = self._read_node_memory()
         self.pids_limit = int(getattr(cri, "pod_pids_limit", -1))
+        self._creating: dict[str, int] = {}  # pod uid -> RunPodSandbox calls in flight
         max_size = cri_log.parse_size(getattr(cri, "container_log_max_size", "10Mi"))
         self.log_rotator: ContainerLogRotator | None = None
         if max_size > 0:
@@ -332,6 +335,7 @@ class CriBackend:
         self._tasks.append(loop.create_task(self._image_gc_loop(), name="cri-image-gc"))
         if self.log_rotator is not None:
             self._tasks.append(loop.create_task(self.log_rotator.run(), name="cri-log-rotation"))
+        self._tasks.append(loop.create_task(self._orphan_sweep_loop(), name="cri-orphan-sweep"))
         self.pool.start_maintenance(self.maintenance_interval)
 
     async def close(self) -> None:
@@ -410,6 +414,15 @@ class CriBackend:
 
     async def create_sandbox(self, spec: PodSandboxSpec, prewarmed: bool) -> tuple[str, str]:
         """SandboxDriver: RunPodSandbox (+ its IP). Prewarmed ones get placeholder metadata."""
+        self._creating[spec.uid] = self._creating.get(spec.uid, 0) + 1  # not an orphan: in flight
+        try:
+            return await self._create_sandbox(spec, prewarmed)
+        finally:
+            self._creating[spec.uid] -= 1
+            if not self._creating[spec.uid]:
+                del self._creating[spec.uid]
+
+    async def _create_sandbox(self, spec: PodSandboxSpec, prewarmed: bool) -> tuple[str, str]:
         cfg = self._sandbox_config(spec, prewarmed, self._cgroup_parent(spec))
         cfg.annotations["warmlet.io/cgroup-parent"] = cfg.linux.cgroup_parent
         if not prewarmed:
@@ -763,6 +776,43 @@ class CriBackend:
         for uid in changed:
             self._notify(uid)
         return changed
+
+    async def _orphan_sweep_loop(self) -> None:
+        delay = ORPHAN_SWEEP_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.sweep_orphans()
+                delay = ORPHAN_SWEEP_SECONDS
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # runtime away: the PLEG reports it; just slow down
+                delay = min(delay * 2, 300.0)
+                log.warning("orphan sweep failed retry_in=%.0f error=%s", delay, e)
+
+    async def sweep_orphans(self, min_age: float = ORPHAN_MIN_AGE_SECONDS) -> list[str]:
+        """Destroy this instance's sandboxes that warmlet does not track and is not creating.
+
+        Why: a RunPodSandbox cut short by a runtime restart may still have made the sandbox while
+        its answer was lost; warmlet retries under another attempt, and without this sweep the
+        first one would stay until warmlet's next start (the start-up reconcile).
+        """
+        now = time.time()
+        swept: list[str] = []
+        for sb in await self.client.list_pod_sandbox(labels=self.selector):
+            if sb.id in self.pool.records or now - sb.created_at / 1e9 < min_age:
+                continue
+            if m.pod_uid_of(sb.labels) in self._creating:
+                continue
+            from sandbox import metrics
+
+            log.warning(
+                "destroying orphan sandbox=%s pod=%s/%s", sb.id[:12], sb.metadata.namespace, sb.metadata.name
+            )
+            metrics.POOL_EVICTIONS.labels(EvictReason.ORPHAN.value).inc()
+            await self.destroy_sandbox(sb.id)
+            swept.append(sb.id)
+        return swept
 
     async def _count_oom_kills(self, container_ids: list[str]) -> None:
         """warmlet_container_oom_kills_total: one ContainerStatus per newly exited container."""

@@ -50,6 +50,7 @@ from sandbox.backend import (
     ContainerSpec,
     ContainerState,
     PodSandboxSpec,
+    RuntimeUnavailableError,
     SandboxInfo,
     StartLevel,
 )
@@ -174,8 +175,16 @@ class PodWorker:
         for cid in actions.resume:
             try:
                 await self.backend.start_container(cid)
+            except RuntimeUnavailableError:
+                raise  # the runtime is away: retried with back-off, the container is kept
             except BackendError as e:
-                log.warning("resume failed pod=%s container=%s err=%s", _name(pod), cid, e)
+                # A start cut short by a runtime restart leaves a container that never starts
+                # (task half made: ALREADY_EXISTS, "io pipe copy"): it never ran, so remove it and
+                # create it again with the same attempt (no restart counted), as a fresh start.
+                log.warning("resume failed, recreating pod=%s container=%s err=%s", _name(pod), cid, e)
+                await self.backend.stop_container(cid, 0)
+                await self.backend.remove_container(cid)
+                retry = _min(retry, 0.5)
 
         resolved: dict[str, ContainerSpec | Waiting] = {}
         if actions.start:
