@@ -33,6 +33,10 @@ def node_config(
     cfg.log_dir = workdir / "logs"
     cfg.state_dir = workdir / "state"
     cfg.pods.volumes_dir = workdir / "state" / "pods"
+    if Path("/dev/shm").is_dir():
+        # memory-backed volumes in a tmpfs dir: no tmpfs mount per volume that a test node
+        # stopped with its pods still there would leave behind under a tmp dir
+        cfg.pods.memory_volumes_dir = Path("/dev/shm/warmlet-tests") / cfg.node.name
     cfg.server.cert_dir = workdir / "state" / "pki"
     cfg.server.port = 0
     cfg.server.authorization_mode = "AlwaysAllow"

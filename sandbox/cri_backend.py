@@ -230,6 +230,28 @@ def _wipe_dir(path: str) -> None:
                 child.unlink()
 
 
+def _wipe_ipc(pause_pid: int, shm_dir: str = "") -> None:
+    """Empty the sandbox's /dev/shm and remove its SysV IPC objects.
+
+    The runtime's per-sandbox shm tmpfs (containerd: ``<stateDir>/sandboxes/<id>/shm``) is what
+    every container of the sandbox mounts at /dev/shm; the pause's view is a fallback.
+    """
+    import subprocess
+
+    if shm_dir and os.path.isdir(shm_dir):
+        _wipe_dir(shm_dir)
+    _wipe_dir(f"/proc/{pause_pid}/root/dev/shm")
+    try:
+        subprocess.run(
+            ["nsenter", "-t", str(pause_pid), "-i", "ipcrm", "--all"],
+            check=False,
+            capture_output=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("sysv ipc cleanup failed pause_pid=%d error=%s", pause_pid, e)
+
+
 class CriBackend:
     """Backend over a CRI runtime with a per-workload warm pool (see module docstring)."""
 
@@ -600,6 +622,12 @@ class CriBackend:
                     return False
         for d in record.scratch_dirs:
             await asyncio.to_thread(_wipe_dir, d)
+        if facts.pause_pid:
+            # IPC is per sandbox (ipc=POD): /dev/shm files and SysV objects of the last pod would
+            # otherwise be visible to the next one.
+            state = self._runtime_info.get("stateDir")
+            shm = os.path.join(state, "sandboxes", sid, "shm") if state else ""
+            await asyncio.to_thread(_wipe_ipc, facts.pause_pid, shm)
         return True
 
     async def _kill_and_remove(self, container_id: str) -> None:

@@ -26,9 +26,13 @@ from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import (
     MountError,
     container_mounts,
+    etc_hosts,
     prepare_volumes,
     remove_pod_dir,
+    resolv_conf,
     scratch_dirs,
+    with_etc_mounts,
+    write_etc_files,
 )
 from provider.status import (
     RUNNING,
@@ -294,6 +298,9 @@ class PodWorker:
                 st.mount_event = msg
                 self.events.record(pod, WARNING, "FailedMount", msg)
             return {n: Waiting("ContainerCreating", msg) for n in names}
+        etc: dict[str, str] = {}
+        if st.spec is not None and not spec.get("hostNetwork"):
+            etc = await asyncio.to_thread(self._etc_files, pod, st.spec, ip)
         inits = {c["name"] for c in spec.get("initContainers") or []}
         by_name = {
             c["name"]: c for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
@@ -302,7 +309,7 @@ class PodWorker:
             c = by_name[n]
             try:
                 env = await resolve_env(pod, c, self.source, ip, self.host_ip, self.allocatable)
-                mounts = container_mounts(c, paths, {e.name: e.value for e in env})
+                mounts = with_etc_mounts(container_mounts(c, paths, {e.name: e.value for e in env}), etc)
                 out[n] = container_spec(c, pod, env, mounts, n in inits)
             except (ConfigError, ValueError, KeyError, TypeError) as e:
                 # ValueError & co.: a spec the apiserver accepted but warmlet cannot map (e.g. a
@@ -312,6 +319,28 @@ class PodWorker:
                 self.events.record(pod, WARNING, "Failed", f"Error: {msg}")
                 continue
         return out
+
+    def _etc_files(self, pod: JSON, spec: PodSandboxSpec, pod_ip: str) -> dict[str, str]:
+        """This pod's own /etc/hosts, resolv.conf, hostname (never the reused sandbox's files)."""
+        dns = spec.dns
+        if dns.servers:
+            resolv = resolv_conf(dns.servers, dns.searches, dns.options)
+        else:  # dnsPolicy Default: the node's resolv.conf, as the runtime would copy it
+            try:
+                resolv = Path("/etc/resolv.conf").read_text()
+            except OSError:
+                resolv = ""
+        hostname = spec.hostname or spec.name
+        aliases = (pod.get("spec") or {}).get("hostAliases") or []
+        return write_etc_files(
+            self.volumes_dir,
+            spec.uid,
+            {
+                "/etc/hosts": etc_hosts(hostname, pod_ip, aliases),
+                "/etc/resolv.conf": resolv,
+                "/etc/hostname": hostname + "\n",
+            },
+        )
 
     async def _ensure_image(self, pod: JSON, st: PodState, c: ContainerSpec) -> tuple[Waiting, float] | None:
         uid = pod["metadata"]["uid"]
