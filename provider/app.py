@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from provider.config import WarmletConfig
 from provider.cron_prewarm import CronPrewarmer
+from provider.dirclaim import DirClaim, claim_dirs
 from provider.events import EventRecorder
 from provider.kubeclient import KubeClient
 from provider.leader_election import LeaderElector
@@ -90,10 +91,13 @@ class WarmletNode:
         self._api_server: Any = None
         self._parts: list[asyncio.Task[None]] = []  # node, pods, cron-prewarm: stopped first on SIGTERM
         self._stopped = False
+        self._dirs: DirClaim | None = None  # state/log/volumes dirs: never shared with another node
 
     async def start(self, within: float = 60.0) -> None:
         """Start everything; returns when the Node is registered and pods are being synced."""
         cfg = self.cfg
+        if self._dirs is None:
+            self._dirs = claim_dirs(cfg)  # DirectoryInUse: another node's dirs (it would sweep ours)
         if self.client is None:
             self.client = await KubeClient.from_kubeconfig(
                 str(cfg.kubeconfig) if cfg.kubeconfig else None, on_error=record_api_error, max_connections=64
@@ -172,6 +176,9 @@ class WarmletNode:
         for c in (self.lease_client, self.events_client, self.client):
             if c is not None:
                 await c.close()
+        if self._dirs is not None:
+            self._dirs.release()
+            self._dirs = None
 
     async def shutdown(self, grace: float = 20.0) -> int:
         """Graceful stop (SIGTERM): no new work, every container left running, the Node says so.

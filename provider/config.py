@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -177,6 +177,16 @@ class WarmletConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)
+
+    @model_validator(mode="after")
+    def _dirs_follow_state_dir(self) -> WarmletConfig:
+        """pods.volumes_dir and server.cert_dir live under state_dir unless set themselves, so two
+        nodes on one host with their own state_dir never share (and sweep) one volumes dir."""
+        if "volumes_dir" not in self.pods.model_fields_set:
+            self.pods.volumes_dir = self.state_dir / "pods"
+        if "cert_dir" not in self.server.model_fields_set:
+            self.server.cert_dir = self.state_dir / "pki"
+        return self
 
 
 def load_config(path: Path | None) -> WarmletConfig:

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from provider.app import WarmletNode
 from provider.config import WarmletConfig
 from provider.cron_prewarm import next_fire
+from provider.dirclaim import DirectoryInUse
 from provider.kubeclient import ApiError, KubeClient
 from provider.testing import create_namespace, list_pods, node_config, phase, running_node, wait_for
 from testbed.bed import TestBed
@@ -184,6 +186,18 @@ async def test_two_warmlet_nodes_beside_another_provider(
             assert set(wb.pods.informer.pods) == uids_b
             assert {x.pod_uid for x in await wa.backend.list_sandboxes()} <= uids_a
             assert {x.pod_uid for x in await wb.backend.list_sandboxes()} <= uids_b
+
+            # a third node pointed at A's directories would sweep A's pod logs and volumes at start:
+            # it refuses to start instead, and A's pods are untouched
+            cfg_c = warmlet_cfg(kubeconfig, tmp_path / "a", f"wl-c-{s}", "warmlet-c", f"c-{s}", "1", "1")
+            wc = WarmletNode(cfg_c)
+            with pytest.raises(DirectoryInUse, match=a_name):
+                await wc.start()
+            await wc.stop()
+            assert set(wa.pods.informer.pods) == uids_a
+            with contextlib.suppress(ApiError):
+                await admin.get(f"/api/v1/nodes/wl-c-{s}")
+                raise AssertionError("the refused node registered anyway")
 
             # Nodes and Leases: each its own name, taint, labels and capacity
             na = await admin.get(f"/api/v1/nodes/{a_name}")
