@@ -141,6 +141,16 @@ def released(rec: LeaseRecord, identity: str, now: float) -> LeaseRecord | None:
     return replace(rec, holder="", duration_seconds=1, renew_time=now)
 
 
+def next_try(obs: Observation, now: float, retry_period: float) -> float:
+    """Seconds until a standby's next read: retry_period, or sooner when the lease expires (by our
+    clock) before that, so a dead leader is replaced at expiry rather than up to a period later."""
+    rec = obs.record
+    if rec is None or not rec.holder:
+        return retry_period
+    until = obs.observed_at + rec.duration_seconds - now
+    return max(0.05, min(retry_period, until + 0.01))
+
+
 def renew_deadline_passed(last_renew: float, now: float, renew_deadline: float) -> bool:
     """A leader that could not renew for ``renew_deadline`` must stop acting as leader."""
     return now - last_renew >= renew_deadline
@@ -281,7 +291,7 @@ class LeaderElector:
                 raise
             except Exception as e:
                 log.warning("leader election: acquire round failed err=%r", e)
-            await asyncio.sleep(self.retry_period)
+            await asyncio.sleep(next_try(self.obs, self.clock(), self.retry_period))
 
     async def hold(self) -> None:
         """Renew every retry_period; RETURNS when leadership is lost (caller must stop at once)."""

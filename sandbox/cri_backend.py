@@ -217,6 +217,16 @@ def _set_pods_max(parent: str, limit: int) -> str:
     return target
 
 
+def interrupted_start(state: ContainerRuntimeState) -> bool:
+    """A container whose start was cancelled by its caller (containerd: "context canceled") before
+    its process ran: exited, never started. Any other start error is the container's own."""
+    return (
+        state.state == ContainerState.EXITED
+        and not state.started_at
+        and "context canceled" in (state.message or "")
+    )
+
+
 def _wipe_dir(path: str) -> None:
     """Remove the contents of a directory (not the directory: mounts may point at it)."""
     p = Path(path)
@@ -458,12 +468,21 @@ class CriBackend:
                 metrics.POD_PIDS_LIMIT_ERRORS.inc()
                 log.warning("pod pids limit not set parent=%s error=%s", cfg.linux.cgroup_parent, e)
         t0 = time.perf_counter()
-        try:
-            sid = await self.client.run_pod_sandbox(cfg, spec.runtime_class)
-        except RuntimeUnavailableError:
-            raise
-        except BackendError as e:
-            raise RunSandboxError(f"Failed to create pod sandbox: {e.message}") from e
+        for _ in range(3):
+            try:
+                sid = await self.client.run_pod_sandbox(cfg, spec.runtime_class)
+                break
+            except RuntimeUnavailableError:
+                raise
+            except BackendError as e:
+                if "reserved" not in e.message:
+                    raise RunSandboxError(f"Failed to create pod sandbox: {e.message}") from e
+                # The name (pod + attempt) belongs to a sandbox an earlier warmlet made and lost
+                # track of (killed mid-create): like kubelet after a sandbox died, next attempt.
+                log.warning("sandbox name reserved, next attempt pod_uid=%s error=%s", spec.uid, e.message)
+                cfg.metadata.attempt += 1
+        else:
+            raise RunSandboxError(f"Failed to create pod sandbox: name of pod {spec.uid} stays reserved")
         ip = await self._sandbox_facts(sid)
         self._sb[sid].cgroup_parent = cfg.linux.cgroup_parent
         log.info(
@@ -583,11 +602,26 @@ class CriBackend:
             final = [s for s in await self.pod_containers(pod_uid) if s.state == ContainerState.EXITED]
             if final:
                 self._finished[pod_uid] = (spec, final)
+                # persisted by the release's first save, BEFORE the scrub removes the containers
+                self.pool.keep_finished(
+                    pod_uid,
+                    {
+                        "namespace": spec.namespace,
+                        "name": spec.name,
+                        "workload_key": spec.workload_key,
+                        "states": [s.model_dump(mode="json") for s in final],
+                    },
+                )
         await self.pool.release(pod_uid, reusable)
+
+    async def final_status_written(self, pod_uid: str) -> None:
+        """The pod's terminal status is in the API: its final states need not survive a restart."""
+        self.pool.drop_finished(pod_uid)
 
     async def pod_gone(self, pod_uid: str) -> None:
         """The pod object was deleted: drop its kept final states and remove its log directory."""
         kept = self._finished.pop(pod_uid, None)
+        self.pool.drop_finished(pod_uid)
         if self.pool.get_by_pod(pod_uid) is not None:
             return  # still holds a sandbox: release_sandbox first
         if kept is not None:
@@ -752,7 +786,21 @@ class CriBackend:
                 if e.not_found:
                     return
                 raise
-            out.append(m.container_state_from_status(st.status))
+            state = m.container_state_from_status(st.status)
+            if interrupted_start(state):
+                # The StartContainer of a warmlet killed (or cancelled) mid-call: containerd gave up
+                # before the process ran. Removed, the same attempt is created again: it never ran.
+                log.warning(
+                    "container start was interrupted, never ran; removing it to start again "
+                    "container=%s pod_uid=%s name=%s message=%s",
+                    cid[:12],
+                    pod_uid,
+                    state.name,
+                    state.message,
+                )
+                await self._kill_and_remove(cid)
+                return
+            out.append(state)
 
         await asyncio.gather(*(one(c.id) for c in conts))
         out.sort(key=lambda s: (s.name, s.attempt, s.created_at or 0.0))
@@ -867,6 +915,22 @@ class CriBackend:
         """Rebuild ownership from the runtime (labels) and the state file; never restart anything."""
         saved, templates = self.pool.load()
         saved_by_id = {r.sandbox_id: r for r in saved}
+        for uid in list(self.pool.finished):
+            data = self.pool.finished_of(uid) or {}
+            try:
+                spec = PodSandboxSpec(
+                    uid=uid,
+                    namespace=str(data.get("namespace", "")),
+                    name=str(data.get("name", "")),
+                    workload_key=str(data.get("workload_key", "")),
+                    hostname=str(data.get("name", "")),
+                )
+                states = [ContainerRuntimeState.model_validate(x) for x in data.get("states") or []]
+            except ValueError as e:
+                log.warning("adopt: unreadable final states pod_uid=%s error=%s", uid, e)
+                self.pool.drop_finished(uid)
+                continue
+            self._finished[uid] = (spec, states)
         sandboxes = await self.client.list_pod_sandbox(labels=self.selector)
         conts = await self.client.list_containers(labels=self.selector)
         by_sb: dict[str, list[pb.Container]] = {}
@@ -905,6 +969,11 @@ class CriBackend:
                     await self._kill_and_remove(c.id)
             elif rec is not None and rec.state in ("in_use", "releasing") and rec.pod_uid:
                 current = rec.pod_uid
+            elif rec is None and sb.labels.get(m.LABEL_PREWARMED) != "true" and m.pod_uid_of(sb.labels):
+                # Created for a pod by a warmlet killed before it saved the record: it is that
+                # pod's (same name: a second RunPodSandbox for the pod would be refused), not
+                # an idle pool member. If the pod is gone, reconcile releases it.
+                current = m.pod_uid_of(sb.labels)
             if current:
                 new.state = "in_use"
                 new.pod_uid = current
@@ -960,6 +1029,9 @@ class CriBackend:
             if c.pod_sandbox_id not in known or (uid not in current and uid not in live_pod_uids):
                 await self._kill_and_remove(c.id)
         keep = live_pod_uids | current
+        for uid in [u for u in self.pool.finished if u not in live_pod_uids]:
+            self.pool.drop_finished(uid)
+            self._finished.pop(uid, None)
         await asyncio.to_thread(self._remove_stale_log_dirs, keep)
 
     def _remove_stale_log_dirs(self, keep: set[str] | None, only: str = "") -> None:

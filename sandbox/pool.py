@@ -122,6 +122,10 @@ class WarmPool:
         self._pod_locks: dict[str, asyncio.Lock] = {}
         self._maint_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # pod uid -> JSON text of the final container states of a finished pod whose sandbox was
+        # released but whose terminal status may not be in the API yet. Persisted, so a warmlet
+        # killed in between never runs that pod again (its containers are gone after the scrub).
+        self.finished: dict[str, str] = {}
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -188,9 +192,10 @@ class WarmPool:
         templates = ", ".join(
             f"{json.dumps(k)}: {self._template_text(k, v)}" for k, v in self.templates.items()
         )
+        finished = ", ".join(f"{json.dumps(k)}: {v}" for k, v in self.finished.items())
         text = (
             f'{{"version": {json.dumps(STATE_VERSION)}, "sandboxes": {json.dumps(sandboxes)}, '
-            f'"templates": {{{templates}}}}}'
+            f'"templates": {{{templates}}}, "finished": {{{finished}}}}}'
         )
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.state_file.parent, prefix=".pool-", suffix=".json")
@@ -222,6 +227,7 @@ class WarmPool:
                 raise ValueError(f"unknown state version {data.get('version')}")
             recs = [SandboxRecord.from_json(d) for d in data.get("sandboxes", [])]
             tpls = {k: PodSandboxSpec.model_validate(v) for k, v in data.get("templates", {}).items()}
+            self.finished = {str(k): json.dumps(v) for k, v in (data.get("finished") or {}).items()}
             return recs, tpls
         except (OSError, ValueError, TypeError) as e:
             log.warning(
@@ -241,6 +247,21 @@ class WarmPool:
         for key in {r.key for r in self.records.values()}:
             self._track(key)
         self.save()
+
+    # ------------------------------------------------------------------ finished pods
+
+    def keep_finished(self, pod_uid: str, data: dict[str, Any]) -> None:
+        """Persist a finished pod's final states (saved with the next ``save``, e.g. by release)."""
+        self.finished[pod_uid] = json.dumps(data)
+
+    def finished_of(self, pod_uid: str) -> dict[str, Any] | None:
+        text = self.finished.get(pod_uid)
+        return json.loads(text) if text is not None else None
+
+    def drop_finished(self, pod_uid: str) -> None:
+        """The pod's terminal status is in the API (or the pod is gone): no need to persist it
+        (not saved now: an extra entry in the file is harmless, the next save drops it)."""
+        self.finished.pop(pod_uid, None)
 
     # ------------------------------------------------------------------ acquire / release
 

@@ -88,6 +88,7 @@ class PodState:
     # never runs again, even if a stale informer copy (not yet terminal) triggers another sync.
     final_status: JSON | None = None
     mount_event: str = ""
+    checked_finished: bool = False  # looked for final states kept across a restart
 
 
 class PodWorker:
@@ -135,6 +136,7 @@ class PodWorker:
         st = self.states.setdefault(uid, PodState())
         if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             await self._release(pod, st)
+            await self._final_status_written(uid)
             return None
         if st.released:
             if st.final_status is not None:
@@ -157,6 +159,24 @@ class PodWorker:
         uid = pod["metadata"]["uid"]
         waiting: dict[str, Waiting] = {}
         retry: float | None = None
+        if st.sandbox is None and not st.checked_finished:
+            # After a restart: a pod whose containers finished and were scrubbed away (the
+            # backend kept their final states) gets its terminal status, never a second run.
+            st.checked_finished = True
+            before = await self.backend.pod_containers(uid)
+            if (
+                before
+                and is_finished(pod, before)
+                and not any(s.pod_uid == uid for s in await self.backend.list_sandboxes())
+            ):
+                now = self.clock()
+                status = compute_status(
+                    pod, before, {}, now, sandbox_ready=False, host_ip=self.host_ip, scheme=self.scheme
+                )
+                st.final_status = status
+                st.released = True
+                await self._patch_status(pod, st, status)
+                return None
         if st.sandbox is None:
             key = await self.owners.key(pod)
             st.spec = sandbox_spec(pod, key, self.cfg.pods.cluster_dns, self.cfg.pods.cluster_domain)
@@ -182,6 +202,13 @@ class PodWorker:
             except RuntimeUnavailableError:
                 raise  # the runtime is away: retried with back-off, the container is kept
             except BackendError as e:
+                if "starting state" in e.message:
+                    # The StartContainer of a warmlet killed mid-call is still running in the
+                    # runtime: removing the container now could kill a process that did start.
+                    # Wait for its outcome (running, or exited with "context canceled").
+                    log.info("resume: start still in progress pod=%s container=%s", _name(pod), cid[:12])
+                    retry = _min(retry, 1.0)
+                    continue
                 # A start cut short by a runtime restart leaves a container that never starts
                 # (task half made: ALREADY_EXISTS, "io pipe copy"): it never ran, so remove it and
                 # create it again with the same attempt (no restart counted), as a fresh start.
@@ -426,6 +453,8 @@ class PodWorker:
             )
             STATUS_PATCHES.inc()
             st.last_status = {**(st.last_status or {}), **status}
+            if status.get("phase") in TERMINAL_PHASES:
+                await self._final_status_written(meta["uid"])
         except ApiError as e:
             if e.not_found or e.conflict:
                 return  # the pod is gone or was replaced: the watch will tell
@@ -538,6 +567,12 @@ class PodWorker:
         if st is not None and st.spec is not None:
             return not single_use(st.spec.workload_key)
         return pod is None or direct_owner(pod)[0] != "Pod"
+
+    async def _final_status_written(self, uid: str) -> None:
+        """Tell the backend the terminal status is in the API (it may forget persisted final states)."""
+        written = getattr(self.backend, "final_status_written", None)
+        if written is not None:
+            await written(uid)
 
     async def _pod_gone(self, uid: str) -> None:
         """Tell the backend the pod object is gone (it may drop kept logs/final states)."""

@@ -17,6 +17,7 @@ from provider.leader_election import (
     decide,
     expired,
     lease_body,
+    next_try,
     observe,
     parse_lease,
     released,
@@ -128,6 +129,17 @@ def test_a_live_holder_is_never_deposed(rec: LeaseRecord, seen: float, dt: float
 def test_observe_is_idempotent_for_the_same_record(rec: LeaseRecord, t: float) -> None:
     obs = observe(Observation(), rec, t)
     assert observe(obs, rec, t + 50) == obs
+
+
+@given(rec=records, seen=st.floats(0, 1e6), dt=st.floats(0, 100), retry=st.floats(0.1, 5))
+def test_next_try_never_waits_past_expiry_or_a_period(
+    rec: LeaseRecord, seen: float, dt: float, retry: float
+) -> None:
+    obs = observe(Observation(), rec, seen)
+    wait = next_try(obs, seen + dt, retry)
+    assert 0.05 <= wait <= max(retry, 0.05)
+    if rec.holder and not expired(obs, seen + dt):
+        assert seen + dt + wait >= obs.observed_at + rec.duration_seconds or wait == retry
 
 
 @given(last=st.floats(0, 1e6), dt=st.floats(0, 100), deadline=st.floats(0.1, 60))

@@ -1,0 +1,51 @@
+"""Restart safety (pure parts): interrupted starts, and final states kept across a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sandbox.backend import ContainerRuntimeState, ContainerState
+from sandbox.cri_backend import interrupted_start
+from sandbox.pool import WarmPool
+from sandbox.pool_policy import PoolDefaults
+
+
+def state(**kw: object) -> ContainerRuntimeState:
+    base: dict[str, object] = {
+        "container_id": "c",
+        "pod_uid": "u",
+        "name": "main",
+        "state": ContainerState.EXITED,
+    }
+    base.update(kw)
+    return ContainerRuntimeState.model_validate(base)
+
+
+def test_interrupted_start_is_only_a_cancelled_start_that_never_ran() -> None:
+    msg = "failed to create containerd task: failed to create shim task: context canceled: unknown"
+    assert interrupted_start(state(exit_code=128, reason="StartError", message=msg))
+    # ran, then exited: its own outcome
+    assert not interrupted_start(state(exit_code=1, started_at=5.0, message=msg))
+    # a start error of the container itself (bad command) is kept, like kubelet does
+    assert not interrupted_start(state(exit_code=128, reason="StartError", message='exec: "x": not found'))
+    assert not interrupted_start(state(state=ContainerState.CREATED, message=msg))
+
+
+class NoDriver:
+    pass
+
+
+def test_finished_states_survive_a_restart_until_the_status_is_written(tmp_path: Path) -> None:
+    f = tmp_path / "pool.json"
+    pool = WarmPool(NoDriver(), PoolDefaults(), state_file=f)  # type: ignore[arg-type]
+    pool.keep_finished("u1", {"namespace": "ns", "name": "p", "states": [{"exit_code": 0}]})
+    pool.save()
+    assert json.loads(f.read_text())["finished"]["u1"]["name"] == "p"
+    again = WarmPool(NoDriver(), PoolDefaults(), state_file=f)  # type: ignore[arg-type]
+    again.load()
+    assert again.finished_of("u1") == {"namespace": "ns", "name": "p", "states": [{"exit_code": 0}]}
+    again.drop_finished("u1")
+    again.save()
+    assert json.loads(f.read_text())["finished"] == {}
+    assert again.finished_of("u1") is None
