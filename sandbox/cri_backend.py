@@ -218,12 +218,17 @@ def _set_pods_max(parent: str, limit: int) -> str:
 
 
 def interrupted_start(state: ContainerRuntimeState) -> bool:
-    """A container whose start was cancelled by its caller (containerd: "context canceled") before
-    its process ran: exited, never started. Any other start error is the container's own."""
+    """A container whose start was cancelled by its caller (a warmlet killed mid-StartContainer)
+    while containerd was still CREATING the task (shim + ``runc create``): the process never ran,
+    so starting it again runs it once. A start cancelled later ("failed to start containerd task")
+    may have run the process before containerd killed it: that one stays a StartError (exit 128),
+    as kubelet reports it, and is never run again (at most once)."""
+    msg = state.message or ""
     return (
         state.state == ContainerState.EXITED
         and not state.started_at
-        and "context canceled" in (state.message or "")
+        and "context canceled" in msg
+        and "failed to create containerd task" in msg
     )
 
 

@@ -198,6 +198,18 @@ def run_marks(log_dir: Path, p: JSON) -> int:
     return n
 
 
+def start_cut_short(p: JSON) -> bool:
+    """StartError from a StartContainer cancelled (warmlet killed) once containerd's task existed:
+    the process may have run, so it is reported as kubelet does and never run again."""
+    term = (main_status(p).get("state") or {}).get("terminated") or {}
+    msg = str(term.get("message") or "")
+    return (
+        term.get("reason") == "StartError"
+        and "failed to start containerd task" in msg
+        and "context canceled" in msg
+    )
+
+
 def tag_image(e2e: E2E, tag: str) -> str:
     """A new tag of the bed's busybox in the registry: an image containerd does not have yet."""
     src = e2e.busybox
@@ -296,6 +308,8 @@ async def test_sigkill_at_random_points_of_a_burst(
             return None
         for p in items:
             want, code = expected[p["metadata"]["name"]]
+            if phase(p) == "Failed" and start_cut_short(p):
+                continue  # a kill inside containerd's task start: StartError, at most one run
             if phase(p) != want:
                 return None
             st = main_status(p).get("state") or {}
@@ -308,10 +322,13 @@ async def test_sigkill_at_random_points_of_a_burst(
     final = await wait_for(converged, 900, 1.0, "every pod in its expected final state")
     burst_seconds = round(time.monotonic() - t_start, 1)
 
-    # exactly once: one RUN_MARK per pod across all its log files, restartCount 0, attempt 0
+    # exactly once: one RUN_MARK per pod across all its log files (at most one for a start cut
+    # short inside containerd's task start), restartCount 0, attempt 0
+    cut = {p["metadata"]["name"] for p in final if start_cut_short(p)}
     marks = {p["metadata"]["name"]: run_marks(w.log_dir, p) for p in final}
-    dup = {k: v for k, v in marks.items() if v != 1}
+    dup = {k: v for k, v in marks.items() if v > 1 or (v == 0 and k not in cut)}
     assert not dup, f"pods whose container did not run exactly once: {dup}"
+    assert len(cut) <= len(kills) * 8, f"{len(cut)} starts cut short by {len(kills)} kills"
     for p in final:
         assert main_status(p).get("restartCount", 0) == 0, p["metadata"]["name"]
     running = {p["metadata"]["uid"] for p in final if phase(p) == "Running"}
@@ -356,7 +373,8 @@ async def test_sigkill_at_random_points_of_a_burst(
     reliability.detail(
         f"{len(kills)} SIGKILLs (seed {seed}) over {n_pods} pods in {burst_seconds} s: "
         f"{by_phase['Succeeded']} Succeeded, {by_phase['Failed']} Failed, {by_phase['Running']} Running "
-        f"as expected; 0 duplicate runs; 0 leaked containers or sandboxes ({len(sbs)} sandboxes = "
+        f"as expected ({len(cut)} starts cut inside containerd's task start end StartError, "
+        f"like kubelet); 0 duplicate runs; 0 leaked containers or sandboxes ({len(sbs)} sandboxes = "
         f"{len(running)} in use + {sum(idle.values())} idle); {sum(pulls.values())} pulls for 2 images; "
         f"{hits} warm starts, {created} sandboxes created"
     )

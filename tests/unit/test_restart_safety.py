@@ -25,6 +25,9 @@ def state(**kw: object) -> ContainerRuntimeState:
 def test_interrupted_start_is_only_a_cancelled_start_that_never_ran() -> None:
     msg = "failed to create containerd task: failed to create shim task: context canceled: unknown"
     assert interrupted_start(state(exit_code=128, reason="StartError", message=msg))
+    # cancelled once the task existed: the process may have run, never start it again
+    started = 'failed to start containerd task "abc": context canceled: unknown'
+    assert not interrupted_start(state(exit_code=128, reason="StartError", message=started))
     # ran, then exited: its own outcome
     assert not interrupted_start(state(exit_code=1, started_at=5.0, message=msg))
     # a start error of the container itself (bad command) is kept, like kubelet does
