@@ -23,7 +23,7 @@ from provider.events import EventRecorder
 from provider.kubeclient import KubeClient
 from provider.leader_election import LeaderElector
 from provider.logging_setup import setup_logging
-from provider.metrics import record_api_error
+from provider.metrics import LEADER, record_api_error
 from provider.node import NodeController
 from provider.node_object import capacity, node_labels, node_taints
 from provider.pods.controller import PodController
@@ -277,6 +277,8 @@ async def _run(cfg: WarmletConfig, stop: asyncio.Event) -> int:
 async def _lead(cfg: WarmletConfig, stop: asyncio.Event, elector: LeaderElector | None) -> int:
     """Run the node until SIGTERM (graceful), a fatal error, or lost leadership (abrupt)."""
     node = WarmletNode(cfg)
+    if elector is None:
+        LEADER.set(1)  # a lone process runs its node: graphs of warmlet_leader stay meaningful
 
     async def run_node() -> None:
         await node.start(within=300)
