@@ -48,7 +48,7 @@ def dns_config(pod: Mapping[str, Any], cluster_dns: Sequence[str], cluster_domai
 # The apiserver accepts quantities far beyond what a cgroup or CRI's int64 fields can hold
 # ("9Ei" of memory, "1e15" CPUs). Such a limit means "unlimited" in practice: clamp instead of
 # failing the CreateContainer call (protobuf raises ValueError on int64 overflow).
-MAX_CPU_MILLI = 10**12
+MAX_CPU_MILLI = 10**9  # a million CPUs: its CFS quota (1e11 us) is still under the kernel's cap
 MAX_BYTES = 2**62
 
 
