@@ -221,7 +221,7 @@ class KubeClient:
         async with resp:
             if resp.status >= 300:
                 raise self._error("WATCH", resp.status, await resp.read())
-            async for line in resp.content:
+            async for line in _lines(resp.content):
                 if not line.strip():
                     continue
                 event: JSON = json.loads(line)
@@ -230,6 +230,32 @@ class KubeClient:
                     code = int(obj.get("code", 500))
                     raise ApiError(code, obj.get("reason", ""), obj.get("message", ""), obj)
                 yield event
+
+
+# One watch event is one JSON line holding a whole object. aiohttp's line iterator gives up at
+# 512 KiB, but an object may legally be bigger (a pod with a ~1 MB env is accepted by the
+# apiserver): failing there would break this node's whole pod watch for as long as that pod
+# exists. The cap is far above what the apiserver stores (etcd's request limit is 1.5 MiB).
+MAX_WATCH_EVENT_BYTES = 64 * 1024 * 1024
+
+
+async def _lines(content: aiohttp.StreamReader, limit: int = MAX_WATCH_EVENT_BYTES) -> AsyncIterator[bytes]:
+    """Newline-delimited lines of a stream, of any length up to ``limit``."""
+    buf = bytearray()
+    async for chunk in content.iter_any():
+        scan = len(buf)  # only the new bytes can hold the next newline
+        buf += chunk
+        while True:
+            i = buf.find(b"\n", scan)
+            if i < 0:
+                break
+            yield bytes(buf[:i])
+            del buf[: i + 1]
+            scan = 0
+        if len(buf) > limit:
+            raise ValueError(f"watch event longer than {limit} bytes")
+    if buf:
+        yield bytes(buf)
 
 
 def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
