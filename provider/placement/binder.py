@@ -134,8 +134,10 @@ class FastBinder:
         cfg: BinderConfig,
         lease_grace_seconds: float = 60.0,
         events_client: KubeClient | None = None,
+        taint_key: str = "virtual-kubelet.io/provider",
     ) -> None:
         self.client = client
+        self.taint_key = taint_key
         self.view = view
         self.cfg = cfg
         self.grace = lease_grace_seconds
@@ -216,7 +218,7 @@ class FastBinder:
         jobs = []
         for p in batch:
             need = pod_request(p.pod)
-            node, why = choose_node(p.pod, need, list(nodes.values()), self.grace)
+            node, why = choose_node(p.pod, need, list(nodes.values()), self.grace, self.taint_key)
             uid = p.pod["metadata"]["uid"]
             self._inflight.add(uid)
             if node is None:

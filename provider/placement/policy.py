@@ -222,16 +222,24 @@ def tolerates(pod: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
 
 
 def choose_node(
-    pod: Mapping[str, Any], need: Resources, nodes: Sequence[NodeView], grace: float
+    pod: Mapping[str, Any],
+    need: Resources,
+    nodes: Sequence[NodeView],
+    grace: float,
+    ignore_taint_key: str = "",
 ) -> tuple[NodeView | None, str]:
-    """The healthy matching node with the most free pod slots (spreads a burst), or why none fits."""
+    """The healthy matching node with the most free pod slots (spreads a burst), or why none fits.
+
+    ``ignore_taint_key``: the provider taint, which only keeps *other* schedulers' pods away; a
+    pod naming warmlet's scheduler has chosen warmlet nodes already.
+    """
     best: NodeView | None = None
     reasons: dict[str, int] = {}
     for n in nodes:
         why = n.why_not(need, grace)
         if why is None and not matches_node(pod, n.labels, n.name):
             why = "node(s) didn't match Pod's node affinity/selector"
-        if why is None and not all(tolerates(pod, t) for t in n.taints):
+        if why is None and not all(tolerates(pod, t) for t in n.taints if t.get("key") != ignore_taint_key):
             why = "node(s) had untolerated taint"
         if why is not None:
             reasons[why] = reasons.get(why, 0) + 1

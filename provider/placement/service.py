@@ -68,7 +68,12 @@ class PlacementService:
             )
         if cfg.binder.enabled:
             self.binder = FastBinder(
-                self.bind_client, self.view, cfg.binder, cfg.lease_grace_seconds, self.events_client
+                self.bind_client,
+                self.view,
+                cfg.binder,
+                cfg.lease_grace_seconds,
+                self.events_client,
+                cfg.taint_key,
             )
 
     async def run(self) -> None:

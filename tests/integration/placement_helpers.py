@@ -144,7 +144,12 @@ async def regular_node(
     With ``run_pods_in``, pods of that namespace bound to the node are patched Running and Ready.
     """
     await client.post(
-        "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+        "/api/v1/nodes",
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
+        },
     )
 
     async def beat() -> None:
