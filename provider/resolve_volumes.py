@@ -7,9 +7,11 @@ source raises MountError (kubelet's FailedMount: the pod stays ContainerCreating
 
 Memory-backed volumes (secret, projected, downwardAPI — like kubelet — and emptyDir with
 ``medium: Memory``) live under a separate root (``pods.memory_volumes_dir``), never on the
-disk ``volumes_dir``: secrets and tokens must not reach a disk. Each such volume is its own
-tmpfs mount (kubelet's way, needs CAP_SYS_ADMIN) unless the root is already on tmpfs/ramfs
-(checked with statfs); if neither works the pod gets a FailedMount instead of a disk write.
+disk ``volumes_dir``: secrets and tokens must not reach a disk. The root must be on tmpfs/ramfs
+(checked with statfs); if it is not, warmlet mounts one tmpfs there (needs CAP_SYS_ADMIN). One
+mount per node, not one per volume as kubelet does: a node with 10,000 pods would otherwise
+carry 10,000 mounts (every mount-table reader on the host slows down). If neither works the pod
+gets a FailedMount instead of a disk write.
 ``remove_pod_dir`` unmounts and deletes them; ``remove_orphan_pod_dirs`` does it at start
 for pods deleted while warmlet was down.
 """
@@ -30,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from provider.podspec import expand
-from provider.quantity import to_int
 from provider.resolve_env import ConfigError, field_value, resource_value
 from provider.resolve_source import ObjectSource
 from sandbox.backend import Mount
@@ -85,7 +86,7 @@ def is_memory_backed(path: str | os.PathLike[str]) -> bool:
 
 
 def _mount_tmpfs(path: Path, size_bytes: int | None) -> None:
-    opts = "mode=0755" + (f",size={size_bytes}" if size_bytes else "")
+    opts = "mode=0711" + (f",size={size_bytes}" if size_bytes else "")
     rc = _c().mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode())
     if rc != 0:
         e = ctypes.get_errno()
@@ -114,16 +115,6 @@ def is_memory_volume(volume: Mapping[str, Any]) -> bool:
         return True
     ed = volume.get("emptyDir")
     return isinstance(ed, Mapping) and ed.get("medium") == "Memory"
-
-
-def _size_limit(volume: Mapping[str, Any]) -> int | None:
-    raw = (volume.get("emptyDir") or {}).get("sizeLimit")
-    if raw is None:
-        return None
-    try:
-        return max(4096, to_int(raw))
-    except ValueError:
-        return None
 
 
 def volume_root(
@@ -274,11 +265,10 @@ async def volume_files(
     return None
 
 
-def _write(root: Path, files: Files | None, memory: bool = False, size_bytes: int | None = None) -> None:
-    if memory:
-        ensure_memory_dir(root, size_bytes)
-    else:
-        root.mkdir(parents=True, exist_ok=True)
+def _write(root: Path, files: Files | None, memory: bool = False) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    if memory and not is_memory_backed(root):  # the root was checked: only a race gets here
+        raise MountError(f"{root} is not memory-backed; refusing to write secrets to disk")
     if files is None:
         return
     real_root = root.resolve()
@@ -308,7 +298,7 @@ async def prepare_volumes(
     if not uid or "/" in uid or uid in (".", ".."):
         raise MountError(f"invalid pod uid {uid!r}")
     paths: dict[str, str] = {}
-    writes: list[tuple[Path, Files | None, bool, int | None]] = []
+    writes: list[tuple[Path, Files | None, bool]] = []
     for vol in (pod.get("spec") or {}).get("volumes") or []:
         name = vol["name"]
         if "hostPath" in vol:
@@ -319,16 +309,18 @@ async def prepare_volumes(
         if root is None:
             continue  # unsupported volume type (PVC, CSI, ...): rejected by validation unless ignored
         files = await volume_files(pod, vol, source, pod_ip, host_ip, node_allocatable)
-        writes.append((root, files, is_memory_volume(vol), _size_limit(vol)))
+        writes.append((root, files, is_memory_volume(vol)))
         paths[name] = str(root)
     if writes:
-        await asyncio.to_thread(_write_all, writes)
+        await asyncio.to_thread(_write_all, writes, memory_root(volumes_dir, memory_dir))
     return paths
 
 
-def _write_all(writes: list[tuple[Path, Files | None, bool, int | None]]) -> None:
-    for root, files, memory, size in writes:
-        _write(root, files, memory, size)
+def _write_all(writes: list[tuple[Path, Files | None, bool]], mem_root: Path) -> None:
+    if any(memory for _, _, memory in writes):
+        ensure_memory_dir(mem_root)
+    for root, files, memory in writes:
+        _write(root, files, memory)
 
 
 def subpath_host_path(volume_root_path: str, sub_path: str) -> str:
@@ -391,33 +383,21 @@ def scratch_dirs(pod: Mapping[str, Any], volumes_dir: Path, memory_dir: Path | N
     return out
 
 
-def _mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path`` (from /proc/self/mountinfo), deepest first."""
-    prefix = os.path.realpath(path)
-    found: list[str] = []
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split(" ")
-                if len(fields) > 4:
-                    mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-                    if mp == prefix or mp.startswith(prefix + "/"):
-                        found.append(mp)
-    except OSError:
-        return []
-    return sorted(set(found), key=lambda m: -m.count("/"))
-
-
 def _remove_tree(path: Path) -> None:
-    """Unmount every tmpfs below ``path`` and delete it (never follows into a still-mounted fs)."""
+    """Delete ``path``, unmounting any mount below it first (never deletes into a live mount)."""
     if not path.exists():
         return
-    for mp in _mounts_under(str(path)):
-        try:
-            _unmount(mp)
-        except OSError as e:
-            log.warning("unmount failed path=%s error=%s", mp, e.strerror)
-    if _mounts_under(str(path)):
+    stuck = False
+    for dirpath, dirnames, _ in os.walk(path, topdown=False):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if os.path.ismount(full):  # e.g. a per-volume tmpfs of an earlier warmlet version
+                try:
+                    _unmount(full)
+                except OSError as e:
+                    stuck = True
+                    log.warning("unmount failed path=%s error=%s", full, e.strerror)
+    if stuck:
         log.warning("pod volume dir still has mounts, not deleting path=%s", path)
         return
     shutil.rmtree(path, ignore_errors=True)
@@ -508,3 +488,20 @@ def with_etc_mounts(mounts: list[Mount], etc: Mapping[str, str]) -> list[Mount]:
     """Add the pod's /etc files unless the container mounts something at that path itself."""
     taken = {m.container_path.rstrip("/") for m in mounts}
     return mounts + [Mount(container_path=c, host_path=h) for c, h in etc.items() if c not in taken]
+
+
+def release_memory_root(volumes_dir: Path, memory_dir: Path | None = None) -> bool:
+    """At a clean stop: unmount warmlet's tmpfs at the memory root if no pod volume is left in it.
+
+    A root still holding pod dirs stays mounted: their containers keep running across a restart.
+    """
+    root = memory_root(volumes_dir, memory_dir)
+    try:
+        if not os.path.ismount(root) or os.listdir(root):
+            return False
+        _unmount(str(root))
+        root.rmdir()
+        return True
+    except OSError as e:
+        log.warning("memory root not released path=%s error=%s", root, e.strerror)
+        return False

@@ -22,7 +22,7 @@ from provider.pods.informer import PodInformer
 from provider.pods.queue import WorkQueue
 from provider.pods.worker import PodWorker
 from provider.resolve_source import ApiObjectSource
-from provider.resolve_volumes import remove_orphan_pod_dirs
+from provider.resolve_volumes import release_memory_root, remove_orphan_pod_dirs
 from provider.workload import OwnerResolver
 from sandbox.backend import Backend
 
@@ -139,3 +139,5 @@ class PodController:
 
     def close(self) -> None:
         self.queue.close()
+        # the tmpfs warmlet mounted for memory-backed volumes, if no pod's volumes are left in it
+        release_memory_root(self.worker.volumes_dir, self.worker.memory_dir)

@@ -17,7 +17,9 @@ from provider.resolve_volumes import (
     container_mounts,
     ensure_memory_dir,
     is_memory_backed,
+    memory_root,
     prepare_volumes,
+    release_memory_root,
     remove_orphan_pod_dirs,
     remove_pod_dir,
     subpath_host_path,
@@ -376,3 +378,18 @@ def test_memory_dir_is_tmpfs_or_mount_error(tmp_path: Path) -> None:
     (target / "s").write_text("x")
     assert remove_orphan_pod_dirs(tmp_path / "disk", {"other"}, tmp_path / "m") == ["uid9"]
     assert not (tmp_path / "m" / "uid9").exists()
+
+
+def test_memory_root_released_only_when_empty(tmp_path: Path) -> None:
+    disk = tmp_path / "pods"
+    root = memory_root(disk)
+    try:
+        ensure_memory_dir(root)
+    except MountError:
+        pytest.skip("cannot mount tmpfs here")
+    assert is_memory_backed(root) and os.path.ismount(root)
+    (root / "uid1").mkdir()
+    assert not release_memory_root(disk)  # a pod's volumes are still there
+    remove_pod_dir(disk, "uid1")
+    assert release_memory_root(disk)
+    assert not root.exists()
