@@ -435,7 +435,7 @@ async def test_kubelet_api_fuzzed_requests(e2e: E2E, reliability: Any) -> None:
     timeouts: list[dict[str, Any]] = []
 
     @settings(
-        max_examples=400,
+        max_examples=250,
         deadline=None,
         derandomize=True,
         database=None,

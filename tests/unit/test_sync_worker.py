@@ -424,3 +424,24 @@ async def test_finished_pod_never_runs_again_from_a_stale_copy(env: Any) -> None
     await worker.sync("u1")
     assert await backend.list_sandboxes() == []
     assert len(await backend.pod_containers("u1")) == created
+
+
+async def test_config_error_retries_back_off_and_create_nothing(env: Any) -> None:
+    """A missing Secret: CreateContainerConfigError, retries 2 s doubling to 30 s, no container."""
+    api, backend, rec, worker = env  # noqa: RUF059
+    c = {
+        "name": "app",
+        "image": "registry.local/app:1",
+        "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "late", "key": "pw"}}}],
+    }
+    api.add(make_pod("p1", "u1", containers=[c]))
+    now = [1000.0]
+    worker.clock = lambda: now[0]
+    delays = []
+    for _ in range(7):
+        delays.append(await worker.sync("u1"))
+        now[0] += delays[-1] or 0
+    assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert await backend.pod_containers("u1") == []
+    cs = api.pods["u1"]["status"]["containerStatuses"][0]
+    assert cs["state"]["waiting"]["reason"] == "CreateContainerConfigError"
