@@ -346,7 +346,8 @@ async def test_fuzzed_pod_specs_get_precise_reasons(e2e: E2E, reliability: Any) 
     assert max(retries) <= 40, retries  # back-off: ~10 retries in the first 3 minutes, never hundreds
     reliability.detail(
         f"{syncs:.0f} syncs of {len(created)} pods ({len(stuck)} stuck) in a quiet {window:.0f} s window "
-        f"({per_pod:.1f} per pod); at most {max(retries)} retry events per stuck pod; 0 sync errors, node Ready"
+        f"({per_pod:.1f} per pod); at most {max(retries)} retry events per stuck pod; "
+        "0 sync errors, node Ready"
     )
 
 
