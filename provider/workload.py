@@ -163,7 +163,7 @@ class OwnerResolver:
         fetch: Fetch,
         ttl: float = 300.0,
         maxsize: int = 10_000,
-        retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0),
+        retry_delays: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
     ) -> None:
         self._fetch = fetch
         self._cache: TTLCache[tuple[str, str, str], tuple[str, str]] = TTLCache(maxsize, ttl)
