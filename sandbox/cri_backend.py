@@ -326,6 +326,7 @@ class CriBackend:
         self._node_memory = self._read_node_memory()
         self.pids_limit = int(getattr(cri, "pod_pids_limit", -1))
         self._creating: dict[str, int] = {}  # pod uid -> RunPodSandbox calls in flight
+        self._retry_on_recovery: set[str] = set()  # pods a call failed for while the runtime was away
         max_size = cri_log.parse_size(getattr(cri, "container_log_max_size", "10Mi"))
         self.log_rotator: ContainerLogRotator | None = None
         if max_size > 0:
@@ -454,6 +455,9 @@ class CriBackend:
         self._creating[spec.uid] = self._creating.get(spec.uid, 0) + 1  # not an orphan: in flight
         try:
             return await self._create_sandbox(spec, prewarmed)
+        except RuntimeUnavailableError:
+            self._retry_on_recovery.add(spec.uid)
+            raise
         finally:
             self._creating[spec.uid] -= 1
             if not self._creating[spec.uid]:
@@ -779,7 +783,11 @@ class CriBackend:
                 raise
 
     async def pod_containers(self, pod_uid: str) -> list[ContainerRuntimeState]:
-        conts = await self.client.list_containers(labels={m.LABEL_POD_UID: pod_uid})
+        try:
+            conts = await self.client.list_containers(labels={m.LABEL_POD_UID: pod_uid})
+        except RuntimeUnavailableError:
+            self._retry_on_recovery.add(pod_uid)
+            raise
         if not conts and pod_uid in self._finished:
             return [s.model_copy() for s in self._finished[pod_uid][1]]  # released finished pod
         out: list[ContainerRuntimeState] = []
@@ -826,7 +834,7 @@ class CriBackend:
             try:
                 await self.relist()
                 if down:
-                    log.info("cri relist recovered")
+                    self._notify_recovered()
                 down = False
                 delay = interval
             except asyncio.CancelledError:
@@ -836,6 +844,15 @@ class CriBackend:
                     log.warning("cri relist failed error=%s", e)
                 down = True
                 delay = min(max(delay * 2, interval), 10.0)
+
+    def _notify_recovered(self) -> None:
+        """The runtime answers again: every pod with a sandbox and every pod a call failed for
+        meanwhile syncs now, not when its (by then long) back-off expires."""
+        uids = {r.pod_uid for r in self.pool.records.values() if r.pod_uid} | self._retry_on_recovery
+        self._retry_on_recovery = set()
+        log.info("cri relist recovered pods_to_sync=%d", len(uids))
+        for uid in uids:
+            self._notify(uid)
 
     async def relist(self) -> set[str]:
         """One PLEG pass; returns the pod uids notified (exposed for tests)."""

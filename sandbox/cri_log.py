@@ -501,7 +501,8 @@ def compress_file(path: str) -> int:
     import shutil
 
     tmp = path + COMPRESSED_SUFFIX + ".tmp"
-    with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=6) as dst:
+    # level 1: fast, it runs once per rotation and a log compresses well anyway
+    with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=1) as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
     os.replace(tmp, path + COMPRESSED_SUFFIX)
     os.unlink(path)

@@ -3,10 +3,11 @@
 containerd appends a container's output to its CRI log file for as long as it runs: without
 rotation one container printing at full speed fills the node's disk. Every
 ``monitor_interval`` this rotates the log of each running container that reached
-``max_size``: the oldest rotated files beyond ``max_files`` are removed, older rotated ones
-compressed, the live file renamed to ``<log>.<timestamp>`` and the runtime asked to reopen its
-log (``ReopenContainerLog``), exactly kubelet's sequence; if the reopen fails the rename is
-undone. ``kubectl logs`` serves the live file, as on a kubelet node.
+``max_size``: the live file is renamed to ``<log>.<timestamp>`` and the runtime asked to reopen
+its log (``ReopenContainerLog``), as kubelet does (if the reopen fails the rename is undone); then
+the oldest rotated files beyond ``max_files`` are removed and the older rotated ones gzipped
+(kubelet does these first, which lets the live file of a fast writer grow while gzip runs).
+``kubectl logs`` serves the live file, as on a kubelet node.
 """
 
 from __future__ import annotations
@@ -94,7 +95,6 @@ class ContainerLogRotator:
         plan = plan_rotation(size, self.max_size, existing, self.max_files)
         if not plan.rotate:
             return False
-        await asyncio.to_thread(self._prepare, plan.remove, plan.compress)
         target = rotated_name(path, time.time(), set(existing))
         try:
             os.rename(path, target)
@@ -111,6 +111,9 @@ class ContainerLogRotator:
             metrics.LOG_ROTATIONS.labels("error").inc()
             log.warning("log reopen failed, rotation undone container=%s error=%s", cid[:12], e)
             return False
+        # Only now the older files: gzip takes a while on a big file, and the live one must not
+        # keep growing meanwhile (kubelet compresses first; at full speed that lets it grow).
+        await asyncio.to_thread(self._prepare, plan.remove, plan.compress)
         metrics.LOG_ROTATIONS.labels("ok").inc()
         metrics.LOG_ROTATED_BYTES.inc(size)
         log.info(

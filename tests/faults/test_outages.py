@@ -159,6 +159,17 @@ async def test_apiserver_down_60s(e2e: E2E, reliability: Any) -> None:
         finally:
             await _restore_apiserver(cp)
         restarted_at = clock()
+        # the node as the lifecycle controller leaves it: it may mark it Unknown on reconnecting
+        # (the lease looks 60 s old) until warmlet's next renewal and status update
+        ready_seen: list[tuple[float, str]] = []
+
+        async def ready_again() -> bool:
+            r = await ready_status(e2e, node_name)
+            ready_seen.append((clock() - restarted_at, r))
+            return r == "True" and len(ready_seen) > 1
+
+        await wait_for(ready_again, 180, 1, "node Ready after the restart")
+        not_ready = [t for t, r in ready_seen if r != "True"]
         want = {"long": "Running", "exits": "Failed", **{f"pre-{i}": "Running" for i in range(3)}}
         final = await wait_phases(e2e, ns, want, 180, "warmlet caught up after the apiserver restart")
         caught_up = clock() - restarted_at
@@ -182,7 +193,12 @@ async def test_apiserver_down_60s(e2e: E2E, reliability: Any) -> None:
     assert renewed
     reliability.detail(
         f"apiserver down {down_for:.0f} s: {down_errors:.0f} failed API calls ({per_s:.1f}/s), "
-        f"{down_logs} warning lines; caught up {caught_up:.0f} s after restart"
+        f"{down_logs} warning lines; caught up {caught_up:.0f} s after restart; node "
+        + (
+            f"not Ready until {max(not_ready):.0f} s after restart"
+            if not_ready
+            else "Ready at every sample after restart"
+        )
     )
     reliability.detail(
         f"long-running pod kept its container (0 restarts); exit 3 during the outage reported; "
