@@ -49,3 +49,27 @@ def test_false_flags_and_zero_host_port_are_fine() -> None:
 def test_ignore_policy_accepts() -> None:
     assert validate_pod(pod(hostNetwork=True), policy="ignore") is None
     assert validate_pod(pod(hostNetwork=True), policy="reject") is not None
+
+
+def test_volume_types_without_a_driver_are_unsupported() -> None:
+    vols = [
+        {"name": "ok1", "emptyDir": {}},
+        {"name": "ok2", "emptyDir": {"medium": "Memory"}},
+        {"name": "ok3", "configMap": {"name": "c"}},
+        {"name": "ok4", "secret": {"secretName": "s"}},
+        {"name": "ok5", "downwardAPI": {"items": []}},
+        {
+            "name": "ok6",
+            "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}, {"configMap": {}}]},
+        },
+        {"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}},
+        {"name": "csi", "csi": {"driver": "d"}},
+        {"name": "huge", "emptyDir": {"medium": "HugePages"}},
+        {"name": "bundle", "projected": {"sources": [{"clusterTrustBundle": {"path": "b"}}]}},
+    ]
+    assert unsupported_features(pod(volumes=vols)) == [
+        "persistentVolumeClaim volume 'pvc'",
+        "csi volume 'csi'",
+        "emptyDir volume 'huge' with medium HugePages",
+        "projected volume 'bundle' source clusterTrustBundle",
+    ]
