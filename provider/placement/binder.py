@@ -151,6 +151,7 @@ class FastBinder:
         self.pending: dict[str, _Pending] = {}
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._sem = asyncio.Semaphore(cfg.concurrency)
         self.bound = 0
 
@@ -188,6 +189,13 @@ class FastBinder:
             await asyncio.sleep(1.0)  # at most one capacity-triggered retry per second
 
     async def _loop(self) -> None:
+        try:
+            await self._loop_inner()
+        finally:
+            for t in list(self._tasks):
+                t.cancel()
+
+    async def _loop_inner(self) -> None:
         while True:
             now = time.monotonic()
             due = [p.next_try for uid, p in self.pending.items() if uid not in self._inflight]
@@ -197,7 +205,7 @@ class FastBinder:
             self._wake.clear()
             await asyncio.sleep(0.005)  # let a burst's watch events land: bigger batches
             try:
-                await self.schedule_once()
+                await self.schedule_once(wait=False)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -205,8 +213,13 @@ class FastBinder:
                 log.exception("binder pass failed err=%r", e)
                 await asyncio.sleep(1.0)
 
-    async def schedule_once(self) -> int:
-        """One pass: assign due pending pods to nodes, bind them in parallel. Returns pods bound."""
+    async def schedule_once(self, wait: bool = True) -> int:
+        """One pass: assign due pending pods to nodes and bind them in parallel.
+
+        With ``wait=False`` (the loop) the Bindings proceed in the background, bounded by the
+        semaphore, so pods arriving meanwhile do not queue behind a batch. Returns the pods
+        bound (``wait``) or the pods handed to a binding (not ``wait``).
+        """
         now = time.monotonic()
         batch = sorted(
             (p for uid, p in self.pending.items() if uid not in self._inflight and p.next_try <= now),
@@ -227,10 +240,22 @@ class FastBinder:
             nodes[node.name] = dataclasses.replace(node, used=node.used + need)
             self.view.assume(uid, node.name, need)
             jobs.append(self._bind(p, node.name))
+        if not wait:
+            for job in jobs:
+                task = asyncio.create_task(job)
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+            return len(jobs)
         results = await asyncio.gather(*jobs)
-        if len(self.pending) > len(self._inflight):
-            self._wake.set()
         return sum(1 for r in results if r)
+
+    def _done(self, task: asyncio.Task[bool]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            BINDER_ERRORS.labels(verb="task").inc()
+            log.warning("binding task failed err=%r", task.exception())
+        if len(self.pending) > len(self._inflight):  # some pod waits for a pass
+            self._wake.set()
 
     async def _bind(self, p: _Pending, node: str) -> bool:
         pod = p.pod
