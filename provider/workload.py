@@ -74,7 +74,7 @@ def resource_shape(spec: Mapping[str, Any]) -> dict[str, int]:
 
 def sandbox_attributes(namespace: str, spec: Mapping[str, Any]) -> JSON:
     """Everything that makes two sandboxes non-interchangeable, normalized."""
-    return {
+    attrs = {
         "namespace": namespace,
         "serviceAccountName": spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
         "runtimeClassName": spec.get("runtimeClassName") or "",
@@ -86,6 +86,14 @@ def sandbox_attributes(namespace: str, spec: Mapping[str, Any]) -> JSON:
         "dnsConfig": _clean(spec.get("dnsConfig") or {}),
         "resources": resource_shape(spec),
     }
+    # Sandbox-level isolation switches, only when set (keys of pods without them stay unchanged).
+    if spec.get("shareProcessNamespace"):
+        attrs["shareProcessNamespace"] = True
+    if spec.get("hostUsers") is False:
+        attrs["hostUsers"] = False
+    if spec.get("os"):
+        attrs["os"] = _clean(spec["os"])
+    return attrs
 
 
 def make_key(namespace: str, kind: str, name: str, spec: Mapping[str, Any]) -> str:

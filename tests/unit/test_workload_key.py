@@ -252,3 +252,16 @@ async def test_resolver_no_lookup_for_terminal_kinds() -> None:
     assert await r.owner(pod(owner=("StatefulSet", "db"))) == ("StatefulSet", "db")
     assert await r.owner(pod(owner=None, uid="zz")) == ("Pod", "zz")
     assert api.calls == []
+
+
+def test_sandbox_level_isolation_switches_split_keys() -> None:
+    base = {"containers": [{"name": "a", "image": "x"}]}
+    plain = make_key("ns", "Job", "j", base)
+    assert make_key("ns", "Job", "j", {**base, "shareProcessNamespace": False}) == plain
+    assert make_key("ns", "Job", "j", {**base, "hostUsers": True}) == plain
+    others = {
+        make_key("ns", "Job", "j", {**base, "shareProcessNamespace": True}),
+        make_key("ns", "Job", "j", {**base, "hostUsers": False}),
+        make_key("ns", "Job", "j", {**base, "os": {"name": "linux"}}),
+    }
+    assert plain not in others and len(others) == 3
