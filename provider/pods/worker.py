@@ -326,7 +326,7 @@ class PodWorker:
                 self.events.record(pod, WARNING, "FailedMount", msg)
             return {n: Waiting("ContainerCreating", msg) for n in names}
         etc: dict[str, str] = {}
-        if st.spec is not None and not spec.get("hostNetwork"):
+        if st.spec is not None and not spec.get("hostNetwork") and self.backend.name != "simulated":
             etc = await asyncio.to_thread(self._etc_files, pod, st.spec, ip)
         inits = {c["name"] for c in spec.get("initContainers") or []}
         by_name = {
