@@ -187,6 +187,20 @@ def _kill_pids(pids: Iterable[int]) -> list[int]:
     return killed
 
 
+def _pids_in_cgroup_of(container_id: str) -> list[int]:
+    """Processes whose cgroup path names the container (runc puts each container in its own)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if container_id in _read(f"/proc/{entry}/cgroup"):
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
 def _remove_cgroup(parent: str) -> None:
     """rmdir ``parent`` in every mounted cgroup hierarchy (v1 controllers and the unified one)."""
     rel = parent.strip("/")
@@ -679,8 +693,40 @@ class CriBackend:
         try:
             await self.client.remove_container(container_id)
         except CriCallError as e:
-            if not e.not_found:
+            if e.not_found:
+                return
+            if "running task" not in e.message:
                 raise
+            await self._remove_orphan_task(container_id, e)
+
+    async def _remove_orphan_task(self, container_id: str, err: CriCallError) -> None:
+        """Remove a container whose containerd task outlived a failed start.
+
+        A StartContainer cancelled right after containerd created the task ("failed to create
+        containerd task: failed to get task pid: context canceled") marks the container exited but
+        leaves its task (``runc init``, never exec'd) behind; CRI can neither stop it (not running
+        for CRI) nor remove it ("cannot delete running task"). Killing the task's processes (found
+        by the container id in their cgroup) lets containerd reap and delete the task.
+        """
+        pids = await asyncio.to_thread(_pids_in_cgroup_of, container_id)
+        killed = await asyncio.to_thread(_kill_pids, pids)
+        log.warning(
+            "container task left by an interrupted start, killing it container=%s pids=%s error=%s",
+            container_id[:12],
+            killed,
+            err.message,
+        )
+        for _ in range(20):
+            await asyncio.sleep(0.25)
+            try:
+                await self.client.remove_container(container_id)
+                return
+            except CriCallError as e:
+                if e.not_found:
+                    return
+                if "running task" not in e.message:
+                    raise
+        raise err
 
     async def destroy_sandbox(self, sandbox_id: str) -> None:
         """SandboxDriver: stop + remove a sandbox with all its containers (idempotent)."""

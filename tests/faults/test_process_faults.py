@@ -235,6 +235,7 @@ def tag_image(e2e: E2E, tag: str) -> str:
 # ------------------------------------------------------------------------------------ SIGKILL
 
 
+@pytest.mark.timeout(1800)  # ~3-5 min on an idle 2-core machine; far more when it is shared
 @pytest.mark.reliability(
     fault="warmlet SIGKILLed at ≥10 random points of a 500-pod burst (CRI), restarted each time",
     checked="every pod's phase and exit code; each container ran exactly once (log marks); no "
