@@ -12,18 +12,23 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.config.incluster_config import SERVICE_TOKEN_FILENAME
 
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+# how often a token file (in-cluster ServiceAccount) is re-read; kubelet refreshes it at 80% of
+# its lifetime (>= 10 min), so a minute is plenty
+TOKEN_REREAD_SECONDS = 60.0
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
@@ -62,10 +67,15 @@ class KubeClient:
         max_connections: int = 32,
         request_timeout: float = 30.0,
         on_error: Any = None,
+        token_file: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self._ssl = ssl_context
         self._token = token
+        # In cluster the ServiceAccount token is a projected file the kubelet rotates (bound tokens
+        # expire): re-read it now and then instead of keeping the first one forever.
+        self._token_file = token_file
+        self._token_read_at = time.monotonic()
         self._max_connections = max_connections
         self._timeout = request_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -79,6 +89,7 @@ class KubeClient:
         if path is None:
             try:
                 k8s_config.load_incluster_config(client_configuration=cfg)
+                kwargs.setdefault("token_file", SERVICE_TOKEN_FILENAME)
             except k8s_config.ConfigException:
                 await k8s_config.load_kube_config(client_configuration=cfg, context=context)
         else:
@@ -105,7 +116,29 @@ class KubeClient:
 
     def clone(self, max_connections: int) -> KubeClient:
         """Same server and credentials, separate connection pool."""
-        return KubeClient(self.server, self._ssl, self._token, max_connections, self._timeout, self._on_error)
+        return KubeClient(
+            self.server,
+            self._ssl,
+            self._token,
+            max_connections,
+            self._timeout,
+            self._on_error,
+            token_file=self._token_file,
+        )
+
+    def _auth(self) -> dict[str, str]:
+        """Per-request Authorization when the token comes from a rotated file (else: the session's)."""
+        if self._token_file is None:
+            return {}
+        now = time.monotonic()
+        if now - self._token_read_at >= TOKEN_REREAD_SECONDS:
+            self._token_read_at = now
+            try:
+                with open(self._token_file) as f:
+                    self._token = f.read().strip() or self._token
+            except OSError as e:
+                log.warning("service account token not re-read path=%s err=%s", self._token_file, e)
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -134,6 +167,7 @@ class KubeClient:
     ) -> JSON:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
+        headers.update(self._auth())
         client_timeout = aiohttp.ClientTimeout(total=timeout or self._timeout)
         try:
             async with self.session.request(
@@ -214,7 +248,9 @@ class KubeClient:
         )
         client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
         try:
-            resp = await self.session.get(self.server + path, params=_params(p), timeout=client_timeout)
+            resp = await self.session.get(
+                self.server + path, params=_params(p), timeout=client_timeout, headers=self._auth()
+            )
         except (aiohttp.ClientError, TimeoutError):
             self._count("WATCH", "transport")
             raise
