@@ -4,9 +4,9 @@ containerd appends a container's output to its CRI log file for as long as it ru
 rotation one container printing at full speed fills the node's disk. Every
 ``monitor_interval`` this rotates the log of each running container that reached
 ``max_size``: the live file is renamed to ``<log>.<timestamp>`` and the runtime asked to reopen
-its log (``ReopenContainerLog``), as kubelet does (if the reopen fails the rename is undone); then
-the oldest rotated files beyond ``max_files`` are removed and the older rotated ones gzipped
-(kubelet does these first, which lets the live file of a fast writer grow while gzip runs).
+its log (``ReopenContainerLog``), as kubelet does (if the reopen fails the rename is undone). The
+oldest rotated files beyond ``max_files`` are removed before, the older rotated ones gzipped
+after (kubelet gzips before, which lets the live file of a fast writer grow while gzip runs).
 ``kubectl logs`` serves the live file, as on a kubelet node.
 """
 
@@ -45,20 +45,31 @@ class ContainerLogRotator:
         self.max_files = max_files
         self.interval = monitor_interval
         self._paths: dict[str, str] = {}  # container id -> log path (fixed for its lifetime)
+        # gzip runs beside the passes (one at a time), so a pass never waits for it
+        self._gzip: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Forever: one pass per interval; failures back off (up to 10 intervals), never stop."""
         delay = self.interval
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.rotate_all()
-                delay = self.interval
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # runtime away: the PLEG reports that; just slow down
-                delay = min(delay * 2, self.interval * 10)
-                log.warning("log rotation pass failed retry_in=%.0f error=%s", delay, e)
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.rotate_all()
+                    delay = self.interval
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # runtime away: the PLEG reports that; just slow down
+                    delay = min(delay * 2, self.interval * 10)
+                    log.warning("log rotation pass failed retry_in=%.0f error=%s", delay, e)
+        finally:
+            await self._gzip_done()
+
+    async def _gzip_done(self) -> None:
+        if self._gzip is not None:
+            with contextlib.suppress(Exception):
+                await self._gzip  # a thread: runs to its end anyway, so wait for it
+            self._gzip = None
 
     async def rotate_all(self) -> int:
         """One pass over the running containers; returns how many logs were rotated."""
@@ -95,6 +106,9 @@ class ContainerLogRotator:
         plan = plan_rotation(size, self.max_size, existing, self.max_files)
         if not plan.rotate:
             return False
+        if plan.remove:
+            await self._gzip_done()  # never remove a file gzip is reading
+        await asyncio.to_thread(self._remove, plan.remove)  # first: never more than max_files
         target = rotated_name(path, time.time(), set(existing))
         try:
             os.rename(path, target)
@@ -113,7 +127,9 @@ class ContainerLogRotator:
             return False
         # Only now the older files: gzip takes a while on a big file, and the live one must not
         # keep growing meanwhile (kubelet compresses first; at full speed that lets it grow).
-        await asyncio.to_thread(self._prepare, plan.remove, plan.compress)
+        if plan.compress and (self._gzip is None or self._gzip.done()):
+            # (if one runs, these stay plain until the next rotation: still within max_files)
+            self._gzip = asyncio.create_task(asyncio.to_thread(self._compress, plan.compress))
         metrics.LOG_ROTATIONS.labels("ok").inc()
         metrics.LOG_ROTATED_BYTES.inc(size)
         log.info(
@@ -126,11 +142,14 @@ class ContainerLogRotator:
         return True
 
     @staticmethod
-    def _prepare(remove: tuple[str, ...], compress: tuple[str, ...]) -> None:
-        for f in remove:
+    def _remove(files: tuple[str, ...]) -> None:
+        for f in files:
             with contextlib.suppress(OSError):
                 os.unlink(f)
-        for f in compress:
+
+    @staticmethod
+    def _compress(files: tuple[str, ...]) -> None:
+        for f in files:
             try:
                 compress_file(f)
             except OSError as e:

@@ -64,6 +64,7 @@ def _with(spec: dict[str, Any], **container: Any) -> dict[str, Any]:
 
 
 def _log_files(log_root: Path, ns: str, name: str) -> list[Path]:
+    """Its log files (with a gzip in progress, if any: that is disk used too)."""
     return [p for d in log_root.glob(f"{ns}_{name}_*") for p in (d / "main").glob("0.log*")]
 
 
@@ -146,7 +147,9 @@ async def test_noisy_pods_do_not_hurt_the_node(e2e: E2E, reliability: Any) -> No
         while time.monotonic() - spam_t0 < SPAM_SECONDS:
             files = await asyncio.to_thread(_log_files, log_root, ns, "spam")
             disk.append((time.monotonic() - spam_t0, sum(_size(p) for p in files)))
-            peak_files = max(peak_files, len(files))
+            # a file being gzipped counts once (its .gz.tmp / .gz exist beside it for a moment)
+            logs = {p.name.removesuffix(".tmp").removesuffix(".gz") for p in files}
+            peak_files = max(peak_files, len(logs))
             await asyncio.sleep(0.5)
         spam_for = time.monotonic() - spam_t0
         moved = metric("warmlet_container_log_rotated_bytes_total") - passed0
