@@ -158,7 +158,14 @@ class FastBinder:
     def _event(self, etype: str, pod: JSON) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
-        if etype == "DELETED" or meta.get("deletionTimestamp") or (pod.get("spec") or {}).get("nodeName"):
+        spec = pod.get("spec") or {}
+        # scheduling gates hold a pod back from every scheduler, this one included
+        if (
+            etype == "DELETED"
+            or meta.get("deletionTimestamp")
+            or spec.get("nodeName")
+            or spec.get("schedulingGates")
+        ):
             self.pending.pop(uid, None)
             return
         p = self.pending.get(uid)

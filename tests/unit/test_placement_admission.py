@@ -294,3 +294,21 @@ async def test_tls_server_round_trip(tmp_path: Path) -> None:
         assert body["response"]["uid"] == "tls" and body["response"]["patchType"] == "JSONPatch"
     finally:
         await server.close()
+
+
+def test_binder_queues_only_unbound_ungated_live_pods() -> None:
+    from provider.config import BinderConfig
+    from provider.placement.binder import FastBinder
+
+    b = FastBinder(FakeClient({}), FakeView([vnode()]), BinderConfig(enabled=True))  # type: ignore[arg-type]
+
+    def p(uid: str, **spec: Any) -> JSON:
+        return {"metadata": {"uid": uid, "name": uid, "namespace": NS}, "spec": spec}
+
+    b._event("ADDED", p("a"))
+    b._event("ADDED", p("gated", schedulingGates=[{"name": "hold"}]))
+    b._event("ADDED", p("bound", nodeName="n1"))
+    b._event("ADDED", {**p("gone"), "metadata": {"uid": "gone", "deletionTimestamp": "x"}})
+    assert set(b.pending) == {"a"}
+    b._event("MODIFIED", p("a", nodeName="v1"))  # bound elsewhere: forgotten
+    assert not b.pending
