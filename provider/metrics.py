@@ -35,6 +35,8 @@ PREWARMS = Counter("warmlet_cron_prewarm_total", "Sandboxes requested by CronJob
 def record_api_error(verb: str, status: int | str) -> None:
     """KubeClient's on_error hook (``status`` is ``"transport"`` when no answer came at all)."""
     API_ERRORS.labels(verb=verb, code=str(status)).inc()
+
+
 INFORMER_RELISTS = Counter(
     "warmlet_pod_informer_relists_total",
     "Full lists of this node's pods by reason (initial, gone = watch expired with 410, errors)",

@@ -64,6 +64,8 @@ def workload_label(key: str) -> str:
     if len(parts) >= 3 and parts[1] == "Pod":
         return f"{parts[0]}/Pod"
     return head[:200]
+
+
 LOG_ROTATIONS = Counter(
     "warmlet_container_log_rotations_total",
     "Container log rotations (size cap reached) by result.",
