@@ -18,6 +18,7 @@ from provider.kubeclient import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, Ku
 from provider.lease import LeaseKeeper
 from provider.node_object import (
     conditions_summary,
+    foreign_owner,
     node_labels,
     node_object,
     node_restriction_safe,
@@ -28,6 +29,10 @@ from sandbox.backend import Backend, BackendHealth
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+
+
+class NodeNameTaken(RuntimeError):
+    """The Node of this name is another kubelet's or provider's: fatal, never retried."""
 
 
 def merged_taints(existing: JSON, cfg: NodeConfig) -> list[JSON]:
@@ -110,6 +115,12 @@ class NodeController:
             )
             log.info("node registered name=%s uid=%s", self.cfg.name, node["metadata"]["uid"])
         else:
+            other = foreign_owner(existing)
+            if other is not None:  # several providers in one cluster: never hijack another's Node
+                raise NodeNameTaken(
+                    f"node {self.cfg.name} is registered by another kubelet or provider ({other}); "
+                    "warmlet does not take it over: choose another node name"
+                )
             labels = node_labels(self.cfg)
             if self._restricted:
                 labels = node_restriction_safe(labels)
@@ -272,7 +283,7 @@ class NodeController:
         while not self.registered.is_set():
             try:
                 await self.register()
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, NodeNameTaken):
                 raise
             except Exception as e:
                 failures += 1

@@ -170,6 +170,20 @@ def node_object(cfg: NodeConfig, health: BackendHealth, now: float, kubelet_port
     }
 
 
+def foreign_owner(node: Mapping[str, Any]) -> str | None:
+    """Why an existing Node of our name belongs to another kubelet or provider; None: ours to take.
+
+    A Node a kubelet or another virtual-kubelet provider reports carries its nodeInfo; warmlet's
+    says ``warmlet <version>`` in osImage. A pre-created Node without status, or one a warmlet
+    wrote (a restart, another replica of this node), is taken over; another's is never touched.
+    """
+    info = (node.get("status") or {}).get("nodeInfo") or {}
+    os_image, kubelet = str(info.get("osImage") or ""), str(info.get("kubeletVersion") or "")
+    if (not os_image and not kubelet) or os_image.startswith("warmlet"):
+        return None
+    return f"osImage={os_image!r} kubeletVersion={kubelet!r}"
+
+
 def conditions_summary(conditions: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
     """What counts as a change worth an immediate status update (heartbeats aside)."""
     return sorted((str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in conditions)

@@ -23,6 +23,7 @@ from provider.config import WarmletConfig
 from provider.cron_prewarm import next_fire
 from provider.dirclaim import DirectoryInUse
 from provider.kubeclient import ApiError, KubeClient
+from provider.node import NodeNameTaken
 from provider.pods.worker import START_LEVEL_ANNOTATION
 from provider.testing import create_namespace, list_pods, node_config, phase, running_node, wait_for
 from testbed.bed import TestBed
@@ -122,7 +123,14 @@ async def test_two_warmlet_nodes_beside_another_provider(
             "--subresource=status",
             "--type=merge",
             "-p",
-            json.dumps({"status": {"capacity": {"cpu": "2", "memory": "4Gi", "pods": "5"}}}),
+            json.dumps(
+                {
+                    "status": {
+                        "capacity": {"cpu": "2", "memory": "4Gi", "pods": "5"},
+                        "nodeInfo": {"osImage": "other-provider 1.0", "kubeletVersion": "v1.36.3-other"},
+                    }
+                }
+            ),
         )
         await asyncio.to_thread(testbed.kubectl, "create", "-f", str(tmp_path / "foreign.json"))
         foreign = {p["metadata"]["uid"]: p for p in await list_pods(admin, ns, "app=foreign")}
@@ -226,6 +234,19 @@ async def test_two_warmlet_nodes_beside_another_provider(
             with contextlib.suppress(ApiError):
                 await admin.get(f"/api/v1/nodes/wl-c-{s}")
                 raise AssertionError("the refused node registered anyway")
+
+            # a warmlet given the other provider's node name does not take that Node over
+            cfg_o = warmlet_cfg(kubeconfig, tmp_path / "o", other, "warmlet-o", f"o-{s}", "1", "1")
+            other_before = await admin.get(f"/api/v1/nodes/{other}")
+            wo = WarmletNode(cfg_o)
+            with pytest.raises(BaseException) as refused:  # an ExceptionGroup of the TaskGroup
+                await wo.start()
+            await wo.stop()
+            assert refused.group_contains(NodeNameTaken) or isinstance(refused.value, NodeNameTaken)
+            other_now = await admin.get(f"/api/v1/nodes/{other}")
+            assert other_now["metadata"]["labels"] == other_before["metadata"]["labels"]
+            assert other_now["spec"] == other_before["spec"]
+            assert MANAGER not in managers(other_now)
 
             # Nodes and Leases: each its own name, taint, labels and capacity
             na = await admin.get(f"/api/v1/nodes/{a_name}")
