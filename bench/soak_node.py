@@ -156,6 +156,7 @@ async def node_soak(
     ns = ""
     try:
         async with running_node(cfg):
+            await _settled(watcher, name)  # registration's transient not-ready taint is not the test
             monitor = asyncio.create_task(observe())
             try:
                 await asyncio.sleep(idle_seconds)
@@ -211,6 +212,21 @@ async def node_soak(
     gaps = renew_gaps(renew, time.time())
     res.max_renew_gap = round(max(gaps), 1) if gaps else 0.0
     return res
+
+
+async def _settled(client: KubeClient, name: str, within: float = 120.0) -> None:
+    """Until the new node is Ready and the lifecycle controller lifted its start-up taints."""
+    deadline = time.monotonic() + within
+    while True:
+        node = await client.get(f"/api/v1/nodes/{name}")
+        conds: list[JSON] = (node.get("status") or {}).get("conditions") or []
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+        taints = [t["key"] for t in (node.get("spec") or {}).get("taints") or []]
+        if ready and not any(k in BAD_TAINTS for k in taints):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"node {name} not settled: ready={ready} taints={taints}")
+        await asyncio.sleep(0.5)
 
 
 def details(res: SoakResult) -> list[str]:
