@@ -352,7 +352,7 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     write_result(SCENARIO, result)
     plot_cdf(
         {"warmlet fast binder": w["bound_at_ms"], "kube-scheduler": k["bound_at_ms"]},
-        f"backlog of {n} pods: scheduler start → pod bound (median of {rounds} rounds)",
+        f"backlog of {n} pods: scheduler start → pod bound (lower median of {rounds} rounds)",
         RESULTS_DIR / f"{SCENARIO}.png",
         xlabel="scheduler process start → pod bound (ms, log scale)",
     )

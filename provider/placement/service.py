@@ -100,6 +100,8 @@ class PlacementService:
             if self.server is not None:
                 await self.server.close()
                 self.server = None
+            await self.bind_client.close()
+            await self.events_client.close()
 
     async def _register(self) -> None:
         """Register (retrying with back-off), then re-assert every minute (a changed CA, an edit)."""
