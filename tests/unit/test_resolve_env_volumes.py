@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,16 @@ from provider.resolve_volumes import (
 )
 
 
-def _tmpfs_dir(tmp_path: Path) -> Path:
+@pytest.fixture
+def mem_dir(tmp_path: Path) -> Iterator[Path]:
     """A memory-backed dir for memory volumes: /dev/shm when present (no mount needed), else skip."""
     shm = Path("/dev/shm")
     if not is_memory_backed(shm):
         pytest.skip("no tmpfs at /dev/shm")
-    d = shm / f"warmlet-unit-{tmp_path.name}"
-    d.mkdir(exist_ok=True)
-    return d
+    d = shm / f"warmlet-unit-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def b64(s: str) -> str:
@@ -190,7 +194,7 @@ def test_resource_field_ref() -> None:
     assert resource_value({}, "requests.memory", None, ALLOC) == "0"
 
 
-async def test_volumes_written_and_mounted(tmp_path: Path) -> None:
+async def test_volumes_written_and_mounted(tmp_path: Path, mem_dir: Path) -> None:
     fake = Fake()
     pod = {
         **POD,
@@ -237,7 +241,6 @@ async def test_volumes_written_and_mounted(tmp_path: Path) -> None:
             ],
         },
     }
-    mem_dir = _tmpfs_dir(tmp_path)
     paths = await prepare_volumes(pod, tmp_path, fake, "10.0.0.5", "h", ALLOC, memory_dir=mem_dir)
     root = tmp_path / "uid1" / "volumes"
     mem = mem_dir / "uid1" / "volumes"
