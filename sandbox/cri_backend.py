@@ -241,8 +241,9 @@ def interrupted_start(state: ContainerRuntimeState) -> bool:
     return (
         state.state == ContainerState.EXITED
         and not state.started_at
-        and "context canceled" in msg
         and "failed to create containerd task" in msg
+        # the caller's context ended: cancelled, or the shim's start command killed with it
+        and ("context canceled" in msg or "signal: killed" in msg)
     )
 
 

@@ -368,8 +368,18 @@ async def test_sigkill_at_random_points_of_a_burst(
     assert {i: pulls.get(i, 0) for i in images} == {i: 1 for i in images}, pulls
     hits = len(re.findall(r"pool hit pod=", text))
     created = len(re.findall(r"sandbox created sandbox=\S+ pod=\S+ prewarmed=False", text))
-    status, body = await e2e.kubelet_get(node, "/metrics")
-    assert status == 200 and "warmlet_pool_sandboxes" in body
+
+    async def gauges_match() -> Counter[str] | None:
+        status, body = await e2e.kubelet_get(node, "/metrics")
+        if status != 200:
+            return None
+        gauge: Counter[str] = Counter()
+        for mm in re.finditer(r'^warmlet_pool_sandboxes\{[^}]*state="(\w+)"[^}]*\} (\S+)$', body, re.M):
+            gauge[mm.group(1)] += int(float(mm.group(2)))
+        ok = gauge["idle"] == sum(idle.values()) and gauge["in_use"] == len(running)
+        return gauge if ok else None
+
+    await wait_for(gauges_match, 60, 1.0, "warmlet_pool_sandboxes of the last process match containerd")
     assert len(kills) >= 10
     reliability.detail(
         f"{len(kills)} SIGKILLs (seed {seed}) over {n_pods} pods in {burst_seconds} s: "
@@ -528,6 +538,13 @@ async def test_ha_leader_sigkill_hands_over(
     await wait_for(b_standby, 120, 0.5, "b waiting as standby")
     assert await lease_holder(e2e, lease) == "a"
     assert b.poll() is None
+    b_log = (w.workdir / "warmlet-b.log").read_text(errors="replace")
+    # a standby touches nothing: no CRI connection, no node registration, no kubelet API
+    assert (
+        "cri connected" not in b_log
+        and "node taken over" not in b_log
+        and "warmlet node started" not in b_log
+    )
 
     node_obj = await e2e.client.get(f"/api/v1/nodes/{node}")
     port_a = node_obj["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
@@ -562,6 +579,17 @@ async def test_ha_leader_sigkill_hands_over(
     assert status == 200
     assert re.search(r"^warmlet_leader 1\.0$", body, re.M), "b reports itself leader"
     assert re.search(r"^warmlet_leader_transitions_total 1\.0$", body, re.M)
+
+    # a standby stops cleanly on SIGTERM without ever leading
+    c = w.spawn("-c", leader_election={"identity": "c"})
+
+    async def c_standby() -> bool:
+        return "leader election: standby" in (w.workdir / "warmlet-c.log").read_text(errors="replace")
+
+    await wait_for(c_standby, 120, 0.5, "c waiting as standby")
+    c.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(c.wait, 60) == 0
+    assert await lease_holder(e2e, lease) == "b"
 
     # graceful stop of the leader releases the lease at once
     b.send_signal(signal.SIGTERM)

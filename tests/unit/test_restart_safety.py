@@ -25,6 +25,10 @@ def state(**kw: object) -> ContainerRuntimeState:
 def test_interrupted_start_is_only_a_cancelled_start_that_never_ran() -> None:
     msg = "failed to create containerd task: failed to create shim task: context canceled: unknown"
     assert interrupted_start(state(exit_code=128, reason="StartError", message=msg))
+    shim = "failed to create containerd task: failed to start shim: start failed: : signal: killed: unknown"
+    assert interrupted_start(state(exit_code=128, reason="StartError", message=shim))
+    pid = "failed to create containerd task: failed to get task pid: context canceled: unknown"
+    assert interrupted_start(state(exit_code=128, reason="StartError", message=pid))
     # cancelled once the task existed: the process may have run, never start it again
     started = 'failed to start containerd task "abc": context canceled: unknown'
     assert not interrupted_start(state(exit_code=128, reason="StartError", message=started))
