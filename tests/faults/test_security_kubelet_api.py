@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import socket
 import ssl
 import time
@@ -156,6 +157,7 @@ LOG_PARAMS = st.dictionaries(
             "sinceTime",
             "timestamps",
             "previous",
+            "follow",
             "stream",
             "tail",
             "x",
@@ -179,6 +181,18 @@ LOG_PARAMS = st.dictionaries(
 )
 
 
+VALID_PARAMS = st.fixed_dictionaries(
+    {},
+    optional={
+        "tailLines": st.integers(0, 5).map(str),
+        "limitBytes": st.integers(1, 64).map(str),
+        "sinceSeconds": st.integers(1, 10**9).map(str),
+        "timestamps": st.sampled_from(["true", "false", "1", "0"]),
+        "follow": st.just("false"),
+    },
+)
+
+
 @st.composite
 def requests(draw: st.DrawFn, ns: str, pod: str) -> dict[str, Any]:
     method = draw(
@@ -188,12 +202,10 @@ def requests(draw: st.DrawFn, ns: str, pod: str) -> dict[str, Any]:
     )
     kind = draw(st.sampled_from(["logs", "logs", "logs", "endpoint", "random"]))
     if kind == "logs":
-        parts = [
-            draw(st.one_of(st.just(ns), SEGMENTS)),
-            draw(st.one_of(st.just(pod), SEGMENTS)),
-            draw(st.one_of(st.just("main"), SEGMENTS)),
-        ]
-        extra = draw(st.lists(SEGMENTS, max_size=3))
+        # mostly the real pod (so the log parameters reach the reader), one odd segment at a time
+        real = [ns, pod, "main"]
+        parts = [draw(st.one_of(st.just(x), st.just(x), st.just(x), SEGMENTS)) for x in real]
+        extra = draw(st.lists(SEGMENTS, max_size=3)) if draw(st.integers(0, 3)) == 0 else []
         path = "/containerLogs/" + "/".join(parts + extra)
     elif kind == "endpoint":
         path = draw(
@@ -220,7 +232,7 @@ def requests(draw: st.DrawFn, ns: str, pod: str) -> dict[str, Any]:
         )
     else:
         path = "/" + "/".join(draw(st.lists(SEGMENTS, max_size=5)))
-    params = draw(LOG_PARAMS)
+    params = draw(st.one_of(VALID_PARAMS, LOG_PARAMS))
     query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in params.items())
     if draw(st.integers(0, 9)) == 0:
         query += "&pad=" + "x" * draw(st.sampled_from([1000, 8000, 20000, 100000]))
@@ -286,11 +298,30 @@ def check(req: dict[str, Any], resp: bytes, t: Target) -> int:
     elif req["ident"] == "sa":
         assert status in (400, 403, 405, 413, 431), (status, req, body[:200])
     if status == 200 and path.startswith("/containerLogs/") and req["method"] == "GET":
-        text = body.decode(errors="replace")
-        for line in text.splitlines():
-            if line and not line.isdigit() and line.strip() not in ("", "0"):
-                assert any(ll in line for ll in LOG_LINES) or len(line) <= 8, (line[:200], req)
+        head = resp.partition(b"\r\n\r\n")[0].lower()
+        data = dechunk(body) if b"transfer-encoding: chunked" in head else body
+        for line in data.decode(errors="replace").splitlines():
+            # only the pod's own lines, maybe behind a timestamp, maybe cut by limitBytes
+            stamped = TS_LINE.match(line)
+            rest = stamped.group(1) if stamped else line
+            ok = any(rest in ll or ll in rest for ll in LOG_LINES) or TS_PREFIX.match(line)
+            assert ok, ("served something that is not the pod's log", line[:200], req)
     return status
+
+
+TS_LINE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z ?(.*)$")  # timestamps=true
+TS_PREFIX = re.compile(r"^[0-9]{1,4}(-[0-9T:.Z+-]*)?$")  # a timestamp cut by limitBytes
+
+
+def dechunk(body: bytes) -> bytes:
+    out, rest = b"", body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out, rest = out + rest[:size], rest[size + 2 :]
+    return out
 
 
 def self_signed(dir_: Path) -> tuple[str, str]:
@@ -434,15 +465,9 @@ async def test_kubelet_api_fuzzed_requests(e2e: E2E, reliability: Any) -> None:
     # The fuzz: hypothesis drives raw requests from a thread (warmlet runs on this loop).
     timeouts: list[dict[str, Any]] = []
 
-    @settings(
-        max_examples=250,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(req=requests(t.ns, t.pod))
-    def fuzz(req: dict[str, Any]) -> None:
+    fixed = settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+
+    def send(req: dict[str, Any]) -> None:
         data, cert = build(req, t)
         try:
             resp = raw_request(t.port, data, cert)
@@ -451,8 +476,33 @@ async def test_kubelet_api_fuzzed_requests(e2e: E2E, reliability: Any) -> None:
             raise
         check(req, resp, t)
 
+    @settings(fixed, max_examples=250)
+    @given(req=requests(t.ns, t.pod))
+    def fuzz(req: dict[str, Any]) -> None:
+        send(req)
+
+    # Authorized GETs of the real log with fuzzed parameters: what the log reader gets to see
+    # (follow on a finished container must end, limits/tails/times must never read elsewhere).
+    @settings(fixed, max_examples=150)
+    @given(params=st.one_of(VALID_PARAMS, LOG_PARAMS))
+    def fuzz_params(params: dict[str, str]) -> None:
+        query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in params.items())
+        path = f"/containerLogs/{t.ns}/{t.pod}/main"
+        send(
+            {
+                "method": "GET",
+                "path": path,
+                "query": query,
+                "body": "none",
+                "n_headers": 0,
+                "header_size": 10,
+                "ident": "admin",
+            }
+        )
+
     t_fuzz = time.monotonic()
     await asyncio.to_thread(fuzz)
+    await asyncio.to_thread(fuzz_params)
     fuzz_seconds = time.monotonic() - t_fuzz
     assert not timeouts
 
