@@ -26,6 +26,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -411,6 +412,9 @@ def remove_pod_dir(volumes_dir: Path, uid: str, memory_dir: Path | None = None) 
     _remove_tree(pod_dir(volumes_dir, uid))
 
 
+_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
 def remove_orphan_pod_dirs(
     volumes_dir: Path, live_uids: Iterable[str], memory_dir: Path | None = None
 ) -> list[str]:
@@ -420,7 +424,8 @@ def remove_orphan_pod_dirs(
     for base in (memory_root(volumes_dir, memory_dir), volumes_dir):
         with contextlib.suppress(OSError):
             for entry in os.listdir(base):
-                if entry not in live and (base / entry).is_dir():
+                # only pod-uid dirs: a memory dir pointed at a shared tmpfs keeps everything else
+                if entry not in live and _UID.match(entry) and (base / entry).is_dir():
                     remove_pod_dir(volumes_dir, entry, memory_dir)
                     removed.append(entry)
     return sorted(set(removed))

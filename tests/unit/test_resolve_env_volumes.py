@@ -371,7 +371,9 @@ def test_subpath_never_escapes_the_volume(tmp_path: Path) -> None:
 
 def test_memory_dir_is_tmpfs_or_mount_error(tmp_path: Path) -> None:
     """On disk, a memory volume is a tmpfs mount of its own (root) or a MountError, never a disk dir."""
-    target = tmp_path / "m" / "uid9" / "volumes" / "x"
+    uid = "0f5b3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+    target = tmp_path / "m" / uid / "volumes" / "x"
+    (tmp_path / "m" / "not-a-pod").mkdir(parents=True)
     try:
         ensure_memory_dir(target)
     except MountError as e:
@@ -379,8 +381,9 @@ def test_memory_dir_is_tmpfs_or_mount_error(tmp_path: Path) -> None:
         return
     assert is_memory_backed(target)
     (target / "s").write_text("x")
-    assert remove_orphan_pod_dirs(tmp_path / "disk", {"other"}, tmp_path / "m") == ["uid9"]
-    assert not (tmp_path / "m" / "uid9").exists()
+    assert remove_orphan_pod_dirs(tmp_path / "disk", {"other"}, tmp_path / "m") == [uid]
+    assert not (tmp_path / "m" / uid).exists()
+    assert (tmp_path / "m" / "not-a-pod").exists()  # never anything but pod-uid dirs
 
 
 def test_memory_root_released_only_when_empty(tmp_path: Path) -> None:
