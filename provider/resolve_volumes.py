@@ -61,6 +61,23 @@ RAMFS_MAGIC = 0x858458F6
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
 _libc: Any = None
+MOUNT_SOURCE = "warmlet-memory"  # the source of warmlet's own tmpfs: only that one is ever unmounted
+
+
+def _our_mount(path: Path) -> bool:
+    """``path`` is a tmpfs warmlet mounted (its source in /proc/self/mountinfo), not e.g. /dev/shm."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split(" ")
+                if len(fields) > 4 and fields[4] == target:
+                    tail = line.split(" - ", 1)[1].split(" ") if " - " in line else []
+                    if len(tail) > 1 and tail[1] == MOUNT_SOURCE:
+                        return True
+    except OSError:
+        return False
+    return False
 
 
 def _c() -> Any:
@@ -88,7 +105,7 @@ def is_memory_backed(path: str | os.PathLike[str]) -> bool:
 
 def _mount_tmpfs(path: Path, size_bytes: int | None) -> None:
     opts = "mode=0711" + (f",size={size_bytes}" if size_bytes else "")
-    rc = _c().mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode())
+    rc = _c().mount(MOUNT_SOURCE.encode(), os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode())
     if rc != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), str(path))
@@ -502,7 +519,7 @@ def release_memory_root(volumes_dir: Path, memory_dir: Path | None = None) -> bo
     """
     root = memory_root(volumes_dir, memory_dir)
     try:
-        if not os.path.ismount(root) or os.listdir(root):
+        if not os.path.ismount(root) or os.listdir(root) or not _our_mount(root):
             return False
         _unmount(str(root))
         root.rmdir()

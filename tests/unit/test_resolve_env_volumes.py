@@ -396,6 +396,7 @@ def test_memory_root_released_only_when_empty(tmp_path: Path) -> None:
     assert is_memory_backed(root) and os.path.ismount(root)
     (root / "uid1").mkdir()
     assert not release_memory_root(disk)  # a pod's volumes are still there
+    assert not release_memory_root(tmp_path, Path("/dev/shm"))  # never a tmpfs warmlet did not mount
     remove_pod_dir(disk, "uid1")
     assert release_memory_root(disk)
     assert not root.exists()
