@@ -28,6 +28,7 @@ from e2e_helpers import E2E, wait_for
 from provider.kubeclient import ApiError
 from sandbox import cri_mapping as m
 from sandbox.cri_client import CriClient
+from testbed.util import _pdeathsig
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON = dict[str, Any]
@@ -81,6 +82,7 @@ class Warmlet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_pdeathsig,  # dies with the test process, never orphaned
             )
         self.procs.append(proc)
         return proc
