@@ -21,7 +21,7 @@ import time
 from proto import cri_pb2 as pb
 from sandbox import metrics
 from sandbox.cri_client import CriCallError, CriClient
-from sandbox.cri_log import compress_file, list_rotated, plan_rotation, rotated_name
+from sandbox.cri_log import COMPRESSED_SUFFIX, compress_file, list_rotated, plan_rotation, rotated_name
 
 log = logging.getLogger("warmlet.cri.logs")
 
@@ -144,8 +144,10 @@ class ContainerLogRotator:
     @staticmethod
     def _remove(files: tuple[str, ...]) -> None:
         for f in files:
-            with contextlib.suppress(OSError):
-                os.unlink(f)
+            # listed plain while a gzip was still running: by now it may be the .gz
+            for name in (f, f if f.endswith(COMPRESSED_SUFFIX) else f + COMPRESSED_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
 
     @staticmethod
     def _compress(files: tuple[str, ...]) -> None:

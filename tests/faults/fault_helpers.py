@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from e2e_helpers import E2E, metric, wait_for
 
 from proto import cri_pb2 as pb
@@ -20,6 +21,15 @@ from sandbox.cri_client import CriClient
 
 JSON = dict[str, Any]
 LOOP = "trap 'exit 0' TERM; echo up; while true; do sleep 1; done"
+
+
+def own_bed(e2e: E2E) -> Any:
+    """The session's private test bed, whose processes a fault test may stop and restart; a bed
+    attached with WARMLET_TESTBED_REUSE=1 belongs to someone else: skip instead."""
+    bed = e2e.testbed
+    if not getattr(bed, "_owned", False) or not hasattr(bed, "cp"):
+        pytest.skip("stops test-bed processes: needs the session's own bed (not WARMLET_TESTBED_REUSE=1)")
+    return bed
 
 
 def pod(name: str, spec: JSON, **meta: Any) -> JSON:

@@ -21,6 +21,7 @@ from fault_helpers import (
     api_errors,
     cstatus,
     lease_renew_time,
+    own_bed,
     pod,
     post_pods,
     ready_status,
@@ -45,7 +46,7 @@ async def _restore_apiserver(cp: Any) -> None:
     "no orphan sandbox; CRI errors counted",
 )
 async def test_containerd_restart_mid_burst(e2e: E2E, reliability: Any) -> None:
-    containerd = e2e.testbed.containerd
+    containerd = own_bed(e2e).containerd
     cfg = e2e.config()
     node_name = cfg.node.name
     node = await e2e.start(cfg)
@@ -122,7 +123,7 @@ def _cri_errors() -> float:
     "(no hot loop), pods created before start, the exit lands, node Ready, lease renewed",
 )
 async def test_apiserver_down_60s(e2e: E2E, reliability: Any) -> None:
-    cp = e2e.testbed.cp
+    cp = own_bed(e2e).cp
     cfg = e2e.config()
     node_name = cfg.node.name
     node = await e2e.start(cfg)
@@ -203,7 +204,7 @@ async def test_apiserver_down_60s(e2e: E2E, reliability: Any) -> None:
     reliability.detail(
         f"long-running pod kept its container (0 restarts); exit 3 during the outage reported; "
         f"3 pods created just before started; {len(inv.containers)} containers / "
-        f"{len(inv.sandboxes)} sandboxes for 5 pods, 0 orphans"
+        f"{len(inv.sandboxes)} sandboxes for the 4 running pods, 0 orphans"
     )
 
 
@@ -217,7 +218,7 @@ async def _is(aw: Any, value: str) -> bool:
     "deletion after it work, no duplicate or orphan in containerd",
 )
 async def test_etcd_restart(e2e: E2E, reliability: Any) -> None:
-    cp = e2e.testbed.cp
+    cp = own_bed(e2e).cp
     cfg = e2e.config()
     node_name = cfg.node.name
     node = await e2e.start(cfg)
@@ -293,7 +294,7 @@ async def test_etcd_restart(e2e: E2E, reliability: Any) -> None:
     "no pod lost or duplicated, one container per pod",
 )
 async def test_watch_expired_410_relist(e2e: E2E, reliability: Any) -> None:
-    cp = e2e.testbed.cp
+    cp = own_bed(e2e).cp
     cfg = e2e.config()
     node_name = cfg.node.name
     node = await e2e.start(cfg)

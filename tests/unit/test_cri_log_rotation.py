@@ -90,3 +90,12 @@ def test_pids_max_paths_v1_and_v2() -> None:
         "/sys/fs/cgroup/cgroup.subtree_control",
         "/sys/fs/cgroup/warmlet/cgroup.subtree_control",
     ]
+
+
+def test_removing_a_rotated_file_also_removes_its_gzip(tmp_path: Path) -> None:
+    from sandbox.log_rotation import ContainerLogRotator
+
+    plain = tmp_path / "0.log.20261123-120000"
+    (tmp_path / "0.log.20261123-120000.gz").write_bytes(b"")  # gzipped after it was listed
+    ContainerLogRotator._remove((str(plain),))
+    assert list(tmp_path.iterdir()) == []
