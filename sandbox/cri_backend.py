@@ -717,8 +717,12 @@ class CriBackend:
             killed,
             err.message,
         )
-        for _ in range(20):
+        for i in range(12):
             await asyncio.sleep(0.25)
+            if i == 4:
+                # Its process already gone, the task record may stay (containerd never got the
+                # exit): containerd's own client deletes it, the one thing CRI cannot do.
+                await asyncio.to_thread(self._ctr_delete_task, container_id)
             try:
                 await self.client.remove_container(container_id)
                 return
@@ -728,6 +732,28 @@ class CriBackend:
                 if "running task" not in e.message:
                     raise
         raise err
+
+    def _ctr_delete_task(self, container_id: str) -> None:
+        """``ctr tasks delete --force`` on a containerd unix socket (best effort; needs ``ctr``)."""
+        import subprocess
+
+        endpoint = self.cri.runtime_endpoint
+        ctr = shutil.which("ctr")
+        if not endpoint.startswith("unix://") or ctr is None:
+            return
+        cmd = [ctr, "--address", endpoint[len("unix://") :], "--namespace", "k8s.io"]
+        try:
+            r = subprocess.run(
+                [*cmd, "tasks", "delete", "--force", container_id], capture_output=True, text=True, timeout=20
+            )
+            log.warning(
+                "containerd task deleted with ctr container=%s rc=%d out=%s",
+                container_id[:12],
+                r.returncode,
+                (r.stderr or r.stdout).strip()[:200],
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warning("ctr tasks delete failed container=%s error=%s", container_id[:12], e)
 
     async def destroy_sandbox(self, sandbox_id: str) -> None:
         """SandboxDriver: stop + remove a sandbox with all its containers (idempotent)."""
