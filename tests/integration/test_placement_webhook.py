@@ -7,6 +7,7 @@ test's tag, and its virtual node carries that tag, so no other test's pods are t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from placement_helpers import (
     tolerates_virtual,
 )
 
-from provider.kubeclient import KubeClient
+from provider.kubeclient import ApiError, KubeClient
 from provider.placement.metrics import WEBHOOK_ERRORS
 from provider.placement.policy import (
     DECISION_ANNOTATION,
@@ -291,3 +292,64 @@ async def test_job_and_cronjob_policy(kubeconfig: Path, tmp_path: Path, unique: 
             await client.delete(f"/api/v1/namespaces/{ns}")
     finally:
         await client.close()
+
+
+async def test_embedded_in_warmlet_run_steers_an_annotated_bare_pod(
+    kubeconfig: Path, tmp_path: Path, unique: str
+) -> None:
+    """``placement:`` in the node's own config runs the webhook in warmlet's TaskGroup."""
+    cfg = node_config(kubeconfig, tmp_path)
+    cfg.node.labels = {"placement-test": unique}
+    cfg.placement = placement_config(unique, tmp_path)
+    client = await KubeClient.from_kubeconfig(str(kubeconfig))
+    name = cfg.placement.webhook.configuration_name
+    try:
+        async with running_node(cfg):
+
+            async def registered() -> bool:
+                try:
+                    await client.get(f"{MWC_PATH}/{name}")
+                    return True
+                except ApiError:
+                    return False
+
+            await wait_for(registered, 60, 0.5, "webhook configuration registered")
+            ns = await labelled_namespace(client, unique)
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "adhoc",
+                    "labels": {"app": "adhoc"},
+                    "annotations": {PLACEMENT_ANNOTATION: "virtual"},
+                },
+                "spec": {
+                    "nodeSelector": {"placement-test": unique},
+                    "containers": [{"name": "c", "image": "x/y:1"}],
+                },
+            }
+
+            async def admitted() -> JSON | None:
+                # the node's view may still be syncing: a pod admitted before it is kept regular
+                with contextlib.suppress(ApiError):
+                    await client.delete(f"/api/v1/namespaces/{ns}/pods/adhoc", gracePeriodSeconds=0)
+                await wait_for(lambda: _gone(client, ns, "adhoc"), 30, 0.2, "old pod gone")
+                p = await client.post(f"/api/v1/namespaces/{ns}/pods", pod)
+                return p if decision(p) == "virtual" else None
+
+            created = await wait_for(admitted, 60, 2.0, "pod admitted as virtual")
+            assert tolerates_virtual(created) and reason(created) == "pod-annotation"
+            bound = (await pods_of(client, ns, "adhoc", 1))[0]
+            assert bound["spec"]["nodeName"] == cfg.node.name
+            await client.delete(f"/api/v1/namespaces/{ns}")
+    finally:
+        await unregister(client, name)
+        await client.close()
+
+
+async def _gone(client: KubeClient, ns: str, name: str) -> bool:
+    try:
+        await client.get(f"/api/v1/namespaces/{ns}/pods/{name}")
+        return False
+    except ApiError as e:
+        return e.not_found
