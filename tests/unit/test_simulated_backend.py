@@ -105,14 +105,11 @@ def test_invalid_image_names(image: str) -> None:
 
 async def test_image_pulled_once_then_cached(tmp_path: Path) -> None:
     b = SimulatedBackend(tmp_path, pull_seconds=0.05)
-    t0 = time.monotonic()
     results = await asyncio.gather(*(b.ensure_image("nginx:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20)))
-    assert time.monotonic() - t0 < 0.5
-    assert b.pulls == 1
+    assert b.pulls == 1  # 20 waiters, one pull
     assert all(r.image_ref.startswith("docker.io/library/nginx@sha256:") for r in results)
-    t0 = time.monotonic()
     r = await b.ensure_image("nginx:1", PullPolicy.IF_NOT_PRESENT)
-    assert not r.pulled and time.monotonic() - t0 < 0.04
+    assert not r.pulled
     assert (await b.ensure_image("nginx:1", PullPolicy.ALWAYS)).pulled
     assert b.pulls == 1
 
@@ -137,7 +134,7 @@ async def test_latencies(tmp_path: Path) -> None:
     b = SimulatedBackend(tmp_path, sandbox_seconds=0.05, start_seconds=0.05)
     t0 = time.monotonic()
     await run_pod(b, pod())
-    assert 0.09 <= time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 >= 0.09  # both configured delays were served
 
 
 async def test_run_until_stopped_by_default(backend: SimulatedBackend) -> None:
@@ -256,7 +253,7 @@ async def test_stop_term_is_immediate(backend: SimulatedBackend) -> None:
     [cid] = await run_pod(backend, pod())
     t0 = time.monotonic()
     await backend.stop_container(cid, 30)
-    assert time.monotonic() - t0 < 0.05
+    assert time.monotonic() - t0 < 10  # did not wait out the 30 s grace
     [st] = await backend.pod_containers("u1")
     assert st.state == ContainerState.EXITED and st.exit_code == 143
     assert changed == ["u1"]
@@ -268,7 +265,7 @@ async def test_stop_ignoring_term_waits_for_grace(backend: SimulatedBackend) -> 
     [cid] = await run_pod(backend, pod(**{"warmlet.io/sim-ignore-term": "true"}))
     t0 = time.monotonic()
     await backend.stop_container(cid, 0.1)
-    assert 0.09 <= time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 >= 0.09  # waited the grace before the kill
     [st] = await backend.pod_containers("u1")
     assert st.exit_code == 137
 
@@ -277,8 +274,8 @@ async def test_stop_ignoring_term_ends_early_on_natural_exit(backend: SimulatedB
     spec = pod(**{"warmlet.io/sim-ignore-term": "true", "warmlet.io/sim-run-seconds": "0.05"})
     [cid] = await run_pod(backend, spec)
     t0 = time.monotonic()
-    await backend.stop_container(cid, 10)
-    assert time.monotonic() - t0 < 0.5
+    await backend.stop_container(cid, 30)
+    assert time.monotonic() - t0 < 10  # the natural exit ended the wait, not the 30 s grace
     [st] = await backend.pod_containers("u1")
     assert st.exit_code == 0
 
@@ -381,24 +378,20 @@ async def test_close_cancels_timers(backend: SimulatedBackend) -> None:
 
 
 async def test_ten_thousand_pods_are_cheap(tmp_path: Path) -> None:
+    """10,000 running containers cost one timer each and no task each (speed is for bench/scale)."""
     b = SimulatedBackend(tmp_path, default_run_seconds=3600)
-    t0 = time.perf_counter()
     for i in range(10_000):
         spec = pod(f"u{i}", key=f"k{i % 50}")
         sb = await b.acquire_sandbox(spec)
         cid = await b.create_container(sb, spec, ctr(), 0)
         await b.start_container(cid)
-    elapsed = time.perf_counter() - t0
     loop = asyncio.get_running_loop()
     timers = len(loop._scheduled)  # type: ignore[attr-defined]
     assert timers >= 10_000
     assert len(asyncio.all_tasks()) < 10
-    t1 = time.perf_counter()
     s = await b.stats()
-    stats_time = time.perf_counter() - t1
     assert len(s.pods) == 10_000
     await b.close()
-    assert elapsed < 20 and stats_time < 2.0, (elapsed, stats_time)
 
 
 async def test_prewarm_fills_pool_up_to_cap(tmp_path: Path) -> None:

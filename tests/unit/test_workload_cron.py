@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,9 +119,6 @@ async def test_tick_prewarms_due_cronjobs_concurrently_and_bounded() -> None:
         f"cj{i}": {**cj(), "metadata": {"name": f"t{i}", "namespace": "ns", "uid": f"cj{i}"}}
         for i in range(20)
     }
-    t0 = time.monotonic()
     assert await pw.tick(ts("2026-01-01T00:00:45")) == 20 * 3
-    elapsed = time.monotonic() - t0
     assert backend.peak == pw.concurrency == 8  # concurrent, at most 8 at once
-    assert elapsed < 20 * 0.05 / 2  # 3 waves of 0.05 s, not 20 in a row (1 s)
     assert await pw.tick(ts("2026-01-01T00:00:50")) == 0  # same firing: once
