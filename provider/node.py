@@ -24,6 +24,7 @@ from provider.node_object import (
     node_restriction_safe,
     node_status,
     node_taints,
+    overwritten_by_others,
 )
 from sandbox.backend import Backend, BackendHealth
 
@@ -265,6 +266,14 @@ class NodeController:
                     if ev.get("type") == "DELETED":
                         log.warning("node deleted, registering again name=%s", self.cfg.name)
                         self._wake.set()
+                    elif ev.get("type") == "MODIFIED" and overwritten_by_others(
+                        ev.get("object") or {}, self._last_summary
+                    ):
+                        log.warning(
+                            "node conditions changed by another client, reporting again name=%s",
+                            self.cfg.name,
+                        )
+                        self._last_summary = []  # the next health poll patches the status
                 failures = 0
             except asyncio.CancelledError:
                 raise

@@ -187,3 +187,13 @@ def foreign_owner(node: Mapping[str, Any]) -> str | None:
 def conditions_summary(conditions: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
     """What counts as a change worth an immediate status update (heartbeats aside)."""
     return sorted((str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in conditions)
+
+
+def overwritten_by_others(node: Mapping[str, Any], last_written: Sequence[tuple[str, str, str]]) -> bool:
+    """True if the Node's conditions are no longer what warmlet last wrote: someone else (the
+    node-lifecycle controller marking it Unknown after an outage) changed them, so warmlet should
+    report its own view now instead of at the next periodic update."""
+    if not last_written:
+        return False
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return conditions_summary(conditions) != list(last_written)

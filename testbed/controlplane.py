@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,6 +266,36 @@ class ControlPlane:
         if not self.running("kube-apiserver"):
             self.spawn_apiserver()
         self.wait_apiserver(timeout)
+        self.wait_controllers_resynced(timeout)
+
+    def wait_controllers_resynced(self, timeout: float = 120) -> None:
+        """After an outage the controllers' informers back off (a restarted apiserver even answers
+        403 until its RBAC cache fills): wait until a new namespace gets its ``default``
+        ServiceAccount again, so the next test finds a working control plane."""
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+
+        def created() -> bool:  # a create that timed out may still have happened
+            return self._try_kubectl("create", "namespace", probe) or self._try_kubectl("get", "ns", probe)
+
+        wait_until("apiserver accepts writes", created, timeout)
+        try:
+            wait_until(
+                "controllers resynced (default ServiceAccount of a new namespace)",
+                lambda: self._try_kubectl("get", "serviceaccount", "default", "-n", probe),
+                timeout,
+                interval=0.5,
+                alive=self.procs.alive("kube-controller-manager"),
+                log_path=self.procs.logs["kube-controller-manager"],
+            )
+        finally:
+            self._try_kubectl("delete", "namespace", probe, "--wait=false")
+
+    def _try_kubectl(self, *args: str) -> bool:
+        try:
+            self.kubectl(*args, timeout=15)
+        except Exception:
+            return False
+        return True
 
     def stop_etcd(self, grace: float = 10.0) -> None:
         """Stop etcd only; kube-apiserver stays up and answers errors until etcd is back."""
@@ -275,6 +306,8 @@ class ControlPlane:
         if not self.running("etcd"):
             self.spawn_etcd()
         self.wait_etcd(timeout)
+        self.wait_apiserver(timeout)
+        self.wait_controllers_resynced(max(timeout, 120))
 
     def etcd_call(self, method: str, body: dict[str, object], timeout: float = 10) -> dict[str, object]:
         """POST to etcd's gRPC gateway (``/v3/kv/range``, ``/v3/kv/put``, ``/v3/kv/compaction``...)."""

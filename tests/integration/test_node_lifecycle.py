@@ -36,6 +36,7 @@ async def test_node_registration_lease_health_and_recreation(kubeconfig: Any, tm
     cfg.node.labels = {"example.com/pool": "jobs"}
     cfg.node.extended_resources = {"example.com/gpu": "2"}
     cfg.node.lease_renew_interval_seconds = 1.0
+    cfg.node.status_update_interval_seconds = 600  # only condition changes and the watch patch
     backend = FlakyBackend(tmp_path / "logs")
     client = await KubeClient.from_kubeconfig(str(kubeconfig))
     name = cfg.node.name
@@ -88,6 +89,16 @@ async def test_node_registration_lease_health_and_recreation(kubeconfig: Any, tm
             assert "containerd socket refused" in cond(n, "Ready")["message"]
             backend.healthy = True
             await wait_for(lambda: ready_is("True"), 15, 0.3, "Ready again")
+
+            # the node-lifecycle controller marks it Unknown (as after an apiserver outage): warmlet
+            # reports its own view again at once, not at the next periodic update (600 s here)
+            unknown = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "x"}
+            await client.patch(
+                f"/api/v1/nodes/{name}/status",
+                {"status": {"conditions": [unknown]}},
+                content_type="application/strategic-merge-patch+json",
+            )
+            await wait_for(lambda: ready_is("True"), 30, 0.3, "Ready after someone else wrote Unknown")
 
             # deleted node is registered again
             old_uid = node["metadata"]["uid"]

@@ -100,3 +100,16 @@ def test_status_fields() -> None:
 
 def test_micro_time() -> None:
     assert micro_time(1.5) == "1970-01-01T00:00:01.500000Z"
+
+
+def test_overwritten_by_others_notices_a_condition_someone_else_wrote() -> None:
+    from provider.node_object import conditions_summary, overwritten_by_others
+
+    ours = [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]
+    written = conditions_summary(ours)
+    assert not overwritten_by_others({"status": {"conditions": ours}}, written)
+    unknown = [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}]
+    assert overwritten_by_others({"status": {"conditions": unknown}}, written)
+    assert overwritten_by_others({"status": {}}, written)
+    # nothing written yet (or a refresh already pending): nothing to compare with
+    assert not overwritten_by_others({"status": {"conditions": unknown}}, [])
