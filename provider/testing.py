@@ -76,12 +76,13 @@ async def wait_for(
     raise TimeoutError(f"timed out after {within}s waiting for {what}; last={last!r}"[:2000])
 
 
-async def create_namespace(client: KubeClient, prefix: str = "wl") -> str:
+async def create_namespace(
+    client: KubeClient, prefix: str = "wl", labels: dict[str, str] | None = None
+) -> str:
     """A fresh namespace whose default ServiceAccount exists (pods are admitted)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    await client.post(
-        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    )
+    meta: JSON = {"name": name, "labels": labels} if labels else {"name": name}
+    await client.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
 
     async def sa() -> bool:
         try:
@@ -90,7 +91,7 @@ async def create_namespace(client: KubeClient, prefix: str = "wl") -> str:
         except ApiError:
             return False
 
-    await wait_for(sa, 30, 0.2, "default service account")
+    await wait_for(sa, 60, 0.2, "default service account")
     return name
 
 

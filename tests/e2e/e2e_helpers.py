@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import ssl
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from provider.app import WarmletNode
@@ -198,3 +200,15 @@ class E2E:
 
 
 __all__ = ["E2E", "LEVEL", "job", "metric", "pod_spec", "start_count", "wait_for"]
+
+
+@pytest.fixture
+async def e2e(testbed: Any, kubeconfig: Path, cri_endpoint: str, tmp_path: Path) -> AsyncIterator[E2E]:
+    """Per-test :class:`E2E` (imported by the e2e and faults conftests); cleans up after the test."""
+    client = await KubeClient.from_kubeconfig(str(kubeconfig))
+    env = E2E(client, kubeconfig, tmp_path, testbed, cri_endpoint)
+    try:
+        yield env
+    finally:
+        await env.cleanup()
+        await client.close()

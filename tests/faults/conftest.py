@@ -9,30 +9,18 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from e2e_helpers import E2E
-
-from provider.kubeclient import KubeClient
-
-
-@pytest.fixture
-async def e2e(testbed: Any, kubeconfig: Path, cri_endpoint: str, tmp_path: Path) -> AsyncIterator[E2E]:
-    client = await KubeClient.from_kubeconfig(str(kubeconfig))
-    env = E2E(client, kubeconfig, tmp_path, testbed, cri_endpoint)
-    try:
-        yield env
-    finally:
-        await env.cleanup()
-        await client.close()
+from e2e_helpers import e2e
 
 
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+__all__ = ["e2e", "unique"]

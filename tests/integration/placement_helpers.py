@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from provider.config import PlacementConfig
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from provider.placement.service import PlacementService
 from provider.placement.webhook import unregister
-from provider.testing import list_pods, wait_for
+from provider.testing import create_namespace, list_pods, wait_for
 from provider.timefmt import rfc3339
 from sandbox.backend import BackendHealth
 from sandbox.simulated import SimulatedBackend
@@ -66,25 +65,7 @@ async def running_placement(cfg: PlacementConfig, kubeconfig: Path) -> AsyncIter
 
 
 async def labelled_namespace(client: KubeClient, tag: str) -> str:
-    name = f"pl-{uuid.uuid4().hex[:6]}"
-    await client.post(
-        "/api/v1/namespaces",
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"placement-test": tag}},
-        },
-    )
-
-    async def sa() -> bool:
-        try:
-            await client.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
-            return True
-        except ApiError:
-            return False
-
-    await wait_for(sa, 60, 0.2, "default service account")
-    return name
+    return await create_namespace(client, "pl", {"placement-test": tag})
 
 
 def ready_status(now: float, pods: str = "110") -> JSON:
