@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cachetools import LRUCache
+
 from proto import cri_pb2 as pb
 from sandbox import cri_log
 from sandbox import cri_mapping as m
@@ -332,6 +334,8 @@ class CriBackend:
         self._specs: dict[str, PodSandboxSpec] = {}  # pod uid -> spec (for create_container)
         # finished pods whose sandbox went back to the pool: final container states (logs stay)
         self._finished: dict[str, tuple[PodSandboxSpec, list[ContainerRuntimeState]]] = {}
+        # containers already counted as OOMKilled (seen by the PLEG or by a pod sync, whichever first)
+        self._oom_counted: LRUCache[str, bool] = LRUCache(maxsize=8192)
         self._pleg_snapshot: dict[str, tuple[int, str]] = {}
         self._start_times: dict[str, float] = {}  # container id -> started_at (seconds)
         self._tasks: list[asyncio.Task[None]] = []
@@ -872,6 +876,7 @@ class CriBackend:
                 if e.not_found:
                     return
                 raise
+            self._note_oom(cid, st.status)
             state = m.container_state_from_status(st.status)
             if interrupted_start(state):
                 # The StartContainer of a warmlet killed (or cancelled) mid-call: containerd gave up
@@ -987,22 +992,29 @@ class CriBackend:
 
     async def _count_oom_kills(self, container_ids: list[str]) -> None:
         """warmlet_container_oom_kills_total: one ContainerStatus per newly exited container."""
-        from sandbox import metrics
 
         async def one(cid: str) -> None:
             with contextlib.suppress(BackendError):
-                st = (await self.client.container_status(cid)).status
-                if st.reason == "OOMKilled":
-                    metrics.OOM_KILLS.inc()
-                    log.warning(
-                        "container OOMKilled container=%s pod=%s/%s name=%s",
-                        cid[:12],
-                        st.labels.get(m.K8S_POD_NAMESPACE, ""),
-                        st.labels.get(m.K8S_POD_NAME, ""),
-                        st.metadata.name,
-                    )
+                self._note_oom(cid, (await self.client.container_status(cid)).status)
 
-        await asyncio.gather(*(one(c) for c in container_ids))
+        await asyncio.gather(*(one(c) for c in container_ids if c not in self._oom_counted))
+
+    def _note_oom(self, cid: str, st: Any) -> None:
+        """Count an OOMKilled container once, whether the PLEG or a pod sync sees it first (a pod
+        sync may see the exit, and the pod's release remove the container, between two relists)."""
+        if st.reason != "OOMKilled" or cid in self._oom_counted:
+            return
+        from sandbox import metrics
+
+        self._oom_counted[cid] = True
+        metrics.OOM_KILLS.inc()
+        log.warning(
+            "container OOMKilled container=%s pod=%s/%s name=%s",
+            cid[:12],
+            st.labels.get(m.K8S_POD_NAMESPACE, ""),
+            st.labels.get(m.K8S_POD_NAME, ""),
+            st.metadata.name,
+        )
 
     # ------------------------------------------------------------------ adoption / reconcile
 

@@ -56,3 +56,23 @@ def test_finished_states_survive_a_restart_until_the_status_is_written(tmp_path:
     again.save()
     assert json.loads(f.read_text())["finished"] == {}
     assert again.finished_of("u1") is None
+
+
+def test_an_oom_kill_is_counted_once_whoever_sees_it_first() -> None:
+    from cachetools import LRUCache
+    from prometheus_client import REGISTRY
+
+    from proto import cri_pb2 as pb
+    from sandbox.cri_backend import CriBackend
+
+    def total() -> float:
+        return float(REGISTRY.get_sample_value("warmlet_container_oom_kills_total") or 0.0)
+
+    backend = object.__new__(CriBackend)
+    backend._oom_counted = LRUCache(maxsize=8)
+    before = total()
+    oom = pb.ContainerStatus(id="c1", reason="OOMKilled", exit_code=137)
+    backend._note_oom("c1", oom)  # the pod sync sees it
+    backend._note_oom("c1", oom)  # then the PLEG
+    backend._note_oom("c2", pb.ContainerStatus(id="c2", reason="Error", exit_code=1))
+    assert total() == before + 1
