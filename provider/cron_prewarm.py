@@ -23,6 +23,7 @@ from provider.config import WarmletConfig
 from provider.kubeclient import KubeClient, sleep_backoff
 from provider.metrics import PREWARMS
 from provider.podspec import sandbox_spec
+from provider.scheduling import selects_node, tolerates
 from provider.workload import cronjob_key
 from sandbox.backend import Backend, PodSandboxSpec
 
@@ -49,72 +50,15 @@ def next_fire(cronjob: Mapping[str, Any], now: float) -> float | None:
     return nxt.timestamp()
 
 
-def tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
-    for t in tolerations:
-        if t.get("effect") and t.get("effect") != taint.get("effect"):
-            continue
-        op = t.get("operator", "Equal")
-        if not t.get("key") and op == "Exists":
-            return True
-        if t.get("key") != taint.get("key"):
-            continue
-        if op == "Exists" or t.get("value", "") == taint.get("value", ""):
-            return True
-    return False
-
-
-def _requirement(req: Mapping[str, Any], values: Mapping[str, str]) -> bool:
-    """One node selector requirement (In, NotIn, Exists, DoesNotExist, Gt, Lt) against ``values``."""
-    key, op, want = req.get("key", ""), req.get("operator", ""), list(req.get("values") or [])
-    have = values.get(key)
-    if op == "In":
-        return have is not None and have in want
-    if op == "NotIn":
-        return have is None or have not in want
-    if op == "Exists":
-        return have is not None
-    if op == "DoesNotExist":
-        return have is None
-    if op in ("Gt", "Lt") and have is not None and len(want) == 1:
-        try:
-            a, b = int(have), int(want[0])
-        except ValueError:
-            return False
-        return a > b if op == "Gt" else a < b
-    return False
-
-
-def affinity_matches(pod_spec: Mapping[str, Any], node_labels: Mapping[str, str]) -> bool:
-    """The template's required node affinity (terms ORed, a term's requirements ANDed; matchFields
-    on metadata.name): with several virtual nodes, a CronJob pinned to one is prewarmed only there."""
-    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    )
-    if not required:
-        return True
-    fields = {"metadata.name": node_labels.get("kubernetes.io/hostname", "")}
-    for term in required.get("nodeSelectorTerms") or []:
-        exprs, fexprs = term.get("matchExpressions") or [], term.get("matchFields") or []
-        if (
-            (exprs or fexprs)
-            and all(_requirement(r, node_labels) for r in exprs)
-            and all(_requirement(r, fields) for r in fexprs)
-        ):
-            return True
-    return False  # an empty term matches no node
-
-
 def targets_node(
     pod_spec: Mapping[str, Any], node_labels: Mapping[str, str], taints: Sequence[Mapping[str, Any]]
 ) -> bool:
     """Whether pods of this template may be scheduled here (nodeName, nodeSelector, required node
     affinity, taints)."""
-    if pod_spec.get("nodeName") and pod_spec.get("nodeName") != node_labels.get("kubernetes.io/hostname"):
+    name = node_labels.get("kubernetes.io/hostname", "")
+    if pod_spec.get("nodeName") and pod_spec.get("nodeName") != name:
         return False
-    for k, v in (pod_spec.get("nodeSelector") or {}).items():
-        if node_labels.get(k) != v:
-            return False
-    if not affinity_matches(pod_spec, node_labels):
+    if not selects_node(pod_spec, node_labels, name):
         return False
     tolerations = list(pod_spec.get("tolerations") or [])
     return all(tolerates(tolerations, t) for t in taints if t.get("effect") in ("NoSchedule", "NoExecute"))

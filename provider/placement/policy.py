@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from provider.quantity import cpu_milli, to_int
+from provider.scheduling import selects_node
+from provider.scheduling import tolerates as tolerations_accept
 from provider.timefmt import parse_rfc3339
 from provider.workload import resource_shape
 
@@ -161,64 +163,14 @@ def node_view(
     )
 
 
-def _expr_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    key, op, values = expr.get("key", ""), expr.get("operator", ""), list(expr.get("values") or [])
-    have = labels.get(key)
-    if op == "In":
-        return have is not None and have in values
-    if op == "NotIn":
-        return have is None or have not in values
-    if op == "Exists":
-        return have is not None
-    if op == "DoesNotExist":
-        return have is None
-    if op in ("Gt", "Lt"):
-        try:
-            a, b = int(have or ""), int(values[0])
-        except (ValueError, IndexError):
-            return False
-        return a > b if op == "Gt" else a < b
-    return False
-
-
 def matches_node(pod: Mapping[str, Any], labels: Mapping[str, str], name: str = "") -> bool:
     """The pod's nodeSelector and required node affinity accept the node (labels, name)."""
-    spec = pod.get("spec") or {}
-    for k, v in (spec.get("nodeSelector") or {}).items():
-        if labels.get(k) != v:
-            return False
-    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
-    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms")
-    if not terms:
-        return True
-    # terms are ORed, requirements within a term ANDed; an empty term matches nothing
-    fields = {"metadata.name": name}
-    for t in terms:
-        exprs = t.get("matchExpressions") or []
-        by_field = t.get("matchFields") or []
-        if not exprs and not by_field:
-            continue
-        if all(_expr_matches(e, labels) for e in exprs) and all(_expr_matches(f, fields) for f in by_field):
-            return True
-    return False
+    return selects_node(pod.get("spec") or {}, labels, name)
 
 
 def tolerates(pod: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
     """The pod tolerates the taint (NoSchedule/NoExecute semantics of kube-scheduler)."""
-    if taint.get("effect") == "PreferNoSchedule":
-        return True
-    for t in (pod.get("spec") or {}).get("tolerations") or []:
-        if t.get("effect") and t.get("effect") != taint.get("effect"):
-            continue
-        if not t.get("key"):
-            if t.get("operator") == "Exists":
-                return True
-            continue
-        if t.get("key") != taint.get("key"):
-            continue
-        if t.get("operator") == "Exists" or t.get("value", "") == taint.get("value", ""):
-            return True
-    return False
+    return tolerations_accept((pod.get("spec") or {}).get("tolerations") or [], taint)
 
 
 def choose_node(

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from provider.cron_prewarm import affinity_matches, targets_node
+from provider.cron_prewarm import targets_node
+from provider.scheduling import required_affinity_matches
+
+
+def affinity_matches(pod_spec: dict[str, Any], labels: dict[str, str]) -> bool:
+    return required_affinity_matches(pod_spec, labels, labels["kubernetes.io/hostname"])
+
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provider.config import WarmletConfig
-from provider.cron_prewarm import CronPrewarmer, next_fire, prewarm_spec, targets_node, tolerates
+from provider.cron_prewarm import CronPrewarmer, next_fire, prewarm_spec, targets_node
+from provider.scheduling import tolerates
 from provider.workload import cronjob_key
 
 TAINT = {"key": "virtual-kubelet.io/provider", "value": "warmlet", "effect": "NoSchedule"}
