@@ -139,10 +139,12 @@ async def measure_levels(
 
 
 async def measure_floor(cri_endpoint: str, image: str, n: int) -> JSON:
-    """Bare CRI: create+start the same container in one existing sandbox, ``n`` times."""
+    """Bare CRI: create+start the same container in one existing sandbox, ``n`` times, directly
+    and through warmlet's CRI relay (``cri.call_relay``), interleaved so both see the same noise."""
     from sandbox import cri_mapping as m
     from sandbox.backend import ContainerSpec, PodSandboxSpec
     from sandbox.cri_client import CriClient
+    from sandbox.cri_relay import RelayProcess, upstream_path
 
     instance = f"bench-floor-{uuid.uuid4().hex[:6]}"
     uid = str(uuid.uuid4())
@@ -153,30 +155,39 @@ async def measure_floor(cri_endpoint: str, image: str, n: int) -> JSON:
     logdir = tempfile.mkdtemp(prefix="cvw-floor-")
     sb_cfg = m.sandbox_config(spec, logdir, instance=instance)
     cri = CriClient(cri_endpoint)
-    start: list[float] = []
+    relay = RelayProcess(upstream_path(cri_endpoint))
+    relayed = CriClient(cri_endpoint)
+    samples: dict[str, list[float]] = {"start_s": [], "relayed_start_s": []}
     teardown: list[float] = []
     sid = ""
     try:
+        await asyncio.to_thread(relay.start)
+        relayed.dial_through(relay.target)
         if await cri.image_status(image) is None:
             await cri.pull_image(image)
         sid = await cri.run_pod_sandbox(sb_cfg)
+        await relayed.version()  # connected before the first timed call, like the direct client
         for i in range(n):
-            cfg = m.container_config(spec, container, i, instance=instance)
-            t0 = time.perf_counter()
-            cid = await cri.create_container(sid, cfg, sb_cfg)
-            await cri.start_container(cid)
-            t1 = time.perf_counter()
-            await cri.stop_container(cid, 5)
-            await cri.remove_container(cid)
-            start.append(t1 - t0)
-            teardown.append(time.perf_counter() - t1)
+            order = [("start_s", cri), ("relayed_start_s", relayed)]
+            for j, (key, client) in enumerate(order if i % 2 == 0 else order[::-1]):
+                cfg = m.container_config(spec, container, 2 * i + j, instance=instance)
+                t0 = time.perf_counter()
+                cid = await client.create_container(sid, cfg, sb_cfg)
+                await client.start_container(cid)
+                t1 = time.perf_counter()
+                await cri.stop_container(cid, 5)
+                await cri.remove_container(cid)
+                samples[key].append(t1 - t0)
+                teardown.append(time.perf_counter() - t1)
     finally:
         if sid:
             with contextlib.suppress(Exception):
                 await cri.stop_pod_sandbox(sid)
                 await cri.remove_pod_sandbox(sid)
         await cri.close()
-    return {"start_s": start, "stop_remove_s": teardown}
+        await relayed.close()
+        await asyncio.to_thread(relay.stop)
+    return {**samples, "stop_remove_s": teardown}
 
 
 def build_result(
@@ -184,10 +195,12 @@ def build_result(
 ) -> JSON:
     """The result dict (pure: figures, ratios and raw samples in ms from measured seconds)."""
     levels = {lv: summarize_ms(s) for lv, s in samples_s.items()}
-    floor_sum = {
+    relayed = summarize_ms(floor.get("relayed_start_s") or [])
+    floor_sum: JSON = {
         **summarize_ms(floor.get("start_s") or []),
         "what": "CRI CreateContainer+StartContainer in one existing sandbox (bare client, no warmlet)",
         "stop_remove": summarize_ms(floor.get("stop_remove_s") or []),
+        "relayed": relayed,
     }
 
     def p50(level: str) -> float:
@@ -196,7 +209,8 @@ def build_result(
     ratios = {
         "image_cached_over_warm_p50": ratio(p50("image_cached"), p50("warm")),
         "cold_over_warm_p50": ratio(p50("cold"), p50("warm")),
-        "warm_over_floor_p50": ratio(p50("warm"), float(summarize_ms(floor.get("start_s") or [])["p50_ms"])),
+        "warm_over_floor_p50": ratio(p50("warm"), float(floor_sum["p50_ms"])),
+        "relayed_over_direct_floor_p50": ratio(float(relayed["p50_ms"]), float(floor_sum["p50_ms"])),
     }
     return {
         "n": n,
@@ -211,6 +225,7 @@ def build_result(
         "samples_ms": {
             **{lv: [round(s * 1000, 2) for s in v] for lv, v in samples_s.items()},
             "floor": [round(s * 1000, 2) for s in floor.get("start_s") or []],
+            "floor_relayed": [round(s * 1000, 2) for s in floor.get("relayed_start_s") or []],
         },
     }
 
@@ -274,10 +289,19 @@ def summary_rows(result: JSON) -> list[tuple[str, str]]:
                 f"{_ms(f.get('p50_ms'))} / {_ms(f.get('p95_ms'))} / {_ms(f.get('p99_ms'))}",
             )
         )
+    r = f.get("relayed") or {}
+    if r.get("n"):
+        rows.append(
+            (
+                "floor through the CRI relay ms",
+                f"{_ms(r.get('p50_ms'))} / {_ms(r.get('p95_ms'))} / {_ms(r.get('p99_ms'))}",
+            )
+        )
     names = {
         "image_cached_over_warm_p50": "image_cached / warm (p50)",
         "cold_over_warm_p50": "cold / warm (p50)",
         "warm_over_floor_p50": "warm / floor (p50)",
+        "relayed_over_direct_floor_p50": "floor through the CRI relay / direct (p50)",
     }
     for k, v in (result.get("ratios") or {}).items():
         rows.append((names.get(k, k), f"{v}x"))

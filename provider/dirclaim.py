@@ -101,4 +101,3 @@ def claim_dirs(cfg: WarmletConfig) -> DirClaim:
     claim = DirClaim(cfg.node.name, node_dirs(cfg))
     claim.acquire()
     return claim
-

@@ -31,6 +31,9 @@ class PodActions:
     backoff: dict[str, tuple[float, Waiting]] = field(default_factory=dict)
     # Containers created but never started (warmlet died in between): start them, don't recreate.
     resume: list[str] = field(default_factory=list)
+    # Containers in the runtime's "unknown" state: killed before their next attempt starts (like
+    # kubelet, so that two instances never run side by side).
+    kill: list[str] = field(default_factory=list)
     init_failed: bool = False  # a regular init container failed and restartPolicy is Never
     terminal: bool = False  # nothing will ever run again in this pod
 
@@ -83,6 +86,12 @@ def _restart(
         actions.start.append(Start(name, latest.attempt + 1, is_init))
 
 
+def _replace_unknown(latest: ContainerRuntimeState, is_init: bool, actions: PodActions) -> None:
+    """kubelet: a container in unknown state is always restarted, after being killed."""
+    actions.kill.append(latest.container_id)
+    actions.start.append(Start(latest.name, latest.attempt + 1, is_init))
+
+
 def compute_pod_actions(
     pod: Mapping[str, Any], containers: Sequence[ContainerRuntimeState], backoff: Backoff, now: float
 ) -> PodActions:
@@ -111,6 +120,10 @@ def compute_pod_actions(
                 actions.resume.append(latest.container_id)
                 if not app_started:
                     return actions
+            elif latest.state == ContainerState.UNKNOWN:
+                _replace_unknown(latest, True, actions)
+                if not app_started:
+                    return actions
             elif latest.state != ContainerState.RUNNING and not app_started:
                 return actions
             continue
@@ -121,6 +134,9 @@ def compute_pod_actions(
             return actions
         if latest.state == ContainerState.CREATED:
             actions.resume.append(latest.container_id)
+            return actions
+        if latest.state == ContainerState.UNKNOWN:
+            _replace_unknown(latest, True, actions)
             return actions
         if latest.state != ContainerState.EXITED:
             return actions  # still running
@@ -140,6 +156,8 @@ def compute_pod_actions(
             actions.start.append(Start(c["name"], 0, False))
         elif latest.state == ContainerState.CREATED:
             actions.resume.append(latest.container_id)
+        elif latest.state == ContainerState.UNKNOWN:
+            _replace_unknown(latest, False, actions)
         elif latest.state == ContainerState.EXITED and should_restart(policy, latest.exit_code):
             _restart(pod, c["name"], latest, False, backoff, now, actions)
     actions.terminal = _all_app_done(app_specs, inst, policy)

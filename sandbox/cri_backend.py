@@ -54,6 +54,7 @@ from sandbox.backend import (
     SandboxInfo,
 )
 from sandbox.cri_client import CriCallError, CriClient
+from sandbox.cri_relay import RelayProcess, upstream_path
 from sandbox.images import ImageCache, ImageInfo
 from sandbox.log_rotation import ContainerLogRotator
 from sandbox.pool import SandboxRecord, WarmPool
@@ -203,6 +204,19 @@ def _pids_in_cgroup_of(container_id: str) -> list[int]:
     return pids
 
 
+def task_never_started(container_id: str) -> bool | None:
+    """Whether the container's task provably never ran its process: True when every process in
+    its cgroup is still runc's init (``runc create`` done, ``runc start`` not), False when one is
+    not, None when no process is left to tell."""
+    comms = []
+    for pid in _pids_in_cgroup_of(container_id):
+        with contextlib.suppress(OSError):
+            comms.append(_read(f"/proc/{pid}/comm").strip())
+    if not comms:
+        return None
+    return all(c.startswith("runc:[") for c in comms)
+
+
 def _remove_cgroup(parent: str) -> None:
     """rmdir ``parent`` in every mounted cgroup hierarchy (v1 controllers and the unified one)."""
     rel = parent.strip("/")
@@ -346,6 +360,7 @@ class CriBackend:
         self.pids_limit = int(getattr(cri, "pod_pids_limit", -1))
         self._creating: dict[str, int] = {}  # pod uid -> RunPodSandbox calls in flight
         self._retry_on_recovery: set[str] = set()  # pods a call failed for while the runtime was away
+        self.relay: RelayProcess | None = None  # keeps calls in flight alive if warmlet dies
         max_size = cri_log.parse_size(getattr(cri, "container_log_max_size", "10Mi"))
         self.log_rotator: ContainerLogRotator | None = None
         if max_size > 0:
@@ -371,6 +386,11 @@ class CriBackend:
             return
         os.makedirs(self.log_dir, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if getattr(self.cri, "call_relay", False) and self.relay is None:
+            self.relay = RelayProcess(upstream_path(self.cri.runtime_endpoint))
+            await asyncio.to_thread(self.relay.start)
+            self.client.dial_through(self.relay.target)
+            log.info("cri relay started name=%s", self.relay.name)
         self.client.connect()
         v = await self.client.version()
         log.info(
@@ -405,6 +425,8 @@ class CriBackend:
         await self.images.close()
         self.pool.save()
         await self.client.close()
+        if self.relay is not None:
+            await asyncio.to_thread(self.relay.stop)
         self._started = False
 
     async def health(self) -> BackendHealth:
@@ -891,6 +913,22 @@ class CriBackend:
                 )
                 await self._kill_and_remove(cid)
                 return
+            if state.state == ContainerState.UNKNOWN:
+                # containerd restarted in the middle of this container's start and cannot load
+                # its task. If the process provably never ran, remove it to create the same
+                # attempt again; otherwise the pod sync kills it and restarts it, as kubelet does.
+                never = await asyncio.to_thread(task_never_started, cid)
+                log.warning(
+                    "container state unknown (runtime restarted during its start) container=%s "
+                    "pod_uid=%s name=%s never_started=%s",
+                    cid[:12],
+                    pod_uid,
+                    state.name,
+                    never,
+                )
+                if never:
+                    await self._kill_and_remove(cid)
+                    return
             out.append(state)
 
         await asyncio.gather(*(one(c.id) for c in conts))

@@ -99,11 +99,17 @@ class CriClient:
         self.retries = retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.dial_target = ""  # set by dial_through: the runtime service is reached via a relay
         self._channels: list[grpc.aio.Channel] = []
         self._rt: pbg.RuntimeServiceStub | None = None
         self._img: pbg.ImageServiceStub | None = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    def dial_through(self, target: str) -> None:
+        """Reach the runtime endpoint through ``target`` (a relay to it); before ``connect()``."""
+        assert self._rt is None, "dial_through after connect"
+        self.dial_target = target
 
     def connect(self) -> None:
         """Create the channels (lazy: nothing is dialled until the first call)."""
@@ -114,7 +120,7 @@ class CriClient:
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.enable_http_proxy", 0),
         ]
-        rt_ch = grpc.aio.insecure_channel(self.runtime_target, options=opts)
+        rt_ch = grpc.aio.insecure_channel(self.dial_target or self.runtime_target, options=opts)
         self._channels.append(rt_ch)
         img_ch = rt_ch
         if self.image_target != self.runtime_target:

@@ -196,6 +196,14 @@ class PodWorker:
         runtime = await self.backend.pod_containers(uid)
         now = self.clock()
         actions = compute_pod_actions(pod, runtime, self.restarts, now)
+        for cid in actions.kill:
+            log.warning(
+                "killing container in unknown state before restarting it pod=%s container=%s",
+                _name(pod),
+                cid[:12],
+            )
+            await self.backend.stop_container(cid, 0)
+            await self.backend.remove_container(cid)
         for cid in actions.resume:
             try:
                 await self.backend.start_container(cid)

@@ -75,7 +75,29 @@ async def wait_phases(e2e: E2E, ns: str, want: dict[str, str], within: float, wh
         return await wait_for(check, within, 1.0, what)
     except TimeoutError:
         wrong = {n: s for n, s in seen.items() if not s.startswith(want[n] + " ")}
-        raise AssertionError(f"timed out after {within:.0f} s waiting for {what}: {wrong}") from None
+        pods = {p["metadata"]["name"]: p for p in await e2e.pods(ns)}
+        runtime = {n: await _runtime_view(e2e, pods[n]["metadata"]["uid"]) for n in wrong if n in pods}
+        raise AssertionError(
+            f"timed out after {within:.0f} s waiting for {what}: {wrong}; in the runtime: {runtime}"
+        ) from None
+
+
+async def _runtime_view(e2e: E2E, pod_uid: str) -> list[str]:
+    """What containerd says about a pod's containers (state, attempt, reason, message)."""
+    c = CriClient(e2e.cri_endpoint)
+    try:
+        out = []
+        for ct in await c.list_containers(labels={m.LABEL_POD_UID: pod_uid}):
+            st = (await c.container_status(ct.id)).status
+            out.append(
+                f"{ct.id[:12]} {ct.metadata.name}#{ct.metadata.attempt} state={st.state} "
+                f"reason={st.reason!r} message={st.message[:200]!r} exit={st.exit_code}"
+            )
+        return out
+    except Exception as e:  # a diagnostic: never hide the timeout behind it
+        return [f"unreadable: {e}"]
+    finally:
+        await c.close()
 
 
 async def ready_status(e2e: E2E, node: str) -> str:

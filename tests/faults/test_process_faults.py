@@ -202,7 +202,8 @@ def run_marks(log_dir: Path, p: JSON) -> int:
 
 def start_cut_short(p: JSON) -> bool:
     """StartError from a StartContainer cancelled (warmlet killed) once containerd's task existed:
-    the process may have run, so it is reported as kubelet does and never run again."""
+    the process may have run. warmlet's CRI relay exists so that this never happens: the call
+    finishes in the runtime although its caller is dead."""
     term = (main_status(p).get("state") or {}).get("terminated") or {}
     msg = str(term.get("message") or "")
     return (
@@ -312,7 +313,7 @@ async def test_sigkill_at_random_points_of_a_burst(
         for p in items:
             want, code = expected[p["metadata"]["name"]]
             if phase(p) == "Failed" and start_cut_short(p):
-                continue  # a kill inside containerd's task start: StartError, at most one run
+                continue  # settled (wrongly): reported below, after convergence
             if phase(p) != want:
                 return None
             st = main_status(p).get("state") or {}
@@ -325,13 +326,13 @@ async def test_sigkill_at_random_points_of_a_burst(
     final = await wait_for(converged, 900, 1.0, "every pod in its expected final state")
     burst_seconds = round(time.monotonic() - t_start, 1)
 
-    # exactly once: one RUN_MARK per pod across all its log files (at most one for a start cut
-    # short inside containerd's task start), restartCount 0, attempt 0
+    # exactly once: one RUN_MARK per pod across all its log files, restartCount 0, attempt 0; no
+    # start cancelled half-done by a kill (the relay lets containerd finish it)
     cut = {p["metadata"]["name"] for p in final if start_cut_short(p)}
+    assert not cut, f"{len(cut)} starts cut short by a kill (StartError): {sorted(cut)[:10]}"
     marks = {p["metadata"]["name"]: run_marks(w.log_dir, p) for p in final}
-    dup = {k: v for k, v in marks.items() if v > 1 or (v == 0 and k not in cut)}
+    dup = {k: v for k, v in marks.items() if v != 1}
     assert not dup, f"pods whose container did not run exactly once: {dup}"
-    assert len(cut) <= len(kills) * 8, f"{len(cut)} starts cut short by {len(kills)} kills"
     for p in final:
         assert main_status(p).get("restartCount", 0) == 0, p["metadata"]["name"]
     running = {p["metadata"]["uid"] for p in final if phase(p) == "Running"}
@@ -364,10 +365,11 @@ async def test_sigkill_at_random_points_of_a_burst(
     # a sandbox is never shared: one running pod per in-use sandbox
     assert len({c.pod_sandbox_id for c in conts}) == len(conts)
 
-    # image pulls: one per image over every process lifetime
+    # image pulls: at most one per image over every process lifetime (none logged when the
+    # runtime finished, through the relay, a pull whose warmlet was killed)
     text = w.log_text()
     pulls = Counter(mm.group(1) for mm in re.finditer(r"image pull done image=(\S+) .*pulled=True", text))
-    assert {i: pulls.get(i, 0) for i in images} == {i: 1 for i in images}, pulls
+    assert all(pulls.get(i, 0) <= 1 for i in images) and set(pulls) <= set(images), pulls
     hits = len(re.findall(r"pool hit pod=", text))
     created = len(re.findall(r"sandbox created sandbox=\S+ pod=\S+ prewarmed=False", text))
 
@@ -383,12 +385,11 @@ async def test_sigkill_at_random_points_of_a_burst(
 
     await wait_for(gauges_match, 60, 1.0, "warmlet_pool_sandboxes of the last process match containerd")
     assert len(kills) >= 10
-    ran_fail = by_phase["Failed"] - len(cut)
     reliability.detail(
         f"{len(kills)} SIGKILLs (seed {seed}) over {n_pods} pods in {burst_seconds} s: "
-        f"{by_phase['Succeeded']} Succeeded, {ran_fail} Failed (exit 1), {by_phase['Running']} Running as "
-        f"their commands say; {len(cut)} starts cut by a kill inside containerd's task start ended "
-        f"StartError (exit 128, as kubelet reports it), never run twice; 0 duplicate runs; 0 leaked "
+        f"{by_phase['Succeeded']} Succeeded, {by_phase['Failed']} Failed (exit 1), {by_phase['Running']} "
+        f"Running as their commands say, each run exactly once (0 StartError: calls in flight at a "
+        f"kill finished through the CRI relay); 0 leaked "
         f"containers or sandboxes ({len(sbs)} sandboxes = {len(running)} in use + {sum(idle.values())} "
         f"idle, idle ≤ 4 per workload); {sum(pulls.values())} pulls for 2 images; {hits} warm starts, "
         f"{created} sandboxes created"

@@ -10,7 +10,7 @@ from bench.harness import owned_pod
 
 def _result() -> dict:  # type: ignore[type-arg]
     samples = {"cold": [1.0, 1.2], "image_cached": [0.2, 0.3], "warm": [0.1, 0.12]}
-    floor = {"start_s": [0.05, 0.06], "stop_remove_s": [0.03]}
+    floor = {"start_s": [0.05, 0.06], "relayed_start_s": [0.055, 0.066], "stop_remove_s": [0.03]}
     mism = [{"pod": "warm-1", "intended": "warm", "observed": "image_cached"}]
     return build_result(2, "img", samples, floor, mism, {"name": "n"})
 
@@ -24,7 +24,9 @@ def test_build_result_levels_floor_ratios() -> None:
         "image_cached_over_warm_p50": 2.0,
         "cold_over_warm_p50": 10.0,
         "warm_over_floor_p50": 2.0,
+        "relayed_over_direct_floor_p50": 1.1,
     }
+    assert r["floor"]["relayed"]["p50_ms"] == 55.0
     assert r["level_mismatches"] == 1
     assert r["samples_ms"]["floor"] == [50.0, 60.0]
 
@@ -39,6 +41,8 @@ def test_summary_rows() -> None:
     rows = dict(summary_rows(_result()))
     assert rows["warm (n=2) p50/p95/p99 ms"] == "100 / 120 / 120"
     assert rows["floor: bare CRI create+start ms"] == "50 / 60 / 60"
+    assert rows["floor through the CRI relay ms"] == "55 / 66 / 66"
+    assert rows["floor through the CRI relay / direct (p50)"] == "1.1x"
     assert rows["cold / warm (p50)"] == "10.0x"
     assert rows["start-level annotation mismatches"] == "1"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from sandbox.backend import ContainerRuntimeState, ContainerState
 from sandbox.cri_backend import interrupted_start
 from sandbox.pool import WarmPool
@@ -76,3 +78,23 @@ def test_an_oom_kill_is_counted_once_whoever_sees_it_first() -> None:
     backend._note_oom("c1", oom)  # then the PLEG
     backend._note_oom("c2", pb.ContainerStatus(id="c2", reason="Error", exit_code=1))
     assert total() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("comms", "expected"),
+    [
+        ({}, None),  # no process left: nothing tells whether it ran
+        ({11: "runc:[2:INIT]"}, True),  # runc create done, runc start never came
+        ({11: "runc:[2:INIT]", 12: "runc:[1:CHILD]"}, True),
+        ({11: "sh"}, False),  # exec'd: the process ran
+        ({11: "runc:[2:INIT]", 12: "sleep"}, False),
+    ],
+)
+def test_task_never_started_reads_the_processes_of_the_containers_cgroup(
+    monkeypatch: pytest.MonkeyPatch, comms: dict[int, str], expected: bool | None
+) -> None:
+    from sandbox import cri_backend
+
+    monkeypatch.setattr(cri_backend, "_pids_in_cgroup_of", lambda cid: list(comms) if cid == "cid" else [])
+    monkeypatch.setattr(cri_backend, "_read", lambda path: comms[int(path.split("/")[2])] + "\n")
+    assert cri_backend.task_never_started("cid") is expected

@@ -214,3 +214,34 @@ def test_is_finished_has_no_side_effects() -> None:
     assert is_finished(pod(init=["i"], policy="Never"), [c("i", X, code=3)])
     assert not is_finished(pod(init=["i"], policy="OnFailure"), [c("i", X, code=3)])
     assert not is_finished(pod(), [])
+
+
+U = ContainerState.UNKNOWN
+
+
+@pytest.mark.parametrize("policy", ["Always", "OnFailure", "Never"])
+def test_unknown_app_container_is_killed_then_restarted_whatever_the_policy(policy: str) -> None:
+    # kubelet: "always restart container in the unknown, or in the created state", after killing
+    # it so that two instances never run side by side
+    a = compute_pod_actions(pod(["a", "b"], policy=policy), [c("a", U), c("b", R)], Backoff(), NOW)
+    assert a.kill == ["a0"]
+    assert a.start == [Start("a", 1, False)]
+    assert not a.resume and not a.backoff and not a.terminal
+
+
+def test_unknown_init_container_is_replaced_before_anything_else() -> None:
+    a = compute_pod_actions(pod(["app"], init=["i1", "i2"]), [c("i1", U, attempt=2)], Backoff(), NOW)
+    assert a.kill == ["i12"]
+    assert a.start == [Start("i1", 3, True)]
+
+
+def test_unknown_sidecar_is_replaced_before_the_app_starts() -> None:
+    a = compute_pod_actions(pod(["app"], sidecars=["s"]), [c("s", U)], Backoff(), NOW)
+    assert a.kill == ["s0"]
+    assert a.start == [Start("s", 1, True)]  # the app waits for the sidecar's new instance
+
+
+def test_known_states_kill_nothing() -> None:
+    runtime = [c("a", R), c("b", X, code=1), c("d", C)]
+    a = compute_pod_actions(pod(["a", "b", "d"]), runtime, Backoff(), NOW)
+    assert a.kill == []

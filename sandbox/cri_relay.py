@@ -1,0 +1,222 @@
+"""A byte relay between warmlet and the CRI socket that outlives a killed warmlet.
+
+Why: containerd cancels the work of a CRI call whose connection closes. A warmlet SIGKILLed in
+the middle of StartContainer therefore leaves a task that was created and perhaps started, then
+torn down with ``StartError: context canceled`` — the process may have run, so the pod can be
+neither reported as run nor run again (exactly-once is lost). Through this relay the connection
+to containerd stays open after warmlet dies: every call in flight finishes in the runtime, and
+the restarted warmlet finds its outcome (a running or exited container, a ready sandbox).
+
+The relay is not gRPC-aware: it copies bytes both ways. When warmlet's side of a connection
+closes, the relay stops writing upstream and keeps reading (discarding) what the runtime answers
+for ``linger`` seconds — longer than any call's deadline — then closes. It runs in its own
+session so a signal to warmlet's process group does not reach it, and exits once its parent is
+gone and its last connection has lingered out; on a clean shutdown warmlet terminates it.
+
+Run as ``python -m sandbox.cri_relay --listen NAME --upstream PATH --parent PID``; ``NAME`` is an
+abstract unix socket name (no file to clean up, no path length limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+CHUNK = 256 * 1024
+DEFAULT_LINGER_SECONDS = 150.0  # > the longest CRI call deadline warmlet uses (RunPodSandbox, 120 s)
+
+
+class Relay:
+    """Accept on an abstract unix socket; relay each connection to ``upstream``."""
+
+    def __init__(self, listen: str, upstream: str, linger: float, parent: int) -> None:
+        self.listen = listen
+        self.upstream = upstream
+        self.linger = linger
+        self.parent = parent
+        self.connections: set[asyncio.Task[None]] = set()
+        self.listening = asyncio.Event()
+
+    async def run(self) -> None:
+        server = await asyncio.start_unix_server(self._accept, path="\0" + self.listen)
+        self.listening.set()
+        await _exited(self.parent)
+        server.close()  # the parent is gone: no new connections, let the open ones finish
+        if self.connections:
+            await asyncio.gather(*self.connections, return_exceptions=True)
+
+    async def _accept(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections.add(task)
+        try:
+            await self._relay(down_r, down_w)
+        finally:
+            self.connections.discard(task)
+
+    async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_unix_connection(self.upstream)
+        except OSError:
+            down_w.close()  # the runtime is down: warmlet sees its call fail as UNAVAILABLE
+            return
+        down_open = True
+        sent = False
+
+        async def to_upstream() -> None:
+            nonlocal sent
+            while data := await down_r.read(CHUNK):
+                sent = True
+                up_w.write(data)
+                await up_w.drain()
+
+        async def to_downstream() -> None:
+            nonlocal down_open
+            while data := await up_r.read(CHUNK):
+                if not down_open:
+                    continue  # warmlet is gone: read the runtime's answers, drop them
+                try:
+                    down_w.write(data)
+                    await down_w.drain()
+                except (ConnectionError, OSError):
+                    down_open = False
+
+        answers = asyncio.create_task(to_downstream())
+        requests = asyncio.create_task(to_upstream())
+        try:
+            done, _ = await asyncio.wait({answers, requests}, return_when=asyncio.FIRST_COMPLETED)
+            if answers in done:
+                return  # the runtime closed the connection: nothing is left to finish
+            down_open = False  # warmlet closed (or died): calls in flight finish in the runtime
+            if not sent:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(answers), self.linger)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for t in (answers, requests):
+                t.cancel()
+            await asyncio.gather(answers, requests, return_exceptions=True)
+            for w in (up_w, down_w):
+                w.close()
+
+
+async def _exited(pid: int) -> None:
+    """Return when process ``pid`` has exited (its pidfd becomes readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, gone.set)
+    try:
+        await gone.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------ warmlet's side
+
+
+class RelayProcess:
+    """The relay as warmlet starts and stops it."""
+
+    def __init__(self, upstream: str, linger: float = DEFAULT_LINGER_SECONDS) -> None:
+        self.upstream = upstream
+        self.linger = linger
+        self.name = f"warmlet-cri-relay-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        """The gRPC target that dials the relay."""
+        return f"unix-abstract:{self.name}"
+
+    def start(self, ready_timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sandbox.cri_relay",
+                "--listen",
+                self.name,
+                "--upstream",
+                self.upstream,
+                "--linger",
+                str(self.linger),
+                "--parent",
+                str(os.getpid()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to warmlet's process group does not reach it
+        )
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect("\0" + self.name)
+                    return
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"CRI relay exited with code {self.proc.returncode} at start")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"CRI relay not listening after {ready_timeout:.0f} s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Clean shutdown: nothing is in flight, so the relay need not linger."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def upstream_path(endpoint: str) -> str:
+    """The socket path of a ``unix://`` (or bare path) CRI endpoint."""
+    if endpoint.startswith("unix://"):
+        return endpoint[len("unix://") :]
+    if endpoint.startswith("unix:"):
+        return endpoint[len("unix:") :]
+    return endpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--listen", required=True, help="abstract unix socket name")
+    ap.add_argument("--upstream", required=True, help="the runtime's unix socket path")
+    ap.add_argument("--linger", type=float, default=DEFAULT_LINGER_SECONDS)
+    ap.add_argument("--parent", type=int, default=os.getppid())
+    args = ap.parse_args(argv)
+    relay = Relay(args.listen, args.upstream, args.linger, args.parent)
+    loop = asyncio.new_event_loop()
+    main_task = loop.create_task(relay.run())
+    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    loop.add_signal_handler(signal.SIGINT, main_task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        loop.run_until_complete(main_task)
+    loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
