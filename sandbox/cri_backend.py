@@ -204,10 +204,13 @@ def _pids_in_cgroup_of(container_id: str) -> list[int]:
     return pids
 
 
-def task_never_started(container_id: str) -> bool | None:
-    """Whether the container's task provably never ran its process: True when every process in
-    its cgroup is still runc's init (``runc create`` done, ``runc start`` not), False when one is
-    not, None when no process is left to tell."""
+def task_never_started(container_id: str, task_dir: str | None) -> bool | None:
+    """Whether the container's task provably never ran its process: True when containerd never
+    made the task (no bundle directory ``task_dir``) or every process in its cgroup is still
+    runc's init (``runc create`` done, ``runc start`` not); False when one is not; None when
+    nothing is left to tell (``task_dir`` None: where tasks live is not known)."""
+    if task_dir is not None and not os.path.isdir(task_dir):
+        return True
     comms = []
     for pid in _pids_in_cgroup_of(container_id):
         with contextlib.suppress(OSError):
@@ -714,6 +717,14 @@ class CriBackend:
             await asyncio.to_thread(_wipe_ipc, facts.pause_pid, shm)
         return True
 
+    def _task_dir(self, container_id: str) -> str | None:
+        """containerd's bundle directory of the container's task (runtime v2, CRI namespace)."""
+        cri_state = self._runtime_info.get("stateDir")  # <containerd state>/io.containerd.grpc.v1.cri
+        if not cri_state:
+            return None
+        tasks = os.path.join(os.path.dirname(cri_state), "io.containerd.runtime.v2.task")
+        return os.path.join(tasks, "k8s.io", container_id)
+
     async def _kill_and_remove(self, container_id: str) -> None:
         with contextlib.suppress(CriCallError):
             await self.client.stop_container(container_id, 0)
@@ -917,7 +928,7 @@ class CriBackend:
                 # containerd restarted in the middle of this container's start and cannot load
                 # its task. If the process provably never ran, remove it to create the same
                 # attempt again; otherwise the pod sync kills it and restarts it, as kubelet does.
-                never = await asyncio.to_thread(task_never_started, cid)
+                never = await asyncio.to_thread(task_never_started, cid, self._task_dir(cid))
                 log.warning(
                     "container state unknown (runtime restarted during its start) container=%s "
                     "pod_uid=%s name=%s never_started=%s",

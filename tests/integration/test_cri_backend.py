@@ -320,3 +320,25 @@ async def test_prewarm_and_stats(env: Env) -> None:
     assert names == ["main"]  # the exited container is left out, without an error
     assert pu.containers[0].cpu_usage_core_nanoseconds > 0 and pu.containers[0].memory_working_set_bytes > 0
     print(f"prewarm of 2 sandboxes: {prewarm_s:.3f}s")
+
+
+async def test_task_never_started_on_containerds_real_layout(env: Env) -> None:
+    """What warmlet reads to decide about a container left UNKNOWN by a runtime restart: the
+    task's bundle directory (none before StartContainer) and the processes in its cgroup."""
+    from sandbox.cri_backend import task_never_started
+
+    b = env.backend()
+    await b.start()
+    assert b.relay is not None and b.relay.proc is not None  # cri.call_relay is on by default
+    await b.ensure_image(env.busybox, PullPolicy.IF_NOT_PRESENT)
+    pod = env.pod("unknown-1")
+    sb = await b.acquire_sandbox(pod)
+    cid = await b.create_container(sb, pod, env.container("sleep 60"), 0)
+    task_dir = b._task_dir(cid)
+    assert task_dir is not None and not await asyncio.to_thread(os.path.isdir, task_dir)
+    assert await asyncio.to_thread(task_never_started, cid, task_dir) is True  # created only
+    await b.start_container(cid)
+    assert await asyncio.to_thread(os.path.isdir, task_dir)
+    assert await asyncio.to_thread(task_never_started, cid, task_dir) is False  # it runs
+    await b.stop_container(cid, 0)
+    assert await asyncio.to_thread(task_never_started, cid, task_dir) in (None, True)

@@ -91,10 +91,13 @@ def test_an_oom_kill_is_counted_once_whoever_sees_it_first() -> None:
     ],
 )
 def test_task_never_started_reads_the_processes_of_the_containers_cgroup(
-    monkeypatch: pytest.MonkeyPatch, comms: dict[int, str], expected: bool | None
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, comms: dict[int, str], expected: bool | None
 ) -> None:
     from sandbox import cri_backend
 
     monkeypatch.setattr(cri_backend, "_pids_in_cgroup_of", lambda cid: list(comms) if cid == "cid" else [])
     monkeypatch.setattr(cri_backend, "_read", lambda path: comms[int(path.split("/")[2])] + "\n")
-    assert cri_backend.task_never_started("cid") is expected
+    assert cri_backend.task_never_started("cid", str(tmp_path)) is expected  # the task exists
+    assert cri_backend.task_never_started("cid", None) is expected  # where tasks live: unknown
+    # containerd never made the task (a CreateContainer or start cut short before it): never ran
+    assert cri_backend.task_never_started("cid", str(tmp_path / "cid")) is True
