@@ -14,7 +14,9 @@ session so a signal to warmlet's process group does not reach it, and exits once
 gone and its last connection has lingered out; on a clean shutdown warmlet terminates it.
 
 Run as ``python -m sandbox.cri_relay --listen NAME --upstream PATH --parent PID``; ``NAME`` is an
-abstract unix socket name (no file to clean up, no path length limit).
+abstract unix socket name (no file to clean up, no path length limit). An abstract socket has no
+file permissions, so the relay checks each peer's credentials (SO_PEERCRED) and serves only its
+own user — the one that may open the runtime's socket anyway; anyone else is closed at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -63,6 +66,9 @@ class Relay:
             self.connections.discard(task)
 
     async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        if peer_uid(down_w.get_extra_info("socket")) != os.getuid():
+            down_w.close()  # not the runtime socket's owner: no CRI access through the relay
+            return
         try:
             up_r, up_w = await asyncio.open_unix_connection(self.upstream)
         except OSError:
@@ -108,6 +114,17 @@ class Relay:
             await asyncio.gather(answers, requests, return_exceptions=True)
             for w in (up_w, down_w):
                 w.close()
+
+
+def peer_uid(sock: socket.socket | None) -> int:
+    """The uid of a unix socket's peer (-1 if unknown)."""
+    if sock is None:
+        return -1
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return -1
+    return int(struct.unpack("3i", raw)[1])
 
 
 async def _exited(pid: int) -> None:

@@ -234,3 +234,58 @@ async def test_relay_closes_at_once_without_a_request_or_a_runtime(tmp_path: Pat
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_relay_serves_only_its_own_user(tmp_path: Path) -> None:
+    """An abstract socket has no file permissions: another user is closed before any byte
+    reaches the runtime (on the host, that would be root's containerd)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    server, seen = await _upstream(tmp_path / "up.sock")
+    _, name, task = await _relay(tmp_path / "up.sock", linger=600, parent=os.getpid())
+    try:
+        out = await asyncio.to_thread(_exchange_as, 65534, name, b"hello\n")
+        assert out == b""  # closed at once
+        assert seen == []  # nothing reached the runtime
+        r, w = await asyncio.open_unix_connection("\0" + name)  # root, as the relay: served
+        w.write(b"hello\n")
+        assert await r.readline() == b"HELLO\n"
+        w.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+
+
+def _exchange_as(uid: int, name: str, data: bytes) -> bytes:
+    """Connect to abstract socket ``name`` as ``uid`` (a forked child), send, return the answer."""
+    import socket
+
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: only syscalls, then _exit
+        code = 0
+        try:
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(20)
+            s.connect("\0" + name)
+            try:
+                s.sendall(data)
+                os.write(wr, s.recv(100))
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # closed before or after our bytes (a reset): as good as an empty answer
+        except BaseException as e:
+            os.write(wr, repr(e).encode())
+            code = 1
+        os._exit(code)
+    os.close(wr)
+    try:
+        out = b""
+        while chunk := os.read(rd, 100):
+            out += chunk
+    finally:
+        os.close(rd)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out
