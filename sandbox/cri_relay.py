@@ -62,6 +62,8 @@ class Relay:
         self.connections.add(task)
         try:
             await self._relay(down_r, down_w)
+        except asyncio.CancelledError:
+            pass  # the relay stops (SIGTERM): end quietly (3.11's stream callback logs a cancel)
         finally:
             self.connections.discard(task)
 
@@ -231,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_signal_handler(signal.SIGINT, main_task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         loop.run_until_complete(main_task)
+    # stopped by a signal: end the open connections too (their tasks close both sockets)
+    pending = asyncio.all_tasks(loop)
+    for t in pending:
+        t.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
     return 0
 

@@ -242,7 +242,8 @@ def tag_image(e2e: E2E, tag: str) -> str:
 @pytest.mark.reliability(
     fault="warmlet SIGKILLed at ≥10 random points of a 500-pod burst (CRI), restarted each time",
     checked="every pod's phase and exit code; each container ran exactly once (log marks); no "
-    "sandbox or container beyond live pods and idle pool entries; pool ≤ max; one pull per image",
+    "sandbox or container beyond live pods and idle pool entries; pool ≤ max; ≤ 1 pull per image; "
+    "no StartError (calls in flight at a kill finish through the CRI relay)",
 )
 async def test_sigkill_at_random_points_of_a_burst(
     e2e: E2E, warmlets: list[Warmlet], unique: str, reliability: Any

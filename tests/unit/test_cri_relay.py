@@ -10,6 +10,7 @@ linger without a request, an unreachable runtime closes at once, exit after the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -289,3 +290,46 @@ def _exchange_as(uid: int, name: str, data: bytes) -> bytes:
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, out
     return out
+
+
+async def test_sigterm_with_open_connections_exits_quietly(tmp_path: Path) -> None:
+    """warmlet's clean shutdown: the relay ends at once, exit 0, nothing on stderr."""
+
+    async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await r.read()
+        w.close()
+
+    server = await asyncio.start_unix_server(hold, path=str(tmp_path / "up.sock"))
+    name = f"warmlet-test-relay-{uuid.uuid4().hex[:8]}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sandbox.cri_relay",
+        "--listen",
+        name,
+        "--upstream",
+        str(tmp_path / "up.sock"),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(500):
+            try:
+                r, w = await asyncio.open_unix_connection("\0" + name)
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+        w.write(b"a request in flight\n")
+        await w.drain()
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0
+        assert err == b""
+        assert await asyncio.wait_for(r.read(), 10) == b""  # its connections closed
+        w.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        server.close()
