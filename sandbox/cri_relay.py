@@ -233,13 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_signal_handler(signal.SIGINT, main_task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         loop.run_until_complete(main_task)
-    # stopped by a signal: end the open connections too (their tasks close both sockets)
-    pending = asyncio.all_tasks(loop)
-    for t in pending:
-        t.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(_end_connections())
     loop.close()
     return 0
+
+
+async def _end_connections() -> None:
+    """Stopped by a signal: end the open connections too (their tasks close both sockets)."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 if __name__ == "__main__":

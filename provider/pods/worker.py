@@ -202,6 +202,10 @@ class PodWorker:
                 _name(pod),
                 cid[:12],
             )
+            cname = next((c.name for c in runtime if c.container_id == cid), "")
+            self.events.record(
+                pod, NORMAL, "Killing", f'Container {cname} is in "unknown" state, killing it before restart'
+            )
             await self.backend.stop_container(cid, 0)
             await self.backend.remove_container(cid)
         for cid in actions.resume:

@@ -207,11 +207,14 @@ class LogCount(logging.Handler):
         super().__init__(logging.WARNING)
         self.count = 0
         self.by_logger: Counter[str] = Counter()
+        self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.split(".")[0] in ("provider", "sandbox", "warmlet"):
             self.count += 1
             self.by_logger[record.name] += 1
+            if len(self.messages) < 10_000:
+                self.messages.append(record.getMessage())
 
     def __enter__(self) -> LogCount:
         logging.getLogger().addHandler(self)

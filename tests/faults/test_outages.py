@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any
 
 import pytest
@@ -42,8 +43,9 @@ async def _restore_apiserver(cp: Any) -> None:
 
 @pytest.mark.reliability(
     fault="containerd stopped mid-burst (12 CRI pods being created) and restarted ~10 s later",
-    checked="every pod Running/Succeeded, restartCount 0, one container and one sandbox per pod, "
-    "no orphan sandbox; CRI errors counted",
+    checked="every pod Running/Succeeded, restartCount 0 (1 only for a container containerd lost "
+    "mid-start after its process ran: killed and restarted as kubelet does, with a Killing event), "
+    "one container and one sandbox per pod, no orphan sandbox; CRI errors counted",
 )
 async def test_containerd_restart_mid_burst(e2e: E2E, reliability: Any) -> None:
     containerd = own_bed(e2e).containerd
@@ -61,6 +63,7 @@ async def test_containerd_restart_mid_burst(e2e: E2E, reliability: Any) -> None:
     cri_errors_before = _cri_errors()
     orphans_before = metric("warmlet_pool_evictions_total", reason="orphan")
     clock = Stopwatch()
+    logs = LogCount().__enter__()
     burst = asyncio.create_task(post_pods(e2e, ns, pods, parallel=12))
 
     async def some_started() -> bool:
@@ -77,19 +80,36 @@ async def test_containerd_restart_mid_burst(e2e: E2E, reliability: Any) -> None:
         await asyncio.to_thread(containerd.start_daemon)
     up_at = clock()
 
-    final = await wait_phases(e2e, ns, want, 240, "every pod Running or Succeeded after the restart")
+    try:
+        final = await wait_phases(e2e, ns, want, 240, "every pod Running or Succeeded after the restart")
+    finally:
+        logs.__exit__()
     settled = clock()
+    # A container containerd itself lost track of during its start (CRI state UNKNOWN after its
+    # restart) whose process did run is killed and started again, as kubelet does: one counted
+    # restart, announced by a Killing event. Every other pod: restartCount 0.
+    replaced = {
+        mm.group(1)
+        for msg in logs.messages
+        if (mm := re.search(rf"killing container in unknown state .*pod={ns}/(\S+)", msg))
+    }
     for name, p in final.items():
         cs = cstatus(p)
-        assert cs.get("restartCount") == 0, (name, cs)
+        assert cs.get("restartCount") == (1 if name in replaced else 0), (name, cs)
         if name.startswith("short"):
             assert cs["state"]["terminated"]["exitCode"] == 0, (name, cs)
+    if replaced:
+        events = await e2e.client.get(f"/api/v1/namespaces/{ns}/events")
+        killing = {e["involvedObject"]["name"] for e in events["items"] if e.get("reason") == "Killing"}
+        assert replaced <= killing, (replaced, killing)
     inv = await settled_inventory(e2e, node, ns)
     # the long pods hold one sandbox and one running container each; the finished bare pods' are gone
     longs = {p["metadata"]["uid"] for n, p in final.items() if n.startswith("long")}
     assert {m.pod_uid_of(c.labels) for c in inv.containers} == longs
     assert len(inv.containers) == len(longs) == len(inv.sandboxes)
-    assert all(c.metadata.attempt == 0 for c in inv.containers)
+    by_uid = {p["metadata"]["uid"]: n for n, p in final.items()}
+    for c in inv.containers:
+        assert c.metadata.attempt == (1 if by_uid[m.pod_uid_of(c.labels)] in replaced else 0), c
     assert await ready_status(e2e, node_name) == "True"
     cri_errors = _cri_errors() - cri_errors_before
     orphans = metric("warmlet_pool_evictions_total", reason="orphan") - orphans_before
@@ -98,7 +118,9 @@ async def test_containerd_restart_mid_burst(e2e: E2E, reliability: Any) -> None:
         f"all 12 pods right {settled - up_at:.0f} s after restart"
     )
     reliability.detail(
-        f"0 restarts, 0 duplicates, 0 orphans left ({len(inv.containers)} containers, "
+        f"{len(replaced)} restarts (containers containerd lost mid-start whose process had run: "
+        f"killed and restarted as kubelet does), 0 duplicates, 0 orphans left "
+        f"({len(inv.containers)} containers, "
         f"{len(inv.sandboxes)} sandboxes for the 6 running pods; {orphans:.0f} half-made sandboxes "
         f"swept); {cri_errors:.0f} CRI errors counted"
     )

@@ -342,10 +342,47 @@ async def test_sigkill_at_random_points_of_a_burst(
     # containerd: containers only of running pods (one each), sandboxes = in-use + idle pool entries
     state_file = w.state_dir / "cri-pool.json"
 
+    mismatch: list[str] = []  # the last difference seen, for the failure message
+
     async def runtime_consistent() -> tuple[list[Any], list[Any], JSON] | None:
         sbs, conts = await runtime(e2e, node)
         state = json.loads(state_file.read_text())
         recs = {r["sandbox_id"]: r for r in state["sandboxes"]}
+        in_use = {r["pod_uid"] for r in recs.values() if r["state"] == "in_use"}
+        names = {p["metadata"]["uid"]: (p["metadata"]["name"], phase(p)) for p in final}
+        ids = {s.id for s in sbs}
+
+        def pod_of(uid: str) -> Any:
+            return names.get(uid, uid)
+
+        mismatch[:] = [
+            "sandboxes not in the pool file: "
+            + str([(s.id[:12], s.state, pod_of(m.pod_uid_of(s.labels))) for s in sbs if s.id not in recs]),
+            "pool records without a sandbox: "
+            + str(
+                [(k[:12], r["state"], pod_of(r.get("pod_uid", ""))) for k, r in recs.items() if k not in ids]
+            ),
+            f"in use, pod not running: {[pod_of(u) for u in in_use - running]}",
+            f"running, no sandbox in use: {[pod_of(u) for u in running - in_use]}",
+            "pods with several sandboxes in use: "
+            + str(
+                [
+                    pod_of(u)
+                    for u, n in Counter(r["pod_uid"] for r in recs.values() if r["state"] == "in_use").items()
+                    if n > 1
+                ]
+            ),
+            "records in other states: "
+            + str([(k[:12], r["state"]) for k, r in recs.items() if r["state"] not in ("in_use", "idle")]),
+            "containers of non-running pods: "
+            + str(
+                [
+                    (c.id[:12], c.state, pod_of(m.pod_uid_of(c.labels)))
+                    for c in conts
+                    if m.pod_uid_of(c.labels) not in running
+                ]
+            ),
+        ]
         if {s.id for s in sbs} != set(recs):
             return None
         if sorted(r["pod_uid"] for r in recs.values() if r["state"] == "in_use") != sorted(running):
@@ -356,7 +393,10 @@ async def test_sigkill_at_random_points_of_a_burst(
             return None
         return sbs, conts, state
 
-    got = await wait_for(runtime_consistent, 120, 1.0, "containerd matches the pods and the pool")
+    try:
+        got = await wait_for(runtime_consistent, 120, 1.0, "containerd matches the pods and the pool")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: " + "; ".join(x for x in mismatch if not x.endswith(": []"))) from None
     sbs, conts, state = got
     assert all(c.state == 1 for c in conts), "every remaining container is running"  # CONTAINER_RUNNING
     assert all(s.state == 0 for s in sbs), "every sandbox is ready"  # SANDBOX_READY

@@ -333,3 +333,38 @@ async def test_sigterm_with_open_connections_exits_quietly(tmp_path: Path) -> No
             proc.kill()
             await proc.wait()
         server.close()
+
+
+async def test_after_its_parent_dies_the_relay_lingers_then_exits_cleanly(tmp_path: Path) -> None:
+    """The SIGKILL path end to end: parent gone, a request answered after its caller left, the
+    connection lingered out, then exit 0 with nothing on stderr."""
+    server, seen = await _upstream(tmp_path / "up.sock", answer_after=0.3)
+    parent = await asyncio.create_subprocess_exec("sleep", "60")
+    name = f"warmlet-test-relay-{uuid.uuid4().hex[:8]}"
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "sandbox.cri_relay", "--listen", name),
+        *("--upstream", str(tmp_path / "up.sock"), "--linger", "1", "--parent", str(parent.pid)),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(500):
+            try:
+                _, w = await asyncio.open_unix_connection("\0" + name)
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+        w.write(b"in flight\n")
+        await w.drain()
+        await _until(lambda: "got in flight" in seen, "the request reached the runtime")
+        w.close()
+        parent.kill()
+        await parent.wait()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert (proc.returncode, err) == (0, b"")
+        assert "answered" in seen  # the runtime finished the call its caller had abandoned
+    finally:
+        for p in (proc, parent):
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+        server.close()
