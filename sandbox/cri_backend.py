@@ -54,7 +54,7 @@ from sandbox.backend import (
     SandboxInfo,
 )
 from sandbox.cri_client import CriCallError, CriClient
-from sandbox.cri_relay import RelayProcess, upstream_path
+from sandbox.cri_relay import DEFAULT_LINGER_SECONDS, RelayProcess, upstream_path, wait_for_relay_exit
 from sandbox.images import ImageCache, ImageInfo
 from sandbox.log_rotation import ContainerLogRotator
 from sandbox.pool import SandboxRecord, WarmPool
@@ -64,6 +64,7 @@ log = logging.getLogger("warmlet.cri")
 
 STATE_FILE = "cri-pool.json"
 DEFAULT_CGROUP_BASE = ""  # empty: let the runtime place cgroups (no pod cgroup to clean up)
+RELAY_FILE = "cri-relay.json"  # in state_dir: pid + name of the running warmlet's CRI relay
 ORPHAN_SWEEP_SECONDS = 15.0
 ORPHAN_MIN_AGE_SECONDS = 20.0  # younger sandboxes may be a RunPodSandbox whose answer is on its way
 PIDS_CGROUP_BASE = "/warmlet"  # pod cgroups' parent when a pids limit is set and cgroup_parent is not
@@ -390,10 +391,7 @@ class CriBackend:
         os.makedirs(self.log_dir, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if getattr(self.cri, "call_relay", False) and self.relay is None:
-            self.relay = RelayProcess(upstream_path(self.cri.runtime_endpoint))
-            await asyncio.to_thread(self.relay.start)
-            self.client.dial_through(self.relay.target)
-            log.info("cri relay started name=%s", self.relay.name)
+            await self._start_relay()
         self.client.connect()
         v = await self.client.version()
         log.info(
@@ -418,6 +416,28 @@ class CriBackend:
         self._tasks.append(loop.create_task(self._orphan_sweep_loop(), name="cri-orphan-sweep"))
         self.pool.start_maintenance(self.maintenance_interval)
 
+    async def _start_relay(self) -> None:
+        """Start this process's CRI relay — after the previous warmlet's relay (a killed one's,
+        still finishing its calls in flight) has exited: adopting the runtime's state while those
+        calls still change it (a sandbox being stopped, a container being created) would build
+        the pool on state that is about to change."""
+        marker = self.state_dir / RELAY_FILE
+        try:
+            prev = json.loads(marker.read_text())
+            waited = await wait_for_relay_exit(
+                int(prev["pid"]), str(prev["name"]), DEFAULT_LINGER_SECONDS + 10
+            )
+            if waited is not None:
+                log.info("previous cri relay finished its calls pid=%s seconds=%.1f", prev["pid"], waited)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no previous relay recorded (first start, or it was stopped cleanly)
+        self.relay = RelayProcess(upstream_path(self.cri.runtime_endpoint))
+        await asyncio.to_thread(self.relay.start)
+        assert self.relay.proc is not None
+        marker.write_text(json.dumps({"pid": self.relay.proc.pid, "name": self.relay.name}))
+        self.client.dial_through(self.relay.target)
+        log.info("cri relay started name=%s pid=%d", self.relay.name, self.relay.proc.pid)
+
     async def close(self) -> None:
         """Stop loops and in-flight pulls; containers keep running (a restarted warmlet adopts them)."""
         tasks, self._tasks = self._tasks, []
@@ -430,6 +450,8 @@ class CriBackend:
         await self.client.close()
         if self.relay is not None:
             await asyncio.to_thread(self.relay.stop)
+            with contextlib.suppress(OSError):
+                (self.state_dir / RELAY_FILE).unlink()
         self._started = False
 
     async def health(self) -> BackendHealth:

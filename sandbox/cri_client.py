@@ -107,7 +107,8 @@ class CriClient:
     # ------------------------------------------------------------------ lifecycle
 
     def dial_through(self, target: str) -> None:
-        """Reach the runtime endpoint through ``target`` (a relay to it); before ``connect()``."""
+        """Reach the runtime service through ``target`` (a relay to it); before ``connect()``.
+        The image service keeps its own direct channel."""
         assert self._rt is None, "dial_through after connect"
         self.dial_target = target
 
@@ -123,7 +124,9 @@ class CriClient:
         rt_ch = grpc.aio.insecure_channel(self.dial_target or self.runtime_target, options=opts)
         self._channels.append(rt_ch)
         img_ch = rt_ch
-        if self.image_target != self.runtime_target:
+        # Image calls never go through the relay: a pull cut short by a kill is simply made again,
+        # and the next warmlet need not wait minutes for one before it adopts the runtime's state.
+        if self.image_target != self.runtime_target or self.dial_target:
             img_ch = grpc.aio.insecure_channel(self.image_target, options=opts)
             self._channels.append(img_ch)
         self._rt = pbg.RuntimeServiceStub(rt_ch)

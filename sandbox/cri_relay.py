@@ -32,6 +32,9 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
+
+from sandbox.h2_streams import StreamTracker
 
 CHUNK = 256 * 1024
 DEFAULT_LINGER_SECONDS = 150.0  # > the longest CRI call deadline warmlet uses (RunPodSandbox, 120 s)
@@ -78,17 +81,25 @@ class Relay:
             return
         down_open = True
         sent = False
+        streams = StreamTracker()
+        answered = asyncio.Event()  # no call waits for an answer (set while none is open)
 
         async def to_upstream() -> None:
             nonlocal sent
             while data := await down_r.read(CHUNK):
                 sent = True
+                streams.from_client(data)
+                if streams.open:
+                    answered.clear()
                 up_w.write(data)
                 await up_w.drain()
 
         async def to_downstream() -> None:
             nonlocal down_open
             while data := await up_r.read(CHUNK):
+                streams.from_server(data)
+                if not streams.open:
+                    answered.set()
                 if not down_open:
                     continue  # warmlet is gone: read the runtime's answers, drop them
                 try:
@@ -104,10 +115,15 @@ class Relay:
             if answers in done:
                 return  # the runtime closed the connection: nothing is left to finish
             down_open = False  # warmlet closed (or died): calls in flight finish in the runtime
-            if not sent:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(answers), self.linger)
+            if not sent or (streams.valid and not streams.open):
+                return  # nothing in flight
+            # until the last call in flight is answered (or, not knowing, the runtime hangs up)
+            all_answered = asyncio.ensure_future(answered.wait())
+            waits: set[asyncio.Future[Any]] = {answers, all_answered} if streams.valid else {answers}
+            try:
+                await asyncio.wait(waits, timeout=self.linger, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                all_answered.cancel()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -208,6 +224,26 @@ class RelayProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def relay_alive(pid: int, name: str) -> bool:
+    """Whether process ``pid`` is still the relay listening on ``name`` (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return name.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+async def wait_for_relay_exit(pid: int, name: str, within: float) -> float | None:
+    """Wait until a previous warmlet's relay exited (its calls in flight answered); the seconds
+    waited, or None if it was not running."""
+    if not await asyncio.to_thread(relay_alive, pid, name):
+        return None
+    t0 = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_exited(pid), within)
+    return time.monotonic() - t0
 
 
 def upstream_path(endpoint: str) -> str:

@@ -81,7 +81,7 @@ CLIENT = textwrap.dedent(
     async def main(endpoint: str, relayed: bool) -> None:
         c = CriClient(endpoint, call_timeout=30)
         if relayed:
-            relay = RelayProcess(upstream_path(endpoint), linger=4)
+            relay = RelayProcess(upstream_path(endpoint), linger=60)
             relay.start()
             c.dial_through(relay.target)
             print("relay", relay.proc.pid, flush=True)
@@ -129,7 +129,8 @@ async def test_through_the_relay_a_killed_callers_call_completes(runtime: tuple[
     outcome, relay_pid = await _kill_client_mid_start(fake, endpoint, relayed=True)
     assert outcome == "done"
     assert relay_pid
-    # its parent gone and the answer read, the relay exits by itself (within its linger)
+    # its parent gone and the last call answered, the relay exits by itself: at once (it reads
+    # the HTTP/2 frames), not after its 60 s linger
     for _ in range(300):
         try:
             os.kill(relay_pid, 0)
@@ -367,4 +368,30 @@ async def test_after_its_parent_dies_the_relay_lingers_then_exits_cleanly(tmp_pa
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+        server.close()
+
+
+async def test_the_next_warmlet_waits_for_the_previous_relay(tmp_path: Path) -> None:
+    """relay_alive / wait_for_relay_exit: what a restarted warmlet checks before adopting."""
+    from sandbox.cri_relay import relay_alive, wait_for_relay_exit
+
+    server, _ = await _upstream(tmp_path / "up.sock")
+    relay = RelayProcess(str(tmp_path / "up.sock"))
+    relay.start()
+    try:
+        assert relay.proc is not None
+        pid = relay.proc.pid
+        assert relay_alive(pid, relay.name)
+        assert not relay_alive(pid, relay.name + "-other")  # a reused pid is not the relay
+        assert not relay_alive(os.getpid(), relay.name)
+        assert await wait_for_relay_exit(os.getpid(), relay.name, 5) is None  # not running: no wait
+        waiter = asyncio.create_task(wait_for_relay_exit(pid, relay.name, 60))
+        await asyncio.sleep(0.3)
+        assert not waiter.done()  # still running: the next warmlet waits
+        await asyncio.to_thread(relay.stop)
+        waited = await asyncio.wait_for(waiter, 30)
+        assert waited is not None and waited >= 0.3
+        assert not relay_alive(pid, relay.name)
+    finally:
+        await asyncio.to_thread(relay.stop)
         server.close()
