@@ -115,6 +115,7 @@ class Relay:
             if answers in done:
                 return  # the runtime closed the connection: nothing is left to finish
             down_open = False  # warmlet closed (or died): calls in flight finish in the runtime
+            streams.client_gone()
             if not sent or (streams.valid and not streams.open):
                 return  # nothing in flight
             # until the last call in flight is answered (or, not knowing, the runtime hangs up)

@@ -6,7 +6,8 @@ fixed linger — and lets the next warmlet wait for exactly that before it adopt
 state. Only frame headers are read (RFC 9113 §4.1); payloads are skipped, nothing is decoded.
 
 A stream opens with the client's HEADERS and is done with the server's END_STREAM flag (DATA or
-HEADERS, i.e. gRPC's trailers) or an RST_STREAM from either side. Bytes that do not start with
+HEADERS, i.e. gRPC's trailers) or an RST_STREAM from either side; once the client is gone, a
+request it never finished (no END_STREAM of its own) will never be answered. Bytes that do not start with
 the HTTP/2 client preface make the tracker ``valid = False``: the caller cannot know, and falls
 back to waiting its full linger.
 """
@@ -64,6 +65,7 @@ class StreamTracker:
     """Open request streams of one client connection, from both directions' bytes."""
 
     open: set[int] = field(default_factory=set)
+    sent: set[int] = field(default_factory=set)  # open streams whose request is complete
     _client: FrameHeaders = field(default_factory=lambda: FrameHeaders(preface_left=len(PREFACE)))
     _server: FrameHeaders = field(default_factory=FrameHeaders)
 
@@ -72,13 +74,21 @@ class StreamTracker:
         return self._client.valid and self._server.valid
 
     def from_client(self, data: bytes) -> None:
-        for ftype, _, sid in self._client.feed(data):
+        for ftype, flags, sid in self._client.feed(data):
             if ftype == HEADERS and sid:
                 self.open.add(sid)
-            elif ftype == RST_STREAM:
+            if ftype == RST_STREAM:
                 self.open.discard(sid)
+                self.sent.discard(sid)
+            elif ftype in (DATA, HEADERS) and flags & END_STREAM and sid in self.open:
+                self.sent.add(sid)
+
+    def client_gone(self) -> None:
+        """The client closed: a request it never finished will never be answered, forget it."""
+        self.open &= self.sent
 
     def from_server(self, data: bytes) -> None:
         for ftype, flags, sid in self._server.feed(data):
             if ftype == RST_STREAM or (ftype in (DATA, HEADERS) and flags & END_STREAM):
                 self.open.discard(sid)
+                self.sent.discard(sid)

@@ -93,3 +93,13 @@ def test_any_chunking_gives_the_same_answer(
     for c in chunks(server, cuts_server):
         t.from_server(c)
     assert t.open == {3} and t.valid
+
+
+def test_a_request_cut_off_by_the_clients_death_is_not_waited_for() -> None:
+    t = StreamTracker()
+    t.from_client(PREFACE + unary_call(1) + frame(HEADERS, 3, 0x4, b"h" * 40) + frame(DATA, 3, 0, b"part"))
+    assert t.open == {1, 3}
+    t.client_gone()  # 3 never got its END_STREAM: the server waits for the rest, forever
+    assert t.open == {1}
+    t.from_server(unary_answer(1))
+    assert t.open == set() and t.sent == set()
