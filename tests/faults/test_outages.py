@@ -63,27 +63,24 @@ async def test_containerd_restart_mid_burst(e2e: E2E, reliability: Any) -> None:
     cri_errors_before = _cri_errors()
     orphans_before = metric("warmlet_pool_evictions_total", reason="orphan")
     clock = Stopwatch()
-    logs = LogCount().__enter__()
-    burst = asyncio.create_task(post_pods(e2e, ns, pods, parallel=12))
+    with LogCount() as logs:  # warmlet's warnings: which containers it replaced (see below)
+        burst = asyncio.create_task(post_pods(e2e, ns, pods, parallel=12))
 
-    async def some_started() -> bool:
-        return len(await e2e.containers(node_name)) >= 2
+        async def some_started() -> bool:
+            return len(await e2e.containers(node_name)) >= 2
 
-    await wait_for(some_started, 120, 0.1, "the first containers of the burst")
-    started_at_stop = len(await e2e.containers(node_name))
-    try:
-        await asyncio.to_thread(containerd.stop_daemon)
-        down_at = clock()
-        await burst
-        await asyncio.sleep(10)
-    finally:
-        await asyncio.to_thread(containerd.start_daemon)
-    up_at = clock()
+        await wait_for(some_started, 120, 0.1, "the first containers of the burst")
+        started_at_stop = len(await e2e.containers(node_name))
+        try:
+            await asyncio.to_thread(containerd.stop_daemon)
+            down_at = clock()
+            await burst
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.to_thread(containerd.start_daemon)
+        up_at = clock()
 
-    try:
         final = await wait_phases(e2e, ns, want, 240, "every pod Running or Succeeded after the restart")
-    finally:
-        logs.__exit__()
     settled = clock()
     # A container containerd itself lost track of during its start (CRI state UNKNOWN after its
     # restart) whose process did run is killed and started again, as kubelet does: one counted

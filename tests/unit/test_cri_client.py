@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from fake_cri import serve_runtime
 
 from proto import cri_pb2 as pb
 from proto import cri_pb2_grpc as pbg
@@ -57,16 +58,9 @@ class FakeRuntime(pbg.RuntimeServiceServicer):
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[FakeRuntime, str]]:
-    sock = tmp_path / "cri.sock"
-    srv = grpc.aio.server()
     fake = FakeRuntime()
-    pbg.add_RuntimeServiceServicer_to_server(fake, srv)
-    srv.add_insecure_port(f"unix://{sock}")
-    await srv.start()
-    try:
-        yield fake, f"unix://{sock}"
-    finally:
-        await srv.stop(0)
+    async with serve_runtime(fake, tmp_path / "cri.sock") as endpoint:
+        yield fake, endpoint
 
 
 def test_to_target() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from fake_cri import serve_runtime
 
 from proto import cri_pb2 as pb
 from proto import cri_pb2_grpc as pbg
@@ -60,16 +61,9 @@ class SlowStart(pbg.RuntimeServiceServicer):
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[tuple[SlowStart, str]]:
-    sock = tmp_path / "cri.sock"
-    srv = grpc.aio.server()
     fake = SlowStart()
-    pbg.add_RuntimeServiceServicer_to_server(fake, srv)
-    srv.add_insecure_port(f"unix://{sock}")
-    await srv.start()
-    try:
-        yield fake, f"unix://{sock}"
-    finally:
-        await srv.stop(0)
+    async with serve_runtime(fake, tmp_path / "cri.sock") as endpoint:
+        yield fake, endpoint
 
 
 CLIENT = textwrap.dedent(
@@ -302,24 +296,9 @@ async def test_sigterm_with_open_connections_exits_quietly(tmp_path: Path) -> No
         w.close()
 
     server = await asyncio.start_unix_server(hold, path=str(tmp_path / "up.sock"))
-    name = f"warmlet-test-relay-{uuid.uuid4().hex[:8]}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sandbox.cri_relay",
-        "--listen",
-        name,
-        "--upstream",
-        str(tmp_path / "up.sock"),
-        stderr=subprocess.PIPE,
-    )
+    proc, name = await _relay_process(tmp_path / "up.sock")
     try:
-        for _ in range(500):
-            try:
-                r, w = await asyncio.open_unix_connection("\0" + name)
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
+        r, w = await _connect(name)
         w.write(b"a request in flight\n")
         await w.drain()
         await asyncio.sleep(0.3)
@@ -341,19 +320,9 @@ async def test_after_its_parent_dies_the_relay_lingers_then_exits_cleanly(tmp_pa
     connection lingered out, then exit 0 with nothing on stderr."""
     server, seen = await _upstream(tmp_path / "up.sock", answer_after=0.3)
     parent = await asyncio.create_subprocess_exec("sleep", "60")
-    name = f"warmlet-test-relay-{uuid.uuid4().hex[:8]}"
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "sandbox.cri_relay", "--listen", name),
-        *("--upstream", str(tmp_path / "up.sock"), "--linger", "1", "--parent", str(parent.pid)),
-        stderr=subprocess.PIPE,
-    )
+    proc, name = await _relay_process(tmp_path / "up.sock", "--linger", "1", "--parent", str(parent.pid))
     try:
-        for _ in range(500):
-            try:
-                _, w = await asyncio.open_unix_connection("\0" + name)
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
+        _, w = await _connect(name)
         w.write(b"in flight\n")
         await w.drain()
         await _until(lambda: "got in flight" in seen, "the request reached the runtime")
@@ -369,6 +338,27 @@ async def test_after_its_parent_dies_the_relay_lingers_then_exits_cleanly(tmp_pa
                 p.kill()
                 await p.wait()
         server.close()
+
+
+async def _relay_process(upstream: Path, *args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m sandbox.cri_relay`` as warmlet runs it (stderr captured); its listen name."""
+    name = f"warmlet-test-relay-{uuid.uuid4().hex[:8]}"
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "sandbox.cri_relay", "--listen", name, "--upstream", str(upstream)),
+        *args,
+        stderr=subprocess.PIPE,
+    )
+    return proc, name
+
+
+async def _connect(name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the relay's abstract socket once it listens (the process is starting)."""
+    for _ in range(500):
+        try:
+            return await asyncio.open_unix_connection("\0" + name)
+        except OSError:
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"relay {name} never listened")
 
 
 async def test_the_next_warmlet_waits_for_the_previous_relay(tmp_path: Path) -> None:
