@@ -342,3 +342,32 @@ async def test_task_never_started_on_containerds_real_layout(env: Env) -> None:
     assert await asyncio.to_thread(task_never_started, cid, task_dir) is False  # it runs
     await b.stop_container(cid, 0)
     assert await asyncio.to_thread(task_never_started, cid, task_dir) in (None, True)
+
+
+async def test_start_waits_for_the_previous_warmlets_relay(env: Env) -> None:
+    """A restarted warmlet adopts the runtime's state only once the previous process's relay
+    (finishing that process's calls in flight) has exited; then it records its own."""
+    import json
+
+    from sandbox.cri_backend import RELAY_FILE
+    from sandbox.cri_relay import RelayProcess
+
+    previous = RelayProcess(env.socket)
+    await asyncio.to_thread(previous.start)
+    try:
+        assert previous.proc is not None
+        marker = env.tmp / "state" / RELAY_FILE
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"pid": previous.proc.pid, "name": previous.name}))
+        b = env.backend()
+        starting = asyncio.create_task(b.start())
+        await asyncio.sleep(1.0)
+        assert not starting.done()  # the previous relay still runs: no adoption yet
+        await asyncio.to_thread(previous.stop)
+        await asyncio.wait_for(starting, 30)
+        assert b.relay is not None and b.relay.proc is not None
+        assert json.loads(marker.read_text()) == {"pid": b.relay.proc.pid, "name": b.relay.name}
+        await b.close()
+        assert not marker.exists()  # a clean stop leaves nothing to wait for
+    finally:
+        await asyncio.to_thread(previous.stop)
