@@ -242,7 +242,7 @@ def tag_image(e2e: E2E, tag: str) -> str:
 @pytest.mark.reliability(
     fault="warmlet SIGKILLed at ≥10 random points of a 500-pod burst (CRI), restarted each time",
     checked="every pod's phase and exit code; each container ran exactly once (log marks); no "
-    "sandbox or container beyond live pods and idle pool entries; pool ≤ max; one pull per image; "
+    "sandbox or container beyond live pods and idle pool entries; pool ≤ max; no image pulled twice; "
     "no StartError (calls in flight at a kill finish through the CRI relay)",
 )
 async def test_sigkill_at_random_points_of_a_burst(
@@ -406,11 +406,17 @@ async def test_sigkill_at_random_points_of_a_burst(
     # a sandbox is never shared: one running pod per in-use sandbox
     assert len({c.pod_sandbox_id for c in conts}) == len(conts)
 
-    # image pulls: one per image over every process lifetime (image calls are not relayed: a
-    # pull cut short by a kill is made again by the next process)
+    # image pulls: never two of one image over every process lifetime (image calls are not
+    # relayed: a pull cut short by a kill is made again). A kill after containerd finished a pull
+    # but before warmlet logged it leaves none logged: the image is then in containerd all the same.
     text = w.log_text()
     pulls = Counter(mm.group(1) for mm in re.finditer(r"image pull done image=(\S+) .*pulled=True", text))
-    assert {i: pulls.get(i, 0) for i in images} == {i: 1 for i in images}, pulls
+    assert all(pulls.get(i, 0) <= 1 for i in images) and set(pulls) <= set(images), pulls
+    cri = CriClient(e2e.cri_endpoint)
+    try:
+        assert all([await cri.image_status(i) is not None for i in images]), images
+    finally:
+        await cri.close()
     hits = len(re.findall(r"pool hit pod=", text))
     created = len(re.findall(r"sandbox created sandbox=\S+ pod=\S+ prewarmed=False", text))
 
