@@ -258,15 +258,42 @@ class RuntimeUnavailableError(BackendError):
     reason = "ContainerRuntimeUnavailable"
 
 
+class ContainerStartInProgressError(BackendError):
+    """A StartContainer issued earlier (e.g. by a warmlet that was killed mid-call) is still being
+    carried out by the runtime: the container must be neither removed nor started again; ask
+    again shortly for its outcome (running, or exited)."""
+
+    reason = "ContainerStarting"
+
+
+class BackendCapabilities(_Model):
+    """What a backend can do, so the provider never branches on a backend's name."""
+
+    # Containers are real processes in a real pod sandbox: per-pod /etc files (hosts, resolv.conf,
+    # hostname) are written for them, probes and hooks would execute, logs are the processes' own.
+    runs_processes: bool = True
+
+
 PodChangeCallback = Callable[[str], None]
 """Called with a pod UID whenever the runtime state of that pod changed (PLEG-like)."""
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the provider needs from a runtime. Implementations: simulated, CRI."""
+    """What the provider needs from a runtime. Implementations: simulated, CRI.
 
-    name: str
+    Optional capabilities are separate named protocols below (:class:`Prewarmer`,
+    :class:`Reconciler`, :class:`PodLifecycleAware`); the provider checks them with
+    ``isinstance`` and never by a backend's name.
+    """
+
+    name: str  # for logs and metrics labels only: never branched on
+    capabilities: BackendCapabilities
+
+    @property
+    def container_id_scheme(self) -> str:
+        """The scheme of ``containerID`` in pod statuses (``<scheme>://<id>``): the runtime's own
+        name as its Version call reports it (``containerd``, ``cri-o``), as kubelet does."""
 
     async def start(self) -> None:
         """Connect, adopt what runs (by labels), start background loops."""
@@ -311,6 +338,11 @@ class Backend(Protocol):
     def log_path(self, namespace: str, name: str, uid: str, container: str, attempt: int) -> str:
         """Where the CRI log file of one container attempt lives (kubelet's layout)."""
 
+
+@runtime_checkable
+class Prewarmer(Protocol):
+    """Optional: backends with a warm pool."""
+
     async def prewarm(self, pod: PodSandboxSpec, count: int) -> int:
         """Have ``count`` idle warm sandboxes ready for ``pod.workload_key`` and its images cached.
 
@@ -320,6 +352,11 @@ class Backend(Protocol):
         the call (idempotent). Backends without a pool return 0.
         """
 
+
+@runtime_checkable
+class Reconciler(Protocol):
+    """Optional: backends that own runtime state which can outlive a pod."""
+
     async def reconcile(self, live_pod_uids: set[str]) -> None:
         """Garbage-collect what belongs to no live pod (after adoption, and periodically).
 
@@ -327,3 +364,15 @@ class Backend(Protocol):
         or destroyed); containers and log directories of unknown pods are removed. Idle pool
         sandboxes are kept. Optional: the provider may skip it for backends that own nothing.
         """
+
+
+@runtime_checkable
+class PodLifecycleAware(Protocol):
+    """Optional: backends that keep per-pod state (final container states, log directories)
+    beyond the pod's sandbox and want to know when the API no longer needs it."""
+
+    async def final_status_written(self, pod_uid: str) -> None:
+        """The pod's terminal status is in the API: its final states need not survive a restart."""
+
+    async def pod_gone(self, pod_uid: str) -> None:
+        """The pod object was deleted: drop whatever was kept for it (final states, logs)."""
