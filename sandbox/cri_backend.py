@@ -37,6 +37,7 @@ from proto import cri_pb2 as pb
 from sandbox import cri_log
 from sandbox import cri_mapping as m
 from sandbox.backend import (
+    BackendCapabilities,
     BackendError,
     BackendHealth,
     ContainerRuntimeState,
@@ -306,6 +307,7 @@ class CriBackend:
     """Backend over a CRI runtime with a per-workload warm pool (see module docstring)."""
 
     name = "cri"
+    capabilities = BackendCapabilities(runs_processes=True)
 
     def __init__(
         self,
@@ -319,6 +321,7 @@ class CriBackend:
         instance: str = "",
     ) -> None:
         self.cri = cri
+        self._runtime_name = "containerd"  # until the runtime's Version answers (start)
         self.instance = instance
         self.selector = m.managed_selector(instance)
         self.log_dir = os.fspath(log_dir)
@@ -384,6 +387,11 @@ class CriBackend:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def container_id_scheme(self) -> str:
+        """The runtime's name from its Version call (``containerd``, ``cri-o``), as kubelet uses it."""
+        return self._runtime_name
+
     async def start(self) -> None:
         """Connect, adopt existing warmlet sandboxes/containers, start PLEG and maintenance loops."""
         if self._started:
@@ -394,6 +402,7 @@ class CriBackend:
             await self._start_relay()
         self.client.connect()
         v = await self.client.version()
+        self._runtime_name = v.runtime_name or self._runtime_name
         log.info(
             "cri connected runtime=%s version=%s api=%s",
             v.runtime_name,

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Mapping
 
 from sandbox.backend import (
+    BackendCapabilities,
     BackendHealth,
     ContainerRuntimeState,
     ContainerSpec,
@@ -200,6 +201,8 @@ class SimulatedBackend:
     """The Backend protocol implemented with timers and files only (see module docstring)."""
 
     name = "simulated"
+    container_id_scheme = "simulated"
+    capabilities = BackendCapabilities(runs_processes=False)
 
     def __init__(
         self,
