@@ -3,10 +3,18 @@
 # matching etcd of one pinned Kubernetes release from the Go module proxy.
 # Cached under $WARMLET_CACHE/k8s-<version>/bin: a second run builds nothing.
 #
+# The module proxy is the first URL in `go env GOPROXY` (or in $GOPROXY when no Go is installed
+# yet); $GOPROXY_URL overrides both. Every slow step prints what it does, about how long it takes,
+# a heartbeat with the elapsed time and the log's last line, and where its log is.
+#
 # Opt-in, not part of what the test bed needs: `build-cluster-bins.sh kubelet` (or
 # WARMLET_BUILD_KUBELET=1) builds only the release's kubelet into the same directory,
 # for bench/kubelet_baseline.py.
 set -euo pipefail
+# shellcheck source=scripts/progress.sh
+source "$(dirname "${BASH_SOURCE[0]}")/progress.sh"
+# shellcheck source=scripts/goproxy.sh
+source "$(dirname "${BASH_SOURCE[0]}")/goproxy.sh"
 
 MODE="${1:-cluster}"
 [[ "${WARMLET_BUILD_KUBELET:-}" == 1 ]] && MODE=kubelet
@@ -32,12 +40,16 @@ if have_all; then
   exit 0
 fi
 
+export PATH="$PATH:/usr/local/go/bin"
+resolve_module_proxy || exit 2
+echo "Go module proxy: $PROXY (from $PROXY_FROM)"
+LOGDIR="$CACHE/logs"
+
 mkdir -p "$OUT" "$SRC/etcd"
 cd "$SRC"
 
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 MODFILE="$SRC/kubernetes.mod"
-PROXY="${GOPROXY_URL:-https://proxy.golang.org}"
 curl -fsS "$PROXY/k8s.io/kubernetes/@v/$K8S_VERSION.mod" -o "$MODFILE"
 
 # A Go new enough for the release (its go.mod's `go` line). Debian 12 ships 1.19, so when the
@@ -45,7 +57,6 @@ curl -fsS "$PROXY/k8s.io/kubernetes/@v/$K8S_VERSION.mod" -o "$MODFILE"
 # the module proxy -- what `GOTOOLCHAIN=auto` does -- and cache it next to the binaries.
 NEED_GO="$(awk '$1=="go"{print $2; exit}' "$MODFILE")"
 GO_TOOLCHAIN="${WARMLET_GO_TOOLCHAIN:-go1.26.8}"
-export PATH="$PATH:/usr/local/go/bin"
 go_ok() {
   command -v go >/dev/null || return 1
   local have; have="$(go env GOVERSION 2>/dev/null)"; have="${have#go}"
@@ -54,10 +65,11 @@ go_ok() {
 if ! go_ok; then
   TC="$CACHE/go-toolchain/$GO_TOOLCHAIN"
   if [[ ! -x "$TC/bin/go" ]]; then
-    echo "fetching Go toolchain $GO_TOOLCHAIN from the module proxy (need >= $NEED_GO)"
     mkdir -p "$CACHE/go-toolchain"
     ZIP="$CACHE/go-toolchain/$GO_TOOLCHAIN.zip"
-    curl -fsS "$PROXY/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip" -o "$ZIP"
+    run_logged "fetching the Go toolchain $GO_TOOLCHAIN (~70 MB, need >= $NEED_GO) from the Go module proxy" \
+      "about 1 min" "$LOGDIR/go-toolchain.log" \
+      curl -fS --progress-bar "$PROXY/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip" -o "$ZIP"
     python3 - "$ZIP" "$TC" <<'PY'
 import os, sys, zipfile
 zpath, dest = sys.argv[1], sys.argv[2]
@@ -117,8 +129,13 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$MINOR -X $pkg.gitTreeState=clean"
 done
 
-echo "building Kubernetes $K8S_VERSION (etcd $ETCD_VERSION) into $OUT; this takes a while the first time"
-go mod download k8s.io/kubernetes go.etcd.io/etcd/server/v3
-go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/" "${PKGS[@]}"
+NAMES="$(printf '%s, ' "${BINS[@]}")"; NAMES="${NAMES%, }"
+run_logged "downloading the sources of Kubernetes $K8S_VERSION and etcd $ETCD_VERSION from the Go module proxy" \
+  "about 1-5 min, first time only" "$LOGDIR/go-mod-download.log" \
+  go mod download -x k8s.io/kubernetes go.etcd.io/etcd/server/v3
+run_logged "building $NAMES into $OUT" \
+  "about 10-15 min on 2 cores, less with more (this machine: $(nproc) cores); first time only" \
+  "$LOGDIR/go-build.log" \
+  go build -v -trimpath -ldflags "$LDFLAGS" -o "$OUT/" "${PKGS[@]}"
 have_all || { echo "build finished but binaries are missing in $OUT" >&2; exit 1; }
 echo "built: $(ls "$OUT" | tr '\n' ' ')"

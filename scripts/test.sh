@@ -13,7 +13,11 @@ say "mypy"
 
 run_tier() {
   local marker="$1"; shift
-  say "pytest -m '$marker'"
+  if [[ "$marker" == unit ]]; then
+    say "pytest -m '$marker' (pure logic, no services)"
+  else
+    say "pytest -m '$marker' (starts its own private test bed first, about a minute; logs of a failed session: .warmlet/testbed-logs/)"
+  fi
   local rc=0
   .venv/bin/python -m pytest -m "$marker" "$@" || rc=$?
   if ((rc == 5)); then echo "pytest: no tests collected for -m '$marker'" >&2; fi

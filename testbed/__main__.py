@@ -34,6 +34,15 @@ def _supervisor_pid() -> int | None:
         return None
 
 
+HEARTBEAT_SECONDS = float(os.environ.get("WARMLET_HEARTBEAT_SECONDS", "20"))
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log, at most 160 characters (for the waiting heartbeat)."""
+    lines = [ln for ln in tail(path, 5).splitlines() if ln.strip()]
+    return lines[-1][:160] if lines else ""
+
+
 def _healthy(info: TestBedInfo) -> bool:
     try:
         code, _body = https_get(f"{info.apiserver_url}/readyz", Path(info.ca_cert), timeout=2)
@@ -63,8 +72,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             start_new_session=True,
         )
     (d / "supervisor.pid").write_text(str(p.pid))
+    print(
+        "starting etcd, kube-apiserver, kube-scheduler, kube-controller-manager, containerd and the "
+        f"registry in the background (about 10-30 s); log: {logf}",
+        flush=True,
+    )
     t0 = time.monotonic()
+    next_beat = t0 + HEARTBEAT_SECONDS
     while not (d / "ready").exists():
+        if time.monotonic() >= next_beat:
+            elapsed = time.monotonic() - t0
+            print(f"    ... {elapsed:.0f}s elapsed; last log line: {_last_line(logf)}", flush=True)
+            next_beat += HEARTBEAT_SECONDS
         if p.poll() is not None:
             print(
                 f"test bed failed to start (rc={p.returncode}); last lines of {logf}:\n{tail(logf)}",

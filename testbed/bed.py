@@ -45,7 +45,13 @@ def ensure_cluster_bins() -> Path:
     bins = bin_dir()
     need = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"]
     if not all((bins / b).exists() for b in need):
-        log.info(kv("building cluster binaries", dir=bins, note="first time only, several minutes"))
+        log.info(
+            kv(
+                "building cluster binaries with scripts/build-cluster-bins.sh",
+                dir=bins,
+                note="first time only, about 10-15 min on 2 cores; it prints its progress and log paths",
+            )
+        )
         subprocess.run(["bash", str(REPO_ROOT / "scripts" / "build-cluster-bins.sh")], check=True)
     return bins
 

@@ -194,6 +194,14 @@ def build_all(fat_mb: int = 100, root: Path | None = None) -> dict[str, ImageLay
         path = root / key
         layout = ImageLayout(path)
         if not (path / "index.json").exists():
+            log.info(
+                kv(
+                    "building OCI image layout (first time only, a few seconds)",
+                    name=spec.name,
+                    extra_layer_mb=spec.fat_mb or 0,
+                    path=path,
+                )
+            )
             tmp = root / f".{key}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)

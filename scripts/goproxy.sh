@@ -1,0 +1,39 @@
+# Which Go module proxy to fetch from (sourced by build-cluster-bins.sh, not executed).
+# No proxy host is written here: it comes from the user's or the Go toolchain's own settings.
+
+# The first entry of a GOPROXY list that is a URL. Entries are separated by "," or "|";
+# "direct" and "off" are not URLs. Prints it without a trailing slash, or fails printing nothing.
+first_proxy_url() {
+  local entries e
+  IFS=',|' read -r -a entries <<<"$1"
+  for e in "${entries[@]}"; do
+    e="${e//[[:space:]]/}"
+    case "$e" in
+      http://* | https://* | file://*) printf '%s\n' "${e%/}"; return 0 ;;
+    esac
+  done
+  return 1
+}
+
+# Sets PROXY (a URL) and PROXY_FROM (where it came from): $GOPROXY_URL if set, else the first URL
+# of `go env GOPROXY` (which honours $GOPROXY and `go env -w`, else is Go's built-in default), else
+# of $GOPROXY when no Go is installed yet. Fails with a message saying how to set it.
+resolve_module_proxy() {
+  local list
+  if [[ -n "${GOPROXY_URL:-}" ]]; then
+    list="$GOPROXY_URL" PROXY_FROM='$GOPROXY_URL'
+  elif command -v go >/dev/null; then
+    list="$(go env GOPROXY)" PROXY_FROM='go env GOPROXY'
+  else
+    list="${GOPROXY:-}" PROXY_FROM='$GOPROXY (no Go installed)'
+  fi
+  if ! PROXY="$(first_proxy_url "$list")"; then
+    cat >&2 <<MSG
+no Go module proxy URL to fetch from: $PROXY_FROM is '$list' (no http(s) entry; "direct" and "off" are not usable here).
+  Either install any Go (Debian: apt-get install golang-go) so that \`go env GOPROXY\` names the
+  proxy, or set GOPROXY to your module proxy's URL (the one a stock Go install prints for
+  \`go env GOPROXY\`, or your organisation's mirror), e.g.  GOPROXY=<url> ./scripts/up.sh
+MSG
+    return 2
+  fi
+}
