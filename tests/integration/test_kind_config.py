@@ -82,8 +82,8 @@ def test_kind_cluster_config_has_what_the_guide_uses() -> None:
     assert [n["role"] for n in cfg["nodes"]].count("control-plane") == 1
     # host mode: the apiserver is published on a host address warmlet can use
     ipaddress.ip_address(cfg["networking"]["apiServerAddress"])
-    # the README's kind commands name this cluster (kind load / get kubeconfig / docker exec)
-    readme = (ROOT / "README.md").read_text()
+    # the operator's guide's kind commands name this cluster (kind load / get kubeconfig / docker exec)
+    readme = (ROOT / "docs" / "operating.md").read_text()
     name = cfg["name"]
     assert f"--name {name}" in readme and f"{name}-control-plane" in readme
 
@@ -157,7 +157,7 @@ def test_in_cluster_deployment_args_and_config_are_valid_for_warmlet_run() -> No
 
 
 def test_readme_names_only_files_that_exist() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "operating.md").read_text()
     named = set(re.findall(r"kind-config/[A-Za-z0-9_.-]+", readme))
     assert "kind-config/Containerfile" in named and "kind-config/rbac.yaml" in named
     for ref in named:
