@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import create_namespace, pod_template
+from testbed.testing import create_namespace, pod_template
 from testbed.util import kv
 
 log = logging.getLogger("bench.harness")

@@ -59,7 +59,7 @@ from bench.harness import (
     watch_namespace_pods,
 )
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import create_namespace, pod_template
+from testbed.testing import create_namespace, pod_template
 
 log = logging.getLogger("bench.midnight_burst")
 JSON = dict[str, Any]

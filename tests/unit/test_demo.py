@@ -1,13 +1,16 @@
-"""warmlet demo: the pure parts (latency table rows, next steps, sample workload, kubeconfig)."""
+"""warmlet demo: the pure parts (latency table rows, next steps, sample workload, kubeconfig, cleanup
+steps) and the narrator that says what each slow step does."""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 from pathlib import Path
 
+import pytest
 import yaml
+from rich.console import Console
 
-from provider import demo
+from bench import demo
 
 
 def _result() -> dict:  # type: ignore[type-arg]
@@ -93,10 +96,67 @@ def test_sample_workload_pins_to_node() -> None:
 
 
 def test_demo_cli_flags() -> None:
-    from provider import cli
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    cli._demo_parser(sub)
-    ns = parser.parse_args(["demo", "--n", "3", "--no-wait"])
+    ns = demo.parser().parse_args(["--n", "3", "--no-wait"])
     assert ns.n == 3 and ns.no_wait and ns.kubeconfig is None and not ns.down
+
+
+def test_cleanup_steps_say_everything_in_order() -> None:
+    steps = demo.cleanup_steps("node-x", "ns-y", runtime=True, stop_bed=True)
+    assert [what for what, _ in steps] == [
+        "deleting namespace ns-y",
+        "stopping warmlet node node-x",
+        "deleting the Node node-x and its idle pool sandboxes",
+        "stopping the test bed",
+    ]
+    assert all(detail for _, detail in steps)  # each says how long it may take or how it works
+    simulated = demo.cleanup_steps("n", "ns", runtime=False, stop_bed=False)
+    assert [what for what, _ in simulated][-1] == "deleting the Node n"
+    assert "containerd" not in simulated[-1][1]
+
+
+def _narrator(heartbeat: float) -> tuple[demo.Narrator, Console]:
+    console = Console(record=True, width=200, force_terminal=False)
+    return demo.Narrator(console, heartbeat=heartbeat), console
+
+
+async def test_narrator_says_start_heartbeat_and_done() -> None:
+    say, console = _narrator(heartbeat=0.05)
+    assert await say.step("stopping x", "SIGTERM", asyncio.sleep(0.18, result=7)) == 7
+    lines = console.export_text().splitlines()
+    assert lines[0] == "  → stopping x (SIGTERM)…"
+    assert lines[1].startswith("    … still stopping x (")  # never a silent wait
+    assert len(lines) >= 4 and lines[-1].startswith("  ✓ stopping x (")
+
+
+async def test_narrator_says_a_failure_and_raises_it() -> None:
+    say, console = _narrator(heartbeat=10)
+
+    async def boom() -> None:
+        raise RuntimeError("no API")
+
+    with pytest.raises(RuntimeError):
+        await say.step("deleting ns", "", boom())
+    lines = console.export_text().splitlines()
+    assert lines == ["  → deleting ns…", "  ✗ deleting ns: RuntimeError('no API') (0 s)"]
+
+
+async def test_narrator_says_when_interrupted() -> None:
+    say, console = _narrator(heartbeat=10)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(say.step("deleting ns", "", slow()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert console.export_text().splitlines()[-1] == "  ✗ deleting ns: interrupted"
+
+
+def test_narrator_runs_a_blocking_step() -> None:
+    say, console = _narrator(heartbeat=10)
+    assert say.run("stopping the bed", "", lambda: 3) == 3
+    assert console.export_text().splitlines()[-1].startswith("  ✓ stopping the bed (")
