@@ -25,11 +25,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
+
+from bench.narrate import Narrator
 
 log = logging.getLogger("warmlet.demo")
 NAMESPACE = "warmlet-demo"
@@ -40,8 +42,6 @@ LEVEL_LABELS = {
     "warm": "warm (pooled sandbox)",
 }
 JSON = dict[str, Any]
-T = TypeVar("T")
-HEARTBEAT_SECONDS = 10.0  # a slow step says it is still at it this often
 NAMESPACE_WAIT_SECONDS = 60.0
 
 
@@ -259,53 +259,6 @@ def parser() -> argparse.ArgumentParser:
         help="clean up and exit after measuring (default: keep the node running until Ctrl-C)",
     )
     return p
-
-
-# ---------------------------------------------------------------------------- saying what it does
-
-
-class Narrator:
-    """Says what a slow step does while it runs: "→ step", "… still step (20 s)" every
-    ``heartbeat`` seconds, "✓ step (12 s)" (or "✗ step: error"), so no step is ever silent."""
-
-    def __init__(self, console: Any, heartbeat: float = HEARTBEAT_SECONDS) -> None:
-        self.console, self.heartbeat = console, heartbeat
-
-    def say(self, text: str) -> None:
-        self.console.print(text, highlight=False, soft_wrap=True)
-
-    async def step(self, what: str, detail: str, work: Awaitable[T]) -> T:
-        self.say(f"  [bold]→[/] {what}" + (f" ({detail})" if detail else "") + "…")
-        t0 = time.monotonic()
-        task = asyncio.ensure_future(work)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.heartbeat)
-                if done:
-                    break
-                self.say(f"    … still {what} ({time.monotonic() - t0:.0f} s)")
-        except asyncio.CancelledError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            self.say(f"  [yellow]✗[/] {what}: interrupted")
-            raise
-        elapsed = time.monotonic() - t0
-        try:
-            result = task.result()
-        except Exception as e:
-            self.say(f"  [red]✗[/] {what}: {e!r} ({elapsed:.0f} s)")
-            raise
-        self.say(f"  [green]✓[/] {what} ({elapsed:.0f} s)")
-        return result
-
-    def run(self, what: str, detail: str, fn: Callable[[], T]) -> T:
-        """A blocking step (outside the event loop), with the same heartbeat."""
-
-        async def in_thread() -> T:
-            return await asyncio.to_thread(fn)
-
-        return asyncio.run(self.step(what, detail, in_thread()))
 
 
 # ---------------------------------------------------------------------------- steps
