@@ -33,8 +33,8 @@ import yaml
 from bench.common import RESULTS_DIR, plot_cdf, ratio, write_result
 from bench.harness import REPO_ROOT, bed_session, stop_process, watch_namespace_pods
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import create_namespace
 from provider.timefmt import rfc3339
+from testbed.testing import create_namespace
 from testbed.util import kv
 
 log = logging.getLogger("bench.binder")

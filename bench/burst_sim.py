@@ -29,8 +29,8 @@ from bench.common import RESULTS_DIR, summarize_ms, write_result
 from bench.harness import watch_namespace_pods
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, KubeClient
 from provider.status import compute_status
-from provider.testing import bare_pod, create_namespace, node_config, running_node
 from sandbox.backend import ContainerRuntimeState, ContainerState
+from testbed.testing import bare_pod, create_namespace, node_config, running_node
 
 log = logging.getLogger("bench.burst_sim")
 JSON = dict[str, Any]

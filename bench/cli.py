@@ -1,71 +1,26 @@
-"""``warmlet bench <scenario>... | --all [--quick]``: run benchmark scenarios, print their figures.
+"""``warmlet bench <scenario>... | --all [--quick] | --report``: run benchmark scenarios, print their figures.
 
-Scenarios are modules ``bench/<module>.py`` following the interface in ``bench/harness.py``
-(``SCENARIO``, ``add_arguments``, ``run``, ``summary_rows``). They are found by reading the
-``SCENARIO = "..."`` line of each module (no import), so a new scenario needs no registration
-here and one broken scenario does not break the others. ``--all`` runs every scenario and then
-regenerates ``bench/RESULTS.md`` (``bench/report.py``).
+Scenarios are the modules of ``bench/`` with a ``SCENARIO = "..."`` line (``bench/scenarios.py``;
+interface in ``bench/harness.py``); scenario options are passed through to the scenario's parser.
+``--all`` runs every scenario and then regenerates ``bench/RESULTS.md``; ``--report`` only
+regenerates the documents (``bench/RESULTS.md`` from ``bench/results/``, and
+``docs/reliability.md`` from the faults tier's results: ``bench/report.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
-import re
 import sys
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from bench.common import RESULTS_DIR
+from bench.scenarios import discover, load, ordered, scenario_parser
 
 log = logging.getLogger("bench.cli")
-BENCH_DIR = Path(__file__).resolve().parent
-_SCENARIO_RE = re.compile(r"""^SCENARIO\s*(?::\s*str\s*)?=\s*["']([A-Za-z0-9_.-]+)["']""", re.M)
-# Run order of --all: the figures the README leads with first; others after, by name.
-PREFERRED_ORDER = ["cold-vs-warm", "midnight-burst", "burst-sim", "scale", "kubelet-baseline", "kubelet-api"]
-
-
-def discover(bench_dir: Path = BENCH_DIR) -> dict[str, str]:
-    """Scenario name → module name, from the ``SCENARIO = "..."`` line of each bench module."""
-    found: dict[str, str] = {}
-    for path in sorted(bench_dir.glob("*.py")):
-        if path.stem.startswith("_") or path.stem in ("cli", "harness", "common", "report"):
-            continue
-        m = _SCENARIO_RE.search(path.read_text(errors="replace"))
-        if m:
-            found[m.group(1)] = f"bench.{path.stem}"
-    return found
-
-
-def ordered(names: list[str]) -> list[str]:
-    """``names`` in the --all run order."""
-    rank = {n: i for i, n in enumerate(PREFERRED_ORDER)}
-    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
-
-
-def load(module: str) -> ModuleType:
-    mod = importlib.import_module(module)
-    for attr in ("SCENARIO", "add_arguments", "run", "summary_rows"):
-        if not hasattr(mod, attr):
-            raise TypeError(f"{module} lacks {attr} (see bench/harness.py for the scenario interface)")
-    return mod
-
-
-def scenario_parser(mod: ModuleType) -> argparse.ArgumentParser:
-    from bench.harness import add_common_arguments
-
-    # "resolve": a scenario that also declares --kubeconfig (for its own __main__) keeps working.
-    p = argparse.ArgumentParser(
-        prog=f"warmlet bench {mod.SCENARIO}", description=mod.__doc__, conflict_handler="resolve"
-    )
-    add_common_arguments(p)
-    mod.add_arguments(p)
-    return p
 
 
 def module_main(module: str) -> None:
@@ -84,11 +39,10 @@ def module_main(module: str) -> None:
     Console().print(render_table(mod.SCENARIO, mod.summary_rows(result)))
 
 
-def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    """The ``bench`` subcommand of ``warmlet`` (scenario options are passed through)."""
-    p = sub.add_parser(
-        "bench",
-        help="run benchmark scenarios (cold-vs-warm, ...); --all regenerates bench/RESULTS.md",
+def bench_parser() -> argparse.ArgumentParser:
+    """``warmlet bench``'s own options (anything else is passed through to the scenarios)."""
+    p = argparse.ArgumentParser(
+        prog="warmlet bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
@@ -97,7 +51,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--all", action="store_true", help="run every scenario and regenerate bench/RESULTS.md")
     p.add_argument("--quick", action="store_true", help="small versions (< 2 min each)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    p.add_argument("--report", action="store_true", help="only regenerate bench/RESULTS.md from results/")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only regenerate bench/RESULTS.md (from bench/results/) and docs/reliability.md "
+        "(from the faults tier's results)",
+    )
     p.add_argument("-h", "--help", action="store_true", help="this help, or a scenario's with its name")
     return p
 
@@ -156,10 +115,11 @@ async def run_scenarios(
     return outcome
 
 
-def main(ns: argparse.Namespace, extra: list[str]) -> int:
-    """Entry point of ``warmlet bench`` (``extra``: options for the scenarios)."""
+def main(argv: list[str]) -> int:
+    """Entry point of ``warmlet bench`` (the arguments after ``bench``)."""
     from rich.console import Console
 
+    ns, extra = bench_parser().parse_known_args(argv)
     console = Console()
     modules = discover()
     if ns.list:
@@ -170,13 +130,14 @@ def main(ns: argparse.Namespace, extra: list[str]) -> int:
         if ns.scenarios and ns.scenarios[0] in modules:
             scenario_parser(load(modules[ns.scenarios[0]])).print_help()
         else:
-            print(__doc__)
-            print("scenarios:", ", ".join(ordered(list(modules))))
+            bench_parser().print_help()
+            print("\nscenarios:", ", ".join(ordered(list(modules))))
         return 0
     if ns.report:
-        from bench.report import write_report
+        from bench.report import write_reports
 
-        console.print(f"wrote {write_report()}")
+        for line in write_reports():
+            console.print(line)
         return 0
     names = ordered(list(modules)) if ns.all else list(ns.scenarios)
     unknown = [n for n in names if n not in modules]
@@ -201,8 +162,4 @@ def main(ns: argparse.Namespace, extra: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.cli")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_bench_parser(sub)
-    ns_, extra_ = parser.parse_known_args(["bench", *sys.argv[1:]])
-    sys.exit(main(ns_, extra_))
+    sys.exit(main(sys.argv[1:]))

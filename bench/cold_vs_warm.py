@@ -46,7 +46,7 @@ from bench.harness import (
     warmlet_node,
 )
 from provider.kubeclient import KubeClient
-from provider.testing import create_namespace
+from testbed.testing import create_namespace
 from testbed.util import kv
 
 log = logging.getLogger("bench.cold_vs_warm")

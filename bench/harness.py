@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import create_namespace, pod_template
+from testbed.testing import create_namespace, pod_template
 from testbed.util import kv
 
 log = logging.getLogger("bench.harness")
@@ -297,13 +297,15 @@ async def _start_node(h: NodeHandle, inprocess: bool) -> None:
         h.node = WarmletNode(load_config(h.config_path))
         await h.node.start()
         return
-    h.proc = _spawn(h)
+    h.proc = spawn_warmlet(h.config_path, h.log_path)
 
 
-def _spawn(h: NodeHandle) -> subprocess.Popen[bytes]:
-    with open(h.log_path, "ab") as out:
+def spawn_warmlet(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m provider.cli run --config`` (the ``warmlet run`` command) logging to a file: the one
+    way the benches and the demo start a warmlet process."""
+    with open(log_path, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "provider.cli", "run", "--config", str(h.config_path)],
+            [sys.executable, "-m", "provider.cli", "run", "--config", str(config_path)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -356,14 +358,21 @@ async def remove_instance_sandboxes(cri_endpoint: str, instance: str) -> int:
 
 @dataclass
 class PodTimes:
-    """Client-side monotonic timestamps of one pod (what a user watching the API sees)."""
+    """Client-side timestamps of one pod (what a user watching the API sees), on the recorder's
+    clock: ``time.monotonic()`` for :class:`PodClock`, wall-clock ``time.time()`` where they are
+    compared with a scheduled instant (bench/midnight_burst.py)."""
 
-    created: float | None = None  # just before the POST was sent
+    created: float | None = None  # just before the POST was sent (or: first watch event)
     bound: float | None = None  # first watch event with spec.nodeName
     running: float | None = None  # first watch event with phase Running
     deleted: float | None = None  # DELETED watch event
     annotations: dict[str, str] = field(default_factory=dict)  # latest seen
     phase: str = ""
+
+    @property
+    def level(self) -> str | None:
+        """The start level warmlet reported (``warmlet.io/start-level``), once seen."""
+        return self.annotations.get(START_LEVEL_ANNOTATION) or None
 
     @property
     def start_seconds(self) -> float | None:

@@ -46,7 +46,7 @@ from bench.harness import (
     wait_node_ready,
 )
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import create_namespace
+from testbed.testing import create_namespace
 
 log = logging.getLogger("bench.kubelet_baseline")
 JSON = dict[str, Any]

@@ -18,7 +18,8 @@ alone: no pod can run before it is bound.
 
 Cluster: --kubeconfig, else the running CLI test bed, else a test bed started for the run
 (bench.harness.bed_session); the CRI variants need the bed's containerd and busybox image.
-warmlet runs as ``warmlet run`` subprocesses with a user bound to kind-config/rbac.yaml's role.
+warmlet runs as ``warmlet run`` subprocesses with a user bound to kind-config/rbac.yaml's role
+(bench.rbac_node).
 Quick: 60 simulated pods per variant, both variants firing at the same instant on two nodes.
 """
 
@@ -30,42 +31,30 @@ import contextlib
 import logging
 import math
 import re
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
 from bench.harness import (
     HOLD_COMMAND,
-    REPO_ROOT,
     Bed,
     NodeHandle,
+    PodTimes,
     bed_session,
     delete_namespace,
-    free_port,
-    node_config_dict,
     owned_pod,
-    remove_instance_sandboxes,
-    stop_process,
-    wait_node_ready,
     watch_namespace_pods,
 )
-from provider.kubeclient import ApiError, KubeClient
-from provider.testing import create_namespace, pod_template
+from bench.rbac_node import warmlet_process
+from provider.kubeclient import KubeClient
+from testbed.testing import create_namespace, pod_template, wait_for
 
 log = logging.getLogger("bench.midnight_burst")
 JSON = dict[str, Any]
 
 SCENARIO = "midnight-burst"
-START_LEVEL = "warmlet.io/start-level"
 TARGET_SECONDS = 3.0  # the users' tolerance for a job scheduled at 00:00:00
 SIM_IMAGE = "127.0.0.1:5000/sim/app:1"
 # The simulated backend's timers, modelled on CRI calls measured on this machine type
@@ -135,18 +124,9 @@ def cronjob(name: str, schedule: str, tz: str, template: JSON, parallelism: int 
 
 
 @dataclass
-class PodTimes:
-    """Client-side wall-clock times (time.time()) of one pod's first events."""
-
-    created: float | None = None
-    bound: float | None = None
-    running: float | None = None
-    level: str | None = None
-
-
-@dataclass
 class PodTimeline:
-    """Watches one namespace's pods and records first-seen created/bound/Running times per pod."""
+    """Watches one namespace's pods and records first-seen created/bound/Running wall-clock times
+    (``time.time()``, compared with the scheduled instant) and the start level per pod."""
 
     client: KubeClient
     ns: str
@@ -167,9 +147,7 @@ class PodTimeline:
             self._running += 1
             if self.expect and self._running >= self.expect:
                 self.all_running.set()
-        lv = ((obj.get("metadata") or {}).get("annotations") or {}).get(START_LEVEL)
-        if lv:
-            t.level = lv
+        t.annotations.update((obj.get("metadata") or {}).get("annotations") or {})
 
     async def run(self) -> None:
         def on_event(etype: str, obj: JSON) -> None:
@@ -193,117 +171,6 @@ class Variant:
     @property
     def label(self) -> str:
         return f"{self.backend}/{'prewarm' if self.prewarm else 'no-prewarm'}"
-
-
-# warmlet's identity in the benches: a user bound to the ClusterRole of kind-config/rbac.yaml (the
-# documented out-of-cluster deployment). Not system:node:<name>: NodeRestriction forbids a node to
-# patch pod metadata, so warmlet could not write its start-level annotation, and the Node
-# authorizer does not let a node list CronJobs (no prewarming).
-RBAC_FILE = REPO_ROOT / "kind-config" / "rbac.yaml"
-RBAC_NAME = "warmlet-bench"
-
-
-def warmlet_cluster_role() -> JSON:
-    """The ClusterRole of kind-config/rbac.yaml, renamed for the benches."""
-    for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
-        if doc and doc.get("kind") == "ClusterRole":
-            return {"metadata": {"name": RBAC_NAME}, "rules": doc["rules"]}
-    raise ValueError(f"no ClusterRole in {RBAC_FILE}")
-
-
-async def grant_warmlet_rbac(client: KubeClient, user: str) -> str:
-    """The (shared) ClusterRole and a ClusterRoleBinding for ``user``; returns the binding's name."""
-    role = warmlet_cluster_role()
-    try:
-        await client.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
-    except ApiError as e:
-        if not e.conflict:
-            raise
-        # exists (an earlier run): make its rules those of the file
-        await client.patch(
-            f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{RBAC_NAME}", {"rules": role["rules"]}
-        )
-    binding = f"{RBAC_NAME}-{user.replace(':', '-')}"
-    with contextlib.suppress(ApiError):
-        await client.post(
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-            {
-                "metadata": {"name": binding},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": RBAC_NAME,
-                },
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-            },
-        )
-    return binding
-
-
-@contextlib.asynccontextmanager
-async def warmlet_process(
-    bed: Bed,
-    backend: str,
-    pool: Mapping[str, Any],
-    simulated: Mapping[str, Any] | None = None,
-    node: Mapping[str, Any] | None = None,
-) -> AsyncIterator[NodeHandle]:
-    """``warmlet run`` as a subprocess, like harness.warmlet_node, plus what that does not set.
-
-    Own process (own event loop, no GIL shared with the bench's watch); the simulated backend's
-    timers and node sections; an identity with the documented RBAC (see RBAC_FILE). On exit: stopped,
-    Node and binding deleted, CRI sandboxes it left (idle pool members) removed.
-    """
-    name = f"mb-{backend[:3]}-{uuid.uuid4().hex[:6]}"
-    workdir = Path(tempfile.mkdtemp(prefix=f"warmlet-{name}-"))
-    port = free_port()
-    cfg = node_config_dict(bed, name, workdir, port, backend, dict(pool))
-    user = f"warmlet-bench:{name}"
-    if bed.testbed is not None:
-        cfg["kubeconfig"] = str(bed.testbed.kubeconfig_for(user))
-    else:  # a cluster we cannot mint certificates for: its admin credentials
-        cfg["kubeconfig"] = bed.kubeconfig
-    cfg["log_level"] = "INFO"
-    if node:
-        cfg["node"].update(node)
-    if simulated:
-        cfg["simulated"] = dict(simulated)
-    if backend == "cri":
-        cfg["cri"]["poll_interval_seconds"] = 0.2
-    config_path = workdir / "warmlet.yaml"
-    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    h = NodeHandle(name, port, workdir, config_path, workdir / "warmlet.log", backend, str(cfg["kubeconfig"]))
-    client = await KubeClient.from_kubeconfig(bed.kubeconfig)
-    binding = await grant_warmlet_rbac(client, user)
-    try:
-        h.proc = spawn_warmlet(config_path, h.log_path)
-        await wait_node_ready(client, name, 120)
-        yield h
-    finally:
-        if h.proc is not None:
-            await asyncio.to_thread(stop_process, h.proc)
-        for path in (
-            f"/api/v1/nodes/{name}",
-            f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding}",
-        ):
-            with contextlib.suppress(ApiError):
-                await client.delete(path)
-        await client.close()
-        if backend == "cri" and bed.cri_endpoint:
-            await remove_instance_sandboxes(bed.cri_endpoint, name)
-
-
-def spawn_warmlet(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m provider.cli run --config`` (the ``warmlet run`` command) logging to a file."""
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "provider.cli", "run", "--config", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            start_new_session=True,  # a Ctrl-C of the bench does not hit it before we stop it
-        )
 
 
 _PREWARMED_RE = re.compile(r"prewarmed cronjob .*?count=(\d+)")
@@ -339,14 +206,15 @@ async def delete_ns_timed(client: KubeClient, ns: str, within_s: float = 300) ->
     return round(time.monotonic() - t0, 1) if gone else None
 
 
-async def create_all(client: KubeClient, path: str, objs: Sequence[JSON], concurrency: int = 32) -> None:
+async def bounded(calls: Iterable[Awaitable[Any]], concurrency: int = 32) -> None:
+    """Await ``calls`` with at most ``concurrency`` in flight (thousands of POSTs or PATCHes)."""
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(o: JSON) -> None:
+    async def one(call: Awaitable[Any]) -> None:
         async with sem:
-            await client.post(path, o)
+            await call
 
-    await asyncio.gather(*(one(o) for o in objs))
+    await asyncio.gather(*(one(c) for c in calls))
 
 
 def variant_figures(
@@ -409,11 +277,13 @@ async def warm_up_image(client: KubeClient, ns: str, node: str, image: str, comm
     """Run and delete one bare pod on the node so the image is cached there (image_cached starts)."""
     pod = owned_pod("warmup", node, image, command=command, grace_seconds=1)
     await client.post(f"/api/v1/namespaces/{ns}/pods", pod)
-    for _ in range(240):
+
+    async def running() -> bool:
         p = await client.get(f"/api/v1/namespaces/{ns}/pods/warmup")
-        if (p.get("status") or {}).get("phase") == "Running":
-            break
-        await asyncio.sleep(0.25)
+        return (p.get("status") or {}).get("phase") == "Running"
+
+    with contextlib.suppress(TimeoutError):  # then the measured starts pull it: it shows in their levels
+        await wait_for(running, 60, 0.25, "the warm-up pod Running")
     await client.delete(f"/api/v1/namespaces/{ns}/pods/warmup")
 
 
@@ -455,14 +325,17 @@ async def run_variant(
             )
             for o in objs:
                 o["spec"]["jobTemplate"]["spec"]["template"] = tpl
-            await create_all(client, f"/apis/batch/v1/namespaces/{ns}/cronjobs", objs)
+            await bounded(client.post(f"/apis/batch/v1/namespaces/{ns}/cronjobs", o) for o in objs)
             await warm_up_image(client, ns, h.name, image, HOLD_COMMAND)
             create_s = time.time() - t0
             # warmlet relists CronJobs every 15 s: leave it one relist after the patch, plus the lead
             gap = min_gap + 16 + create_s / 2 + (v.lead if v.prewarm else 0.0)
             instant = await shared.agree(gap) if shared else next_boundary(time.time(), gap)
             sched, tz = daily_schedule(instant)
-            await _patch_schedules(client, ns, names, sched)
+            await bounded(
+                client.patch(f"/apis/batch/v1/namespaces/{ns}/cronjobs/{n}", {"spec": {"schedule": sched}})
+                for n in names
+            )
             timeline = PodTimeline(client, ns, expect)
             watcher = asyncio.create_task(timeline.run())
             log.info(
@@ -504,18 +377,6 @@ async def run_variant(
     finally:
         with contextlib.suppress(Exception):
             await delete_namespace(client, ns, 120)
-
-
-async def _patch_schedules(client: KubeClient, ns: str, names: Sequence[str], schedule: str) -> None:
-    sem = asyncio.Semaphore(32)
-
-    async def one(name: str) -> None:
-        async with sem:
-            await client.patch(
-                f"/apis/batch/v1/namespaces/{ns}/cronjobs/{name}", {"spec": {"schedule": schedule}}
-            )
-
-    await asyncio.gather(*(one(n) for n in names))
 
 
 # ---------------------------------------------------------------------------------------- scenario

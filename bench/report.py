@@ -1,8 +1,10 @@
-"""bench/RESULTS.md from the latest bench/results/*.json: figures, plots, command, machine.
+"""The generated documents of ``warmlet bench --report``: bench/RESULTS.md and docs/reliability.md.
 
+bench/RESULTS.md comes from the latest bench/results/*.json: figures, plots, command, machine.
 Why generated: figures in a hand-edited file drift from what the code measures. Each result
 JSON carries its scenario, machine stamp, time and the command that produced it; the report
-only formats them (pure function :func:`render_report`, unit tested).
+only formats them (pure function :func:`render_report`, unit tested). docs/reliability.md comes
+from the faults tier's run results (:func:`testbed.reliability.publish`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR
+from bench.scenarios import PREFERRED_ORDER, discover
 
 log = logging.getLogger("bench.report")
 REPORT_PATH = RESULTS_DIR.parent / "RESULTS.md"
@@ -52,9 +55,7 @@ def generic_rows(result: dict[str, Any]) -> Rows:
 
 
 def module_rows(scenario: str) -> Callable[[dict[str, Any]], Rows] | None:
-    """The scenario module's ``summary_rows``, found via bench.cli's discovery."""
-    from bench.cli import discover
-
+    """The scenario module's ``summary_rows``, found by bench.scenarios' discovery."""
     module = discover().get(scenario)
     if module is None:
         return None
@@ -130,8 +131,6 @@ def render_report(
 
 def write_report(results_dir: Path = RESULTS_DIR, path: Path = REPORT_PATH) -> Path:
     """Regenerate RESULTS.md from what is in ``results_dir``."""
-    from bench.cli import PREFERRED_ORDER
-
     results = load_results(results_dir)
 
     def rows_for(r: dict[str, Any]) -> Rows:
@@ -150,3 +149,13 @@ def write_report(results_dir: Path = RESULTS_DIR, path: Path = REPORT_PATH) -> P
     }
     path.write_text(render_report(results, rows_for, plots, PREFERRED_ORDER))
     return path
+
+
+def write_reports() -> list[str]:
+    """``warmlet bench --report``: both documents; one line per file written, for the console."""
+    from testbed.reliability import RUN_RESULTS, publish
+
+    lines = [f"wrote {write_report()}"]
+    doc, rows = publish()
+    lines.append(f"wrote {doc} ({len(rows)} rows; faults run results from {RUN_RESULTS} when present)")
+    return lines

@@ -30,9 +30,9 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
 from bench.harness import bed_session, delete_namespace, watch_namespace_pods
-from bench.midnight_burst import warmlet_process
+from bench.rbac_node import warmlet_process
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import bare_pod, create_namespace
+from testbed.testing import bare_pod, create_namespace
 
 log = logging.getLogger("bench.scale")
 JSON = dict[str, Any]

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common import write_result
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import bare_pod, create_namespace, node_config, running_node
+from testbed.testing import bare_pod, create_namespace, node_config, running_node
 
 log = logging.getLogger("bench.soak_node")
 JSON = dict[str, Any]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -47,22 +48,27 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--leader-elect-retry-period", type=float, help="seconds (default 2)")
 
 
-def _demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "demo",
-        help="bring up the local test bed (or use --kubeconfig), run a warmlet node and a sample "
+# Subcommands that live outside the product: registered here by name and help line only, their
+# module imported when (and only when) the subcommand runs; its ``main(argv) -> int`` parses the
+# rest of the command line itself (``warmlet bench --help``, ``warmlet demo --help``).
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "bench.demo",
+        "bring up the local test bed (or use --kubeconfig), run a warmlet node and a sample "
         "workload, and show cold / image-cached / warm start latencies",
-    )
-    p.add_argument("--kubeconfig", type=Path, help="an existing cluster instead of the local test bed")
-    p.add_argument("--cri-endpoint", help="CRI socket with --kubeconfig (default $WARMLET_CRI_ENDPOINT)")
-    p.add_argument("--image", help="image of the sample workload (default: the bed's fat image)")
-    p.add_argument("--n", type=int, default=5, help="pods measured per start level")
-    p.add_argument("--down", action="store_true", help="stop the test bed at the end")
-    p.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="clean up and exit after measuring (default: keep the node running until Ctrl-C)",
-    )
+    ),
+    "bench": (
+        "bench.cli",
+        "run benchmark scenarios (cold-vs-warm, ...); --all regenerates bench/RESULTS.md "
+        "(--report: that and docs/reliability.md, without running anything)",
+    ),
+}
+
+
+def run_external(command: str, argv: list[str]) -> int:
+    """Import the subcommand's module now and hand it the arguments after the subcommand."""
+    module = importlib.import_module(EXTERNAL_COMMANDS[command][0])
+    return int(module.main(argv))
 
 
 def apply_run_flags(cfg: WarmletConfig, ns: argparse.Namespace) -> WarmletConfig:
@@ -115,11 +121,15 @@ def apply_run_flags(cfg: WarmletConfig, ns: argparse.Namespace) -> WarmletConfig
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in EXTERNAL_COMMANDS:
+        return run_external(args[0], args[1:])
     parser = argparse.ArgumentParser(prog="warmlet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print warmlet's version")
     _run_parser(sub)
-    _demo_parser(sub)
+    for name, (_, help_line) in EXTERNAL_COMMANDS.items():
+        sub.add_parser(name, help=help_line, add_help=False)  # listed in --help; run above
     pl = sub.add_parser(
         "placement",
         help="run only the placement webhook and/or fast binder (config section placement:)",
@@ -128,13 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--kubeconfig", type=Path, help="kubeconfig of the cluster")
     pl.add_argument("--log-format", choices=["kv", "json"])
     pl.add_argument("--log-level")
-    from bench.cli import add_bench_parser
-
-    add_bench_parser(sub)
-    # Scenario options of ``warmlet bench`` are passed through to the scenario's own parser.
-    ns, extra = parser.parse_known_args(argv)
-    if extra and ns.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    ns = parser.parse_args(args)
 
     if ns.command == "version":
         print(f"warmlet {__version__}")
@@ -161,14 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
-    if ns.command == "bench":
-        from bench.cli import main as bench_main
-
-        return bench_main(ns, extra)
-    if ns.command == "demo":
-        from provider.demo import main as demo_main
-
-        return demo_main(ns)
     parser.error(f"unknown command {ns.command}")
     return 2
 

@@ -27,8 +27,8 @@ from testbed.util import (
     processes_matching,
     run,
     unmount_under,
-    wait_until,
 )
+from testbed.wait import wait_until
 
 log = logging.getLogger("testbed.containerd")
 

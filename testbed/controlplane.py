@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.certs import PKI, kubeconfig
-from testbed.util import ProcessSet, StartupError, bin_dir, free_port, http_get, https_get, kv, wait_until
+from testbed.util import ProcessSet, StartupError, bin_dir, free_port, http_get, https_get, kv
+from testbed.wait import wait_until
 
 log = logging.getLogger("testbed.controlplane")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from testbed.images import TAG, ImageLayout
-from testbed.util import ProcessSet, free_port, http_get, kv, run, wait_until
+from testbed.util import ProcessSet, free_port, http_get, kv, run
+from testbed.wait import wait_until
 
 log = logging.getLogger("testbed.registry")
 

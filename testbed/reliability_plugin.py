@@ -1,9 +1,10 @@
-"""pytest plugin behind the README's Reliability table (see :mod:`testbed.reliability`).
+"""pytest plugin behind the Reliability table, docs/reliability.md (see :mod:`testbed.reliability`).
 
 A fault test says what it injects and checks with ``@pytest.mark.reliability(fault=..., checked=...)``
 and adds measured figures with the ``reliability`` fixture (``reliability.detail("0 duplicates")``).
-When the session ends, the outcomes of those tests are merged into ``tests/faults/reliability.json``
-and the README's table is rewritten, so the table always shows what the suite last saw.
+When the session ends, the outcomes of those tests are merged into the run results
+``.warmlet/results/reliability.json`` (untracked: a test run rewrites no tracked file);
+``warmlet bench --report`` publishes them into docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Details:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "reliability(fault, checked): a row of the README's Reliability table")
+    config.addinivalue_line("markers", "reliability(fault, checked): a row of docs/reliability.md's table")
     config.stash[_KEY] = {}
 
 
@@ -85,16 +86,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not rows:
         return
     root = Path(str(session.config.rootpath))
-    store = root / "tests" / "faults" / "reliability.json"
+    store = root / rel.RUN_RESULTS
     old = rel.load_rows(store)
-    existing = {k for k, r in old.items() if (root / k.split("::", 1)[0]).exists()}
-    merged = rel.merge(old, rows.values(), existing | set(rows))
-    for r in rel.soak_rows(root / "bench" / "results"):
-        merged[r.id] = r
-    store.parent.mkdir(parents=True, exist_ok=True)
+    merged = rel.merge(old, rows.values(), rel.existing_tests(old, root) | set(rows))
     rel.save_rows(store, merged)
-    readme = root / "README.md"
-    try:
-        readme.write_text(rel.replace_section(readme.read_text(), rel.render(merged.values())))
-    except (OSError, ValueError):
-        pass  # a README without the markers is left alone
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    rows = config.stash.get(_KEY, {})
+    if rows:
+        terminalreporter.write_line(
+            f"reliability: {len(rows)} row(s) recorded in {rel.RUN_RESULTS}; "
+            f"`warmlet bench --report` publishes them to {rel.DOC}"
+        )

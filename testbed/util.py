@@ -83,33 +83,7 @@ def tail(path: Path, n: int = 40) -> str:
 
 
 class StartupError(RuntimeError):
-    """A component did not become ready; the message carries its log tail."""
-
-
-def wait_until(
-    what: str,
-    check: Callable[[], bool],
-    timeout: float,
-    interval: float = 0.1,
-    alive: Callable[[], bool] | None = None,
-    log_path: Path | None = None,
-) -> None:
-    """Poll ``check`` until true; fail fast if the process died, with the log tail either way."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:  # not ready yet: connection refused, TLS not up, ...
-            pass
-        dead = alive is not None and not alive()
-        if dead or time.monotonic() > deadline:
-            reason = "exited" if dead else f"not ready after {timeout:.0f}s"
-            msg = f"{what} {reason}"
-            if log_path is not None:
-                msg += f"\n--- last 40 lines of {log_path} ---\n{tail(log_path)}"
-            raise StartupError(msg)
-        time.sleep(interval)
+    """A bed component could not be set up (waiting for one: :mod:`testbed.wait`)."""
 
 
 def https_get(
@@ -237,7 +211,7 @@ class ProcessSet:
         return p
 
     def alive(self, name: str) -> Callable[[], bool]:
-        """A liveness probe for :func:`wait_until`."""
+        """A liveness probe for :func:`testbed.wait.wait_until`."""
         return lambda: self.procs[name].poll() is None
 
     def _record(self) -> None:

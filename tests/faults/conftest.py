@@ -1,8 +1,10 @@
-"""Fault tier: faults injected into the real test bed while warmlet runs (see README, Reliability).
+"""Fault tier: faults injected into the real test bed while warmlet runs (see docs/reliability.md).
 
-Every test here is a row of the README's Reliability table: mark it with
+Every test here is a row of the Reliability table: mark it with
 ``@pytest.mark.reliability(fault=..., checked=...)`` and report figures through the ``reliability``
-fixture (``testbed.reliability_plugin``). The ``e2e`` fixture of tests/e2e is shared.
+fixture (``testbed.reliability_plugin``). A run records its rows in the untracked
+``.warmlet/results/reliability.json``; ``warmlet bench --report`` publishes them to
+docs/reliability.md. The ``e2e`` fixture of tests/e2e is shared.
 """
 
 from __future__ import annotations

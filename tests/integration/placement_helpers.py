@@ -15,10 +15,10 @@ from provider.config import PlacementConfig
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from provider.placement.service import PlacementService
 from provider.placement.webhook import unregister
-from provider.testing import create_namespace, list_pods, wait_for
 from provider.timefmt import rfc3339
 from sandbox.backend import BackendHealth
 from sandbox.simulated import SimulatedBackend
+from testbed.testing import create_namespace, list_pods, wait_for
 
 JSON = dict[str, Any]
 VIRTUAL_TOLERATION = {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}

@@ -26,8 +26,8 @@ import yaml
 from provider.app import WarmletNode
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import API_ERRORS, record_api_error
-from provider.testing import create_namespace, list_pods, node_config, phase, pod_template, wait_for
 from testbed.bed import TestBed
+from testbed.testing import create_namespace, list_pods, node_config, phase, pod_template, wait_for
 
 pytestmark = pytest.mark.integration
 

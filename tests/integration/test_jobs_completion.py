@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from provider.kubeclient import KubeClient
-from provider.testing import (
+from testbed.testing import (
     create_namespace,
     list_pods,
     node_config,

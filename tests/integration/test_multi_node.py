@@ -25,8 +25,8 @@ from provider.dirclaim import DirectoryInUse
 from provider.kubeclient import ApiError, KubeClient
 from provider.node import NodeNameTaken
 from provider.pods.worker import START_LEVEL_ANNOTATION
-from provider.testing import create_namespace, list_pods, node_config, phase, running_node, wait_for
 from testbed.bed import TestBed
+from testbed.testing import create_namespace, list_pods, node_config, phase, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from provider.kubeclient import KubeClient
-from provider.testing import node_config, running_node, wait_for
 from sandbox.backend import BackendHealth
 from sandbox.simulated import SimulatedBackend
+from testbed.testing import node_config, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from provider.kubeclient import KubeClient
 from provider.placement.binder import _Pending, binding_body
 from provider.placement.metrics import BINDINGS
 from provider.placement.service import PlacementService
-from provider.testing import create_namespace, events_for, list_pods, node_config, running_node, wait_for
+from testbed.testing import create_namespace, events_for, list_pods, node_config, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]

@@ -15,7 +15,7 @@ from placement_helpers import VIRTUAL_TOLERATION, deployment, regular_node
 
 from provider.kubeclient import KubeClient
 from provider.pods.worker import DELETION_COST_ANNOTATION
-from provider.testing import create_namespace, list_pods, node_config, running_node, wait_for
+from testbed.testing import create_namespace, list_pods, node_config, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]

@@ -33,7 +33,7 @@ from provider.placement.policy import (
     THRESHOLD_ANNOTATION,
 )
 from provider.placement.webhook import MWC_PATH, unregister
-from provider.testing import list_pods, node_config, running_node, wait_for
+from testbed.testing import list_pods, node_config, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from provider.kubeclient import KubeClient
-from provider.testing import bare_pod, create_namespace, list_pods, node_config, phase, running_node, wait_for
+from testbed.testing import bare_pod, create_namespace, list_pods, node_config, phase, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from provider.kubeclient import KubeClient
-from provider.testing import (
+from testbed.testing import (
     bare_pod,
     create_namespace,
     events_for,

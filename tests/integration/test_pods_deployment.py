@@ -9,7 +9,7 @@ import pytest
 
 from provider.kubeclient import KubeClient
 from provider.pods.worker import DELETION_COST_ANNOTATION, START_LEVEL_ANNOTATION
-from provider.testing import (
+from testbed.testing import (
     create_namespace,
     events_for,
     list_pods,

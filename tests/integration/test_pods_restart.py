@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from provider.kubeclient import ApiError, KubeClient
-from provider.testing import bare_pod, create_namespace, list_pods, node_config, phase, running_node, wait_for
 from sandbox.simulated import SimulatedBackend
+from testbed.testing import bare_pod, create_namespace, list_pods, node_config, phase, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli
+from bench import cli, scenarios
 from bench.harness import command_line
 
 
@@ -18,11 +18,11 @@ def test_discover_reads_scenario_line_without_importing(tmp_path: Path) -> None:
     (tmp_path / "helper.py").write_text("X = 1\n")
     (tmp_path / "harness.py").write_text('SCENARIO = "not-a-scenario"\n')
     (tmp_path / "_private.py").write_text('SCENARIO = "private"\n')
-    assert cli.discover(tmp_path) == {"alpha-one": "bench.alpha", "typed": "bench.typed"}
+    assert scenarios.discover(tmp_path) == {"alpha-one": "bench.alpha", "typed": "bench.typed"}
 
 
 def test_discover_finds_repo_scenarios() -> None:
-    found = cli.discover()
+    found = scenarios.discover()
     assert found["cold-vs-warm"] == "bench.cold_vs_warm"
     assert found["burst-sim"] == "bench.burst_sim"
     assert found["kubelet-api"] == "bench.kubelet_api_bench"
@@ -30,13 +30,13 @@ def test_discover_finds_repo_scenarios() -> None:
 
 def test_repo_scenarios_follow_the_interface() -> None:
     for name in ("cold-vs-warm", "burst-sim", "kubelet-api"):
-        mod = cli.load(cli.discover()[name])
+        mod = scenarios.load(scenarios.discover()[name])
         assert name == mod.SCENARIO
-        cli.scenario_parser(mod).parse_args([])  # common + scenario options coexist
+        scenarios.scenario_parser(mod).parse_args([])  # common + scenario options coexist
 
 
 def test_ordered_puts_known_scenarios_first() -> None:
-    assert cli.ordered(["zeta", "kubelet-api", "cold-vs-warm", "alpha"]) == [
+    assert scenarios.ordered(["zeta", "kubelet-api", "cold-vs-warm", "alpha"]) == [
         "cold-vs-warm",
         "kubelet-api",
         "alpha",
@@ -54,7 +54,7 @@ def test_scenario_parser_tolerates_a_scenario_redeclaring_kubeconfig() -> None:
             p.add_argument("--kubeconfig", default="mine")
             p.add_argument("-n", type=int, default=3)
 
-    ns = cli.scenario_parser(Mod).parse_args(["-n", "7"])  # type: ignore[arg-type]
+    ns = scenarios.scenario_parser(Mod).parse_args(["-n", "7"])  # type: ignore[arg-type]
     assert ns.n == 7 and ns.kubeconfig == "mine"
 
 
@@ -63,15 +63,38 @@ def test_warmlet_cli_passes_scenario_options_through(monkeypatch: pytest.MonkeyP
 
     seen: dict[str, object] = {}
 
-    def fake_main(ns: argparse.Namespace, extra: list[str]) -> int:
-        seen.update(scenarios=ns.scenarios, quick=ns.quick, extra=extra)
-        return 0
+    async def fake_run(
+        names: list[str], modules: object, quick: bool, extra: list[str], console: object
+    ) -> dict[str, str]:
+        seen.update(scenarios=names, quick=quick, extra=extra)
+        return {n: "ok" for n in names}
 
-    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(cli, "run_scenarios", fake_run)
     assert pcli.main(["bench", "cold-vs-warm", "--quick", "-n", "5"]) == 0
     assert seen == {"scenarios": ["cold-vs-warm"], "quick": True, "extra": ["-n", "5"]}
     with pytest.raises(SystemExit):
         pcli.main(["version", "--bogus"])
+
+
+def test_bench_options_and_passthrough() -> None:
+    ns, extra = cli.bench_parser().parse_known_args(["a", "b", "--all", "--timeout", "3", "--report"])
+    assert ns.scenarios == ["a", "b"] and ns.all and ns.report and extra == ["--timeout", "3"]
+
+
+def test_bench_report_writes_both_documents(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import report
+
+    monkeypatch.setattr(report, "write_reports", lambda: ["wrote R", "wrote D"])
+    assert cli.main(["--report"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["wrote R", "wrote D"]
+
+
+def test_bench_help_lists_options_and_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: warmlet bench" in out and "--report" in out and "cold-vs-warm" in out
 
 
 def test_command_line_quotes() -> None:

@@ -8,9 +8,11 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.harness import START_LEVEL_ANNOTATION as LEVEL
+from bench.harness import PodTimes
 from bench.kubelet_baseline import compare, kubelet_config, kubelet_error
 from bench.midnight_burst import (
-    PodTimes,
+    PodTimeline,
     cronjob,
     daily_schedule,
     level_counts,
@@ -72,8 +74,8 @@ def test_level_counts_marks_missing_annotations() -> None:
 def test_variant_figures_split_control_plane_and_warmlet() -> None:
     instant = 1000.0
     times = {
-        "a": PodTimes(created=1000.5, bound=1001.0, running=1001.5, level="warm"),
-        "b": PodTimes(created=1001.0, bound=1002.0, running=1004.0, level="image_cached"),
+        "a": PodTimes(created=1000.5, bound=1001.0, running=1001.5, annotations={LEVEL: "warm"}),
+        "b": PodTimes(created=1001.0, bound=1002.0, running=1004.0, annotations={LEVEL: "image_cached"}),
         "c": PodTimes(created=1001.0, bound=1002.0, running=None),
     }
     fig = variant_figures(times, instant, expect=3, prewarmed=2, meta={"x": 1})
@@ -86,6 +88,24 @@ def test_variant_figures_split_control_plane_and_warmlet() -> None:
     assert fig["split"]["control_plane_instant_to_bound"]["p50_ms"] == 2000.0
     assert fig["start_levels"] == {"image_cached": 1, "unknown": 1, "warm": 1}
     assert fig["prewarmed_at_instant"] == 2 and fig["x"] == 1
+
+
+def test_pod_timeline_records_first_events_and_the_start_level() -> None:
+    tl = PodTimeline(client=None, ns="ns", expect=1)  # type: ignore[arg-type]
+
+    def pod(phase: str, node: str = "", **ann: str) -> dict:  # type: ignore[type-arg]
+        meta = {"name": "p", "annotations": ann}
+        return {"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": phase}}
+
+    tl.observe(pod("Pending"), 10.0)
+    tl.observe(pod("Pending", "n1"), 11.0)
+    assert not tl.all_running.is_set()
+    tl.observe(pod("Running", "n1"), 12.0)
+    assert tl.pods["p"].level is None and tl.all_running.is_set()
+    tl.observe(pod("Running", "n1", **{LEVEL: "warm"}), 13.0)
+    tl.observe(pod("Running", "n1"), 14.0)  # an event without the annotation keeps the level seen
+    t = tl.pods["p"]
+    assert (t.created, t.bound, t.running, t.level) == (10.0, 11.0, 12.0, "warm")
 
 
 def test_prewarmed_from_log_sums_counts() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,33 @@ def test_version_prints(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(SystemExit):
         _run_ns(["--backend", "docker"])
+
+
+def test_help_lists_the_lazy_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("version", "run", "placement", "demo", "bench"):
+        assert name in out
+    assert "start latencies" in out and "benchmark scenarios" in out
+
+
+@pytest.mark.parametrize("command", ["demo", "bench"])
+def test_lazy_subcommands_get_their_own_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        rc = cli.main([command, "--help"])
+    except SystemExit as e:  # argparse's own --help exits 0
+        rc = int(e.code or 0)
+    assert rc == 0
+    assert f"usage: warmlet {command}" in capsys.readouterr().out
+
+
+def test_lazy_subcommand_gets_the_rest_of_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType("fake_demo")
+    fake.main = lambda argv: seen.append(argv) or 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(cli.EXTERNAL_COMMANDS, "demo", ("fake_demo", "help"))
+    monkeypatch.setitem(sys.modules, "fake_demo", fake)
+    assert cli.main(["demo", "--n", "3", "x"]) == 3
+    assert seen == [["--n", "3", "x"]]

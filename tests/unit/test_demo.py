@@ -1,13 +1,18 @@
-"""warmlet demo: the pure parts (latency table rows, next steps, sample workload, kubeconfig)."""
+"""warmlet demo: the pure parts (latency table rows, next steps, sample workload, kubeconfig, cleanup
+steps) and the narrator that says what each slow step does."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
+import pytest
 import yaml
+from rich.console import Console
 
-from provider import demo
+from bench import demo
+from bench.narrate import Narrator
 
 
 def _result() -> dict:  # type: ignore[type-arg]
@@ -93,10 +98,139 @@ def test_sample_workload_pins_to_node() -> None:
 
 
 def test_demo_cli_flags() -> None:
-    from provider import cli
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    cli._demo_parser(sub)
-    ns = parser.parse_args(["demo", "--n", "3", "--no-wait"])
+    ns = demo.parser().parse_args(["--n", "3", "--no-wait"])
     assert ns.n == 3 and ns.no_wait and ns.kubeconfig is None and not ns.down
+
+
+def test_cleanup_steps_say_everything_in_order() -> None:
+    steps = demo.cleanup_steps("node-x", "ns-y", runtime=True, stop_bed=True)
+    assert [what for what, _ in steps] == [
+        "deleting namespace ns-y",
+        "stopping warmlet node node-x",
+        "deleting the Node node-x and its idle pool sandboxes",
+        "stopping the test bed",
+    ]
+    assert all(detail for _, detail in steps)  # each says how long it may take or how it works
+    simulated = demo.cleanup_steps("n", "ns", runtime=False, stop_bed=False)
+    assert [what for what, _ in simulated][-1] == "deleting the Node n"
+    assert "containerd" not in simulated[-1][1]
+
+
+def _narrator(heartbeat: float) -> tuple[Narrator, Console]:
+    console = Console(record=True, width=200, force_terminal=False)
+    return Narrator(console, heartbeat=heartbeat), console
+
+
+async def test_narrator_says_start_heartbeat_and_done() -> None:
+    say, console = _narrator(heartbeat=0.05)
+    assert await say.step("stopping x", "SIGTERM", asyncio.sleep(0.18, result=7)) == 7
+    lines = console.export_text().splitlines()
+    assert lines[0] == "  → stopping x (SIGTERM)…"
+    assert lines[1].startswith("    … still stopping x (")  # never a silent wait
+    assert len(lines) >= 4 and lines[-1].startswith("  ✓ stopping x (")
+
+
+async def test_narrator_says_a_failure_and_raises_it() -> None:
+    say, console = _narrator(heartbeat=10)
+
+    async def boom() -> None:
+        raise RuntimeError("no API")
+
+    with pytest.raises(RuntimeError):
+        await say.step("deleting ns", "", boom())
+    lines = console.export_text().splitlines()
+    assert lines == ["  → deleting ns…", "  ✗ deleting ns: RuntimeError('no API') (0 s)"]
+
+
+async def test_narrator_says_when_interrupted() -> None:
+    say, console = _narrator(heartbeat=10)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(say.step("deleting ns", "", slow()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert console.export_text().splitlines()[-1] == "  ✗ deleting ns: interrupted"
+
+
+def test_narrator_runs_a_blocking_step() -> None:
+    say, console = _narrator(heartbeat=10)
+    assert say.run("stopping the bed", "", lambda: 3) == 3
+    assert console.export_text().splitlines()[-1].startswith("  ✓ stopping the bed (")
+
+
+class _FakeClient:
+    def __init__(self, fail_delete: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail_delete = fail_delete
+
+    async def delete(self, path: str) -> None:
+        self.calls.append(f"DELETE {path}")
+        if self.fail_delete:
+            raise OSError("API down")
+
+    async def get(self, path: str) -> None:
+        from provider.kubeclient import ApiError
+
+        raise ApiError(404, "NotFound", path)
+
+
+class _FakeNodeCm:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.log.append("node context exited")
+
+
+class _FakeProc:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def poll(self) -> int | None:
+        return None
+
+    def send_signal(self, sig: int) -> None:
+        self.log.append(f"signal {sig}")
+
+    def wait(self, timeout: float) -> int:
+        return 0
+
+
+async def test_clean_up_says_each_step_and_does_it_in_order() -> None:
+    say, console = _narrator(heartbeat=10)
+    client, log = _FakeClient(), []
+    node = argparse.Namespace(name="wl", backend="cri", proc=_FakeProc(log))
+    await demo._clean_up(say, client, _FakeNodeCm(log), node, stop_bed=True)
+    text = console.export_text()
+    lines = text.splitlines()
+    assert lines[1].startswith("cleaning up: deleting namespace warmlet-demo; stopping warmlet node wl;")
+    assert "stopping the test bed" in lines[1]  # announced (done after the event loop ends)
+    said = [line.strip()[:1] + " " + line.strip()[2:].split(" (", 1)[0] for line in lines[2:]]
+    assert said == [
+        "→ deleting namespace warmlet-demo",
+        "✓ deleting namespace warmlet-demo",
+        "→ stopping warmlet node wl",
+        "✓ stopping warmlet node wl",
+        "→ deleting the Node wl and its idle pool sandboxes",
+        "✓ deleting the Node wl and its idle pool sandboxes",
+    ]
+    assert client.calls == [f"DELETE /api/v1/namespaces/{demo.NAMESPACE}"]
+    assert log == ["signal 15", "node context exited"]
+
+
+async def test_clean_up_goes_on_after_a_failed_step() -> None:
+    say, console = _narrator(heartbeat=10)
+    client, log = _FakeClient(fail_delete=True), []
+    node = argparse.Namespace(name="wl", backend="simulated", proc=None)
+    # delete_namespace tolerates only ApiError on delete: an OSError fails the step, said with ✗
+    await demo._clean_up(say, client, _FakeNodeCm(log), node, stop_bed=False)
+    text = console.export_text()
+    assert "✗ deleting namespace warmlet-demo: OSError('API down')" in text
+    assert "✓ deleting the Node wl (" in text
+    assert log == ["node context exited"]

@@ -1,25 +1,24 @@
 """Helpers for tests and benches that run warmlet in-process against a real API server.
 
-Kept in the package (not tests/) so integration tests, e2e tests and benches share them.
+In ``testbed/`` (not ``provider/``: product code imports no test code; not ``tests/``: the benches
+share them) so integration tests, e2e tests, fault tests and benches use the same ones.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from provider.app import WarmletNode
 from provider.config import WarmletConfig
 from provider.kubeclient import ApiError, KubeClient
 from sandbox.backend import Backend
+from testbed.wait import wait_for as wait_for  # re-exported: the one wait helper, with the kit
 
 JSON = dict[str, Any]
-T = TypeVar("T")
 
 
 def node_config(
@@ -60,20 +59,6 @@ async def running_node(
             with contextlib.suppress(ApiError):
                 await client.delete(f"/api/v1/nodes/{cfg.node.name}")
         await client.close()
-
-
-async def wait_for(
-    fn: Callable[[], Awaitable[T]], within: float = 60.0, interval: float = 0.5, what: str = "condition"
-) -> T:
-    """Poll ``fn`` until it returns something truthy; TimeoutError with the last value otherwise."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await fn()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {within}s waiting for {what}; last={last!r}"[:2000])
 
 
 async def create_namespace(

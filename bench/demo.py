@@ -6,7 +6,11 @@ warmlet node on the CRI backend as a ``warmlet run`` subprocess; runs a sample w
 CronJob every minute and a Deployment); measures cold, image-cached and warm start latencies
 right now with the cold-vs-warm benchmark's code (small N); prints them and where to look next,
 then keeps the node running (new CronJob pods are reported as they start) until Ctrl-C, which
-stops the node and deletes the sample workload. The test bed stays up unless ``--down``.
+deletes the sample workload and stops the node, saying what it does step by step. The test bed
+stays up unless ``--down``.
+
+In ``bench/`` (not ``provider/``): it runs the benchmark and test-bed code, which the product never
+imports; ``warmlet demo`` imports this module only when that subcommand runs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from bench.narrate import Narrator
+
 log = logging.getLogger("warmlet.demo")
 NAMESPACE = "warmlet-demo"
 NODE_NAME = "warmlet-demo"
@@ -36,6 +42,7 @@ LEVEL_LABELS = {
     "warm": "warm (pooled sandbox)",
 }
 JSON = dict[str, Any]
+NAMESPACE_WAIT_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------------- pure parts
@@ -161,7 +168,7 @@ def next_steps(
 def sample_workload(node: str, image: str) -> list[tuple[str, JSON]]:
     """(API collection path, object) of the sample CronJob (every minute) and Deployment."""
     from bench.harness import HOLD_COMMAND
-    from provider.testing import pod_template
+    from testbed.testing import pod_template
 
     def template(command: list[str], labels: dict[str, str], **spec: Any) -> JSON:
         t = pod_template(
@@ -213,6 +220,47 @@ def sample_workload(node: str, image: str) -> list[tuple[str, JSON]]:
     ]
 
 
+STOP_BED = ("stopping the test bed", "python -m testbed down, up to 60 s")
+
+
+def cleanup_steps(node: str, namespace: str, runtime: bool, stop_bed: bool) -> list[tuple[str, str]]:
+    """(what, detail) of each thing the demo does when it stops, in order: announced up front,
+    then said step by step."""
+    steps = [
+        (
+            f"deleting namespace {namespace}",
+            "the sample workload; its pods stop within their 5 s grace, "
+            f"up to {NAMESPACE_WAIT_SECONDS:.0f} s",
+        ),
+        (f"stopping warmlet node {node}", "SIGTERM: it shuts down cleanly; killed after 20 s"),
+        (
+            f"deleting the Node {node}" + (" and its idle pool sandboxes" if runtime else ""),
+            "the Node object" + (", then the sandboxes it left in containerd" if runtime else ""),
+        ),
+    ]
+    if stop_bed:
+        steps.append(STOP_BED)
+    return steps
+
+
+def parser() -> argparse.ArgumentParser:
+    """``warmlet demo``'s options."""
+    p = argparse.ArgumentParser(
+        prog="warmlet demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--kubeconfig", type=Path, help="an existing cluster instead of the local test bed")
+    p.add_argument("--cri-endpoint", help="CRI socket with --kubeconfig (default $WARMLET_CRI_ENDPOINT)")
+    p.add_argument("--image", help="image of the sample workload (default: the bed's fat image)")
+    p.add_argument("--n", type=int, default=5, help="pods measured per start level")
+    p.add_argument("--down", action="store_true", help="stop the test bed at the end")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="clean up and exit after measuring (default: keep the node running until Ctrl-C)",
+    )
+    return p
+
+
 # ---------------------------------------------------------------------------- steps
 
 
@@ -233,7 +281,7 @@ def _testbed_up(console: Any) -> None:
 async def _recreate_namespace(client: Any) -> None:
     from bench.harness import delete_namespace
     from provider.kubeclient import ApiError
-    from provider.testing import wait_for
+    from testbed.testing import wait_for
 
     with contextlib.suppress(ApiError):
         await client.get(f"/api/v1/namespaces/{NAMESPACE}")
@@ -253,20 +301,35 @@ async def _recreate_namespace(client: Any) -> None:
 
 
 async def _wait_deployment(client: Any, within: float = 180) -> None:
-    from provider.testing import list_pods, phase
+    from testbed.testing import list_pods, phase, wait_for
 
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    async def running() -> bool:
         pods = await list_pods(client, NAMESPACE, "app=web")
-        if len(pods) >= 2 and all(phase(p) == "Running" for p in pods):
-            return
-        await asyncio.sleep(0.5)
-    raise TimeoutError("Deployment web not Running within 180s")
+        return len(pods) >= 2 and all(phase(p) == "Running" for p in pods)
+
+    await wait_for(running, within, 0.5, "Deployment web Running")
+
+
+async def _clean_up(say: Narrator, client: Any, node_cm: Any, node: Any, stop_bed: bool) -> None:
+    """Delete the sample workload, stop the node, delete it and its sandboxes: each step said; a
+    step that fails (said with its error) does not keep the next ones from running."""
+    from bench.harness import delete_namespace, stop_process
+
+    steps = cleanup_steps(node.name, NAMESPACE, node.backend == "cri", stop_bed)
+    say.say(f"\ncleaning up: {'; '.join(what for what, _ in steps)}")
+    with contextlib.suppress(Exception):
+        gone = await say.step(*steps[0], delete_namespace(client, NAMESPACE, wait=NAMESPACE_WAIT_SECONDS))
+        if not gone:
+            say.say(f"    namespace {NAMESPACE} still terminating: left to the API server")
+    if node.proc is not None:
+        with contextlib.suppress(Exception):
+            await say.step(*steps[1], asyncio.to_thread(stop_process, node.proc))
+    await say.step(*steps[2], node_cm.__aexit__(None, None, None))
 
 
 async def _report_cron_pods(client: Any, console: Any) -> None:
     """Until cancelled: print each new CronJob pod once Running/Succeeded, with its start level."""
-    from provider.testing import list_pods, phase
+    from testbed.testing import list_pods, phase
 
     seen: set[str] = set()
     while True:
@@ -294,6 +357,7 @@ async def run_demo(ns: argparse.Namespace) -> int:
     from testbed.util import bin_dir
 
     console = Console()
+    say = Narrator(console)
     # Ctrl-C and SIGTERM cancel this task, so the finally blocks below clean up (also when
     # SIGINT was ignored by a non-interactive parent shell).
     main_task = asyncio.current_task()
@@ -385,11 +449,7 @@ async def run_demo(ns: argparse.Namespace) -> int:
                 await _report_cron_pods(client, console)
                 return 0
             finally:
-                with console.status("cleaning up: deleting the sample workload, stopping the warmlet node…"):
-                    from bench.harness import delete_namespace
-
-                    await delete_namespace(client, NAMESPACE, wait=60)
-                    await node_cm.__aexit__(None, None, None)
+                await _clean_up(say, client, node_cm, node, bool(ns.down and ns.kubeconfig is None))
                 console.print(
                     "[green]✓[/] node stopped and sample workload deleted"
                     + ("" if ns.down else "; the test bed stays up (python -m testbed down)")
@@ -398,8 +458,11 @@ async def run_demo(ns: argparse.Namespace) -> int:
             await client.close()
 
 
-def main(ns: argparse.Namespace) -> int:
-    """Entry point of ``warmlet demo``."""
+def main(argv: list[str]) -> int:
+    """Entry point of ``warmlet demo`` (the arguments after ``demo``)."""
+    from rich.console import Console
+
+    ns = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     rc = 130
     try:
@@ -408,5 +471,8 @@ def main(ns: argparse.Namespace) -> int:
         print("interrupted: cleaned up")
     finally:
         if ns.down and ns.kubeconfig is None:
-            subprocess.run([sys.executable, "-m", "testbed", "down"], check=False)
+            what, detail = STOP_BED
+            Narrator(Console()).run(
+                what, detail, lambda: subprocess.run([sys.executable, "-m", "testbed", "down"], check=False)
+            )
     return rc

@@ -1,0 +1,132 @@
+"""A warmlet node as a ``warmlet run`` subprocess under the documented RBAC identity.
+
+:func:`warmlet_process` is :func:`bench.harness.warmlet_node` plus what that does not set: an
+identity bound to the ClusterRole of kind-config/rbac.yaml (the documented out-of-cluster
+deployment) instead of the admin's, the simulated backend's timers, extra node settings, a faster
+CRI poll. Used by the scenarios that measure warmlet at scale in its own process
+(bench/midnight_burst.py, bench/scale.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.harness import (
+    REPO_ROOT,
+    Bed,
+    NodeHandle,
+    free_port,
+    node_config_dict,
+    remove_instance_sandboxes,
+    spawn_warmlet,
+    stop_process,
+    wait_node_ready,
+)
+from provider.kubeclient import ApiError, KubeClient
+
+JSON = dict[str, Any]
+
+# warmlet's identity in the benches: a user bound to the ClusterRole of kind-config/rbac.yaml (the
+# documented out-of-cluster deployment). Not system:node:<name>: NodeRestriction forbids a node to
+# patch pod metadata, so warmlet could not write its start-level annotation, and the Node
+# authorizer does not let a node list CronJobs (no prewarming).
+RBAC_FILE = REPO_ROOT / "kind-config" / "rbac.yaml"
+RBAC_NAME = "warmlet-bench"
+
+
+def warmlet_cluster_role() -> JSON:
+    """The ClusterRole of kind-config/rbac.yaml, renamed for the benches."""
+    for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
+        if doc and doc.get("kind") == "ClusterRole":
+            return {"metadata": {"name": RBAC_NAME}, "rules": doc["rules"]}
+    raise ValueError(f"no ClusterRole in {RBAC_FILE}")
+
+
+async def grant_warmlet_rbac(client: KubeClient, user: str) -> str:
+    """The (shared) ClusterRole and a ClusterRoleBinding for ``user``; returns the binding's name."""
+    role = warmlet_cluster_role()
+    try:
+        await client.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
+    except ApiError as e:
+        if not e.conflict:
+            raise
+        # exists (an earlier run): make its rules those of the file
+        await client.patch(
+            f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{RBAC_NAME}", {"rules": role["rules"]}
+        )
+    binding = f"{RBAC_NAME}-{user.replace(':', '-')}"
+    with contextlib.suppress(ApiError):
+        await client.post(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "metadata": {"name": binding},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": RBAC_NAME,
+                },
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            },
+        )
+    return binding
+
+
+@contextlib.asynccontextmanager
+async def warmlet_process(
+    bed: Bed,
+    backend: str,
+    pool: Mapping[str, Any],
+    simulated: Mapping[str, Any] | None = None,
+    node: Mapping[str, Any] | None = None,
+) -> AsyncIterator[NodeHandle]:
+    """``warmlet run`` as a subprocess, like harness.warmlet_node, plus what that does not set.
+
+    Own process (own event loop, no GIL shared with the bench's watch); the simulated backend's
+    timers and node sections; an identity with the documented RBAC (see RBAC_FILE). On exit: stopped,
+    Node and binding deleted, CRI sandboxes it left (idle pool members) removed.
+    """
+    name = f"mb-{backend[:3]}-{uuid.uuid4().hex[:6]}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"warmlet-{name}-"))
+    port = free_port()
+    cfg = node_config_dict(bed, name, workdir, port, backend, dict(pool))
+    user = f"warmlet-bench:{name}"
+    if bed.testbed is not None:
+        cfg["kubeconfig"] = str(bed.testbed.kubeconfig_for(user))
+    else:  # a cluster we cannot mint certificates for: its admin credentials
+        cfg["kubeconfig"] = bed.kubeconfig
+    cfg["log_level"] = "INFO"
+    if node:
+        cfg["node"].update(node)
+    if simulated:
+        cfg["simulated"] = dict(simulated)
+    if backend == "cri":
+        cfg["cri"]["poll_interval_seconds"] = 0.2
+    config_path = workdir / "warmlet.yaml"
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    h = NodeHandle(name, port, workdir, config_path, workdir / "warmlet.log", backend, str(cfg["kubeconfig"]))
+    client = await KubeClient.from_kubeconfig(bed.kubeconfig)
+    binding = await grant_warmlet_rbac(client, user)
+    try:
+        h.proc = spawn_warmlet(config_path, h.log_path)
+        await wait_node_ready(client, name, 120)
+        yield h
+    finally:
+        if h.proc is not None:
+            await asyncio.to_thread(stop_process, h.proc)
+        for path in (
+            f"/api/v1/nodes/{name}",
+            f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding}",
+        ):
+            with contextlib.suppress(ApiError):
+                await client.delete(path)
+        await client.close()
+        if backend == "cri" and bed.cri_endpoint:
+            await remove_instance_sandboxes(bed.cri_endpoint, name)
