@@ -262,7 +262,7 @@ async def test_errors_back_off_resume_and_relist_after_too_many() -> None:
     api.sessions = [[ConnectionResetError("reset")] for _ in range(4)]
     errors: list[Exception] = []
     relists: list[str] = []
-    r, seen, task = await start(api, clock, on_watch_error=errors.append, on_relist=relists.append)
+    _, seen, task = await start(api, clock, on_watch_error=errors.append, on_relist=relists.append)
     assert len(api.watch_rvs) == 1 and len(errors) == 1
     # back-off 1, 2, 4 s between resumed watches (from the same version), then a relist
     await clock.advance(0.99)
@@ -304,14 +304,14 @@ async def test_a_watch_closed_at_once_backs_off_instead_of_spinning() -> None:
 
     class Closing(FakeApi):
         async def watch(
-            self, path: str, rv: str, timeout_seconds: int = 240, **p: Any
+            self, path: str, resource_version: str, timeout_seconds: int = 240, **p: Any
         ) -> AsyncIterator[JSON]:
-            self.watch_rvs.append(rv)
+            self.watch_rvs.append(resource_version)
             return
             yield {}
 
     api = Closing(clock)
-    r, _, task = await start(api, clock)
+    _, _, task = await start(api, clock)
     assert len(api.watch_rvs) == 1  # waiting, not reconnecting in a loop
     await clock.advance(1.0)
     await settle()
