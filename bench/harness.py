@@ -54,7 +54,9 @@ from typing import Any
 
 import yaml
 
+from common.clock import SYSTEM, Clock
 from provider.kubeclient import ApiError, KubeClient
+from provider.reflector import Reflector, by_name
 from testbed.testing import create_namespace, pod_template
 from testbed.util import kv
 
@@ -392,41 +394,30 @@ async def watch_namespace_pods(
     *,
     list_first: bool = True,
     started: asyncio.Event | None = None,
+    clock: Clock = SYSTEM,
 ) -> None:
-    """List, then watch a namespace's pods until cancelled, relisting on 410 Gone or a dropped
-    connection. ``on_event(type, pod)`` sees listed pods as ADDED (with ``list_first``), then
-    every ADDED / MODIFIED / DELETED event; ``started`` is set once the watch is positioned."""
-    path = f"/api/v1/namespaces/{ns}/pods"
-    while True:
-        try:
-            if list_first:
-                page = await client.list_all(path)
-                for pod in page.get("items") or []:
-                    await _call(on_event, "ADDED", pod)
-            else:
-                page = await client.get(path, limit=1)
-            rv = page["metadata"]["resourceVersion"]
-            if started is not None:
-                started.set()
-            while True:
-                async for ev in client.watch(path, rv, timeout_seconds=300):
-                    obj = ev.get("object") or {}
-                    rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                    etype = str(ev.get("type"))
-                    if etype in ("ADDED", "MODIFIED", "DELETED"):
-                        await _call(on_event, etype, obj)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # 410 Gone or a dropped connection: relist
-            if not (isinstance(e, ApiError) and e.gone):
-                log.warning(kv("pod watch restarts", ns=ns, err=repr(e)))
-            await asyncio.sleep(0.2)
-
-
-async def _call(handler: PodEventHandler, etype: str, obj: JSON) -> None:
-    result = handler(etype, obj)
-    if result is not None:
-        await result
+    """List, then watch a namespace's pods until cancelled (``provider.reflector.Reflector``:
+    bookmarks, relist on 410 Gone, back-off on errors). ``on_event(type, pod)`` sees listed pods
+    as ADDED (with ``list_first``; without it only later changes), then every ADDED / MODIFIED /
+    DELETED event, and what a relist finds changed; ``started`` is set once the watch is positioned."""
+    reflector = Reflector(
+        client,
+        f"/api/v1/namespaces/{ns}/pods",
+        on_event,
+        key=by_name,
+        watch_timeout=300,
+        replay_list=list_first,
+        strip_managed_fields=True,
+        name=f"bench-pods-{ns}",
+        clock=clock,
+    )
+    if started is None:
+        await reflector.run()
+        return
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(reflector.run(), name=f"bench-pods-{ns}")
+        await reflector.synced.wait()
+        started.set()
 
 
 class PodClock:

@@ -17,6 +17,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from common.clock import SYSTEM, Clock
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import EVENTS, EVENTS_DROPPED
 from provider.timefmt import rfc3339
@@ -69,28 +70,35 @@ def object_ref(obj: Mapping[str, Any]) -> JSON:
 
 class EventRecorder:
     def __init__(
-        self, client: KubeClient, node_name: str, qps: float = 50.0, burst: int = 200, queue_size: int = 5000
+        self,
+        client: KubeClient,
+        node_name: str,
+        qps: float = 50.0,
+        burst: int = 200,
+        queue_size: int = 5000,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._node = node_name
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
-        self._bucket = TokenBucket(qps, burst, time.monotonic())
+        self._bucket = TokenBucket(qps, burst, clock.monotonic())
         self._seen: LRUCache[tuple[str, str, str, str], tuple[str, str, int]] = LRUCache(4096)
 
     def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue an event about a Pod or Node (non-blocking; dropped when the queue is full)."""
         EVENTS.labels(type=type_, reason=reason).inc()
         try:
-            self._queue.put_nowait(_Pending(object_ref(obj), type_, reason, message, time.time()))
+            self._queue.put_nowait(_Pending(object_ref(obj), type_, reason, message, self._clock.time()))
         except asyncio.QueueFull:
             EVENTS_DROPPED.inc()
 
     async def run(self) -> None:
         while True:
             ev = await self._queue.get()
-            wait = self._bucket.take(time.monotonic())
+            wait = self._bucket.take(self._clock.monotonic())
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self._clock.sleep(wait)
             try:
                 await self._send(ev)
             except asyncio.CancelledError:

@@ -8,7 +8,6 @@ budgets can exist side by side (the node lease must not queue behind pod traffic
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import ssl
@@ -20,6 +19,9 @@ import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.incluster_config import SERVICE_TOKEN_FILENAME
+
+# the back-off every API loop uses lives in common.retry; re-exported for older imports
+from common.retry import sleep_backoff as sleep_backoff
 
 log = logging.getLogger(__name__)
 
@@ -258,14 +260,22 @@ class KubeClient:
             if resp.status >= 300:
                 raise self._error("WATCH", resp.status, await resp.read())
             async for line in _lines(resp.content):
-                if not line.strip():
-                    continue
-                event: JSON = json.loads(line)
-                if event.get("type") == "ERROR":
-                    obj = event.get("object") or {}
-                    code = int(obj.get("code", 500))
-                    raise ApiError(code, obj.get("reason", ""), obj.get("message", ""), obj)
-                yield event
+                event = watch_event(line)
+                if event is not None:
+                    yield event
+
+
+def watch_event(line: bytes) -> JSON | None:
+    """One line of a watch stream: the event, None for a blank line; an ERROR event (410 Expired
+    when the resourceVersion is too old) raises its Status as :class:`ApiError`."""
+    if not line.strip():
+        return None
+    event: JSON = json.loads(line)
+    if event.get("type") == "ERROR":
+        obj = event.get("object") or {}
+        code = int(obj.get("code", 500))
+        raise ApiError(code, obj.get("reason", ""), obj.get("message", ""), obj)
+    return event
 
 
 # One watch event is one JSON line holding a whole object. aiohttp's line iterator gives up at
@@ -303,11 +313,3 @@ def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
             continue
         out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
     return out
-
-
-async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> None:
-    """Exponential back-off with jitter for retry loops."""
-    import random
-
-    delay = min(cap, base * (2 ** min(attempt, 16)))
-    await asyncio.sleep(delay * (0.5 + random.random() / 2))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from common.retry import STOP, periodic
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import LEADER, LEADER_RENEWALS, LEADER_TRANSITIONS
 from provider.timefmt import parse_rfc3339
@@ -219,6 +220,7 @@ class LeaderElector:
         self.obs = Observation()
         self.last_renew = 0.0
         self.is_leader = False
+        self._waiting_for: str | None = None
         LEADER.set(0)
 
     @property
@@ -269,51 +271,55 @@ class LeaderElector:
         return True
 
     async def acquire(self) -> None:
-        """Block until we hold the lease (the standby phase: reads only, every retry_period)."""
-        waiting_for = None
-        while True:
-            try:
-                if await self.try_acquire_or_renew():
-                    self.is_leader = True
-                    LEADER.set(1)
-                    return
-                holder = self.obs.record.holder if self.obs.record else ""
-                if holder != waiting_for:
-                    waiting_for = holder
-                    log.info(
-                        "leader election: standby lease=%s/%s identity=%s holder=%s",
-                        self.namespace,
-                        self.name,
-                        self.identity,
-                        holder,
-                    )
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("leader election: acquire round failed err=%r", e)
-            await asyncio.sleep(next_try(self.obs, self.clock(), self.retry_period))
+        """Block until we hold the lease (the standby phase: reads only, every retry_period, or
+        sooner when the holder's lease expires by our clock)."""
+        await periodic(
+            self._acquire_round,
+            lambda: next_try(self.obs, self.clock(), self.retry_period),
+            on_error=lambda e, _: log.warning("leader election: acquire round failed err=%r", e),
+        )
+
+    async def _acquire_round(self) -> object:
+        if await self.try_acquire_or_renew():
+            self.is_leader = True
+            LEADER.set(1)
+            return STOP
+        holder = self.obs.record.holder if self.obs.record else ""
+        if holder != self._waiting_for:
+            self._waiting_for = holder
+            log.info(
+                "leader election: standby lease=%s/%s identity=%s holder=%s",
+                self.namespace,
+                self.name,
+                self.identity,
+                holder,
+            )
+        return None
 
     async def hold(self) -> None:
         """Renew every retry_period; RETURNS when leadership is lost (caller must stop at once)."""
-        while True:
-            await asyncio.sleep(self.retry_period)
-            ok = False
-            try:
-                remaining = self.renew_deadline - (self.clock() - self.last_renew)
-                ok = await asyncio.wait_for(self.try_acquire_or_renew(), timeout=max(0.1, remaining))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("leader election: renew failed err=%r", e)
-            LEADER_RENEWALS.labels(result="ok" if ok else "error").inc()
-            if not ok:
-                rec = self.obs.record
-                if rec is not None and rec.holder and rec.holder != self.identity:
-                    self._lost(f"lease taken by {rec.holder}")
-                    return
-                if renew_deadline_passed(self.last_renew, self.clock(), self.renew_deadline):
-                    self._lost("renew deadline passed")
-                    return
+        await periodic(self._renew_round, self.retry_period, wait_first=True)
+
+    async def _renew_round(self) -> object:
+        ok = False
+        try:
+            remaining = self.renew_deadline - (self.clock() - self.last_renew)
+            ok = await asyncio.wait_for(self.try_acquire_or_renew(), timeout=max(0.1, remaining))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("leader election: renew failed err=%r", e)
+        LEADER_RENEWALS.labels(result="ok" if ok else "error").inc()
+        if ok:
+            return None
+        rec = self.obs.record
+        if rec is not None and rec.holder and rec.holder != self.identity:
+            self._lost(f"lease taken by {rec.holder}")
+            return STOP
+        if renew_deadline_passed(self.last_renew, self.clock(), self.renew_deadline):
+            self._lost("renew deadline passed")
+            return STOP
+        return None
 
     def _lost(self, why: str) -> None:
         self.is_leader = False

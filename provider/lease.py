@@ -6,18 +6,20 @@ burst can never delay renewals and make the node NotReady.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
+from common.retry import Backoff, periodic
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import NODE_LEASE_RENEWALS
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 NAMESPACE = "kube-node-lease"
+# a failed renewal is retried fast (kubelet: 200 ms doubling up to 7 s) so the lease does not expire
+RENEW_RETRY: Final = Backoff(base=0.2, cap=7.0, jitter=0.0)
 
 
 def micro_time(ts: float) -> str:
@@ -89,19 +91,19 @@ class LeaseKeeper:
             raise
         self.last_renewed = now
 
+    async def _renew_once(self) -> None:
+        try:
+            await self.renew()
+        except Exception:
+            NODE_LEASE_RENEWALS.labels(result="error").inc()
+            raise
+        NODE_LEASE_RENEWALS.labels(result="ok").inc()
+
     async def run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self.renew()
-                NODE_LEASE_RENEWALS.labels(result="ok").inc()
-                failures = 0
-                await asyncio.sleep(self._interval)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                NODE_LEASE_RENEWALS.labels(result="error").inc()
-                failures += 1
-                log.warning("lease renewal failed attempt=%d err=%r", failures, e)
-                # retry fast (kubelet: 200ms doubling up to 7s) so the lease does not expire
-                await asyncio.sleep(min(7.0, 0.2 * 2**failures))
+        """Renew every interval; after a failure retry fast (RENEW_RETRY) until it works again."""
+        await periodic(
+            self._renew_once,
+            self._interval,
+            backoff=RENEW_RETRY,
+            on_error=lambda e, n: log.warning("lease renewal failed attempt=%d err=%r", n, e),
+        )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from common.retry import API_BACKOFF, periodic, retry
 from provider.config import NodeConfig
 from provider.events import NORMAL, WARNING, EventRecorder
-from provider.kubeclient import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeClient, sleep_backoff
+from provider.kubeclient import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from provider.lease import LeaseKeeper
 from provider.node_object import (
     conditions_summary,
@@ -26,6 +28,7 @@ from provider.node_object import (
     node_taints,
     overwritten_by_others,
 )
+from provider.reflector import Reflector
 from sandbox.backend import Backend, BackendHealth
 
 log = logging.getLogger(__name__)
@@ -224,80 +227,58 @@ class NodeController:
         if self.recorder is not None:
             self.recorder.record(self._ref(), WARNING, "NodeNotReady", f"Node {self.cfg.name}: {msg}")
 
+    async def _status_step(self) -> None:
+        force = self._wake.is_set()
+        self._wake.clear()
+        if force:
+            await self.register()
+        else:
+            await self.update_status()
+
     async def _status_loop(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.health_interval)
-            except TimeoutError:
-                pass
-            force = self._wake.is_set()
-            self._wake.clear()
-            try:
-                if force:
-                    await self.register()
-                else:
-                    await self.update_status()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                failures += 1
-                log.warning("node status update failed attempt=%d err=%r", failures, e)
-                await sleep_backoff(failures, cap=10.0)
+        """Every ``health_interval`` (at once when woken): re-register if asked, else update."""
+        await periodic(
+            self._status_step,
+            self.health_interval,
+            wake=self._wake,
+            wait_first=True,
+            backoff=API_BACKOFF,
+            on_error=lambda e, n: log.warning("node status update failed attempt=%d err=%r", n, e),
+        )
+
+    def _node_listed(self, nodes: Mapping[str, JSON]) -> None:
+        if not nodes:
+            log.warning("node missing, registering again name=%s", self.cfg.name)
+            self._wake.set()
+
+    def _node_event(self, etype: str, node: JSON) -> None:
+        if etype == "DELETED":
+            log.warning("node deleted, registering again name=%s", self.cfg.name)
+            self._wake.set()
+        elif etype == "MODIFIED" and overwritten_by_others(node, self._last_summary):
+            log.warning("node conditions changed by another client, reporting again name=%s", self.cfg.name)
+            self._last_summary = []  # the next health poll patches the status
 
     async def _watch_loop(self) -> None:
         """Notice the Node's deletion within a second instead of at the next update."""
-        failures = 0
-        rv = ""
-        while True:
-            try:
-                if not rv:
-                    lst = await self.client.get(
-                        "/api/v1/nodes", fieldSelector=f"metadata.name={self.cfg.name}"
-                    )
-                    rv = lst["metadata"]["resourceVersion"]
-                    if not lst.get("items"):
-                        self._wake.set()
-                async for ev in self.client.watch(
-                    "/api/v1/nodes", rv, timeout_seconds=240, fieldSelector=f"metadata.name={self.cfg.name}"
-                ):
-                    rv = (ev.get("object") or {}).get("metadata", {}).get("resourceVersion", rv)
-                    if ev.get("type") == "DELETED":
-                        log.warning("node deleted, registering again name=%s", self.cfg.name)
-                        self._wake.set()
-                    elif ev.get("type") == "MODIFIED" and overwritten_by_others(
-                        ev.get("object") or {}, self._last_summary
-                    ):
-                        log.warning(
-                            "node conditions changed by another client, reporting again name=%s",
-                            self.cfg.name,
-                        )
-                        self._last_summary = []  # the next health poll patches the status
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except ApiError as e:
-                if e.gone:
-                    rv = ""
-                    continue
-                failures += 1
-                await sleep_backoff(failures, cap=10.0)
-            except Exception:
-                failures += 1
-                await sleep_backoff(failures, cap=10.0)
+        await Reflector(
+            self.client,
+            "/api/v1/nodes",
+            self._node_event,
+            params={"fieldSelector": f"metadata.name={self.cfg.name}"},
+            replay_list=False,
+            strip_managed_fields=True,
+            name="node",
+            on_list=self._node_listed,
+        ).run()
 
     async def run(self) -> None:
-        failures = 0
-        while not self.registered.is_set():
-            try:
-                await self.register()
-            except (asyncio.CancelledError, NodeNameTaken):
-                raise
-            except Exception as e:
-                failures += 1
-                log.warning("node registration failed attempt=%d err=%r", failures, e)
-                await sleep_backoff(failures, cap=10.0)
+        await retry(
+            self.register,
+            API_BACKOFF,
+            fatal=(NodeNameTaken,),
+            on_error=lambda e, n: log.warning("node registration failed attempt=%d err=%r", n, e),
+        )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.lease.run(), name="node-lease")
             tg.create_task(self._status_loop(), name="node-status")

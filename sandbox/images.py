@@ -14,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from common.imageref import (
+    ImageReference,
+    InvalidImageReference,
+    normalize_reference,
+    parse_image_reference,
+)
 from sandbox import metrics
 from sandbox.backend import (
     BackendError,
@@ -36,103 +41,19 @@ log = logging.getLogger("warmlet.images")
 
 # ---------------------------------------------------------------------------- references
 
-DEFAULT_DOMAIN = "docker.io"
-LEGACY_DEFAULT_DOMAIN = "index.docker.io"
-OFFICIAL_REPO_PREFIX = "library/"
-MAX_NAME_LENGTH = 255
-
-# The grammar of github.com/distribution/reference (what kubelet and containerd validate against).
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
-_DOMAIN_NAME = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
-_DOMAIN = rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_REFERENCE_RE = re.compile(
-    rf"^(?P<name>(?:(?P<domain>{_DOMAIN})/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
-    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
-)
-_ANCHORED_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-
-
-@dataclass(frozen=True)
-class ImageReference:
-    """A parsed, normalized image reference (docker.io/library/ added as containerd does)."""
-
-    domain: str
-    path: str
-    tag: str = ""
-    digest: str = ""
-
-    @property
-    def repository(self) -> str:
-        return f"{self.domain}/{self.path}"
-
-    @property
-    def normalized(self) -> str:
-        """The fully qualified reference; a missing tag becomes ``latest`` unless pinned by digest."""
-        s = self.repository
-        if self.tag or not self.digest:
-            s += f":{self.tag or 'latest'}"
-        if self.digest:
-            s += f"@{self.digest}"
-        return s
-
-
-def _split_domain(name: str) -> tuple[str, str]:
-    """Docker's rule: the first component is a domain if it has a '.' or ':' or is localhost."""
-    first, sep, rest = name.partition("/")
-    if sep and (("." in first or ":" in first) or first == "localhost" or first != first.lower()):
-        domain, path = first, rest
-    else:
-        domain, path = DEFAULT_DOMAIN, name
-    if domain == LEGACY_DEFAULT_DOMAIN:
-        domain = DEFAULT_DOMAIN
-    if domain == DEFAULT_DOMAIN and "/" not in path:
-        path = OFFICIAL_REPO_PREFIX + path
-    return domain, path
-
 
 def parse_reference(image: str) -> ImageReference:
-    """Validate and normalize an image reference; raise InvalidImageNameError like kubelet."""
-    if not image or image != image.strip():
-        raise InvalidImageNameError(f'Failed to apply default image tag "{image}": invalid reference format')
-    m = _REFERENCE_RE.match(image)
-    if m is None:
-        # Give the same hint distribution/reference gives for the most common mistake.
-        lowered = image.lower()
-        if lowered != image and _REFERENCE_RE.match(_lower_path_only(image)):
-            raise InvalidImageNameError(
-                f'Failed to apply default image tag "{image}": '
-                "invalid reference format: repository name must be lowercase"
-            )
-        raise InvalidImageNameError(f'Failed to apply default image tag "{image}": invalid reference format')
-    name = m.group("name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidImageNameError(
-            f'Failed to apply default image tag "{image}": '
-            "repository name must not be more than 255 characters"
-        )
-    domain, path = _split_domain(name)
-    return ImageReference(domain=domain, path=path, tag=m.group("tag") or "", digest=m.group("digest") or "")
-
-
-def _lower_path_only(image: str) -> str:
-    first, sep, rest = image.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first + "/" + rest.lower()
-    return image.lower()
+    """Validate and normalize an image reference (:mod:`common.imageref`); raise
+    InvalidImageNameError like kubelet."""
+    try:
+        return parse_image_reference(image)
+    except InvalidImageReference as e:
+        raise InvalidImageNameError(str(e)) from None
 
 
 def normalize(image: str) -> str:
     """Normalized reference string, or the input unchanged when it does not parse."""
-    try:
-        return parse_reference(image).normalized
-    except InvalidImageNameError:
-        return image
+    return normalize_reference(image)
 
 
 # ---------------------------------------------------------------------------- pull policy

@@ -27,7 +27,8 @@ from provider.config import BinderConfig
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from provider.placement.metrics import BINDER_ERRORS, BINDING_LATENCY, BINDINGS
 from provider.placement.policy import NodeView, choose_node, pod_request
-from provider.placement.view import ClusterView, Reflector
+from provider.placement.view import ClusterView
+from provider.reflector import Reflector
 from provider.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ class FastBinder:
             client,
             "/api/v1/pods",
             self._event,
-            fieldSelector=f"spec.schedulerName={cfg.scheduler_name},spec.nodeName=",
+            params={"fieldSelector": f"spec.schedulerName={cfg.scheduler_name},spec.nodeName="},
+            name="binder-pods",
         )
         self.pending: dict[str, _Pending] = {}
         self._inflight: set[str] = set()

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cachetools import TTLCache
 
-from provider.kubeclient import ApiError, KubeClient, sleep_backoff
+from common.retry import API_BACKOFF, periodic
+from provider.kubeclient import ApiError, KubeClient
 from provider.placement.policy import (
     ADMISSION_ANNOTATION,
     NodeView,
@@ -27,94 +28,14 @@ from provider.placement.policy import (
     occupies_node,
     pod_request,
 )
+from provider.reflector import Reflector
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
-EventHandler = Callable[[str, JSON], Awaitable[None] | None]
 
 
 def label_selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-class Reflector:
-    """List + watch of one collection into ``objects`` (uid → raw JSON), relisting on 410 Gone.
-
-    ``on_event(type, obj)`` sees listed objects as ADDED/MODIFIED, gone ones as DELETED, then
-    every watch event. Back-off on errors; cancellable.
-    """
-
-    def __init__(
-        self,
-        client: KubeClient,
-        path: str,
-        on_event: EventHandler | None = None,
-        watch_timeout: int = 240,
-        **params: str,
-    ) -> None:
-        self.client, self.path, self.params = client, path, params
-        self.on_event = on_event
-        self.watch_timeout = watch_timeout
-        self.objects: dict[str, JSON] = {}
-        self.synced = asyncio.Event()
-        self.rv = ""
-
-    async def run(self) -> None:
-        failures = 0
-        need_list = True
-        while True:
-            try:
-                if need_list:
-                    await self._relist()
-                    need_list = False
-                async for ev in self.client.watch(
-                    self.path, self.rv, timeout_seconds=self.watch_timeout, **self.params
-                ):
-                    await self._apply(ev)
-                    failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                gone = isinstance(e, ApiError) and e.gone
-                if not gone:
-                    failures += 1
-                    log.warning("placement watch error path=%s params=%s err=%r", self.path, self.params, e)
-                    await sleep_backoff(failures, cap=10.0)
-                need_list = gone or failures > 2
-
-    async def _relist(self) -> None:
-        page = await self.client.list_all(self.path, **self.params)
-        fresh = {o["metadata"]["uid"]: o for o in page.get("items") or []}
-        gone = [o for uid, o in self.objects.items() if uid not in fresh]
-        self.objects = fresh
-        self.rv = (page.get("metadata") or {}).get("resourceVersion", "")
-        for o in gone:
-            await self._emit("DELETED", o)
-        for o in fresh.values():
-            await self._emit("ADDED", o)
-        self.synced.set()
-
-    async def _apply(self, ev: JSON) -> None:
-        obj = ev.get("object") or {}
-        meta = obj.get("metadata") or {}
-        if meta.get("resourceVersion"):
-            self.rv = meta["resourceVersion"]
-        etype = str(ev.get("type"))
-        uid = meta.get("uid")
-        if etype == "BOOKMARK" or not uid:
-            return
-        if etype == "DELETED":
-            self.objects.pop(uid, None)
-        else:
-            self.objects[uid] = obj
-        await self._emit(etype, obj)
-
-    async def _emit(self, etype: str, obj: JSON) -> None:
-        if self.on_event is None:
-            return
-        result = self.on_event(etype, obj)
-        if result is not None:
-            await result
 
 
 class NodePods:
@@ -130,7 +51,14 @@ class NodePods:
         self.node = node
         self._on_change = on_change
         self._on_seen = on_seen  # admission id of a pod seen bound here
-        self.reflector = Reflector(client, "/api/v1/pods", self._event, fieldSelector=f"spec.nodeName={node}")
+        self.reflector = Reflector(
+            client,
+            "/api/v1/pods",
+            self._event,
+            params={"fieldSelector": f"spec.nodeName={node}"},
+            strip_managed_fields=True,
+            name=f"placement-pods-{node}",
+        )
         self.used = Resources()
         self._counted: dict[str, Resources] = {}
 
@@ -169,7 +97,12 @@ class ClusterView:
         self.lease_poll_seconds = lease_poll_seconds
         self.assume_ttl = assume_ttl_seconds
         self.nodes = Reflector(
-            client, "/api/v1/nodes", self._node_event, labelSelector=label_selector(node_labels)
+            client,
+            "/api/v1/nodes",
+            self._node_event,
+            params={"labelSelector": label_selector(node_labels)},
+            strip_managed_fields=True,
+            name="placement-nodes",
         )
         self.leases: dict[str, JSON] = {}
         self.pods: dict[str, NodePods] = {}
@@ -218,26 +151,23 @@ class ClusterView:
         self.changed.set()
 
     async def _poll_leases(self) -> None:
-        failures = 0
-        while True:
+        await periodic(
+            self._read_leases,
+            self.lease_poll_seconds,
+            backoff=API_BACKOFF,
+            on_error=lambda e, _: log.warning("placement lease poll error err=%r", e),
+        )
+
+    async def _read_leases(self) -> None:
+        for name in list(self.pods):
             try:
-                for name in list(self.pods):
-                    try:
-                        self.leases[name] = await self.client.get(
-                            f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
-                        )
-                    except ApiError as e:
-                        if not e.not_found:
-                            raise
-                        self.leases.pop(name, None)
-                failures = 0
-                await asyncio.sleep(self.lease_poll_seconds)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                failures += 1
-                log.warning("placement lease poll error err=%r", e)
-                await sleep_backoff(failures, cap=10.0)
+                self.leases[name] = await self.client.get(
+                    f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+                )
+            except ApiError as e:
+                if not e.not_found:
+                    raise
+                self.leases.pop(name, None)
 
     # ------------------------------------------------------------------ reading
     def node_names(self) -> set[str]:

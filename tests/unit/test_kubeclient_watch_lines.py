@@ -40,3 +40,16 @@ async def test_several_lines_in_one_chunk() -> None:
 async def test_a_line_over_the_limit_fails() -> None:
     with pytest.raises(ValueError):
         await _collect([b"y" * 100, b"y" * 100], limit=150)
+
+
+def test_watch_event_decodes_lines_and_raises_error_events() -> None:
+    from provider.kubeclient import ApiError, watch_event
+
+    assert watch_event(b"  ") is None
+    assert watch_event(b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"5"}}}') == {
+        "type": "BOOKMARK",
+        "object": {"metadata": {"resourceVersion": "5"}},
+    }
+    with pytest.raises(ApiError) as ei:
+        watch_event(b'{"type":"ERROR","object":{"code":410,"reason":"Expired","message":"too old"}}')
+    assert ei.value.gone and ei.value.reason == "Expired"
