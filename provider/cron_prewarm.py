@@ -25,7 +25,7 @@ from provider.metrics import PREWARMS
 from provider.podspec import sandbox_spec
 from provider.scheduling import selects_node, tolerates
 from provider.workload import cronjob_key
-from sandbox.backend import Backend, PodSandboxSpec
+from sandbox.backend import Backend, PodSandboxSpec, Prewarmer
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -124,8 +124,8 @@ class CronPrewarmer:
         Concurrently, not one after another: K CronJobs sharing one instant would otherwise be
         prewarmed back to back (K sandboxes in a row, 200 took ~25 s of a 30 s lead).
         """
-        prewarm = getattr(self.backend, "prewarm", None)
-        if prewarm is None:
+        backend = self.backend
+        if not isinstance(backend, Prewarmer):
             return 0
         due = []
         for cj, fire in self.due(now):
@@ -139,7 +139,7 @@ class CronPrewarmer:
         async def one(spec: PodSandboxSpec, count: int, fire: float) -> int:
             async with sem:
                 try:
-                    made = int(await prewarm(spec, count) or 0)
+                    made = int(await backend.prewarm(spec, count) or 0)
                 except Exception as e:
                     log.warning("prewarm failed cronjob=%s err=%r", spec.workload_key, e)
                     return 0
@@ -155,7 +155,7 @@ class CronPrewarmer:
         self._done = {k: v for k, v in self._done.items() if k in self.cronjobs}
 
     async def run(self) -> None:
-        if not self.cfg.pool.cron_prewarm or not hasattr(self.backend, "prewarm"):
+        if not self.cfg.pool.cron_prewarm or not isinstance(self.backend, Prewarmer):
             log.info("cron prewarm disabled (config or backend without prewarm)")
             return
         last_list = 0.0

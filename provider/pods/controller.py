@@ -24,7 +24,7 @@ from provider.pods.worker import PodWorker
 from provider.resolve_source import ApiObjectSource
 from provider.resolve_volumes import release_memory_root, remove_orphan_pod_dirs
 from provider.workload import OwnerResolver
-from sandbox.backend import Backend
+from sandbox.backend import Backend, Reconciler
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -98,10 +98,9 @@ class PodController:
     async def cleanup_orphans(self) -> int:
         """Release sandboxes whose pods no longer exist in the API; returns how many."""
         live = set(self.informer.pods)
-        reconcile = getattr(self.backend, "reconcile", None)
-        if callable(reconcile):
+        if isinstance(self.backend, Reconciler):
             try:
-                await reconcile(live)
+                await self.backend.reconcile(live)
             except Exception:
                 log.exception("backend reconcile failed")
         orphans = [s for s in await self.backend.list_sandboxes() if s.pod_uid and s.pod_uid not in live]

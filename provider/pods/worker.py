@@ -43,7 +43,7 @@ from provider.status import (
     rejected_status,
     status_changed,
 )
-from provider.sync import backoff_key, compute_pod_actions, is_finished
+from provider.sync import apply_backoff, backoff_key, compute_pod_actions, is_finished
 from provider.timefmt import parse_rfc3339
 from provider.validation import validate_pod
 from provider.workload import OwnerResolver, direct_owner, single_use
@@ -52,7 +52,9 @@ from sandbox.backend import (
     BackendError,
     ContainerRuntimeState,
     ContainerSpec,
+    ContainerStartInProgressError,
     ContainerState,
+    PodLifecycleAware,
     PodSandboxSpec,
     RuntimeUnavailableError,
     SandboxInfo,
@@ -117,7 +119,7 @@ class PodWorker:
         self.pulls = Backoff(10.0, 300.0)
         self.config_retries = Backoff(CONFIG_RETRY_SECONDS, CONFIG_RETRY_MAX_SECONDS)
         self.states: dict[str, PodState] = {}
-        self.scheme = backend.name if backend.name != "cri" else "containerd"
+        self.scheme = backend.container_id_scheme
         self.host_ip = cfg.node.internal_ip
         self._annotations_forbidden_logged = False
         self.volumes_dir = Path(cfg.pods.volumes_dir)
@@ -196,6 +198,7 @@ class PodWorker:
         runtime = await self.backend.pod_containers(uid)
         now = self.clock()
         actions = compute_pod_actions(pod, runtime, self.restarts, now)
+        apply_backoff(actions, self.restarts, now)
         for cid in actions.kill:
             log.warning(
                 "killing container in unknown state before restarting it pod=%s container=%s",
@@ -213,14 +216,14 @@ class PodWorker:
                 await self.backend.start_container(cid)
             except RuntimeUnavailableError:
                 raise  # the runtime is away: retried with back-off, the container is kept
+            except ContainerStartInProgressError:
+                # The StartContainer of a warmlet killed mid-call is still running in the
+                # runtime: removing the container now could kill a process that did start.
+                # Wait for its outcome (running, or exited with "context canceled").
+                log.info("resume: start still in progress pod=%s container=%s", _name(pod), cid[:12])
+                retry = _min(retry, 1.0)
+                continue
             except BackendError as e:
-                if "starting state" in e.message:
-                    # The StartContainer of a warmlet killed mid-call is still running in the
-                    # runtime: removing the container now could kill a process that did start.
-                    # Wait for its outcome (running, or exited with "context canceled").
-                    log.info("resume: start still in progress pod=%s container=%s", _name(pod), cid[:12])
-                    retry = _min(retry, 1.0)
-                    continue
                 # A start cut short by a runtime restart leaves a container that never starts
                 # (task half made: ALREADY_EXISTS, "io pipe copy"): it never ran, so remove it and
                 # create it again with the same attempt (no restart counted), as a fresh start.
@@ -338,7 +341,7 @@ class PodWorker:
                 self.events.record(pod, WARNING, "FailedMount", msg)
             return {n: Waiting("ContainerCreating", msg) for n in names}
         etc: dict[str, str] = {}
-        if st.spec is not None and not spec.get("hostNetwork") and self.backend.name != "simulated":
+        if st.spec is not None and not spec.get("hostNetwork") and self.backend.capabilities.runs_processes:
             etc = await asyncio.to_thread(self._etc_files, pod, st.spec, ip)
         inits = {c["name"] for c in spec.get("initContainers") or []}
         by_name = {
@@ -582,15 +585,13 @@ class PodWorker:
 
     async def _final_status_written(self, uid: str) -> None:
         """Tell the backend the terminal status is in the API (it may forget persisted final states)."""
-        written = getattr(self.backend, "final_status_written", None)
-        if written is not None:
-            await written(uid)
+        if isinstance(self.backend, PodLifecycleAware):
+            await self.backend.final_status_written(uid)
 
     async def _pod_gone(self, uid: str) -> None:
         """Tell the backend the pod object is gone (it may drop kept logs/final states)."""
-        gone = getattr(self.backend, "pod_gone", None)
-        if gone is not None:
-            await gone(uid)
+        if isinstance(self.backend, PodLifecycleAware):
+            await self.backend.pod_gone(uid)
 
     def _forget(self, uid: str) -> None:
         self.states.pop(uid, None)
