@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter  # type: ignore[import-untyped,unused-ignore]
 
-from provider.config import WarmletConfig
+from common.clock import SYSTEM, Clock
+from provider.config import PodConfig, PoolConfig
 from provider.kubeclient import KubeClient, sleep_backoff
 from provider.metrics import PREWARMS
 from provider.podspec import sandbox_spec
@@ -32,6 +32,7 @@ JSON = dict[str, Any]
 
 # CronJobs prewarmed at once by one tick (each makes its sandboxes and pulls its images).
 PREWARM_CONCURRENCY = 8
+TICK_SECONDS = 1.0  # how often due CronJobs are looked for
 
 
 def next_fire(cronjob: Mapping[str, Any], now: float) -> float | None:
@@ -64,7 +65,7 @@ def targets_node(
     return all(tolerates(tolerations, t) for t in taints if t.get("effect") in ("NoSchedule", "NoExecute"))
 
 
-def prewarm_spec(cronjob: Mapping[str, Any], cfg: WarmletConfig) -> tuple[PodSandboxSpec, int]:
+def prewarm_spec(cronjob: Mapping[str, Any], pods: PodConfig) -> tuple[PodSandboxSpec, int]:
     """The sandbox spec of the CronJob's future pods and how many run at once."""
     meta = cronjob.get("metadata") or {}
     job_spec = ((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
@@ -78,7 +79,7 @@ def prewarm_spec(cronjob: Mapping[str, Any], cfg: WarmletConfig) -> tuple[PodSan
         },
         "spec": template.get("spec") or {},
     }
-    spec = sandbox_spec(pod, cronjob_key(cronjob), cfg.pods.cluster_dns, cfg.pods.cluster_domain)
+    spec = sandbox_spec(pod, cronjob_key(cronjob), pods.cluster_dns, pods.cluster_domain)
     count = int(job_spec.get("parallelism", 1) or 1)
     return spec, max(1, count)
 
@@ -86,15 +87,19 @@ def prewarm_spec(cronjob: Mapping[str, Any], cfg: WarmletConfig) -> tuple[PodSan
 class CronPrewarmer:
     def __init__(
         self,
-        cfg: WarmletConfig,
+        pool: PoolConfig,
+        pods: PodConfig,
         client: KubeClient,
         backend: Backend,
         node_labels: Mapping[str, str],
         taints: Sequence[Mapping[str, Any]],
         relist_seconds: float = 15.0,
         concurrency: int = PREWARM_CONCURRENCY,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self.cfg = cfg
+        self.pool = pool
+        self.pods = pods
+        self.clock = clock
         self.client = client
         self.backend = backend
         self.node_labels = dict(node_labels)
@@ -106,7 +111,7 @@ class CronPrewarmer:
 
     def due(self, now: float) -> list[tuple[JSON, float]]:
         """CronJobs whose next firing is within the lead time and not yet prewarmed."""
-        lead = self.cfg.pool.cron_lead_seconds
+        lead = self.pool.cron_lead_seconds
         out = []
         for uid, cj in self.cronjobs.items():
             fire = next_fire(cj, now)
@@ -129,7 +134,7 @@ class CronPrewarmer:
             return 0
         due = []
         for cj, fire in self.due(now):
-            spec, count = prewarm_spec(cj, self.cfg)
+            spec, count = prewarm_spec(cj, self.pods)
             self._done[cj["metadata"]["uid"]] = fire
             due.append((spec, count, fire))
         if not due:
@@ -155,19 +160,19 @@ class CronPrewarmer:
         self._done = {k: v for k, v in self._done.items() if k in self.cronjobs}
 
     async def run(self) -> None:
-        if not self.cfg.pool.cron_prewarm or not isinstance(self.backend, Prewarmer):
+        if not self.pool.cron_prewarm or not isinstance(self.backend, Prewarmer):
             log.info("cron prewarm disabled (config or backend without prewarm)")
             return
         last_list = 0.0
         failures = 0
         while True:
             try:
-                if time.monotonic() - last_list >= self.relist_seconds:
+                if self.clock.monotonic() - last_list >= self.relist_seconds:
                     await self.relist()
-                    last_list = time.monotonic()
-                await self.tick(time.time())
+                    last_list = self.clock.monotonic()
+                await self.tick(self.clock.time())
                 failures = 0
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(TICK_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from common.clock import SYSTEM, Clock, FakeClock
 from provider.config import WarmletConfig
 from provider.kubeclient import ApiError
 from provider.pods.worker import DELETION_COST_ANNOTATION, START_LEVEL_ANNOTATION, PodWorker
+from provider.resolve_source import ApiObjectSource
 from provider.workload import OwnerResolver
 from sandbox.backend import ContainerState
 from sandbox.simulated import SimulatedBackend
@@ -103,31 +105,37 @@ def make_pod(
     return {"metadata": meta, "spec": {"restartPolicy": policy, "nodeName": "vnode", **spec}, "status": {}}
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWorker]:
+def make_worker(
+    tmp_path: Path, api: FakeApi, backend: Any, rec: FakeRecorder, clock: Clock = SYSTEM
+) -> PodWorker:
     cfg = WarmletConfig()
     cfg.node.name = "vnode"
     cfg.pods.volumes_dir = tmp_path / "pods"
-    api = FakeApi()
-    backend = SimulatedBackend(tmp_path / "logs")
-    rec = FakeRecorder()
 
     async def fetch(path: str) -> dict[str, Any] | None:
         return None
 
-    from provider.resolve_source import ApiObjectSource
-
-    worker = PodWorker(
-        cfg,
-        api,
+    return PodWorker(
+        cfg.pods,
+        cfg.node.internal_ip,
+        api,  # type: ignore[arg-type]
         backend,
         api.pods.get,
-        rec,
+        rec,  # type: ignore[arg-type]
         OwnerResolver(fetch),
         ApiObjectSource(api),  # type: ignore[arg-type]
         {"cpu": "16", "memory": "64Gi"},
+        clock,
     )
-    return api, backend, rec, worker
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWorker]:
+    # The simulated backend runs its containers on wall time, so the worker does too here.
+    api = FakeApi()
+    backend = SimulatedBackend(tmp_path / "logs")
+    rec = FakeRecorder()
+    return api, backend, rec, make_worker(tmp_path, api, backend, rec)
 
 
 async def test_pod_runs_and_is_annotated(env: Any) -> None:
@@ -307,7 +315,15 @@ async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path
     await worker.sync("u1")
     before = await backend.pod_containers("u1")
     fresh = PodWorker(
-        worker.cfg, api, backend, api.pods.get, rec, worker.owners, worker.source, {"cpu": "16"}
+        worker.pods_cfg,
+        worker.host_ip,
+        api,
+        backend,
+        api.pods.get,
+        rec,
+        worker.owners,
+        worker.source,
+        {"cpu": "16"},
     )
     await fresh.sync("u1")
     after = await backend.pod_containers("u1")
@@ -426,21 +442,21 @@ async def test_finished_pod_never_runs_again_from_a_stale_copy(env: Any) -> None
     assert len(await backend.pod_containers("u1")) == created
 
 
-async def test_config_error_retries_back_off_and_create_nothing(env: Any) -> None:
+async def test_config_error_retries_back_off_and_create_nothing(env: Any, tmp_path: Path) -> None:
     """A missing Secret: CreateContainerConfigError, retries 2 s doubling to 30 s, no container."""
-    api, backend, rec, worker = env  # noqa: RUF059
+    api, backend, rec, _ = env
+    clock = FakeClock()
+    worker = make_worker(tmp_path, api, backend, rec, clock)
     c = {
         "name": "app",
         "image": "registry.local/app:1",
         "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "late", "key": "pw"}}}],
     }
     api.add(make_pod("p1", "u1", containers=[c]))
-    now = [1000.0]
-    worker.clock = lambda: now[0]
     delays = []
     for _ in range(7):
         delays.append(await worker.sync("u1"))
-        now[0] += delays[-1] or 0
+        await clock.advance(delays[-1] or 0)
     assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert await backend.pod_containers("u1") == []
     cs = api.pods["u1"]["status"]["containerStatuses"][0]

@@ -66,7 +66,7 @@ def test_tolerations_and_targeting() -> None:
 
 
 def test_prewarm_spec_uses_cronjob_key() -> None:
-    spec, count = prewarm_spec(cj(), WarmletConfig())
+    spec, count = prewarm_spec(cj(), WarmletConfig().pods)
     assert spec.workload_key == cronjob_key(cj()) and spec.workload_key.startswith("ns/CronJob/tick#")
     assert count == 3 and spec.namespace == "ns" and spec.images == ["busybox:1"]
 
@@ -84,7 +84,7 @@ async def test_tick_prewarms_once_per_firing_within_lead() -> None:
     cfg = WarmletConfig()
     cfg.pool.cron_lead_seconds = 20
     backend = FakeBackend()
-    pw = CronPrewarmer(cfg, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
+    pw = CronPrewarmer(cfg.pool, cfg.pods, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
     pw.cronjobs = {
         "cj1": cj(),
         "cj2": {**cj(tolerations=[]), "metadata": {"name": "x", "namespace": "ns", "uid": "cj2"}},
@@ -115,7 +115,7 @@ async def test_tick_prewarms_due_cronjobs_concurrently_and_bounded() -> None:
     cfg = WarmletConfig()
     cfg.pool.cron_lead_seconds = 20
     backend = SlowBackend()
-    pw = CronPrewarmer(cfg, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
+    pw = CronPrewarmer(cfg.pool, cfg.pods, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
     pw.cronjobs = {
         f"cj{i}": {**cj(), "metadata": {"name": f"t{i}", "namespace": "ns", "uid": f"cj{i}"}}
         for i in range(20)
