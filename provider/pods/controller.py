@@ -48,7 +48,7 @@ class PodController:
         self.client = client
         self.backend = backend
         self.clock = clock
-        self.queue = WorkQueue(self._sync, workers=pods.workers)
+        self.queue = WorkQueue(self._sync, workers=pods.workers, clock=clock)
         self.informer = PodInformer(client, node.name, self.queue.add)
         self.owners = OwnerResolver(self._fetch)
         self.worker = PodWorker(
