@@ -13,19 +13,12 @@ from pathlib import Path
 
 from provider.config import PodConfig
 from provider.events import WARNING, EventRecorder
+from provider.pod_etc import etc_hosts, resolv_conf, with_etc_mounts, write_etc_files
 from provider.pods.state import JSON, PodState
 from provider.podspec import container_spec
 from provider.resolve_env import ConfigError, resolve_env
 from provider.resolve_source import ObjectSource
-from provider.resolve_volumes import (
-    MountError,
-    container_mounts,
-    etc_hosts,
-    prepare_volumes,
-    resolv_conf,
-    with_etc_mounts,
-    write_etc_files,
-)
+from provider.resolve_volumes import MountError, container_mounts, prepare_volumes
 from provider.status import Waiting
 from sandbox.backend import BackendCapabilities, ContainerSpec, PodSandboxSpec
 
