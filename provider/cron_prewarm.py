@@ -163,11 +163,11 @@ class CronPrewarmer:
         if not self.pool.cron_prewarm or not isinstance(self.backend, Prewarmer):
             log.info("cron prewarm disabled (config or backend without prewarm)")
             return
-        last_list = 0.0
+        last_list: float | None = None  # never listed yet
         failures = 0
         while True:
             try:
-                if self.clock.monotonic() - last_list >= self.relist_seconds:
+                if last_list is None or self.clock.monotonic() - last_list >= self.relist_seconds:
                     await self.relist()
                     last_list = self.clock.monotonic()
                 await self.tick(self.clock.time())

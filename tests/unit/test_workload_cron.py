@@ -123,3 +123,41 @@ async def test_tick_prewarms_due_cronjobs_concurrently_and_bounded() -> None:
     assert await pw.tick(ts("2026-01-01T00:00:45")) == 20 * 3
     assert backend.peak == pw.concurrency == 8  # concurrent, at most 8 at once
     assert await pw.tick(ts("2026-01-01T00:00:50")) == 0  # same firing: once
+
+
+async def test_run_relists_and_ticks_on_its_clock() -> None:
+    from common.clock import FakeClock
+
+    class Client:
+        def __init__(self) -> None:
+            self.lists = 0
+
+        async def list_all(self, path: str) -> dict[str, Any]:
+            self.lists += 1
+            return {"items": [cj()]}
+
+    cfg = WarmletConfig()
+    cfg.pool.cron_lead_seconds = 20
+    clock = FakeClock(start=0.0, wall_offset=ts("2026-01-01T00:00:30"))  # the job fires at :01:00
+    client, backend = Client(), FakeBackend()
+    pw = CronPrewarmer(
+        cfg.pool,
+        cfg.pods,
+        client,  # type: ignore[arg-type]
+        backend,  # type: ignore[arg-type]
+        {"kubernetes.io/hostname": "vn"},
+        [TAINT],
+        15.0,
+        clock=clock,
+    )
+    task = asyncio.create_task(pw.run())
+    await clock.advance(0)
+    assert client.lists == 1 and backend.calls == []
+    await clock.advance(9.0)  # 21 s before the firing: not yet
+    assert backend.calls == []
+    await clock.advance(1.0)  # 20 s before: within the lead time
+    assert backend.calls == [(cronjob_key(cj()), 3)]
+    await clock.advance(6.0)
+    assert client.lists == 2  # relisted every 15 s
+    assert len(backend.calls) == 1  # one firing, one prewarm
+    task.cancel()
