@@ -32,9 +32,13 @@ class StatusWriter:
         self.backend = backend
         self.host_ip = host_ip
         self.deletion_cost = pods.deletion_cost
-        self.scheme = backend.container_id_scheme
         self.clock = clock
         self._annotations_forbidden_logged = False
+
+    @property
+    def scheme(self) -> str:
+        """Asked each time: a CRI backend learns its runtime's name when it connects."""
+        return self.backend.container_id_scheme
 
     def compute(
         self,
