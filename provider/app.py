@@ -109,9 +109,11 @@ class WarmletNode:
         self.node = NodeController(
             cfg.node, self.client, self.lease_client, self.backend, cfg.server.port, self.recorder
         )
-        self.pods = PodController(cfg, self.client, self.backend, self.recorder, capacity(cfg.node))
+        self.pods = PodController(
+            cfg.node, cfg.pods, self.client, self.backend, self.recorder, capacity(cfg.node)
+        )
         self.prewarmer = CronPrewarmer(
-            cfg, self.client, self.backend, node_labels(cfg.node), node_taints(cfg.node)
+            cfg.pool, cfg.pods, self.client, self.backend, node_labels(cfg.node), node_taints(cfg.node)
         )
         self._task = asyncio.create_task(self._main(), name=f"warmlet-{cfg.node.name}")
         waiter = asyncio.ensure_future(asyncio.wait_for(self._ready(), within))

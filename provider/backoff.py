@@ -36,6 +36,13 @@ class Backoff:
             return 0.0
         return max(0.0, e.delay - (now - since))
 
+    def peek_remaining(self, key: str, since: float, now: float) -> float:
+        """Like :meth:`remaining` but read-only: a stale entry counts as none and is kept."""
+        e = self._entries.get(key)
+        if e is None or now - e.last_update > 2 * self.cap:
+            return 0.0
+        return max(0.0, e.delay - (now - since))
+
     def next(self, key: str, now: float) -> float:
         """Record one more failure; returns the new period."""
         e = self._entries.get(key)

@@ -88,6 +88,7 @@ class PoolConfig(_Section):
     global_max_memory_bytes: int = 8 * 1024**3
     cron_prewarm: bool = True
     cron_lead_seconds: float = 20.0
+    # Reserved, not acted upon yet: no backend pre-creates containers in idle sandboxes today.
     precreate_containers: bool = False
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,19 +18,21 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter  # type: ignore[import-untyped,unused-ignore]
 
-from provider.config import WarmletConfig
+from common.clock import SYSTEM, Clock
+from provider.config import PodConfig, PoolConfig
 from provider.kubeclient import KubeClient, sleep_backoff
 from provider.metrics import PREWARMS
 from provider.podspec import sandbox_spec
 from provider.scheduling import selects_node, tolerates
 from provider.workload import cronjob_key
-from sandbox.backend import Backend, PodSandboxSpec
+from sandbox.backend import Backend, PodSandboxSpec, Prewarmer
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
 # CronJobs prewarmed at once by one tick (each makes its sandboxes and pulls its images).
 PREWARM_CONCURRENCY = 8
+TICK_SECONDS = 1.0  # how often due CronJobs are looked for
 
 
 def next_fire(cronjob: Mapping[str, Any], now: float) -> float | None:
@@ -64,7 +65,7 @@ def targets_node(
     return all(tolerates(tolerations, t) for t in taints if t.get("effect") in ("NoSchedule", "NoExecute"))
 
 
-def prewarm_spec(cronjob: Mapping[str, Any], cfg: WarmletConfig) -> tuple[PodSandboxSpec, int]:
+def prewarm_spec(cronjob: Mapping[str, Any], pods: PodConfig) -> tuple[PodSandboxSpec, int]:
     """The sandbox spec of the CronJob's future pods and how many run at once."""
     meta = cronjob.get("metadata") or {}
     job_spec = ((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
@@ -78,7 +79,7 @@ def prewarm_spec(cronjob: Mapping[str, Any], cfg: WarmletConfig) -> tuple[PodSan
         },
         "spec": template.get("spec") or {},
     }
-    spec = sandbox_spec(pod, cronjob_key(cronjob), cfg.pods.cluster_dns, cfg.pods.cluster_domain)
+    spec = sandbox_spec(pod, cronjob_key(cronjob), pods.cluster_dns, pods.cluster_domain)
     count = int(job_spec.get("parallelism", 1) or 1)
     return spec, max(1, count)
 
@@ -86,15 +87,19 @@ def prewarm_spec(cronjob: Mapping[str, Any], cfg: WarmletConfig) -> tuple[PodSan
 class CronPrewarmer:
     def __init__(
         self,
-        cfg: WarmletConfig,
+        pool: PoolConfig,
+        pods: PodConfig,
         client: KubeClient,
         backend: Backend,
         node_labels: Mapping[str, str],
         taints: Sequence[Mapping[str, Any]],
         relist_seconds: float = 15.0,
         concurrency: int = PREWARM_CONCURRENCY,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self.cfg = cfg
+        self.pool = pool
+        self.pods = pods
+        self.clock = clock
         self.client = client
         self.backend = backend
         self.node_labels = dict(node_labels)
@@ -106,7 +111,7 @@ class CronPrewarmer:
 
     def due(self, now: float) -> list[tuple[JSON, float]]:
         """CronJobs whose next firing is within the lead time and not yet prewarmed."""
-        lead = self.cfg.pool.cron_lead_seconds
+        lead = self.pool.cron_lead_seconds
         out = []
         for uid, cj in self.cronjobs.items():
             fire = next_fire(cj, now)
@@ -124,12 +129,12 @@ class CronPrewarmer:
         Concurrently, not one after another: K CronJobs sharing one instant would otherwise be
         prewarmed back to back (K sandboxes in a row, 200 took ~25 s of a 30 s lead).
         """
-        prewarm = getattr(self.backend, "prewarm", None)
-        if prewarm is None:
+        backend = self.backend
+        if not isinstance(backend, Prewarmer):
             return 0
         due = []
         for cj, fire in self.due(now):
-            spec, count = prewarm_spec(cj, self.cfg)
+            spec, count = prewarm_spec(cj, self.pods)
             self._done[cj["metadata"]["uid"]] = fire
             due.append((spec, count, fire))
         if not due:
@@ -139,7 +144,7 @@ class CronPrewarmer:
         async def one(spec: PodSandboxSpec, count: int, fire: float) -> int:
             async with sem:
                 try:
-                    made = int(await prewarm(spec, count) or 0)
+                    made = int(await backend.prewarm(spec, count) or 0)
                 except Exception as e:
                     log.warning("prewarm failed cronjob=%s err=%r", spec.workload_key, e)
                     return 0
@@ -155,19 +160,19 @@ class CronPrewarmer:
         self._done = {k: v for k, v in self._done.items() if k in self.cronjobs}
 
     async def run(self) -> None:
-        if not self.cfg.pool.cron_prewarm or not hasattr(self.backend, "prewarm"):
+        if not self.pool.cron_prewarm or not isinstance(self.backend, Prewarmer):
             log.info("cron prewarm disabled (config or backend without prewarm)")
             return
-        last_list = 0.0
+        last_list: float | None = None  # never listed yet
         failures = 0
         while True:
             try:
-                if time.monotonic() - last_list >= self.relist_seconds:
+                if last_list is None or self.clock.monotonic() - last_list >= self.relist_seconds:
                     await self.relist()
-                    last_list = time.monotonic()
-                await self.tick(time.time())
+                    last_list = self.clock.monotonic()
+                await self.tick(self.clock.time())
                 failures = 0
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(TICK_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception as e:

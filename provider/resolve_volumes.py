@@ -21,9 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import logging
 import os
 import re
@@ -35,7 +32,10 @@ from typing import Any
 from provider.podspec import expand
 from provider.resolve_env import ConfigError, field_value, resource_value
 from provider.resolve_source import ObjectSource
+from provider.tmpfs import is_memory_backed, is_our_mount, mount_tmpfs, unmount
 from sandbox.backend import Mount
+
+log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 Files = dict[str, tuple[bytes, int]]  # relative path -> (content, mode)
@@ -52,70 +52,6 @@ PLUGIN_DIRS = {
     "downwardAPI": "kubernetes.io~downward-api",
     "projected": "kubernetes.io~projected",
 }
-
-
-log = logging.getLogger(__name__)
-
-TMPFS_MAGIC = 0x01021994
-RAMFS_MAGIC = 0x858458F6
-_MS_NOSUID, _MS_NODEV = 2, 4
-_MNT_DETACH = 2
-_libc: Any = None
-MOUNT_SOURCE = "warmlet-memory"  # the source of warmlet's own tmpfs: only that one is ever unmounted
-
-
-def _our_mount(path: Path) -> bool:
-    """``path`` is a tmpfs warmlet mounted (its source in /proc/self/mountinfo), not e.g. /dev/shm."""
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split(" ")
-                if len(fields) > 4 and fields[4] == target:
-                    tail = line.split(" - ", 1)[1].split(" ") if " - " in line else []
-                    if len(tail) > 1 and tail[1] == MOUNT_SOURCE:
-                        return True
-    except OSError:
-        return False
-    return False
-
-
-def _c() -> Any:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    return _libc
-
-
-def fs_type(path: str | os.PathLike[str]) -> int:
-    """statfs(2) f_type of the filesystem holding ``path`` (os.statvfs does not expose it)."""
-    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    if _c().statfs(os.fsencode(path), buf) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), str(path))
-    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
-
-
-def is_memory_backed(path: str | os.PathLike[str]) -> bool:
-    try:
-        return fs_type(path) in (TMPFS_MAGIC, RAMFS_MAGIC)
-    except OSError:
-        return False
-
-
-def _mount_tmpfs(path: Path, size_bytes: int | None) -> None:
-    opts = "mode=0711" + (f",size={size_bytes}" if size_bytes else "")
-    rc = _c().mount(MOUNT_SOURCE.encode(), os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode())
-    if rc != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), str(path))
-
-
-def _unmount(path: str) -> None:
-    if _c().umount2(os.fsencode(path), _MNT_DETACH) != 0:
-        e = ctypes.get_errno()
-        if e not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point (any more)
-            raise OSError(e, os.strerror(e), path)
 
 
 def pod_dir(volumes_dir: Path, uid: str) -> Path:
@@ -152,7 +88,7 @@ def ensure_memory_dir(root: Path, size_bytes: int | None = None) -> None:
     if is_memory_backed(root):
         return  # already a tmpfs mount of ours, or a tmpfs-backed memory root
     try:
-        _mount_tmpfs(root, size_bytes)
+        mount_tmpfs(root, size_bytes)
     except OSError as e:
         raise MountError(
             f"memory-backed storage (tmpfs) unavailable for {root}: mount failed ({e.strerror}); "
@@ -160,7 +96,7 @@ def ensure_memory_dir(root: Path, size_bytes: int | None = None) -> None:
             "pods.memory_volumes_dir to a tmpfs directory)"
         ) from None
     if not is_memory_backed(root):  # pragma: no cover - a mount that is not tmpfs
-        _unmount(str(root))
+        unmount(str(root))
         raise MountError(f"tmpfs mount at {root} is not memory-backed")
 
 
@@ -411,7 +347,7 @@ def _remove_tree(path: Path) -> None:
             full = os.path.join(dirpath, d)
             if os.path.ismount(full):  # e.g. a per-volume tmpfs of an earlier warmlet version
                 try:
-                    _unmount(full)
+                    unmount(full)
                 except OSError as e:
                     stuck = True
                     log.warning("unmount failed path=%s error=%s", full, e.strerror)
@@ -448,70 +384,6 @@ def remove_orphan_pod_dirs(
     return sorted(set(removed))
 
 
-# --------------------------------------------------------------------------------------- /etc files
-
-ETC_FILES = {
-    "/etc/hosts": "etc-hosts",
-    "/etc/resolv.conf": "etc-resolv.conf",
-    "/etc/hostname": "etc-hostname",
-}
-
-
-def etc_hosts(hostname: str, pod_ip: str, host_aliases: Iterable[Mapping[str, Any]] = ()) -> str:
-    """kubelet's managed /etc/hosts of a pod (pkg/kubelet/kubelet_pods.go managedHostsFileContent)."""
-    lines = [
-        "# Kubernetes-managed hosts file.",
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        "fe00::0\tip6-localnet",
-        "fe00::0\tip6-mcastprefix",
-        "fe00::1\tip6-allnodes",
-        "fe00::2\tip6-allrouters",
-    ]
-    if pod_ip:
-        lines.append(f"{pod_ip}\t{hostname}")
-    for alias in host_aliases:
-        names = "\t".join(str(h) for h in alias.get("hostnames") or [])
-        if alias.get("ip") and names:
-            lines += ["", "# Entries added by HostAliases.", f"{alias['ip']}\t{names}"]
-    return "\n".join(lines) + "\n"
-
-
-def resolv_conf(servers: Iterable[str], searches: Iterable[str], options: Iterable[str]) -> str:
-    out = [f"search {' '.join(searches)}"] if searches else []
-    out += [f"nameserver {s}" for s in servers]
-    opts = list(options)
-    if opts:
-        out.append(f"options {' '.join(opts)}")
-    return "\n".join(out) + "\n"
-
-
-def write_etc_files(volumes_dir: Path, uid: str, contents: Mapping[str, str]) -> dict[str, str]:
-    """Per-pod /etc/hosts, /etc/resolv.conf and /etc/hostname (container path -> host file).
-
-    Why: the runtime keeps these files per SANDBOX and containers may write to them, so a pod
-    could leave entries for the next pod of a reused sandbox. Mounted per pod (as kubelet does
-    for /etc/hosts) they start fresh with every pod and are deleted with its directory.
-    """
-    base = pod_dir(volumes_dir, uid)
-    base.mkdir(parents=True, exist_ok=True)
-    out: dict[str, str] = {}
-    for cpath, text in contents.items():
-        path = base / ETC_FILES[cpath]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        out[cpath] = str(path)
-    return out
-
-
-def with_etc_mounts(mounts: list[Mount], etc: Mapping[str, str]) -> list[Mount]:
-    """Add the pod's /etc files unless the container mounts something at that path itself."""
-    taken = {m.container_path.rstrip("/") for m in mounts}
-    return mounts + [Mount(container_path=c, host_path=h) for c, h in etc.items() if c not in taken]
-
-
 def release_memory_root(volumes_dir: Path, memory_dir: Path | None = None) -> bool:
     """At a clean stop: unmount warmlet's tmpfs at the memory root if no pod volume is left in it.
 
@@ -519,9 +391,9 @@ def release_memory_root(volumes_dir: Path, memory_dir: Path | None = None) -> bo
     """
     root = memory_root(volumes_dir, memory_dir)
     try:
-        if not os.path.ismount(root) or os.listdir(root) or not _our_mount(root):
+        if not os.path.ismount(root) or os.listdir(root) or not is_our_mount(root):
             return False
-        _unmount(str(root))
+        unmount(str(root))
         root.rmdir()
         return True
     except OSError as e:

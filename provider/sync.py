@@ -1,7 +1,9 @@
 """kubelet's computePodActions, pure: which containers to start now, which wait in back-off.
 
 Given the pod spec, the runtime's container instances and the restart back-off, it
-decides the next step of one pod. All I/O happens in the pod worker.
+decides the next step of one pod. It only reads the back-off: the restarts it decides are
+returned as back-off keys to advance (:attr:`PodActions.backoff_steps`), which the caller
+records with :func:`apply_backoff`. All I/O happens in the pod worker.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ class Start:
     is_init: bool
 
 
+@dataclass(frozen=True)
+class BackoffStep:
+    """A restart decided now: the caller advances the key's back-off (after resetting it first
+    when the previous run lasted long enough to start a fresh back-off)."""
+
+    key: str
+    reset: bool = False
+
+
 @dataclass
 class PodActions:
     start: list[Start] = field(default_factory=list)
@@ -34,6 +45,8 @@ class PodActions:
     # Containers in the runtime's "unknown" state: killed before their next attempt starts (like
     # kubelet, so that two instances never run side by side).
     kill: list[str] = field(default_factory=list)
+    # Back-off keys of the restarts in ``start``: recorded by the caller (apply_backoff).
+    backoff_steps: list[BackoffStep] = field(default_factory=list)
     init_failed: bool = False  # a regular init container failed and restartPolicy is Never
     terminal: bool = False  # nothing will ever run again in this pod
 
@@ -75,14 +88,14 @@ def _restart(
     key = backoff_key(uid, name)
     finished = latest.finished_at if latest.finished_at is not None else now
     started = latest.started_at if latest.started_at is not None else finished
-    if finished - started >= RESTART_RESET_SECONDS:
-        backoff.reset(key)
-    left = backoff.remaining(key, finished, now)
+    fresh = finished - started >= RESTART_RESET_SECONDS  # ran long enough: a fresh back-off
+    left = 0.0 if fresh else backoff.peek_remaining(key, finished, now)
     if left > 0:
         msg = crashloop_message(backoff.delay(key), pod, name)
         actions.backoff[name] = (left, Waiting("CrashLoopBackOff", msg))
     else:
-        backoff.next(key, now)  # the restart happens now; the next one waits longer
+        # the restart happens now; the caller records it, so the next one waits longer
+        actions.backoff_steps.append(BackoffStep(key, reset=fresh))
         actions.start.append(Start(name, latest.attempt + 1, is_init))
 
 
@@ -95,7 +108,10 @@ def _replace_unknown(latest: ContainerRuntimeState, is_init: bool, actions: PodA
 def compute_pod_actions(
     pod: Mapping[str, Any], containers: Sequence[ContainerRuntimeState], backoff: Backoff, now: float
 ) -> PodActions:
-    """Init containers in order (sidecars must be running before the next), then app containers."""
+    """Init containers in order (sidecars must be running before the next), then app containers.
+
+    Pure: ``backoff`` is only read; record the decided restarts with :func:`apply_backoff`.
+    """
     spec = pod.get("spec") or {}
     policy = spec.get("restartPolicy", "Always")
     inst = instances_by_name(containers)
@@ -164,8 +180,16 @@ def compute_pod_actions(
     return actions
 
 
+def apply_backoff(actions: PodActions, backoff: Backoff, now: float) -> None:
+    """Record the restarts ``compute_pod_actions`` decided: each one lengthens the next wait."""
+    for step in actions.backoff_steps:
+        if step.reset:
+            backoff.reset(step.key)
+        backoff.next(step.key, now)
+
+
 def is_finished(pod: Mapping[str, Any], containers: Sequence[ContainerRuntimeState]) -> bool:
-    """Nothing will ever run again in this pod (no side effects, unlike compute_pod_actions)."""
+    """Nothing will ever run again in this pod."""
     spec = pod.get("spec") or {}
     policy = spec.get("restartPolicy", "Always")
     inst = instances_by_name(containers)

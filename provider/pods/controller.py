@@ -14,7 +14,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from provider.config import WarmletConfig
+from common.clock import SYSTEM, Clock
+from provider.config import NodeConfig, PodConfig
 from provider.events import EventRecorder
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import POD_SYNC_SECONDS, POD_SYNCS, PODS_BY_PHASE
@@ -24,30 +25,35 @@ from provider.pods.worker import PodWorker
 from provider.resolve_source import ApiObjectSource
 from provider.resolve_volumes import release_memory_root, remove_orphan_pod_dirs
 from provider.workload import OwnerResolver
-from sandbox.backend import Backend
+from sandbox.backend import Backend, Reconciler
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+
+PHASE_GAUGE_SECONDS = 5.0  # how often the pods-by-phase gauge is refreshed
 
 
 class PodController:
     def __init__(
         self,
-        cfg: WarmletConfig,
+        node: NodeConfig,
+        pods: PodConfig,
         client: KubeClient,
         backend: Backend,
         recorder: EventRecorder,
         node_allocatable: Mapping[str, str],
         resync_seconds: float = 60.0,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self.cfg = cfg
         self.client = client
         self.backend = backend
-        self.queue = WorkQueue(self._sync, workers=cfg.pods.workers)
-        self.informer = PodInformer(client, cfg.node.name, self.queue.add)
+        self.clock = clock
+        self.queue = WorkQueue(self._sync, workers=pods.workers, clock=clock)
+        self.informer = PodInformer(client, node.name, self.queue.add)
         self.owners = OwnerResolver(self._fetch)
         self.worker = PodWorker(
-            cfg,
+            pods,
+            node.internal_ip,
             client,
             backend,
             self.informer.get,
@@ -55,6 +61,7 @@ class PodController:
             self.owners,
             ApiObjectSource(client),
             node_allocatable,
+            clock,
         )
         self.resync_seconds = resync_seconds
         self.ready = asyncio.Event()
@@ -98,16 +105,15 @@ class PodController:
     async def cleanup_orphans(self) -> int:
         """Release sandboxes whose pods no longer exist in the API; returns how many."""
         live = set(self.informer.pods)
-        reconcile = getattr(self.backend, "reconcile", None)
-        if callable(reconcile):
+        if isinstance(self.backend, Reconciler):
             try:
-                await reconcile(live)
+                await self.backend.reconcile(live)
             except Exception:
                 log.exception("backend reconcile failed")
         orphans = [s for s in await self.backend.list_sandboxes() if s.pod_uid and s.pod_uid not in live]
         for s in orphans:
             log.info("cleaning orphan sandbox pod_uid=%s pod=%s/%s", s.pod_uid, s.namespace, s.name)
-            await self.worker._cleanup(s.pod_uid)
+            await self.worker.cleanup(s.pod_uid)
         # Volume dirs (tmpfs mounts with secrets included) of pods deleted while warmlet was down.
         dirs = await asyncio.to_thread(
             remove_orphan_pod_dirs, self.worker.volumes_dir, live, self.worker.memory_dir
@@ -118,16 +124,16 @@ class PodController:
 
     async def _periodic(self) -> None:
         """Phase gauge every few seconds; a full resync of every pod now and then."""
-        last_resync = time.monotonic()
+        last_resync = self.clock.monotonic()
         while True:
-            await asyncio.sleep(5.0)
+            await self.clock.sleep(PHASE_GAUGE_SECONDS)
             phases = Counter(
                 (p.get("status") or {}).get("phase", "Pending") for p in self.informer.pods.values()
             )
             for phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
                 PODS_BY_PHASE.labels(phase=phase).set(phases.get(phase, 0))
-            if time.monotonic() - last_resync >= self.resync_seconds:
-                last_resync = time.monotonic()
+            if self.clock.monotonic() - last_resync >= self.resync_seconds:
+                last_resync = self.clock.monotonic()
                 for uid in list(self.informer.pods):
                     self.queue.add(uid)
 

@@ -13,17 +13,32 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from common.clock import SYSTEM, Clock
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str], Awaitable[float | None]]
 
 
+@dataclass
+class _Timer:
+    when: float  # on the clock's monotonic time
+    task: asyncio.Task[None]
+
+
 class WorkQueue:
     def __init__(
-        self, handler: Handler, workers: int = 64, base_delay: float = 0.2, max_delay: float = 30.0
+        self,
+        handler: Handler,
+        workers: int = 64,
+        base_delay: float = 0.2,
+        max_delay: float = 30.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._handler = handler
+        self._clock = clock
         self._workers = workers
         self._base = base_delay
         self._max = max_delay
@@ -32,7 +47,7 @@ class WorkQueue:
         self._active: set[str] = set()
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, _Timer] = {}
         self._paused = False
         self._drained = asyncio.Event()  # set when no handler runs (watched only while pausing)
 
@@ -50,16 +65,17 @@ class WorkQueue:
         if delay <= 0:
             self.add(key)
             return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + delay
+        when = self._clock.monotonic() + delay
         t = self._timers.get(key)
-        if t is not None and not t.cancelled() and t.when() <= when:
+        if t is not None and not t.task.done() and t.when <= when:
             return
         if t is not None:
-            t.cancel()
-        self._timers[key] = loop.call_at(when, self._fire, key)
+            t.task.cancel()
+        task = asyncio.get_running_loop().create_task(self._fire_at(key, when), name=f"requeue-{key}")
+        self._timers[key] = _Timer(when, task)
 
-    def _fire(self, key: str) -> None:
+    async def _fire_at(self, key: str, when: float) -> None:
+        await self._clock.sleep(when - self._clock.monotonic())
         self._timers.pop(key, None)
         self.add(key)
 
@@ -67,7 +83,7 @@ class WorkQueue:
         self._failures.pop(key, None)
         t = self._timers.pop(key, None)
         if t is not None:
-            t.cancel()
+            t.task.cancel()
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -125,5 +141,5 @@ class WorkQueue:
 
     def close(self) -> None:
         for t in self._timers.values():
-            t.cancel()
+            t.task.cancel()
         self._timers.clear()

@@ -400,3 +400,21 @@ def test_memory_root_released_only_when_empty(tmp_path: Path) -> None:
     remove_pod_dir(disk, "uid1")
     assert release_memory_root(disk)
     assert not root.exists()
+
+
+def test_pod_etc_files_are_the_pods_own(tmp_path: Path) -> None:
+    from provider.pod_etc import etc_hosts, resolv_conf, with_etc_mounts, write_etc_files
+    from sandbox.backend import Mount
+
+    hosts = etc_hosts("web-0", "10.1.2.3", [{"ip": "10.9.9.9", "hostnames": ["a", "b"]}])
+    assert "10.1.2.3\tweb-0" in hosts and "10.9.9.9\ta\tb" in hosts and hosts.endswith("\n")
+    assert "web-0" not in etc_hosts("web-0", "")
+    assert resolv_conf(["10.0.0.10"], ["ns.svc.cluster.local"], ["ndots:5"]) == (
+        "search ns.svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+    )
+    files = write_etc_files(tmp_path, "u1", {"/etc/hosts": hosts, "/etc/hostname": "web-0\n"})
+    assert Path(files["/etc/hosts"]).read_text() == hosts
+    assert Path(files["/etc/hostname"]).parent == tmp_path / "u1"
+    own = [Mount(container_path="/etc/hosts/", host_path="/x")]
+    mounts = with_etc_mounts(own, files)
+    assert [m.container_path for m in mounts] == ["/etc/hosts/", "/etc/hostname"]  # the pod's own wins

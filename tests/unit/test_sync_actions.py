@@ -5,9 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from provider.backoff import Backoff
-from provider.sync import Start, backoff_key, compute_pod_actions, should_restart
+from provider.sync import (
+    BackoffStep,
+    PodActions,
+    Start,
+    apply_backoff,
+    backoff_key,
+    compute_pod_actions,
+    should_restart,
+)
 from sandbox.backend import ContainerRuntimeState, ContainerState
 
 NOW = 1_000_000.0
@@ -54,6 +64,13 @@ def c(
 R, X, C = ContainerState.RUNNING, ContainerState.EXITED, ContainerState.CREATED
 
 
+def decide(p: dict[str, Any], runtime: list[ContainerRuntimeState], b: Backoff, now: float) -> PodActions:
+    """What the pod worker does: decide (pure), then record the decided restarts."""
+    a = compute_pod_actions(p, runtime, b, now)
+    apply_backoff(a, b, now)
+    return a
+
+
 def test_fresh_pod_starts_all_app_containers() -> None:
     a = compute_pod_actions(pod(["a", "b"]), [], Backoff(), NOW)
     assert a.start == [Start("a", 0, False), Start("b", 0, False)]
@@ -78,9 +95,9 @@ def test_init_failure_never_fails_pod() -> None:
 def test_init_failure_restarts_with_backoff(policy: str) -> None:
     b = Backoff()
     p = pod(init=["i1"], policy=policy)
-    a = compute_pod_actions(p, [c("i1", X, code=1)], b, NOW)
+    a = decide(p, [c("i1", X, code=1)], b, NOW)
     assert a.start == [Start("i1", 1, True)]
-    a = compute_pod_actions(p, [c("i1", X, 0, 1), c("i1", X, 1, 1)], b, NOW)
+    a = decide(p, [c("i1", X, 0, 1), c("i1", X, 1, 1)], b, NOW)
     assert a.start == [] and a.backoff["i1"][1].reason == "CrashLoopBackOff"
 
 
@@ -141,12 +158,12 @@ def test_crashloop_backoff_doubles_to_cap() -> None:
     b = Backoff()
     p = pod()
     # first exit: immediate restart (kubelet has no back-off entry yet)
-    assert compute_pod_actions(p, [c("app", X, 0, 1, finished=NOW)], b, NOW).start == [Start("app", 1, False)]
+    assert decide(p, [c("app", X, 0, 1, finished=NOW)], b, NOW).start == [Start("app", 1, False)]
     delays = []
     t = NOW
     for attempt in range(1, 10):
         t += 1
-        a = compute_pod_actions(p, [c("app", X, attempt, 1, started=t - 1, finished=t)], b, t)
+        a = decide(p, [c("app", X, attempt, 1, started=t - 1, finished=t)], b, t)
         assert a.start == []
         left, waiting = a.backoff["app"]
         delays.append(left)
@@ -156,7 +173,7 @@ def test_crashloop_backoff_doubles_to_cap() -> None:
         )
         assert a.next_check == left
         t += left
-        a = compute_pod_actions(p, [c("app", X, attempt, 1, started=t - left - 1, finished=t - left)], b, t)
+        a = decide(p, [c("app", X, attempt, 1, started=t - left - 1, finished=t - left)], b, t)
         assert a.start == [Start("app", attempt + 1, False)]
     assert delays == [10, 20, 40, 80, 160, 300, 300, 300, 300]
 
@@ -170,6 +187,9 @@ def test_backoff_resets_after_ten_minutes_running() -> None:
     long_run = c("app", X, 3, 1, started=NOW - 700, finished=NOW)
     a = compute_pod_actions(pod(), [long_run], b, NOW)
     assert a.start == [Start("app", 4, False)]
+    assert a.backoff_steps == [BackoffStep(key, reset=True)]
+    assert b.delay(key) == 80  # deciding changes nothing
+    apply_backoff(a, b, NOW)
     assert b.delay(key) == 10
 
 
@@ -245,3 +265,90 @@ def test_known_states_kill_nothing() -> None:
     runtime = [c("a", R), c("b", X, code=1), c("d", C)]
     a = compute_pod_actions(pod(["a", "b", "d"]), runtime, Backoff(), NOW)
     assert a.kill == []
+
+
+def test_deciding_a_restart_leaves_the_backoff_alone() -> None:
+    """compute_pod_actions is pure: the restart it decides is returned, not recorded."""
+    b = Backoff()
+    key = backoff_key("u", "app")
+    a = compute_pod_actions(pod(), [c("app", X, code=1)], b, NOW)
+    assert a.start == [Start("app", 1, False)]
+    assert a.backoff_steps == [BackoffStep(key)]
+    assert len(b) == 0
+    again = compute_pod_actions(pod(), [c("app", X, code=1)], b, NOW)
+    assert again == a  # same inputs, same decision
+    apply_backoff(a, b, NOW)
+    assert b.delay(key) == 10
+
+
+def test_a_stale_backoff_entry_is_neither_waited_on_nor_dropped_by_deciding() -> None:
+    b = Backoff(initial=10, cap=300)
+    key = backoff_key("u", "app")
+    for _ in range(5):
+        b.next(key, NOW - 1000)  # 160 s, last updated long ago (> 2 x cap)
+    a = compute_pod_actions(pod(), [c("app", X, 4, 1, started=NOW - 2, finished=NOW - 1)], b, NOW)
+    assert a.start == [Start("app", 5, False)] and not a.backoff
+    assert b.delay(key) == 160  # still there: deciding dropped nothing
+    apply_backoff(a, b, NOW)
+    assert b.delay(key) == 10  # a stale entry starts over, as kubelet's GC would have it
+
+
+# -- properties over every small pod and runtime ----------------------------------------------
+
+_NAMES = ["a", "b"]
+_STATES = [R, X, C, ContainerState.UNKNOWN]
+
+
+@st.composite
+def _case(draw: st.DrawFn) -> tuple[dict[str, Any], list[ContainerRuntimeState], Backoff, float]:
+    apps = draw(st.lists(st.sampled_from(_NAMES), min_size=1, max_size=2, unique=True))
+    inits = draw(st.lists(st.sampled_from(["i1", "i2"]), max_size=2, unique=True))
+    sides = draw(st.lists(st.sampled_from(["s"]), max_size=1))
+    p = pod(apps, init=inits, policy=draw(st.sampled_from(["Always", "OnFailure", "Never"])), sidecars=sides)
+    runtime: list[ContainerRuntimeState] = []
+    for name in [*inits, *sides, *apps]:
+        for attempt in range(draw(st.integers(0, 2))):
+            state = draw(st.sampled_from(_STATES))
+            ran = draw(st.sampled_from([1.0, 700.0]))
+            runtime.append(
+                c(
+                    name,
+                    state,
+                    attempt,
+                    draw(st.sampled_from([0, 1, 137])),
+                    started=NOW - ran - 5,
+                    finished=NOW - 5,
+                )
+            )
+    b = Backoff()
+    for name in [*inits, *sides, *apps]:
+        for _ in range(draw(st.integers(0, 3))):
+            b.next(backoff_key("u", name), NOW - draw(st.sampled_from([0.0, 8.0, 1000.0])))
+    return p, runtime, b, NOW
+
+
+def _entries(b: Backoff) -> dict[str, tuple[float, float]]:
+    return {k: (e.delay, e.last_update) for k, e in b._entries.items()}
+
+
+@given(_case())
+@settings(max_examples=400, deadline=None)
+def test_compute_pod_actions_is_pure_and_its_steps_match_its_restarts(
+    case: tuple[dict[str, Any], list[ContainerRuntimeState], Backoff, float],
+) -> None:
+    p, runtime, b, now = case
+    before = _entries(b)
+    a = compute_pod_actions(p, runtime, b, now)
+    assert _entries(b) == before  # nothing recorded, nothing expired
+    assert compute_pod_actions(p, runtime, b, now) == a  # deterministic
+    latest = {r.name: r for r in runtime}  # runtime is in attempt order per name
+    restarted = {s.name for s in a.start if s.name in latest and latest[s.name].state == X}
+    # exactly the restarts of exited containers advance a back-off, each once
+    assert sorted(step.key for step in a.backoff_steps) == sorted(backoff_key("u", n) for n in restarted)
+    # a container either starts now or waits in back-off, never both
+    assert not ({s.name for s in a.start} & set(a.backoff))
+    for left, w in a.backoff.values():
+        assert left > 0 and w.reason == "CrashLoopBackOff"
+    apply_backoff(a, b, now)
+    for name in restarted:  # recorded: a restart now waits at least the initial back-off next time
+        assert b.delay(backoff_key("u", name)) >= b.initial

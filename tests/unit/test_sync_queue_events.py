@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
+from common.clock import FakeClock
 from provider.events import TokenBucket, object_ref
 from provider.pods.queue import WorkQueue
+
+
+async def until(cond: Callable[[], bool], rounds: int = 200) -> None:
+    """Let the queue's tasks run (no wall time passes) until ``cond`` holds."""
+    for _ in range(rounds):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
 
 
 async def test_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
@@ -29,12 +41,14 @@ async def test_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
     for _ in range(5):
         q.add("a")
     q.add("b")
-    await asyncio.sleep(0.05)
+    await until(lambda: len(runs) == 2)
+    for _ in range(10):
+        await asyncio.sleep(0)  # nothing else runs while "a" and "b" are busy
     assert sorted(runs) == ["a", "b"]
     for _ in range(5):
         q.add("a")  # while "a" runs: marked dirty, runs once more afterwards
     gate.set()
-    await asyncio.sleep(0.05)
+    await until(lambda: q.idle)
     assert runs.count("a") == 2 and runs.count("b") == 1
     assert not overlap
     assert q.idle
@@ -52,13 +66,46 @@ async def test_queue_retries_failures_and_requeues_after() -> None:
             return 0.05
         return None
 
-    q = WorkQueue(handler, workers=2, base_delay=0.01)
+    clock = FakeClock()
+    q = WorkQueue(handler, workers=2, base_delay=0.01, clock=clock)
     task = asyncio.create_task(q.run())
     q.add("fail")
     q.add("later")
-    await asyncio.sleep(0.5)
+    await until(lambda: len(calls) == 2)
+    await clock.advance(0.01)  # before any retry is due (first failure waits 10-20 ms)
+    assert calls.count("fail") == 1 and calls.count("later") == 1
+    for _ in range(10):
+        await clock.advance(0.05)
     assert calls.count("fail") == 3
     assert calls.count("later") == 2
+    assert q.idle and not q._timers
+    task.cancel()
+    q.close()
+
+
+async def test_queue_earlier_requeue_wins_and_forget_cancels() -> None:
+    calls: list[str] = []
+
+    async def handler(key: str) -> float | None:
+        calls.append(key)
+        return None
+
+    clock = FakeClock()
+    q = WorkQueue(handler, workers=1, clock=clock)
+    task = asyncio.create_task(q.run())
+    q.add_after("k", 10.0)
+    q.add_after("k", 3.0)  # earlier: replaces
+    q.add_after("k", 5.0)  # later: ignored
+    await clock.advance(2.9)
+    assert calls == []
+    await clock.advance(0.2)
+    await until(lambda: calls == ["k"])
+    await clock.advance(10.0)
+    assert calls == ["k"]  # the replaced timers never fire
+    q.add_after("g", 1.0)
+    q.forget("g")
+    await clock.advance(5.0)
+    assert calls == ["k"]
     task.cancel()
     q.close()
 
@@ -82,3 +129,34 @@ def test_object_ref() -> None:
     }
     node = object_ref({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vn", "uid": "n"}})
     assert "namespace" not in node and node["kind"] == "Node"
+
+
+async def test_controller_resyncs_every_pod_on_its_clock(tmp_path: Path) -> None:
+    from pod_fakes import FakeApi, FakeRecorder, make_pod
+
+    from provider.config import WarmletConfig
+    from provider.pods.controller import PodController
+    from sandbox.simulated import SimulatedBackend
+
+    cfg = WarmletConfig()
+    cfg.pods.volumes_dir = tmp_path / "pods"
+    clock = FakeClock()
+    ctl = PodController(
+        cfg.node,
+        cfg.pods,
+        FakeApi(),
+        SimulatedBackend(tmp_path / "logs"),
+        FakeRecorder(),
+        {},
+        60.0,
+        clock,  # type: ignore[arg-type]
+    )
+    ctl.informer.pods = {"u1": make_pod("p1", "u1"), "u2": make_pod("p2", "u2")}
+    periodic = asyncio.create_task(ctl._periodic())
+    await asyncio.sleep(0)
+    await clock.advance(55.0)
+    assert len(ctl.queue) == 0  # not yet
+    await clock.advance(5.0)
+    assert len(ctl.queue) == 2  # both pods queued once the resync period passed
+    periodic.cancel()
+    ctl.close()

@@ -8,126 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pod_fakes import FakeApi, FakeRecorder, make_pod, make_worker
 
-from provider.config import WarmletConfig
+from common.clock import FakeClock
 from provider.kubeclient import ApiError
 from provider.pods.worker import DELETION_COST_ANNOTATION, START_LEVEL_ANNOTATION, PodWorker
-from provider.workload import OwnerResolver
 from sandbox.backend import ContainerState
 from sandbox.simulated import SimulatedBackend
 
 
-class FakeApi:
-    """Just enough of KubeClient: status/metadata patches applied to stored pods, configmaps."""
-
-    def __init__(self) -> None:
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.configmaps: dict[str, dict[str, Any]] = {}
-        self.calls: list[tuple[str, str, Any]] = []
-
-    def add(self, pod: dict[str, Any]) -> None:
-        self.pods[pod["metadata"]["uid"]] = pod
-
-    def _by_path(self, path: str) -> dict[str, Any]:
-        ns, name = path.split("/namespaces/")[1].split("/pods/")
-        name = name.split("/")[0]
-        for p in self.pods.values():
-            if p["metadata"]["namespace"] == ns and p["metadata"]["name"] == name:
-                return p
-        raise ApiError(404, "NotFound", "pod not found")
-
-    async def patch(self, path: str, body: Any, content_type: str = "", **params: Any) -> dict[str, Any]:
-        self.calls.append(("PATCH", path, body))
-        pod = self._by_path(path)
-        if path.endswith("/status"):
-            status = pod.setdefault("status", {})
-            for k, v in body["status"].items():
-                if k == "conditions":
-                    merged = {c["type"]: c for c in status.get("conditions") or []}
-                    merged.update({c["type"]: c for c in v})
-                    status["conditions"] = list(merged.values())
-                else:
-                    status[k] = v
-        else:
-            pod["metadata"].setdefault("annotations", {}).update(body["metadata"]["annotations"])
-        return pod
-
-    async def delete(self, path: str, body: Any = None, **params: Any) -> dict[str, Any]:
-        self.calls.append(("DELETE", path, body))
-        pod = self._by_path(path)
-        del self.pods[pod["metadata"]["uid"]]
-        return {}
-
-    async def get(self, path: str, **params: Any) -> dict[str, Any]:
-        name = path.rsplit("/", 1)[1]
-        if "/configmaps/" in path and name in self.configmaps:
-            return self.configmaps[name]
-        raise ApiError(404, "NotFound", "not found")
-
-    async def post(self, path: str, body: Any, **params: Any) -> dict[str, Any]:
-        return {"status": {"token": "T"}}
-
-    def patches(self, kind: str = "/status") -> list[Any]:
-        return [b for v, p, b in self.calls if v == "PATCH" and p.endswith(kind)]
-
-
-class FakeRecorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str, str]] = []
-
-    def record(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        self.events.append((obj["metadata"]["name"], type_, reason, message))
-
-    def reasons(self, name: str | None = None) -> list[str]:
-        return [r for n, _, r, _ in self.events if name is None or n == name]
-
-
-def make_pod(
-    name: str,
-    uid: str,
-    policy: str = "Always",
-    annotations: dict[str, str] | None = None,
-    owner: str | None = "web-rs",
-    **spec: Any,
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": name,
-        "namespace": "ns",
-        "uid": uid,
-        "annotations": annotations or {},
-        "creationTimestamp": "2026-01-01T00:00:00Z",
-    }
-    if owner:
-        meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": owner, "uid": "rs", "controller": True}]
-    spec.setdefault("containers", [{"name": "app", "image": "registry.local/app:1"}])
-    return {"metadata": meta, "spec": {"restartPolicy": policy, "nodeName": "vnode", **spec}, "status": {}}
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWorker]:
-    cfg = WarmletConfig()
-    cfg.node.name = "vnode"
-    cfg.pods.volumes_dir = tmp_path / "pods"
+    # The simulated backend runs its containers on wall time, so the worker does too here.
     api = FakeApi()
     backend = SimulatedBackend(tmp_path / "logs")
     rec = FakeRecorder()
-
-    async def fetch(path: str) -> dict[str, Any] | None:
-        return None
-
-    from provider.resolve_source import ApiObjectSource
-
-    worker = PodWorker(
-        cfg,
-        api,
-        backend,
-        api.pods.get,
-        rec,
-        OwnerResolver(fetch),
-        ApiObjectSource(api),  # type: ignore[arg-type]
-        {"cpu": "16", "memory": "64Gi"},
-    )
-    return api, backend, rec, worker
+    return api, backend, rec, make_worker(tmp_path, api, backend, rec)
 
 
 async def test_pod_runs_and_is_annotated(env: Any) -> None:
@@ -307,7 +203,15 @@ async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path
     await worker.sync("u1")
     before = await backend.pod_containers("u1")
     fresh = PodWorker(
-        worker.cfg, api, backend, api.pods.get, rec, worker.owners, worker.source, {"cpu": "16"}
+        worker.pods_cfg,
+        worker.host_ip,
+        api,
+        backend,
+        api.pods.get,
+        rec,
+        worker.owners,
+        worker.source,
+        {"cpu": "16"},
     )
     await fresh.sync("u1")
     after = await backend.pod_containers("u1")
@@ -426,21 +330,21 @@ async def test_finished_pod_never_runs_again_from_a_stale_copy(env: Any) -> None
     assert len(await backend.pod_containers("u1")) == created
 
 
-async def test_config_error_retries_back_off_and_create_nothing(env: Any) -> None:
+async def test_config_error_retries_back_off_and_create_nothing(env: Any, tmp_path: Path) -> None:
     """A missing Secret: CreateContainerConfigError, retries 2 s doubling to 30 s, no container."""
-    api, backend, rec, worker = env  # noqa: RUF059
+    api, backend, rec, _ = env
+    clock = FakeClock()
+    worker = make_worker(tmp_path, api, backend, rec, clock)
     c = {
         "name": "app",
         "image": "registry.local/app:1",
         "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "late", "key": "pw"}}}],
     }
     api.add(make_pod("p1", "u1", containers=[c]))
-    now = [1000.0]
-    worker.clock = lambda: now[0]
     delays = []
     for _ in range(7):
         delays.append(await worker.sync("u1"))
-        now[0] += delays[-1] or 0
+        await clock.advance(delays[-1] or 0)
     assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert await backend.pod_containers("u1") == []
     cs = api.pods["u1"]["status"]["containerStatuses"][0]

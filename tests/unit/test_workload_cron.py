@@ -66,7 +66,7 @@ def test_tolerations_and_targeting() -> None:
 
 
 def test_prewarm_spec_uses_cronjob_key() -> None:
-    spec, count = prewarm_spec(cj(), WarmletConfig())
+    spec, count = prewarm_spec(cj(), WarmletConfig().pods)
     assert spec.workload_key == cronjob_key(cj()) and spec.workload_key.startswith("ns/CronJob/tick#")
     assert count == 3 and spec.namespace == "ns" and spec.images == ["busybox:1"]
 
@@ -84,7 +84,7 @@ async def test_tick_prewarms_once_per_firing_within_lead() -> None:
     cfg = WarmletConfig()
     cfg.pool.cron_lead_seconds = 20
     backend = FakeBackend()
-    pw = CronPrewarmer(cfg, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
+    pw = CronPrewarmer(cfg.pool, cfg.pods, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
     pw.cronjobs = {
         "cj1": cj(),
         "cj2": {**cj(tolerations=[]), "metadata": {"name": "x", "namespace": "ns", "uid": "cj2"}},
@@ -115,7 +115,7 @@ async def test_tick_prewarms_due_cronjobs_concurrently_and_bounded() -> None:
     cfg = WarmletConfig()
     cfg.pool.cron_lead_seconds = 20
     backend = SlowBackend()
-    pw = CronPrewarmer(cfg, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
+    pw = CronPrewarmer(cfg.pool, cfg.pods, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
     pw.cronjobs = {
         f"cj{i}": {**cj(), "metadata": {"name": f"t{i}", "namespace": "ns", "uid": f"cj{i}"}}
         for i in range(20)
@@ -123,3 +123,41 @@ async def test_tick_prewarms_due_cronjobs_concurrently_and_bounded() -> None:
     assert await pw.tick(ts("2026-01-01T00:00:45")) == 20 * 3
     assert backend.peak == pw.concurrency == 8  # concurrent, at most 8 at once
     assert await pw.tick(ts("2026-01-01T00:00:50")) == 0  # same firing: once
+
+
+async def test_run_relists_and_ticks_on_its_clock() -> None:
+    from common.clock import FakeClock
+
+    class Client:
+        def __init__(self) -> None:
+            self.lists = 0
+
+        async def list_all(self, path: str) -> dict[str, Any]:
+            self.lists += 1
+            return {"items": [cj()]}
+
+    cfg = WarmletConfig()
+    cfg.pool.cron_lead_seconds = 20
+    clock = FakeClock(start=0.0, wall_offset=ts("2026-01-01T00:00:30"))  # the job fires at :01:00
+    client, backend = Client(), FakeBackend()
+    pw = CronPrewarmer(
+        cfg.pool,
+        cfg.pods,
+        client,  # type: ignore[arg-type]
+        backend,  # type: ignore[arg-type]
+        {"kubernetes.io/hostname": "vn"},
+        [TAINT],
+        15.0,
+        clock=clock,
+    )
+    task = asyncio.create_task(pw.run())
+    await clock.advance(0)
+    assert client.lists == 1 and backend.calls == []
+    await clock.advance(9.0)  # 21 s before the firing: not yet
+    assert backend.calls == []
+    await clock.advance(1.0)  # 20 s before: within the lead time
+    assert backend.calls == [(cronjob_key(cj()), 3)]
+    await clock.advance(6.0)
+    assert client.lists == 2  # relisted every 15 s
+    assert len(backend.calls) == 1  # one firing, one prewarm
+    task.cancel()

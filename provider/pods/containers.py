@@ -1,0 +1,154 @@
+"""Carrying out one pod's container actions (kubelet's kuberuntime_container, small).
+
+Kills containers in the runtime's unknown state, resumes containers created but never started,
+creates and starts the containers ``compute_pod_actions`` decided (config and image first), and
+garbage-collects old exited instances.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from provider.backoff import Backoff
+from provider.events import NORMAL, WARNING, EventRecorder
+from provider.pods.container_config import ContainerConfigResolver
+from provider.pods.images import ImagePuller
+from provider.pods.state import JSON, PodState, earliest, pod_name
+from provider.status import Waiting, instances_by_name
+from provider.sync import PodActions, backoff_key
+from sandbox.backend import (
+    Backend,
+    BackendError,
+    ContainerRuntimeState,
+    ContainerSpec,
+    ContainerStartInProgressError,
+    ContainerState,
+    RuntimeUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+# A start still in progress in the runtime (a warmlet killed mid-call): ask again this soon.
+START_IN_PROGRESS_RETRY_SECONDS = 1.0
+# A half-made container was removed to be created again: retry this soon.
+RECREATE_RETRY_SECONDS = 0.5
+
+
+@dataclass
+class StartOutcome:
+    """What starting a pod's containers left to report and when to look again."""
+
+    waiting: dict[str, Waiting] = field(default_factory=dict)
+    retry: float | None = None
+    started_any: bool = False
+
+    def retry_in(self, seconds: float) -> None:
+        self.retry = earliest(self.retry, seconds)
+
+
+class ContainerStarter:
+    def __init__(
+        self,
+        backend: Backend,
+        events: EventRecorder,
+        config: ContainerConfigResolver,
+        images: ImagePuller,
+        restarts: Backoff,
+        config_retries: Backoff,
+    ) -> None:
+        self.backend = backend
+        self.events = events
+        self.config = config
+        self.images = images
+        self.restarts = restarts
+        self.config_retries = config_retries
+
+    async def kill_unknown(self, pod: JSON, runtime: list[ContainerRuntimeState], cids: list[str]) -> None:
+        for cid in cids:
+            log.warning(
+                "killing container in unknown state before restarting it pod=%s container=%s",
+                pod_name(pod),
+                cid[:12],
+            )
+            cname = next((c.name for c in runtime if c.container_id == cid), "")
+            self.events.record(
+                pod, NORMAL, "Killing", f'Container {cname} is in "unknown" state, killing it before restart'
+            )
+            await self.backend.stop_container(cid, 0)
+            await self.backend.remove_container(cid)
+
+    async def resume(self, pod: JSON, cids: list[str], out: StartOutcome) -> None:
+        """Start containers created but never started (a warmlet that died in between)."""
+        for cid in cids:
+            try:
+                await self.backend.start_container(cid)
+            except RuntimeUnavailableError:
+                raise  # the runtime is away: retried with back-off, the container is kept
+            except ContainerStartInProgressError:
+                # The StartContainer of a warmlet killed mid-call is still running in the
+                # runtime: removing the container now could kill a process that did start.
+                # Wait for its outcome (running, or exited with "context canceled").
+                log.info("resume: start still in progress pod=%s container=%s", pod_name(pod), cid[:12])
+                out.retry_in(START_IN_PROGRESS_RETRY_SECONDS)
+                continue
+            except BackendError as e:
+                # A start cut short by a runtime restart leaves a container that never starts
+                # (task half made: ALREADY_EXISTS, "io pipe copy"): it never ran, so remove it and
+                # create it again with the same attempt (no restart counted), as a fresh start.
+                log.warning("resume failed, recreating pod=%s container=%s err=%s", pod_name(pod), cid, e)
+                await self.backend.stop_container(cid, 0)
+                await self.backend.remove_container(cid)
+                out.retry_in(RECREATE_RETRY_SECONDS)
+
+    async def start(
+        self, pod: JSON, st: PodState, actions: PodActions, now: float, out: StartOutcome
+    ) -> None:
+        """Create and start the containers decided, in order; an init container stops the walk."""
+        uid = pod["metadata"]["uid"]
+        assert st.sandbox is not None and st.spec is not None
+        resolved: dict[str, ContainerSpec | Waiting] = {}
+        if actions.start:
+            resolved = await self.config.resolve(pod, st, [s.name for s in actions.start])
+        for start in actions.start:
+            spec_or_wait = resolved[start.name]
+            if isinstance(spec_or_wait, Waiting):
+                out.waiting[start.name] = spec_or_wait
+                out.retry_in(self.config_retries.next(f"{uid}/config/{start.name}", now))
+                if start.is_init:
+                    break
+                continue
+            self.config_retries.reset(f"{uid}/config/{start.name}")
+            cspec = spec_or_wait
+            pull_wait = await self.images.ensure(pod, st, cspec)
+            if isinstance(pull_wait, tuple):
+                out.waiting[start.name], delay = pull_wait
+                out.retry_in(delay)
+                if start.is_init:
+                    break
+                continue
+            try:
+                cid = await self.backend.create_container(st.sandbox, st.spec, cspec, start.attempt)
+                self.events.record(pod, NORMAL, "Created", f"Created container {cspec.name}")
+                await self.backend.start_container(cid)
+                self.events.record(pod, NORMAL, "Started", f"Started container {cspec.name}")
+                out.started_any = True
+            except BackendError as e:
+                reason = e.reason if e.reason != "RuntimeError" else "CreateContainerError"
+                out.waiting[start.name] = Waiting(reason, e.message)
+                self.events.record(pod, WARNING, "Failed", f"Error: {e.message}")
+                out.retry_in(self.restarts.next(backoff_key(uid, start.name), now))
+            if start.is_init:
+                break
+
+    async def gc(self, runtime: list[ContainerRuntimeState]) -> list[ContainerRuntimeState]:
+        """Keep the latest two instances per container (current + lastState), like kubelet's GC."""
+        keep: list[ContainerRuntimeState] = []
+        for runs in instances_by_name(runtime).values():
+            for old in runs[:-2]:
+                if old.state == ContainerState.EXITED:
+                    await self.backend.remove_container(old.container_id)
+                else:
+                    keep.append(old)
+            keep.extend(runs[-2:])
+        return keep

@@ -1,0 +1,40 @@
+"""What the pod worker remembers about one pod between syncs, and small helpers its parts share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.backend import PodSandboxSpec, SandboxInfo
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class PodState:
+    """What warmlet remembers about one pod between syncs (lost on restart, rebuilt by adoption)."""
+
+    sandbox: SandboxInfo | None = None
+    spec: PodSandboxSpec | None = None
+    pulled_any: bool = False
+    released: bool = False
+    annotated: bool = False
+    rejected: bool = False
+    last_status: JSON | None = None
+    image_errors: dict[str, tuple[str, float]] = field(default_factory=dict)  # key -> (error, when)
+    # The terminal status computed when the pod finished: once its sandbox is released the pod
+    # never runs again, even if a stale informer copy (not yet terminal) triggers another sync.
+    final_status: JSON | None = None
+    mount_event: str = ""
+    checked_finished: bool = False  # looked for final states kept across a restart
+
+
+def earliest(a: float | None, b: float) -> float:
+    """The sooner of two retry delays (None: no retry asked yet)."""
+    return b if a is None else min(a, b)
+
+
+def pod_name(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"

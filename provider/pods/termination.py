@@ -1,0 +1,107 @@
+"""The end of a pod: stop its containers, give its sandbox back, remove its files.
+
+Three ways a pod ends (kubelet's killPod and pod cleanup): it finished (``release``: the sandbox
+goes back to the pool before the terminal status is visible), it is being deleted gracefully
+(``terminate``: stop with the grace period, then delete the object with grace 0), or its object
+is already gone (``cleanup``: make sure nothing is left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from provider.config import PodConfig
+from provider.events import NORMAL, EventRecorder
+from provider.kubeclient import ApiError, KubeClient
+from provider.pods.state import JSON, PodState
+from provider.resolve_volumes import remove_pod_dir
+from provider.workload import direct_owner, single_use
+from sandbox.backend import Backend, ContainerState, PodLifecycleAware
+
+
+class PodTerminator:
+    def __init__(
+        self,
+        pods: PodConfig,
+        client: KubeClient,
+        backend: Backend,
+        events: EventRecorder,
+        states: Mapping[str, PodState],
+        forget: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.events = events
+        self.states = states
+        self.forget = forget
+        self.volumes_dir = Path(pods.volumes_dir)
+        self.memory_dir = pods.memory_volumes_dir
+
+    async def stop_all(self, pod: JSON | None, uid: str, grace: float) -> None:
+        runtime = await self.backend.pod_containers(uid)
+        live = [c for c in runtime if c.state in (ContainerState.RUNNING, ContainerState.CREATED)]
+        for c in live:
+            if pod is not None and c.state == ContainerState.RUNNING:
+                self.events.record(pod, NORMAL, "Killing", f"Stopping container {c.name}")
+        if live:
+            await asyncio.gather(*(self.backend.stop_container(c.container_id, grace) for c in live))
+
+    async def release(self, pod: JSON, st: PodState) -> None:
+        """The pod finished: its sandbox goes back to the pool (containers never do)."""
+        if st.released:
+            return
+        uid = pod["metadata"]["uid"]
+        await self.stop_all(None, uid, 0)
+        await self.backend.release_sandbox(uid, reusable=self.reusable(uid, pod))
+        st.released = True
+        st.sandbox = None
+        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
+
+    async def terminate(self, pod: JSON) -> None:
+        """Graceful deletion: stop with the grace period, release, then delete with grace 0."""
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        spec = pod.get("spec") or {}
+        grace = meta.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+        await self.stop_all(pod, uid, float(grace))
+        await self.backend.release_sandbox(uid, reusable=self.reusable(uid, pod))
+        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
+        await self.pod_gone(uid)
+        try:
+            await self.client.delete(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": uid},
+                },
+            )
+        except ApiError as e:
+            if not (e.not_found or e.conflict):
+                raise
+        self.forget(uid)
+
+    async def cleanup(self, uid: str) -> None:
+        """The pod object is gone (force-deleted or deleted by us): make sure nothing is left."""
+        await self.stop_all(None, uid, 0)
+        await self.backend.release_sandbox(uid, reusable=self.reusable(uid, None))
+        await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
+        await self.pod_gone(uid)
+        self.forget(uid)
+
+    def reusable(self, uid: str, pod: JSON | None) -> bool:
+        """A bare pod's sandbox is keyed by the pod's own uid: pooled, no pod could ever reuse it."""
+        st = self.states.get(uid)
+        if st is not None and st.spec is not None:
+            return not single_use(st.spec.workload_key)
+        return pod is None or direct_owner(pod)[0] != "Pod"
+
+    async def pod_gone(self, uid: str) -> None:
+        """Tell the backend the pod object is gone (it may drop kept logs/final states)."""
+        if isinstance(self.backend, PodLifecycleAware):
+            await self.backend.pod_gone(uid)

@@ -1,0 +1,123 @@
+"""Fakes for pod worker tests: an in-memory API, an event recorder, pods, and a worker over them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.clock import SYSTEM, Clock
+from provider.config import WarmletConfig
+from provider.kubeclient import ApiError
+from provider.pods.worker import PodWorker
+from provider.resolve_source import ApiObjectSource
+from provider.workload import OwnerResolver
+
+
+class FakeApi:
+    """Just enough of KubeClient: status/metadata patches applied to stored pods, configmaps."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.configmaps: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def add(self, pod: dict[str, Any]) -> None:
+        self.pods[pod["metadata"]["uid"]] = pod
+
+    def _by_path(self, path: str) -> dict[str, Any]:
+        ns, name = path.split("/namespaces/")[1].split("/pods/")
+        name = name.split("/")[0]
+        for p in self.pods.values():
+            if p["metadata"]["namespace"] == ns and p["metadata"]["name"] == name:
+                return p
+        raise ApiError(404, "NotFound", "pod not found")
+
+    async def patch(self, path: str, body: Any, content_type: str = "", **params: Any) -> dict[str, Any]:
+        self.calls.append(("PATCH", path, body))
+        pod = self._by_path(path)
+        if path.endswith("/status"):
+            status = pod.setdefault("status", {})
+            for k, v in body["status"].items():
+                if k == "conditions":
+                    merged = {c["type"]: c for c in status.get("conditions") or []}
+                    merged.update({c["type"]: c for c in v})
+                    status["conditions"] = list(merged.values())
+                else:
+                    status[k] = v
+        else:
+            pod["metadata"].setdefault("annotations", {}).update(body["metadata"]["annotations"])
+        return pod
+
+    async def delete(self, path: str, body: Any = None, **params: Any) -> dict[str, Any]:
+        self.calls.append(("DELETE", path, body))
+        pod = self._by_path(path)
+        del self.pods[pod["metadata"]["uid"]]
+        return {}
+
+    async def get(self, path: str, **params: Any) -> dict[str, Any]:
+        name = path.rsplit("/", 1)[1]
+        if "/configmaps/" in path and name in self.configmaps:
+            return self.configmaps[name]
+        raise ApiError(404, "NotFound", "not found")
+
+    async def post(self, path: str, body: Any, **params: Any) -> dict[str, Any]:
+        return {"status": {"token": "T"}}
+
+    def patches(self, kind: str = "/status") -> list[Any]:
+        return [b for v, p, b in self.calls if v == "PATCH" and p.endswith(kind)]
+
+
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def record(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((obj["metadata"]["name"], type_, reason, message))
+
+    def reasons(self, name: str | None = None) -> list[str]:
+        return [r for n, _, r, _ in self.events if name is None or n == name]
+
+
+def make_pod(
+    name: str,
+    uid: str,
+    policy: str = "Always",
+    annotations: dict[str, str] | None = None,
+    owner: str | None = "web-rs",
+    **spec: Any,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "uid": uid,
+        "annotations": annotations or {},
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+    if owner:
+        meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": owner, "uid": "rs", "controller": True}]
+    spec.setdefault("containers", [{"name": "app", "image": "registry.local/app:1"}])
+    return {"metadata": meta, "spec": {"restartPolicy": policy, "nodeName": "vnode", **spec}, "status": {}}
+
+
+def make_worker(
+    tmp_path: Path, api: FakeApi, backend: Any, rec: FakeRecorder, clock: Clock = SYSTEM
+) -> PodWorker:
+    cfg = WarmletConfig()
+    cfg.node.name = "vnode"
+    cfg.pods.volumes_dir = tmp_path / "pods"
+
+    async def fetch(path: str) -> dict[str, Any] | None:
+        return None
+
+    return PodWorker(
+        cfg.pods,
+        cfg.node.internal_ip,
+        api,  # type: ignore[arg-type]
+        backend,
+        api.pods.get,
+        rec,  # type: ignore[arg-type]
+        OwnerResolver(fetch),
+        ApiObjectSource(api),  # type: ignore[arg-type]
+        {"cpu": "16", "memory": "64Gi"},
+        clock,
+    )
