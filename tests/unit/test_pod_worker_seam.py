@@ -210,7 +210,7 @@ async def test_reconcile_only_for_reconcilers(tmp_path: Path) -> None:
 
     for backend in (Counting(tmp_path / "a"), NoReconcile(tmp_path / "b")):
         ctl = PodController(cfg.node, cfg.pods, FakeApi(), backend, FakeRecorder(), {})  # type: ignore[arg-type]
-        ctl.informer.pods = {"u1": make_pod("p1", "u1")}
+        ctl.informer.reflector.objects["u1"] = make_pod("p1", "u1")
         assert await ctl.cleanup_orphans() == 0
         ctl.close()
     assert calls == [{"u1"}]

@@ -151,7 +151,7 @@ async def test_controller_resyncs_every_pod_on_its_clock(tmp_path: Path) -> None
         60.0,
         clock,  # type: ignore[arg-type]
     )
-    ctl.informer.pods = {"u1": make_pod("p1", "u1"), "u2": make_pod("p2", "u2")}
+    ctl.informer.reflector.objects.update({"u1": make_pod("p1", "u1"), "u2": make_pod("p2", "u2")})
     periodic = asyncio.create_task(ctl._periodic())
     await asyncio.sleep(0)
     await clock.advance(55.0)
