@@ -23,8 +23,8 @@ from provider.app import WarmletNode
 from provider.config import WarmletConfig
 from provider.kubeclient import ApiError, KubeClient
 from provider.testing import create_namespace, node_config, wait_for
-from sandbox import cri_mapping as m
-from sandbox.cri_client import CriClient
+from sandbox.cri import mapping as m
+from sandbox.cri.client import CriClient
 
 JSON = dict[str, Any]
 LEVEL = "warmlet.io/start-level"
