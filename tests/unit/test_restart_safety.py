@@ -99,3 +99,38 @@ def test_task_never_started_reads_the_processes_of_the_containers_cgroup(
     assert host.task_never_started("cid", None) is expected  # where tasks live: unknown
     # containerd never made the task (a CreateContainer or start cut short before it): never ran
     assert host.task_never_started("cid", str(tmp_path / "cid")) is True
+
+
+class RefusingClient:
+    def __init__(self, details: str) -> None:
+        self.details = details
+
+    async def start_container(self, container_id: str) -> None:
+        import grpc
+
+        from sandbox.cri.client import CriCallError
+
+        raise CriCallError("StartContainer", grpc.StatusCode.UNKNOWN, self.details)
+
+
+@pytest.mark.parametrize(
+    ("details", "typed"),
+    [
+        ('failed to start container "abc": container is in starting state: unknown', True),
+        ('failed to start containerd task "abc": exec: "x": not found', False),
+    ],
+)
+async def test_a_start_still_carried_out_by_the_runtime_is_a_typed_error(details: str, typed: bool) -> None:
+    """The provider learns "an earlier StartContainer is still running" from the error's type,
+    never from the runtime's text; any other refusal stays a RunContainerError."""
+    from sandbox.backend import BackendError, ContainerStartInProgressError
+    from sandbox.cri.containers import CriContainers
+    from sandbox.cri.context import CriContext
+
+    ctx = CriContext(RefusingClient(details), "unix:///x", {}, "", "/tmp")  # type: ignore[arg-type]
+    containers = CriContainers(ctx, {}, None, None, None, None, lambda uid: None, 0)  # type: ignore[arg-type]
+    with pytest.raises(BackendError) as ei:
+        await containers.start_container("abc")
+    assert isinstance(ei.value, ContainerStartInProgressError) is typed
+    assert ei.value.reason == ("ContainerStarting" if typed else "RunContainerError")
+    assert details in ei.value.message
