@@ -210,6 +210,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
             cri.image_endpoint,
             call_timeout=cri.call_timeout_seconds,
             pull_timeout=cri.pull_timeout_seconds,
+            clock=clock,
         )
         return cls(
             MeteredCriClient(client),

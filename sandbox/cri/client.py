@@ -10,7 +10,6 @@ them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import grpc.aio
 
+from common.clock import SYSTEM, Clock
 from proto import cri_pb2 as pb
 from proto import cri_pb2_grpc as pbg
 from sandbox.backend import BackendError, RuntimeUnavailableError
@@ -90,6 +90,7 @@ class CriClient:
         retries: int = 4,
         backoff_base: float = 0.1,
         backoff_max: float = 2.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.runtime_target = to_target(runtime_endpoint)
         self.image_target = to_target(image_endpoint) if image_endpoint else self.runtime_target
@@ -98,6 +99,7 @@ class CriClient:
         self.retries = retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.clock = clock
         self.dial_target = ""  # set by dial_through: the runtime service is reached via a relay
         self._channels: list[grpc.aio.Channel] = []
         self._rt: pbg.RuntimeServiceStub | None = None
@@ -175,7 +177,7 @@ class CriClient:
                         log.debug(
                             "cri call unavailable method=%s attempt=%d retry_in=%.2f", method, attempt, delay
                         )
-                        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                        await self.clock.sleep(delay * (0.5 + random.random() / 2))
                         delay = min(delay * 2, self.backoff_max)
                         continue
                     raise RuntimeUnavailableError(
