@@ -153,7 +153,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
         self.oom = OomCounter(client)
         self.containers = CriContainers(
             self.ctx,
-            self.pool.records,
+            self.pool,
             self.sandboxes,
             self.images,
             self.reaper,

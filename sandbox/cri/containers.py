@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from common import crilog
 from sandbox.backend import (
@@ -35,7 +35,7 @@ from sandbox.cri.sandboxes import CriSandboxes
 from sandbox.cri.scrub import ContainerReaper
 from sandbox.cri.stats import OomCounter
 from sandbox.images import ImageCache
-from sandbox.pool import SandboxRecord
+from sandbox.pool import WarmPool
 
 log = logging.getLogger("warmlet.cri")
 
@@ -70,7 +70,7 @@ class CriContainers:
     def __init__(
         self,
         ctx: CriContext,
-        records: Mapping[str, SandboxRecord],
+        pool: WarmPool,
         sandboxes: CriSandboxes,
         images: ImageCache,
         reaper: ContainerReaper,
@@ -79,7 +79,7 @@ class CriContainers:
         node_memory_bytes: int,
     ) -> None:
         self.ctx = ctx
-        self.records = records  # the pool's: sandbox id -> record
+        self.pool = pool
         self.sandboxes = sandboxes
         self.images = images
         self.reaper = reaper
@@ -93,7 +93,7 @@ class CriContainers:
     async def create_container(
         self, sandbox: SandboxInfo, pod: PodSandboxSpec, container: ContainerSpec, attempt: int
     ) -> str:
-        rec = self.records.get(sandbox.sandbox_id)
+        rec = self.pool.records.get(sandbox.sandbox_id)
         if rec is None or rec.pod_uid != pod.uid:
             raise CreateContainerError(f"sandbox {sandbox.sandbox_id[:12]} is not assigned to pod {pod.uid}")
         image_ref = ""

@@ -128,7 +128,7 @@ async def test_a_start_still_carried_out_by_the_runtime_is_a_typed_error(details
     from sandbox.cri.context import CriContext
 
     ctx = CriContext(RefusingClient(details), "unix:///x", {}, "", "/tmp")  # type: ignore[arg-type]
-    containers = CriContainers(ctx, {}, None, None, None, None, lambda uid: None, 0)  # type: ignore[arg-type]
+    containers = CriContainers(ctx, None, None, None, None, None, lambda uid: None, 0)  # type: ignore[arg-type]
     with pytest.raises(BackendError) as ei:
         await containers.start_container("abc")
     assert isinstance(ei.value, ContainerStartInProgressError) is typed
