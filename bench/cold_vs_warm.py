@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def remove_image(cri_endpoint: str, image: str) -> bool:
     """CRI RemoveImage so the next pod has to pull (True when it was present)."""
-    from sandbox.cri_client import CriClient
+    from sandbox.cri.client import CriClient
 
     cri = CriClient(cri_endpoint)
     try:
@@ -141,10 +141,10 @@ async def measure_levels(
 async def measure_floor(cri_endpoint: str, image: str, n: int) -> JSON:
     """Bare CRI: create+start the same container in one existing sandbox, ``n`` times, directly
     and through warmlet's CRI relay (``cri.call_relay``), interleaved so both see the same noise."""
-    from sandbox import cri_mapping as m
     from sandbox.backend import ContainerSpec, PodSandboxSpec
-    from sandbox.cri_client import CriClient
-    from sandbox.cri_relay import RelayProcess, upstream_path
+    from sandbox.cri import mapping as m
+    from sandbox.cri.client import CriClient
+    from sandbox.cri.relay import RelayProcess, upstream_path
 
     instance = f"bench-floor-{uuid.uuid4().hex[:6]}"
     uid = str(uuid.uuid4())

@@ -339,8 +339,8 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 async def remove_instance_sandboxes(cri_endpoint: str, instance: str) -> int:
     """Stop and remove every sandbox a (stopped) warmlet instance left in the runtime."""
-    from sandbox.cri_client import CriClient
-    from sandbox.cri_mapping import managed_selector
+    from sandbox.cri.client import CriClient
+    from sandbox.cri.mapping import managed_selector
 
     cri = CriClient(cri_endpoint)
     n = 0

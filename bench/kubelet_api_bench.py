@@ -22,12 +22,12 @@ from typing import Any
 import aiohttp
 
 from bench.common import ratio, summarize_ms, write_result
+from common.crilog import encode_line
 from provider.config import ServerConfig
 from provider.kubelet_api import StaticPods, start_kubelet_api
 from provider.kubelet_api.auth import AlwaysAllow, UserInfo
 from provider.kubelet_api.resource_metrics import render_resource_metrics
 from sandbox.backend import ContainerSpec, PodSandboxSpec
-from sandbox.cri_log import encode_line
 from sandbox.simulated import SimulatedBackend
 
 

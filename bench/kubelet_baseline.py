@@ -240,7 +240,7 @@ class KubeletNode:
 
 
 async def remove_image(endpoint: str, image: str) -> None:
-    from sandbox.cri_client import CriClient
+    from sandbox.cri.client import CriClient
 
     cri = CriClient(endpoint)
     try:

@@ -183,8 +183,8 @@ def prewarmed_from_log(text: str) -> int:
 
 async def idle_cri_sandboxes(bed: Bed, instance: str) -> int:
     """Ready sandboxes of one warmlet instance in the runtime (before the instant: all idle)."""
-    from sandbox.cri_client import CriClient
-    from sandbox.cri_mapping import managed_selector
+    from sandbox.cri.client import CriClient
+    from sandbox.cri.mapping import managed_selector
 
     cri = CriClient(bed.cri_endpoint)
     try:

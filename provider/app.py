@@ -44,9 +44,9 @@ def build_backend(cfg: WarmletConfig) -> Backend:
             pool_max_idle=cfg.pool.global_max_sandboxes,
         )
         return cast(Backend, sim)
-    from sandbox.cri_backend import from_config
+    from sandbox.cri.backend import CriBackend
 
-    return cast(Backend, from_config(cfg))
+    return CriBackend.from_config(cfg.cri, cfg.pool, cfg.log_dir, cfg.state_dir, instance=cfg.node.name)
 
 
 async def _start_kubelet_api(

@@ -73,7 +73,7 @@ class CRIConfig(_Section):
     # kubelet's podPidsLimit: pids.max of each pod's cgroup (-1: unlimited). Needs the cgroupfs
     # driver; warmlet then gives pods a cgroup parent (cgroup_parent, default /warmlet).
     pod_pids_limit: int = -1
-    # Runtime calls go through a small relay process (sandbox/cri_relay.py) that keeps the
+    # Runtime calls go through a small relay process (sandbox/cri/relay.py) that keeps the
     # connection open if warmlet is killed, so containerd finishes a StartContainer in flight
     # instead of cancelling it half-done (a process that may have run, reported StartError).
     call_relay: bool = True

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 from sandbox import metrics
 from sandbox.backend import BackendError, PodSandboxSpec
-from sandbox.cri_mapping import workload_key_label
+from sandbox.cri.mapping import workload_key_label
 from sandbox.pool_policy import (
     ConcurrencyTracker,
     EvictReason,

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
+from common.crilog import STDERR, STDOUT, CRILogWriter, container_log_path, pod_log_dir
 from sandbox.backend import (
     BackendCapabilities,
     BackendHealth,
@@ -51,7 +52,6 @@ from sandbox.backend import (
     PullPolicy,
     SandboxInfo,
 )
-from sandbox.cri_log import STDERR, STDOUT, CRILogWriter, container_log_path, pod_log_dir
 
 log = logging.getLogger(__name__)
 

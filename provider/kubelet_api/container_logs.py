@@ -14,10 +14,10 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from common.crilog import CRILogParser, tail_offset
 from provider.kubelet_api.log_options import LogOptions
 from provider.kubelet_api.pods import container_status
 from sandbox.backend import ContainerRuntimeState, ContainerState
-from sandbox.cri_log import CRILogParser, tail_offset
 
 CHUNK_BYTES = 256 * 1024
 

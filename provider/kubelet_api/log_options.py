@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sandbox.cri_log import STDERR, STDOUT, parse_timestamp
+from common.crilog import STDERR, STDOUT, parse_timestamp
 
 INT64_MAX = 2**63 - 1
 STREAMS = {"All": None, "Stdout": STDOUT, "Stderr": STDERR}

@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY
 from provider.app import WarmletNode
 from provider.config import WarmletConfig
 from provider.kubeclient import ApiError, KubeClient
-from sandbox import cri_mapping as m
-from sandbox.cri_client import CriClient
+from sandbox.cri import mapping as m
+from sandbox.cri.client import CriClient
 from testbed.testing import create_namespace, node_config, wait_for
 
 JSON = dict[str, Any]

@@ -6,7 +6,7 @@ from typing import Any
 
 from e2e_helpers import E2E, LEVEL, pod_spec, wait_for
 
-from sandbox import cri_mapping as m
+from sandbox.cri import mapping as m
 
 LOOP = "trap 'exit 0' TERM; echo up; while true; do sleep 1; done"
 

@@ -16,8 +16,8 @@ from e2e_helpers import E2E, metric, wait_for
 
 from proto import cri_pb2 as pb
 from provider.app import WarmletNode
-from sandbox import cri_mapping as m
-from sandbox.cri_client import CriClient
+from sandbox.cri import mapping as m
+from sandbox.cri.client import CriClient
 
 JSON = dict[str, Any]
 LOOP = "trap 'exit 0' TERM; echo up; while true; do sleep 1; done"

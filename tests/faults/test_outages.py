@@ -32,7 +32,7 @@ from fault_helpers import (
 )
 
 from provider.kubeclient import ApiError
-from sandbox import cri_mapping as m
+from sandbox.cri import mapping as m
 
 APISERVER_DOWN_SECONDS = 60.0
 

@@ -26,8 +26,8 @@ import yaml
 from e2e_helpers import E2E, wait_for
 
 from provider.kubeclient import ApiError
-from sandbox import cri_mapping as m
-from sandbox.cri_client import CriClient
+from sandbox.cri import mapping as m
+from sandbox.cri.client import CriClient
 from testbed.util import _pdeathsig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from e2e_helpers import E2E, metric, pod_spec, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox import cri_mapping as m
+from sandbox.cri import mapping as m
 
 pytestmark = pytest.mark.faults
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from provider.config import CRIConfig, PoolConfig
-from sandbox import cri_mapping as m
 from sandbox.backend import (
     ContainerSpec,
     ContainerState,
@@ -26,8 +25,9 @@ from sandbox.backend import (
     PodSandboxSpec,
     PullPolicy,
 )
-from sandbox.cri_backend import CriBackend
-from sandbox.cri_client import CriClient
+from sandbox.cri import mapping as m
+from sandbox.cri.backend import CriBackend
+from sandbox.cri.client import CriClient
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ class Env:
         cri = CRIConfig(
             runtime_endpoint=f"unix://{self.socket}", poll_interval_seconds=0.1, call_timeout_seconds=30
         )
-        b = CriBackend(
+        b = CriBackend.from_config(
             cri,
             PoolConfig(**pool),
             self.tmp / "logs",
@@ -325,7 +325,7 @@ async def test_prewarm_and_stats(env: Env) -> None:
 async def test_task_never_started_on_containerds_real_layout(env: Env) -> None:
     """What warmlet reads to decide about a container left UNKNOWN by a runtime restart: the
     task's bundle directory (none before StartContainer) and the processes in its cgroup."""
-    from sandbox.cri_backend import task_never_started
+    from sandbox.cri.host import task_never_started
 
     b = env.backend()
     await b.start()
@@ -334,7 +334,7 @@ async def test_task_never_started_on_containerds_real_layout(env: Env) -> None:
     pod = env.pod("unknown-1")
     sb = await b.acquire_sandbox(pod)
     cid = await b.create_container(sb, pod, env.container("sleep 60"), 0)
-    task_dir = b._task_dir(cid)
+    task_dir = b.ctx.runtime.task_dir(cid)
     assert task_dir is not None and not await asyncio.to_thread(os.path.isdir, task_dir)
     assert await asyncio.to_thread(task_never_started, cid, task_dir) is True  # created only
     await b.start_container(cid)
@@ -349,8 +349,7 @@ async def test_start_waits_for_the_previous_warmlets_relay(env: Env) -> None:
     (finishing that process's calls in flight) has exited; then it records its own."""
     import json
 
-    from sandbox.cri_backend import RELAY_FILE
-    from sandbox.cri_relay import RelayProcess
+    from sandbox.cri.relay import RELAY_FILE, RelayProcess
 
     previous = RelayProcess(env.socket)
     await asyncio.to_thread(previous.start)

@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from common.crilog import CRILogWriter
 from provider.config import ServerConfig
 from provider.kubeclient import ApiError, KubeClient
 from provider.kubelet_api import KubeletApiServer, StaticPods, start_kubelet_api
 from sandbox.backend import ContainerSpec, PodSandboxSpec, PullPolicy
-from sandbox.cri_log import CRILogWriter
 from sandbox.simulated import SimulatedBackend
 
 pytestmark = pytest.mark.integration

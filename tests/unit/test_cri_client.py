@@ -15,7 +15,7 @@ from fake_cri import serve_runtime
 from proto import cri_pb2 as pb
 from proto import cri_pb2_grpc as pbg
 from sandbox.backend import RuntimeUnavailableError
-from sandbox.cri_client import CriCallError, CriClient, to_target
+from sandbox.cri.client import CriCallError, CriClient, to_target
 
 
 class FakeRuntime(pbg.RuntimeServiceServicer):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox.cri_log import (
+from common.crilog import (
     MAX_FRAGMENT_BYTES,
     CRILogParser,
     CRILogWriter,

@@ -1,4 +1,4 @@
-"""Log rotation policy (sandbox.cri_log) and the pod pids cgroup paths (sandbox.cri_mapping)."""
+"""Log rotation policy (common.crilog) and the pod pids cgroup paths (sandbox.cri.mapping)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.cri_log import (
+from common.crilog import (
     compress_file,
     list_rotated,
     parse_size,
     plan_rotation,
     rotated_name,
 )
-from sandbox.cri_mapping import pids_max_files
+from sandbox.cri.mapping import pids_max_files
 
 MiB = 1024 * 1024
 
@@ -93,7 +93,7 @@ def test_pids_max_paths_v1_and_v2() -> None:
 
 
 def test_removing_a_rotated_file_also_removes_its_gzip(tmp_path: Path) -> None:
-    from sandbox.log_rotation import ContainerLogRotator
+    from sandbox.cri.log_rotation import ContainerLogRotator
 
     plain = tmp_path / "0.log.20261123-120000"
     (tmp_path / "0.log.20261123-120000.gz").write_bytes(b"")  # gzipped after it was listed

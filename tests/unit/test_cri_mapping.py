@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common import crilog
 from proto import cri_pb2 as pb
-from sandbox import cri_mapping as m
 from sandbox.backend import (
     ContainerSecurity,
     ContainerSpec,
@@ -23,6 +23,7 @@ from sandbox.backend import (
     PortMapping,
     Resources,
 )
+from sandbox.cri import mapping as m
 
 
 def pod(**kw: object) -> PodSandboxSpec:
@@ -45,9 +46,9 @@ def test_workload_key_label_is_label_safe_and_stable(key: str) -> None:
 
 
 def test_log_layout() -> None:
-    assert m.pod_log_dir("/var/log/pods", "ns", "p", "u") == "/var/log/pods/ns_p_u"
-    assert m.container_log_relpath("app", 3) == "app/3.log"
-    assert m.container_log_path("/logs", "ns", "p", "u", "app", 0) == "/logs/ns_p_u/app/0.log"
+    assert crilog.pod_log_dir("/var/log/pods", "ns", "p", "u") == "/var/log/pods/ns_p_u"
+    assert crilog.container_log_relpath("app", 3) == "app/3.log"
+    assert crilog.container_log_path("/logs", "ns", "p", "u", "app", 0) == "/logs/ns_p_u/app/0.log"
 
 
 def test_sandbox_config() -> None:

@@ -27,8 +27,8 @@ from fake_cri import serve_runtime
 
 from proto import cri_pb2 as pb
 from proto import cri_pb2_grpc as pbg
-from sandbox.cri_client import CriClient
-from sandbox.cri_relay import Relay, RelayProcess, upstream_path
+from sandbox.cri.client import CriClient
+from sandbox.cri.relay import Relay, RelayProcess, upstream_path
 
 START_SECONDS = 1.5
 
@@ -69,8 +69,8 @@ async def runtime(tmp_path: Path) -> AsyncIterator[tuple[SlowStart, str]]:
 CLIENT = textwrap.dedent(
     """
     import asyncio, sys
-    from sandbox.cri_client import CriClient
-    from sandbox.cri_relay import RelayProcess, upstream_path
+    from sandbox.cri.client import CriClient
+    from sandbox.cri.relay import RelayProcess, upstream_path
 
     async def main(endpoint: str, relayed: bool) -> None:
         c = CriClient(endpoint, call_timeout=30)
@@ -341,10 +341,10 @@ async def test_after_its_parent_dies_the_relay_lingers_then_exits_cleanly(tmp_pa
 
 
 async def _relay_process(upstream: Path, *args: str) -> tuple[asyncio.subprocess.Process, str]:
-    """``python -m sandbox.cri_relay`` as warmlet runs it (stderr captured); its listen name."""
+    """``python -m sandbox.cri.relay`` as warmlet runs it (stderr captured); its listen name."""
     name = f"warmlet-test-relay-{uuid.uuid4().hex[:8]}"
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "sandbox.cri_relay", "--listen", name, "--upstream", str(upstream)),
+        *(sys.executable, "-m", "sandbox.cri.relay", "--listen", name, "--upstream", str(upstream)),
         *args,
         stderr=subprocess.PIPE,
     )
@@ -363,7 +363,7 @@ async def _connect(name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
 
 async def test_the_next_warmlet_waits_for_the_previous_relay(tmp_path: Path) -> None:
     """relay_alive / wait_for_relay_exit: what a restarted warmlet checks before adopting."""
-    from sandbox.cri_relay import relay_alive, wait_for_relay_exit
+    from sandbox.cri.relay import relay_alive, wait_for_relay_exit
 
     server, _ = await _upstream(tmp_path / "up.sock")
     relay = RelayProcess(str(tmp_path / "up.sock"))

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sandbox.h2_streams import DATA, END_STREAM, HEADERS, PREFACE, RST_STREAM, StreamTracker
+from sandbox.cri.h2_streams import DATA, END_STREAM, HEADERS, PREFACE, RST_STREAM, StreamTracker
 
 SETTINGS, PING, WINDOW_UPDATE = 0x4, 0x6, 0x8
 

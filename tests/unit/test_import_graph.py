@@ -26,19 +26,11 @@ PRODUCT = ("common", "provider", "sandbox")
 SEAM = "sandbox.backend"
 
 # (importing module, enclosing function, imported module or package): the one sanctioned way past
-# the seam, build_backend choosing the concrete backend from the config. "sandbox.cri" is the
-# package the CRI backend is being split into (issue 13; any module in it), "sandbox.cri_backend"
-# the module it comes from.
+# the seam, build_backend choosing the concrete backend from the config ("sandbox.cri": any module
+# of the CRI backend's package).
 SANCTIONED = {
     ("provider.app", "build_backend", "sandbox.simulated"),
-    ("provider.app", "build_backend", "sandbox.cri_backend"),
     ("provider.app", "build_backend", "sandbox.cri"),
-}
-# Seam crossings that another branch of issue 13 removes (the CRI log format moves to a neutral
-# common/ module). Delete this set once that lands: the test then enforces their absence too.
-PENDING = {
-    ("provider.kubelet_api.log_options", "", "sandbox.cri_log"),
-    ("provider.kubelet_api.container_logs", "", "sandbox.cri_log"),
 }
 
 
@@ -143,7 +135,6 @@ def violations(all_edges: list[Edge]) -> list[str]:
             and d == "sandbox"
             and e.dst not in (SEAM, "sandbox")
             and not sanctioned(e)
-            and (e.src, "", e.dst) not in PENDING
         ):
             bad.append(f"{e}: provider/ reaches sandbox/ only through {SEAM}")
     return bad

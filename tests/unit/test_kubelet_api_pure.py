@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.crilog import encode_line, parse_bytes
 from provider.kubelet_api.auth import UserInfo, forbidden_message, request_attributes, user_from_peercert
 from provider.kubelet_api.container_logs import LogNotAvailable, LogRenderer, select_instance
 from provider.kubelet_api.log_options import LogOptions, LogParamError, parse_log_options
@@ -17,7 +18,6 @@ from provider.kubelet_api.resource_metrics import go_float, render_resource_metr
 from provider.kubelet_api.server import path_bucket
 from provider.kubelet_api.summary import build_summary
 from sandbox.backend import ContainerRuntimeState, ContainerState, ContainerUsage, NodeUsage, PodUsage
-from sandbox.cri_log import encode_line, parse_bytes
 
 pytestmark = pytest.mark.unit
 

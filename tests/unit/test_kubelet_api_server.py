@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.crilog import CRILogWriter, encode_line
 from provider.kubelet_api import StaticPods, build_app
 from provider.kubelet_api.auth import AlwaysAllow, Attributes, AuthError, Decision, UserInfo
 from sandbox.backend import ContainerRuntimeState, ContainerSpec, PodSandboxSpec, PullPolicy
-from sandbox.cri_log import CRILogWriter, encode_line
 from sandbox.simulated import SimulatedBackend
 
 pytestmark = pytest.mark.unit

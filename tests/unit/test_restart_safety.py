@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.backend import ContainerRuntimeState, ContainerState
-from sandbox.cri_backend import interrupted_start
+from sandbox.cri.containers import interrupted_start
 from sandbox.pool import WarmPool
 from sandbox.pool_policy import PoolDefaults
 
@@ -61,22 +61,20 @@ def test_finished_states_survive_a_restart_until_the_status_is_written(tmp_path:
 
 
 def test_an_oom_kill_is_counted_once_whoever_sees_it_first() -> None:
-    from cachetools import LRUCache
     from prometheus_client import REGISTRY
 
     from proto import cri_pb2 as pb
-    from sandbox.cri_backend import CriBackend
+    from sandbox.cri.stats import OomCounter
 
     def total() -> float:
         return float(REGISTRY.get_sample_value("warmlet_container_oom_kills_total") or 0.0)
 
-    backend = object.__new__(CriBackend)
-    backend._oom_counted = LRUCache(maxsize=8)
+    counter = OomCounter(client=None, maxsize=8)  # type: ignore[arg-type]
     before = total()
     oom = pb.ContainerStatus(id="c1", reason="OOMKilled", exit_code=137)
-    backend._note_oom("c1", oom)  # the pod sync sees it
-    backend._note_oom("c1", oom)  # then the PLEG
-    backend._note_oom("c2", pb.ContainerStatus(id="c2", reason="Error", exit_code=1))
+    counter.note("c1", oom)  # the pod sync sees it
+    counter.note("c1", oom)  # then the PLEG
+    counter.note("c2", pb.ContainerStatus(id="c2", reason="Error", exit_code=1))
     assert total() == before + 1
 
 
@@ -93,11 +91,46 @@ def test_an_oom_kill_is_counted_once_whoever_sees_it_first() -> None:
 def test_task_never_started_reads_the_processes_of_the_containers_cgroup(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, comms: dict[int, str], expected: bool | None
 ) -> None:
-    from sandbox import cri_backend
+    from sandbox.cri import host
 
-    monkeypatch.setattr(cri_backend, "_pids_in_cgroup_of", lambda cid: list(comms) if cid == "cid" else [])
-    monkeypatch.setattr(cri_backend, "_read", lambda path: comms[int(path.split("/")[2])] + "\n")
-    assert cri_backend.task_never_started("cid", str(tmp_path)) is expected  # the task exists
-    assert cri_backend.task_never_started("cid", None) is expected  # where tasks live: unknown
+    monkeypatch.setattr(host, "pids_in_cgroup_of", lambda cid: list(comms) if cid == "cid" else [])
+    monkeypatch.setattr(host, "read_text", lambda path: comms[int(path.split("/")[2])] + "\n")
+    assert host.task_never_started("cid", str(tmp_path)) is expected  # the task exists
+    assert host.task_never_started("cid", None) is expected  # where tasks live: unknown
     # containerd never made the task (a CreateContainer or start cut short before it): never ran
-    assert cri_backend.task_never_started("cid", str(tmp_path / "cid")) is True
+    assert host.task_never_started("cid", str(tmp_path / "cid")) is True
+
+
+class RefusingClient:
+    def __init__(self, details: str) -> None:
+        self.details = details
+
+    async def start_container(self, container_id: str) -> None:
+        import grpc
+
+        from sandbox.cri.client import CriCallError
+
+        raise CriCallError("StartContainer", grpc.StatusCode.UNKNOWN, self.details)
+
+
+@pytest.mark.parametrize(
+    ("details", "typed"),
+    [
+        ('failed to start container "abc": container is in starting state: unknown', True),
+        ('failed to start containerd task "abc": exec: "x": not found', False),
+    ],
+)
+async def test_a_start_still_carried_out_by_the_runtime_is_a_typed_error(details: str, typed: bool) -> None:
+    """The provider learns "an earlier StartContainer is still running" from the error's type,
+    never from the runtime's text; any other refusal stays a RunContainerError."""
+    from sandbox.backend import BackendError, ContainerStartInProgressError
+    from sandbox.cri.containers import CriContainers
+    from sandbox.cri.context import CriContext
+
+    ctx = CriContext(RefusingClient(details), "unix:///x", {}, "", "/tmp")  # type: ignore[arg-type]
+    containers = CriContainers(ctx, None, None, None, None, None, lambda uid: None, 0)  # type: ignore[arg-type]
+    with pytest.raises(BackendError) as ei:
+        await containers.start_container("abc")
+    assert isinstance(ei.value, ContainerStartInProgressError) is typed
+    assert ei.value.reason == ("ContainerStarting" if typed else "RunContainerError")
+    assert details in ei.value.message

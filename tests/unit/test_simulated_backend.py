@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common.crilog import parse_bytes
 from sandbox.backend import (
     Backend,
     ContainerSpec,
@@ -20,7 +21,6 @@ from sandbox.backend import (
     PodSandboxSpec,
     PullPolicy,
 )
-from sandbox.cri_log import parse_bytes
 from sandbox.simulated import SimulatedBackend, normalize_image
 
 pytestmark = pytest.mark.unit

@@ -1,27 +1,26 @@
 """A thin asyncio gRPC client for the CRI v1 runtime and image services over a unix socket.
 
-Why a wrapper and not the raw stubs: every call gets a deadline, is timed into Prometheus, idempotent
-calls are retried with backoff while the runtime restarts (UNAVAILABLE), and failures surface as
-``BackendError`` subclasses the rest of warmlet understands (``RuntimeUnavailableError`` when the
-socket cannot be reached at all). Messages are the generated ``proto.cri_pb2`` types; nothing
-outside ``sandbox/`` sees them.
+Why a wrapper and not the raw stubs: every call gets a deadline, idempotent calls are retried with
+backoff while the runtime restarts (UNAVAILABLE), and failures surface as ``BackendError``
+subclasses the rest of warmlet understands (``RuntimeUnavailableError`` when the socket cannot be
+reached at all). Metrics are not recorded here: ``metered.MeteredCriClient`` decorates a client
+with them. Messages are the generated ``proto.cri_pb2`` types; nothing outside ``sandbox/`` sees
+them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
 
+from common.clock import SYSTEM, Clock
 from proto import cri_pb2 as pb
 from proto import cri_pb2_grpc as pbg
-from sandbox import metrics
 from sandbox.backend import BackendError, RuntimeUnavailableError
 
 log = logging.getLogger("warmlet.cri")
@@ -91,6 +90,7 @@ class CriClient:
         retries: int = 4,
         backoff_base: float = 0.1,
         backoff_max: float = 2.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.runtime_target = to_target(runtime_endpoint)
         self.image_target = to_target(image_endpoint) if image_endpoint else self.runtime_target
@@ -99,6 +99,7 @@ class CriClient:
         self.retries = retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.clock = clock
         self.dial_target = ""  # set by dial_through: the runtime service is reached via a relay
         self._channels: list[grpc.aio.Channel] = []
         self._rt: pbg.RuntimeServiceStub | None = None
@@ -161,32 +162,28 @@ class CriClient:
         request: Any,
         deadline: float | None = None,
     ) -> T:
-        """One CRI call with deadline, metrics, and retries of idempotent calls on UNAVAILABLE."""
+        """One CRI call with deadline, and retries of idempotent calls on UNAVAILABLE."""
         timeout = self.call_timeout if deadline is None else deadline
         attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
         delay = self.backoff_base
         for attempt in range(1, attempts + 1):
-            t0 = time.perf_counter()
             try:
                 resp = await fn(request, timeout=timeout)
             except grpc.aio.AioRpcError as e:
                 code = e.code()
-                metrics.CRI_CALL_SECONDS.labels(method).observe(time.perf_counter() - t0)
-                metrics.CRI_CALL_ERRORS.labels(method, code.name).inc()
                 details = e.details() or ""
                 if code == grpc.StatusCode.UNAVAILABLE:
                     if attempt < attempts:
                         log.debug(
                             "cri call unavailable method=%s attempt=%d retry_in=%.2f", method, attempt, delay
                         )
-                        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                        await self.clock.sleep(delay * (0.5 + random.random() / 2))
                         delay = min(delay * 2, self.backoff_max)
                         continue
                     raise RuntimeUnavailableError(
                         f"container runtime unreachable at {self.runtime_target}: {details}"
                     ) from e
                 raise CriCallError(method, code, details) from e
-            metrics.CRI_CALL_SECONDS.labels(method).observe(time.perf_counter() - t0)
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -327,3 +324,54 @@ class CriClient:
 
     async def image_fs_info(self) -> pb.ImageFsInfoResponse:
         return await self._call("ImageFsInfo", self.img.ImageFsInfo, pb.ImageFsInfoRequest())
+
+
+class CriApi(Protocol):
+    """What the CRI backend calls: :class:`CriClient`, or a client decorated with metrics
+    (``metered.MeteredCriClient``). Signatures and errors are :class:`CriClient`'s."""
+
+    def dial_through(self, target: str) -> None: ...
+    def connect(self) -> None: ...
+    async def close(self) -> None: ...
+    async def version(self) -> pb.VersionResponse: ...
+    async def status(self, verbose: bool = False) -> pb.StatusResponse: ...
+    async def run_pod_sandbox(self, config: pb.PodSandboxConfig, runtime_handler: str = "") -> str: ...
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None: ...
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None: ...
+    async def pod_sandbox_status(
+        self, sandbox_id: str, verbose: bool = False
+    ) -> pb.PodSandboxStatusResponse: ...
+    async def list_pod_sandbox(
+        self, labels: dict[str, str] | None = None, state: int | None = None, sandbox_id: str = ""
+    ) -> list[pb.PodSandbox]: ...
+    async def create_container(
+        self, sandbox_id: str, config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig
+    ) -> str: ...
+    async def start_container(self, container_id: str) -> None: ...
+    async def stop_container(self, container_id: str, timeout_seconds: int) -> None: ...
+    async def remove_container(self, container_id: str) -> None: ...
+    async def list_containers(
+        self, labels: dict[str, str] | None = None, sandbox_id: str = "", state: int | None = None
+    ) -> list[pb.Container]: ...
+    async def container_status(
+        self, container_id: str, verbose: bool = False
+    ) -> pb.ContainerStatusResponse: ...
+    async def update_container_resources(
+        self, container_id: str, linux: pb.LinuxContainerResources
+    ) -> None: ...
+    async def reopen_container_log(self, container_id: str) -> None: ...
+    async def exec_sync(
+        self, container_id: str, cmd: list[str], timeout_seconds: int = 10
+    ) -> pb.ExecSyncResponse: ...
+    async def container_stats(self, container_id: str) -> pb.ContainerStats: ...
+    async def list_container_stats(
+        self, labels: dict[str, str] | None = None, sandbox_id: str = ""
+    ) -> list[pb.ContainerStats]: ...
+    async def list_pod_sandbox_stats(
+        self, labels: dict[str, str] | None = None
+    ) -> list[pb.PodSandboxStats]: ...
+    async def pull_image(self, image: str, sandbox_config: pb.PodSandboxConfig | None = None) -> str: ...
+    async def image_status(self, image: str) -> pb.Image | None: ...
+    async def list_images(self) -> list[pb.Image]: ...
+    async def remove_image(self, image: str) -> None: ...
+    async def image_fs_info(self) -> pb.ImageFsInfoResponse: ...

@@ -407,11 +407,17 @@ def pod_log_dir(log_dir: str | os.PathLike[str], namespace: str, name: str, uid:
     return os.path.join(os.fspath(log_dir), f"{namespace}_{name}_{uid}")
 
 
+def container_log_relpath(container: str, attempt: int) -> str:
+    """A container log file relative to its pod's log directory (kubelet: ``<container>/<attempt>.log``)."""
+    return os.path.join(container, f"{attempt}.log")
+
+
 def container_log_path(
     log_dir: str | os.PathLike[str], namespace: str, name: str, uid: str, container: str, attempt: int
 ) -> str:
     """kubelet's container log file: ``<pod dir>/<container>/<attempt>.log``."""
-    return os.path.join(pod_log_dir(log_dir, namespace, name, uid), container, f"{attempt}.log")
+    pod_dir = pod_log_dir(log_dir, namespace, name, uid)
+    return os.path.join(pod_dir, container_log_relpath(container, attempt))
 
 
 # ---------------------------------------------------------------------------- rotation

@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 
+from common.clock import SYSTEM, Clock
+from common.crilog import COMPRESSED_SUFFIX, compress_file, list_rotated, plan_rotation, rotated_name
 from proto import cri_pb2 as pb
 from sandbox import metrics
-from sandbox.cri_client import CriCallError, CriClient
-from sandbox.cri_log import COMPRESSED_SUFFIX, compress_file, list_rotated, plan_rotation, rotated_name
+from sandbox.cri.client import CriApi, CriCallError
+from sandbox.cri.periodic import run_every
 
 log = logging.getLogger("warmlet.cri.logs")
 
@@ -31,11 +32,12 @@ class ContainerLogRotator:
 
     def __init__(
         self,
-        client: CriClient,
+        client: CriApi,
         selector: dict[str, str],
         max_size: int,
         max_files: int,
         monitor_interval: float = 10.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         if max_files < 2:
             raise ValueError("container_log_max_files must be at least 2 (the live file and one rotated)")
@@ -44,24 +46,22 @@ class ContainerLogRotator:
         self.max_size = max_size
         self.max_files = max_files
         self.interval = monitor_interval
+        self.clock = clock
         self._paths: dict[str, str] = {}  # container id -> log path (fixed for its lifetime)
         # gzip runs beside the passes (one at a time), so a pass never waits for it
         self._gzip: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Forever: one pass per interval; failures back off (up to 10 intervals), never stop."""
-        delay = self.interval
+
+        def failed(e: Exception, retry_in: float, _: int) -> None:
+            # the runtime away: the PLEG reports that; just slow down
+            log.warning("log rotation pass failed retry_in=%.0f error=%s", retry_in, e)
+
         try:
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    await self.rotate_all()
-                    delay = self.interval
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # runtime away: the PLEG reports that; just slow down
-                    delay = min(delay * 2, self.interval * 10)
-                    log.warning("log rotation pass failed retry_in=%.0f error=%s", delay, e)
+            await run_every(
+                self.rotate_all, self.interval, self.interval * 10, on_failure=failed, clock=self.clock
+            )
         finally:
             await self._gzip_done()
 
@@ -109,7 +109,7 @@ class ContainerLogRotator:
         if plan.remove:
             await self._gzip_done()  # never remove a file gzip is reading
         await asyncio.to_thread(self._remove, plan.remove)  # first: never more than max_files
-        target = rotated_name(path, time.time(), set(existing))
+        target = rotated_name(path, self.clock.time(), set(existing))
         try:
             os.rename(path, target)
         except OSError as e:

@@ -13,7 +13,7 @@ for ``linger`` seconds — longer than any call's deadline — then closes. It r
 session so a signal to warmlet's process group does not reach it, and exits once its parent is
 gone and its last connection has lingered out; on a clean shutdown warmlet terminates it.
 
-Run as ``python -m sandbox.cri_relay --listen NAME --upstream PATH --parent PID``; ``NAME`` is an
+Run as ``python -m sandbox.cri.relay --listen NAME --upstream PATH --parent PID``; ``NAME`` is an
 abstract unix socket name (no file to clean up, no path length limit). An abstract socket has no
 file permissions, so the relay checks each peer's credentials (SO_PEERCRED) and serves only its
 own user — the one that may open the runtime's socket anyway; anyone else is closed at once.
@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import signal
 import socket
@@ -32,12 +34,16 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
-from sandbox.h2_streams import StreamTracker
+from sandbox.cri.h2_streams import StreamTracker
 
 CHUNK = 256 * 1024
 DEFAULT_LINGER_SECONDS = 150.0  # > the longest CRI call deadline warmlet uses (RunPodSandbox, 120 s)
+RELAY_FILE = "cri-relay.json"  # in warmlet's state dir: pid + name of the running warmlet's relay
+
+log = logging.getLogger("warmlet.cri")
 
 
 class Relay:
@@ -184,7 +190,7 @@ class RelayProcess:
             [
                 sys.executable,
                 "-m",
-                "sandbox.cri_relay",
+                "sandbox.cri.relay",
                 "--listen",
                 self.name,
                 "--upstream",
@@ -254,6 +260,34 @@ def upstream_path(endpoint: str) -> str:
     if endpoint.startswith("unix:"):
         return endpoint[len("unix:") :]
     return endpoint
+
+
+async def start_relay(state_dir: Path, runtime_endpoint: str) -> RelayProcess:
+    """Start this warmlet's relay — after the previous warmlet's relay (a killed one's, still
+    finishing its calls in flight, recorded in ``state_dir``) has exited: adopting the runtime's
+    state while those calls still change it (a sandbox being stopped, a container being created)
+    would build the pool on state that is about to change. Records the new relay."""
+    marker = state_dir / RELAY_FILE
+    try:
+        prev = json.loads(marker.read_text())
+        waited = await wait_for_relay_exit(int(prev["pid"]), str(prev["name"]), DEFAULT_LINGER_SECONDS + 10)
+        if waited is not None:
+            log.info("previous cri relay finished its calls pid=%s seconds=%.1f", prev["pid"], waited)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no previous relay recorded (first start, or it was stopped cleanly)
+    relay = RelayProcess(upstream_path(runtime_endpoint))
+    await asyncio.to_thread(relay.start)
+    assert relay.proc is not None
+    marker.write_text(json.dumps({"pid": relay.proc.pid, "name": relay.name}))
+    log.info("cri relay started name=%s pid=%d", relay.name, relay.proc.pid)
+    return relay
+
+
+async def stop_relay(relay: RelayProcess, state_dir: Path) -> None:
+    """Clean stop: end the relay and its record (the next warmlet has nothing to wait for)."""
+    await asyncio.to_thread(relay.stop)
+    with contextlib.suppress(OSError):
+        (state_dir / RELAY_FILE).unlink()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.crilog import container_log_relpath
 from proto import cri_pb2 as pb
 from sandbox.backend import (
     ContainerRuntimeState,
@@ -80,24 +81,6 @@ MIN_QUOTA_US = 1000
 def workload_key_label(key: str) -> str:
     """A label-safe (<=63 chars, [a-z0-9]) stable digest of a workload key."""
     return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def pod_log_dir(log_root: str | os.PathLike[str], namespace: str, name: str, uid: str) -> str:
-    """kubelet's layout: <root>/<namespace>_<name>_<uid>."""
-    return os.path.join(os.fspath(log_root), f"{namespace}_{name}_{uid}")
-
-
-def container_log_relpath(container: str, attempt: int) -> str:
-    """Relative to the pod log dir, like kubelet: <container>/<attempt>.log."""
-    return os.path.join(container, f"{attempt}.log")
-
-
-def container_log_path(
-    log_root: str | os.PathLike[str], namespace: str, name: str, uid: str, container: str, attempt: int
-) -> str:
-    return os.path.join(
-        pod_log_dir(log_root, namespace, name, uid), container_log_relpath(container, attempt)
-    )
 
 
 # ---------------------------------------------------------------------------- resources

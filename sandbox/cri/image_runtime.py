@@ -1,0 +1,35 @@
+"""``images.ImageRuntime`` over the CRI image service (what the image cache pulls and removes with)."""
+
+from __future__ import annotations
+
+from proto import cri_pb2 as pb
+from sandbox.cri.client import CriApi
+from sandbox.images import ImageInfo
+
+
+class CriImageRuntime:
+    def __init__(self, client: CriApi) -> None:
+        self.client = client
+
+    @staticmethod
+    def _info(img: pb.Image) -> ImageInfo:
+        return ImageInfo(
+            id=img.id,
+            size=int(img.size),
+            tags=tuple(img.repo_tags),
+            digests=tuple(img.repo_digests),
+            pinned=bool(img.pinned),
+        )
+
+    async def status(self, image: str) -> ImageInfo | None:
+        img = await self.client.image_status(image)
+        return self._info(img) if img is not None else None
+
+    async def pull(self, image: str) -> str:
+        return await self.client.pull_image(image)
+
+    async def list(self) -> list[ImageInfo]:
+        return [self._info(i) for i in await self.client.list_images()]
+
+    async def remove(self, image_id: str) -> None:
+        await self.client.remove_image(image_id)
