@@ -59,6 +59,12 @@ class Backoff:
         await clock.sleep(self.delay(attempt, rand()))
 
 
+def doubling(interval: float, cap: float) -> Backoff:
+    """A background pass's back-off: twice the interval after the first failure, doubling, capped
+    (no jitter: these are local loops, not many clients of one server)."""
+    return Backoff(base=interval, cap=max(cap, interval), factor=2.0, jitter=0.0)
+
+
 # the API loops' back-off (0.5 s doubling, jittered): capped at 10 s for watches and status, 30 s
 # for slower loops
 API_BACKOFF: Final = Backoff(base=0.5, cap=10.0)
@@ -138,6 +144,7 @@ async def periodic(
     wait_first: bool = False,
     fatal: tuple[type[BaseException], ...] = (),
     on_error: ErrorHook | None = None,
+    on_recovery: Callable[[int], None] | None = None,
     rand: Callable[[], float] = random.random,
 ) -> None:
     """Run ``step`` every ``interval`` seconds until it returns :data:`STOP`.
@@ -146,13 +153,16 @@ async def periodic(
     - ``wait_first``: wait the interval before each step (else: step, then wait).
     - ``wake``: an event that cuts a wait short (not cleared here; the step may look at it).
     - A failing step (not of a ``fatal`` type) is reported to ``on_error(error, failures)``;
-      with ``backoff`` the loop then waits ``backoff.delay(failures)`` before going on (the
-      next step follows at once unless ``wait_first``), without it the usual interval.
+      with ``backoff`` the wait before the next step is then ``backoff.delay(failures)`` instead
+      of the interval, without it the usual interval.
+    - ``on_recovery(failures)``: called when a step succeeds after ``failures`` failed ones.
     """
     failures = 0
+    wait: float | None = None  # the wait before the next step when it is not the interval
     while True:
         if wait_first:
-            await sleep_or_wake(clock, _seconds(interval), wake)
+            await sleep_or_wake(clock, _seconds(interval) if wait is None else wait, wake)
+        wait = None
         try:
             result = await step()
         except fatal:
@@ -161,10 +171,15 @@ async def periodic(
             failures += 1
             _report(on_error, e, failures)
             if backoff is not None:
-                await backoff.sleep(failures, clock, rand)
-            elif not wait_first:
-                await sleep_or_wake(clock, _seconds(interval), wake)
+                wait = backoff.delay(failures, rand())
+            if not wait_first:
+                await sleep_or_wake(clock, _seconds(interval) if wait is None else wait, wake)
             continue
+        if failures and on_recovery is not None:
+            try:
+                on_recovery(failures)
+            except Exception:  # a logging/metrics hook must never end the loop
+                log.exception("recovery hook failed")
         failures = 0
         if result is STOP:
             return

@@ -13,12 +13,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from common.retry import doubling, periodic
 from sandbox import metrics
 from sandbox.cri import host
 from sandbox.cri import mapping as m
 from sandbox.cri.context import CriContext
 from sandbox.cri.finished import FinishedPods
-from sandbox.cri.periodic import run_every
 from sandbox.cri.sandboxes import CriSandboxes
 from sandbox.cri.scrub import ContainerReaper
 from sandbox.images import ImageCache
@@ -91,15 +91,18 @@ class OrphanSweeper:
         self.sandboxes = sandboxes
 
     async def run(self) -> None:
-        def failed(e: Exception, retry_in: float, _: int) -> None:
-            # runtime away: the PLEG reports it; just slow down
-            log.warning("orphan sweep failed retry_in=%.0f error=%s", retry_in, e)
+        backoff = doubling(ORPHAN_SWEEP_SECONDS, ORPHAN_SWEEP_MAX_DELAY_SECONDS)
 
-        await run_every(
+        def failed(e: Exception, failures: int) -> None:
+            # runtime away: the PLEG reports it; just slow down
+            log.warning("orphan sweep failed retry_in=%.0f error=%s", backoff.delay(failures), e)
+
+        await periodic(
             self.sweep,
             ORPHAN_SWEEP_SECONDS,
-            ORPHAN_SWEEP_MAX_DELAY_SECONDS,
-            on_failure=failed,
+            wait_first=True,
+            backoff=backoff,
+            on_error=failed,
             clock=self.ctx.clock,
         )
 
@@ -134,11 +137,18 @@ class ImageGC:
         self.interval = interval
 
     async def run(self) -> None:
-        def failed(e: Exception, retry_in: float, _: int) -> None:
-            log.warning("image gc failed retry_in=%.0f error=%s", retry_in, e)
+        backoff = doubling(self.interval, IMAGE_GC_MAX_DELAY_SECONDS)
 
-        await run_every(
-            self.collect, self.interval, IMAGE_GC_MAX_DELAY_SECONDS, on_failure=failed, clock=self.ctx.clock
+        def failed(e: Exception, failures: int) -> None:
+            log.warning("image gc failed retry_in=%.0f error=%s", backoff.delay(failures), e)
+
+        await periodic(
+            self.collect,
+            self.interval,
+            wait_first=True,
+            backoff=backoff,
+            on_error=failed,
+            clock=self.ctx.clock,
         )
 
     async def collect(self) -> list[str]:

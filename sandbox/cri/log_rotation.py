@@ -19,10 +19,10 @@ import os
 
 from common.clock import SYSTEM, Clock
 from common.crilog import COMPRESSED_SUFFIX, compress_file, list_rotated, plan_rotation, rotated_name
+from common.retry import doubling, periodic
 from proto import cri_pb2 as pb
 from sandbox import metrics
 from sandbox.cri.client import CriApi, CriCallError
-from sandbox.cri.periodic import run_every
 
 log = logging.getLogger("warmlet.cri.logs")
 
@@ -54,13 +54,20 @@ class ContainerLogRotator:
     async def run(self) -> None:
         """Forever: one pass per interval; failures back off (up to 10 intervals), never stop."""
 
-        def failed(e: Exception, retry_in: float, _: int) -> None:
+        backoff = doubling(self.interval, self.interval * 10)
+
+        def failed(e: Exception, failures: int) -> None:
             # the runtime away: the PLEG reports that; just slow down
-            log.warning("log rotation pass failed retry_in=%.0f error=%s", retry_in, e)
+            log.warning("log rotation pass failed retry_in=%.0f error=%s", backoff.delay(failures), e)
 
         try:
-            await run_every(
-                self.rotate_all, self.interval, self.interval * 10, on_failure=failed, clock=self.clock
+            await periodic(
+                self.rotate_all,
+                self.interval,
+                wait_first=True,
+                backoff=backoff,
+                on_error=failed,
+                clock=self.clock,
             )
         finally:
             await self._gzip_done()

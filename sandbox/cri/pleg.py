@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from common.clock import SYSTEM, Clock
+from common.retry import doubling, periodic
 from proto import cri_pb2 as pb
 from sandbox.cri import mapping as m
 from sandbox.cri.client import CriApi
-from sandbox.cri.periodic import run_every
 
 log = logging.getLogger("warmlet.cri")
 
@@ -119,15 +119,16 @@ class Pleg:
     async def run(self) -> None:
         """Relist forever; back off while the runtime is away (logged once per outage)."""
 
-        def failed(e: Exception, _: float, failures: int) -> None:
+        def failed(e: Exception, failures: int) -> None:
             if failures == 1:
                 log.warning("cri relist failed error=%s", e)
 
-        await run_every(
+        await periodic(
             self.relist,
             self.interval,
-            MAX_RELIST_DELAY_SECONDS,
-            on_failure=failed,
+            wait_first=True,
+            backoff=doubling(self.interval, MAX_RELIST_DELAY_SECONDS),
+            on_error=failed,
             on_recovery=lambda _: self.on_recovered(),
             clock=self.clock,
         )

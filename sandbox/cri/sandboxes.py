@@ -164,9 +164,7 @@ class CriSandboxes:
         client = self.ctx.client
         try:
             conts = await client.list_containers(sandbox_id=sandbox_id)
-            await asyncio.gather(
-                *(self.reaper.kill_and_remove(c.id) for c in conts), return_exceptions=True
-            )
+            await asyncio.gather(*(self.reaper.kill_and_remove(c.id) for c in conts), return_exceptions=True)
             await client.stop_pod_sandbox(sandbox_id)
             await client.remove_pod_sandbox(sandbox_id)
         except CriCallError as e:

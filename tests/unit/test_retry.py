@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.clock import FakeClock
-from common.retry import STOP, Backoff, periodic, retry, sleep_backoff, sleep_or_wake
+from common.retry import STOP, Backoff, doubling, periodic, retry, sleep_backoff, sleep_or_wake
 
 
 async def settle() -> None:
@@ -181,15 +181,16 @@ async def test_periodic_wait_first_and_wake() -> None:
     assert clock.sleepers == 0
 
 
-async def test_periodic_wait_first_error_backs_off_then_waits_the_interval() -> None:
+async def test_periodic_wait_first_error_waits_the_back_off_instead_of_the_interval() -> None:
     clock = FakeClock(start=0.0)
     times: list[float] = []
+    recovered: list[int] = []
 
     async def step() -> object:
         times.append(clock.monotonic())
-        if len(times) == 1:
+        if len(times) <= 2:
             raise OSError
-        return STOP
+        return STOP if len(times) == 4 else None
 
     task = asyncio.create_task(
         periodic(
@@ -197,14 +198,17 @@ async def test_periodic_wait_first_error_backs_off_then_waits_the_interval() -> 
             5.0,
             clock=clock,
             wait_first=True,
-            backoff=Backoff(base=1.0, jitter=0.0),
+            backoff=doubling(5.0, 12.0),
             on_error=lambda e, n: None,
+            on_recovery=recovered.append,
         )
     )
     await settle()
     await clock.run_until_idle()
     assert task.done()
-    assert times == [5.0, 12.0]  # 5, fail, back-off 2, then the interval 5
+    # 5, fail, back-off 10, fail, back-off 20 capped at 12, works: the interval 5 again
+    assert times == [5.0, 15.0, 27.0, 32.0]
+    assert recovered == [2]
 
 
 async def test_a_failing_error_hook_does_not_end_the_loop() -> None:
