@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from common import crilog
+from common import crilog, logrotation
 from common.clock import SYSTEM, Clock
 from sandbox.backend import (
     BackendCapabilities,
@@ -177,7 +177,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
         self.image_gc = ImageGC(self.ctx, self.pool, self.images, image_gc_interval)
         self.usage = CriStats(self.ctx, self.facts, self.pool.get_by_pod, self._specs, self.log_path)
         self.log_rotator: ContainerLogRotator | None = None
-        max_size = crilog.parse_size(cri.container_log_max_size)
+        max_size = logrotation.parse_size(cri.container_log_max_size)
         if max_size > 0:
             self.log_rotator = ContainerLogRotator(
                 client,

@@ -18,7 +18,7 @@ import logging
 import os
 
 from common.clock import SYSTEM, Clock
-from common.crilog import COMPRESSED_SUFFIX, compress_file, list_rotated, plan_rotation, rotated_name
+from common.logrotation import COMPRESSED_SUFFIX, compress_file, list_rotated, plan_rotation, rotated_name
 from common.retry import doubling, periodic
 from proto import cri_pb2 as pb
 from sandbox import metrics

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.crilog import (
+from common.logrotation import (
     compress_file,
     list_rotated,
     parse_size,
