@@ -31,7 +31,8 @@ from typing import Any
 import yaml
 
 from bench.common import RESULTS_DIR, plot_cdf, ratio, write_result
-from bench.harness import REPO_ROOT, bed_session, stop_process, watch_namespace_pods
+from bench.harness import REPO_ROOT, bed_session, stop_process
+from bench.podwatch import watch_namespace_pods
 from provider.kubeclient import ApiError, KubeClient
 from provider.timefmt import rfc3339
 from testbed.testing import create_namespace

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, summarize_ms, write_result
-from bench.harness import watch_namespace_pods
+from bench.podwatch import watch_namespace_pods
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, KubeClient
 from provider.status import compute_status
 from sandbox.backend import ContainerRuntimeState, ContainerState

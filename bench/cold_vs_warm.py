@@ -36,15 +36,14 @@ from typing import Any
 from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
 from bench.harness import (
     HOLD_COMMAND,
-    START_LEVEL_ANNOTATION,
     Bed,
-    PodClock,
     bed_session,
     delete_namespace,
     owned_pod,
     owner_configmap,
     warmlet_node,
 )
+from bench.podwatch import START_LEVEL_ANNOTATION, PodClock
 from provider.kubeclient import KubeClient
 from testbed.testing import create_namespace
 from testbed.util import kv

@@ -38,13 +38,13 @@ from bench.harness import (
     HOLD_COMMAND,
     REPO_ROOT,
     Bed,
-    PodClock,
     bed_session,
     delete_namespace,
     free_port,
     owned_pod,
     wait_node_ready,
 )
+from bench.podwatch import PodClock
 from provider.kubeclient import ApiError, KubeClient
 from testbed.testing import create_namespace
 

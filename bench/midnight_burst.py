@@ -37,16 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
-from bench.harness import (
-    HOLD_COMMAND,
-    Bed,
-    NodeHandle,
-    PodTimes,
-    bed_session,
-    delete_namespace,
-    owned_pod,
-    watch_namespace_pods,
-)
+from bench.harness import HOLD_COMMAND, Bed, NodeHandle, bed_session, delete_namespace, owned_pod
+from bench.podwatch import PodTimes, watch_namespace_pods
 from bench.rbac_node import warmlet_process
 from provider.kubeclient import KubeClient
 from testbed.testing import create_namespace, pod_template, wait_for

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
-from bench.harness import bed_session, delete_namespace, watch_namespace_pods
+from bench.harness import bed_session, delete_namespace
+from bench.podwatch import watch_namespace_pods
 from bench.rbac_node import warmlet_process
 from provider.kubeclient import ApiError, KubeClient
 from testbed.testing import bare_pod, create_namespace

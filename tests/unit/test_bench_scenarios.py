@@ -8,8 +8,6 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.harness import START_LEVEL_ANNOTATION as LEVEL
-from bench.harness import PodTimes
 from bench.kubelet_baseline import compare, kubelet_config, kubelet_error
 from bench.midnight_burst import (
     PodTimeline,
@@ -21,6 +19,8 @@ from bench.midnight_burst import (
     variant_figures,
     within,
 )
+from bench.podwatch import START_LEVEL_ANNOTATION as LEVEL
+from bench.podwatch import PodTimes
 from bench.scale import lags, parse_stat_cpu_seconds, parse_status_kb, warmlet_wrote_status
 
 # ------------------------------------------------------------------ schedule boundary

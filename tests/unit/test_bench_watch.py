@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import watch_namespace_pods
+from bench.podwatch import watch_namespace_pods
 from common.clock import FakeClock
 from provider.kubeclient import ApiError
 
