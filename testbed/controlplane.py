@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.certs import PKI, kubeconfig
+from testbed.etcd import EtcdGateway
 from testbed.util import ProcessSet, StartupError, bin_dir, free_port, http_get, https_get, kv
 from testbed.wait import wait_until
 
@@ -310,48 +311,10 @@ class ControlPlane:
         self.wait_apiserver(timeout)
         self.wait_controllers_resynced(max(timeout, 120))
 
-    def etcd_call(self, method: str, body: dict[str, object], timeout: float = 10) -> dict[str, object]:
-        """POST to etcd's gRPC gateway (``/v3/kv/range``, ``/v3/kv/put``, ``/v3/kv/compaction``...)."""
-        import urllib.request
-
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.etcd_port}/v3/{method.lstrip('/')}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            out: dict[str, object] = json.loads(r.read() or b"{}")
-        return out
-
-    def etcd_revision(self) -> int:
-        """etcd's current revision (what the apiserver calls resourceVersion)."""
-        import base64
-
-        r = self.etcd_call("kv/range", {"key": base64.b64encode(b"/registry/").decode(), "limit": 1})
-        header = r.get("header") or {}
-        assert isinstance(header, dict)
-        return int(header.get("revision", 0))
-
-    def etcd_bump_and_compact(self, writes: int = 5) -> int:
-        """Write a few throwaway keys directly into etcd, then compact up to the newest revision.
-
-        Every resourceVersion a client saw before is then compacted away: a watch resumed from one
-        (once the apiserver's watch cache no longer has it, e.g. after an apiserver restart) is
-        answered 410 Gone. Returns the compaction revision.
-        """
-        import base64
-
-        def b64(s: str) -> str:
-            return base64.b64encode(s.encode()).decode()
-
-        for i in range(writes):
-            key, value = b64(f"/warmlet-faults/bump-{i}"), b64(str(time.time()))
-            self.etcd_call("kv/put", {"key": key, "value": value})
-        rev = self.etcd_revision()
-        self.etcd_call("kv/compaction", {"revision": rev, "physical": True}, timeout=30)
-        log.info(kv("etcd compacted", revision=rev))
-        return rev
+    @property
+    def etcd(self) -> EtcdGateway:
+        """Direct calls to this slot's etcd (fault injection: compaction behind the apiserver)."""
+        return EtcdGateway(self.etcd_port)
 
     def kubectl(self, *args: str, timeout: float = 60) -> str:
         """Run kubectl as admin (handy in tests and the CLI)."""

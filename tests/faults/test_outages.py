@@ -326,7 +326,7 @@ async def test_watch_expired_410_relist(e2e: E2E, reliability: Any) -> None:
     gone_before = relists("gone")
     try:
         await asyncio.to_thread(cp.stop_apiserver)
-        compacted = await asyncio.to_thread(cp.etcd_bump_and_compact)
+        compacted = await asyncio.to_thread(cp.etcd.bump_and_compact)
     finally:
         await _restore_apiserver(cp)
     assert int(old_rv) < compacted, (old_rv, compacted)
