@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from e2e_helpers import e2e
+from process_helpers import warmlets
 
 
 @pytest.fixture
@@ -25,4 +26,4 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
-__all__ = ["e2e", "unique"]
+__all__ = ["e2e", "unique", "warmlets"]
