@@ -15,12 +15,12 @@ import asyncio
 import functools
 import logging
 import re
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from common.clock import SYSTEM, Clock
 from sandbox import metrics
 from sandbox.backend import (
     BackendError,
@@ -246,7 +246,7 @@ class ImageCache:
     max_parallel_pulls: int = 4
     gc_budget_bytes: int = 20 * 1024**3
     gc_min_age_seconds: float = 120.0
-    clock: Callable[[], float] = time.time
+    clock: Clock = SYSTEM  # usage ages (monotonic) and pull durations
     _sem: asyncio.Semaphore = field(init=False)
     _inflight: dict[str, asyncio.Task[ImageResult]] = field(init=False, default_factory=dict)
     _usage: dict[str, _Usage] = field(init=False, default_factory=dict)
@@ -256,7 +256,7 @@ class ImageCache:
 
     def touch(self, image_id: str) -> None:
         """Record a use of an image (a container was created from it)."""
-        now = self.clock()
+        now = self.clock.monotonic()
         u = self._usage.get(image_id)
         if u is None:
             self._usage[image_id] = _Usage(first_seen=now, last_used=now)
@@ -298,7 +298,7 @@ class ImageCache:
 
     async def _pull(self, image: str, before: ImageInfo | None) -> ImageResult:
         async with self._sem:
-            t0 = time.perf_counter()
+            t0 = self.clock.monotonic()
             log.info("image pull start image=%s", image)
             try:
                 image_ref = await self.runtime.pull(image)
@@ -310,7 +310,7 @@ class ImageCache:
                 detail = getattr(e, "details", None) or e.message
                 log.warning("image pull failed image=%s error=%r", image, detail)
                 raise ImagePullError(f'Failed to pull image "{image}": {detail}') from e
-            elapsed = time.perf_counter() - t0
+            elapsed = self.clock.monotonic() - t0
             after = await self.runtime.status(image)
         size = after.size if after is not None else 0
         image_id = after.id if after is not None else image_ref
@@ -336,7 +336,7 @@ class ImageCache:
     async def garbage_collect(self, in_use: set[str]) -> list[str]:
         """Remove LRU unused images beyond the disk budget; return the removed image ids."""
         images = await self.runtime.list()
-        now = self.clock()
+        now = self.clock.monotonic()
         cands = []
         for img in images:
             u = self._usage.get(img.id)
