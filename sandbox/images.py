@@ -34,6 +34,9 @@ from sandbox.backend import (
 
 log = logging.getLogger("warmlet.images")
 
+# The counter series of each pull result, looked up once (ensure runs for every container start).
+_pull_result = functools.lru_cache(maxsize=16)(metrics.IMAGE_PULLS.labels)
+
 # ---------------------------------------------------------------------------- references
 
 DEFAULT_DOMAIN = "docker.io"
@@ -272,10 +275,12 @@ class ImageCache:
         if action == PullAction.USE_PRESENT:
             assert present is not None
             self.touch(present.id)
-            metrics.IMAGE_PULLS.labels("present").inc()
-            return ImageResult(image=image, image_ref=present.id, pulled=False, size_bytes=present.size)
+            _pull_result("present").inc()
+            return ImageResult.model_construct(
+                image=image, image_ref=present.id, pulled=False, size_bytes=present.size
+            )
         if action == PullAction.NEVER_MISSING:
-            metrics.IMAGE_PULLS.labels("never").inc()
+            _pull_result("never").inc()
             raise ImageNeverPullError(f'Container image "{image}" is not present with pull policy of Never')
         task = self._inflight.get(key)
         if task is None:
@@ -285,7 +290,7 @@ class ImageCache:
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._pull_done, key))
         else:
-            metrics.IMAGE_PULLS.labels("deduplicated").inc()
+            _pull_result("deduplicated").inc()
         # shield: a cancelled waiter must not cancel the pull other pods are waiting for.
         result = await asyncio.shield(task)
         return result.model_copy(update={"image": image})
@@ -303,10 +308,10 @@ class ImageCache:
             try:
                 image_ref = await self.runtime.pull(image)
             except RuntimeUnavailableError:
-                metrics.IMAGE_PULLS.labels("error").inc()
+                _pull_result("error").inc()
                 raise
             except BackendError as e:
-                metrics.IMAGE_PULLS.labels("error").inc()
+                _pull_result("error").inc()
                 detail = getattr(e, "details", None) or e.message
                 log.warning("image pull failed image=%s error=%r", image, detail)
                 raise ImagePullError(f'Failed to pull image "{image}": {detail}') from e
@@ -317,11 +322,11 @@ class ImageCache:
         # Always-policy pulls of an unchanged present image moved no layers: report them as not pulled.
         pulled = before is None or before.id != image_id
         if pulled:
-            metrics.IMAGE_PULLS.labels("pulled").inc()
+            _pull_result("pulled").inc()
             metrics.IMAGE_PULL_BYTES.inc(size)
             metrics.IMAGE_PULL_SECONDS.observe(elapsed)
         else:
-            metrics.IMAGE_PULLS.labels("present").inc()
+            _pull_result("present").inc()
         self.touch(image_id)
         log.info(
             "image pull done image=%s id=%s bytes=%d seconds=%.3f pulled=%s",

@@ -14,6 +14,7 @@ acquire/release O(1) in ``pool_index``; prewarming, trimming and the maintenance
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Iterable
@@ -39,6 +40,11 @@ from sandbox.pool_upkeep import PoolUpkeep
 __all__ = ["STATE_VERSION", "SandboxDriver", "SandboxRecord", "SandboxState", "WarmPool", "spec_cost_bytes"]
 
 log = logging.getLogger("warmlet.pool")
+
+# Counter series looked up once per label (every acquire counts a hit or a miss); bounded.
+_hits = functools.lru_cache(maxsize=1024)(metrics.POOL_HITS.labels)
+_misses = functools.lru_cache(maxsize=1024)(metrics.POOL_MISSES.labels)
+_evictions = functools.lru_cache(maxsize=32)(metrics.POOL_EVICTIONS.labels)
 
 
 class WarmPool:
@@ -79,9 +85,12 @@ class WarmPool:
 
     def learn(self, spec: PodSandboxSpec) -> WorkloadPolicy:
         """Remember the workload's latest spec (template for top-ups) and its effective policy."""
-        self.templates[spec.workload_key] = spec
-        pol = policy_for(self.defaults, spec.annotations)
-        self.policies[spec.workload_key] = pol
+        key = spec.workload_key
+        prev = self.templates.get(key)
+        self.templates[key] = spec
+        pol = self.policies.get(key)
+        if pol is None or prev is None or prev.annotations != spec.annotations:
+            pol = self.policies[key] = policy_for(self.defaults, spec.annotations)
         return pol
 
     def idle(self, key: str | None = None, namespace: str | None = None) -> list[SandboxRecord]:
@@ -180,7 +189,7 @@ class WarmPool:
             warm = rec is not None
             label = metrics.workload_label(spec.workload_key)
             if rec is not None:
-                metrics.POOL_HITS.labels(label).inc()
+                _hits(label).inc()
                 log.info(
                     "pool hit pod=%s/%s uid=%s sandbox=%s workload=%s",
                     spec.namespace,
@@ -190,7 +199,7 @@ class WarmPool:
                     label,
                 )
             else:
-                metrics.POOL_MISSES.labels(label).inc()
+                _misses(label).inc()
                 sid, ip = await self.driver.create_sandbox(spec, prewarmed=False)
                 rec = SandboxRecord(
                     sandbox_id=sid,
@@ -263,12 +272,12 @@ class WarmPool:
             self.track(rec.key)
             self._pod_locks.pop(pod_uid, None)
             self.save()
-        if reason is None and self.upkeep.over_caps(rec.key):
-            await self.upkeep.trim()  # global caps may now be exceeded: evict the LRU idle ones
+        if reason is None:
+            await self.upkeep.enforce_caps(rec.key)  # the global caps may now be exceeded
 
     async def destroy(self, rec: SandboxRecord, reason: EvictReason) -> None:
         """Drop the record and destroy its sandbox (a failure of the runtime is logged)."""
-        metrics.POOL_EVICTIONS.labels(reason.value).inc()
+        _evictions(reason.value).inc()
         log.info(
             "sandbox destroyed sandbox=%s workload=%s reason=%s",
             rec.sandbox_id[:12],

@@ -156,17 +156,30 @@ def policy_for(defaults: PoolDefaults, annotations: Mapping[str, str] | None = N
 
 @dataclass
 class ConcurrencyTracker:
-    """Peak concurrent in-use sandboxes per workload over a sliding window (the learned target)."""
+    """Peak concurrent in-use sandboxes per workload over a sliding window (the learned target).
+
+    Per key: the samples in the window as (time, level, seq), and a second deque of the samples
+    that can still be a peak (levels strictly decreasing), so ``peak`` is O(1) amortized however
+    many pods a burst started (a sliding-window maximum).
+    """
 
     window_seconds: float = 600.0
-    _samples: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
-    _current: dict[str, int] = field(default_factory=dict)
+    _samples: dict[str, deque[tuple[float, int, int]]] = field(default_factory=dict)
+    _peaks: dict[str, deque[tuple[int, int]]] = field(default_factory=dict)  # (seq, level)
+    _seq: int = 0
 
     def record(self, key: str, in_use: int, now: float) -> None:
         """Record the in-use count of ``key`` after a change."""
-        self._current[key] = in_use
-        q = self._samples.setdefault(key, deque())
-        q.append((now, in_use))
+        self._seq += 1
+        q = self._samples.get(key)
+        if q is None:
+            q = self._samples[key] = deque()
+            self._peaks[key] = deque()
+        q.append((now, in_use, self._seq))
+        peaks = self._peaks[key]
+        while peaks and peaks[-1][1] <= in_use:
+            peaks.pop()
+        peaks.append((self._seq, in_use))
         self._expire(key, now)
 
     def _expire(self, key: str, now: float) -> None:
@@ -176,17 +189,19 @@ class ConcurrencyTracker:
         # Keep the last sample older than the window: it tells the level at the window's start.
         while len(q) > 1 and q[1][0] <= now - self.window_seconds:
             q.popleft()
+        first = q[0][2]
+        peaks = self._peaks[key]
+        while peaks[0][0] < first:  # the last sample is always in both: never empties
+            peaks.popleft()
 
     def peak(self, key: str, now: float) -> int:
         self._expire(key, now)
-        q = self._samples.get(key)
-        if not q:
-            return 0
-        return max(n for _, n in q)
+        peaks = self._peaks.get(key)
+        return peaks[0][1] if peaks else 0
 
     def forget(self, key: str) -> None:
         self._samples.pop(key, None)
-        self._current.pop(key, None)
+        self._peaks.pop(key, None)
 
     def keys(self) -> list[str]:
         return list(self._samples)
@@ -273,15 +288,23 @@ def plan_trim(
     count = len(remaining)
     mem = sum(e.cost_bytes for e in remaining)
     for e in remaining:  # least recently idled first, across workloads
-        if count > defaults.global_max_sandboxes:
-            out.append((e.sandbox_id, EvictReason.GLOBAL_COUNT))
-        elif mem > defaults.global_max_memory_bytes:
-            out.append((e.sandbox_id, EvictReason.GLOBAL_MEMORY))
-        else:
-            continue
+        reason = over_global_cap(count, mem, defaults)
+        if reason is None:
+            break
+        out.append((e.sandbox_id, reason))
         count -= 1
         mem -= e.cost_bytes
     return out
+
+
+def over_global_cap(idle_count: int, idle_bytes: int, defaults: PoolDefaults) -> EvictReason | None:
+    """Which global cap an idle pool of this size exceeds (count first), None if within both;
+    while it exceeds one, the least recently idled sandbox is evicted."""
+    if idle_count > defaults.global_max_sandboxes:
+        return EvictReason.GLOBAL_COUNT
+    if idle_bytes > defaults.global_max_memory_bytes:
+        return EvictReason.GLOBAL_MEMORY
+    return None
 
 
 def plan_topup(

@@ -58,8 +58,8 @@ class SandboxRecord:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def info(self) -> SandboxInfo:
-        """The record as the seam shows it to the provider."""
-        return SandboxInfo(
+        """The record as the seam shows it to the provider (its fields are already typed)."""
+        return SandboxInfo.model_construct(
             sandbox_id=self.sandbox_id,
             pod_uid=self.pod_uid,
             workload_key=self.key,

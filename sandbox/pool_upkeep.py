@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 from sandbox import metrics
 from sandbox.backend import BackendError, PodSandboxSpec
-from sandbox.pool_policy import EvictReason, IdleSandbox, plan_topup, plan_trim, spec_cost_bytes
+from sandbox.pool_policy import (
+    EvictReason,
+    IdleSandbox,
+    over_global_cap,
+    plan_topup,
+    plan_trim,
+    spec_cost_bytes,
+)
 from sandbox.pool_state import SandboxRecord
 
 if TYPE_CHECKING:
@@ -107,17 +114,25 @@ class PoolUpkeep:
 
     # ------------------------------------------------------------------ eviction
 
-    def over_caps(self, key: str) -> bool:
-        """Whether the idle pool exceeds a cap a release can push it over (global count or memory,
-        the key's max); the TTL is enforced by the maintenance pass."""
+    async def enforce_caps(self, key: str) -> None:
+        """After a sandbox of ``key`` went idle: evict the least recently idled sandboxes while the
+        idle pool exceeds a global cap (O(evicted), not O(pool)); a key over its max gets a full
+        trim. Idle TTLs are enforced by the maintenance pass."""
         pool = self.pool
-        d = pool.defaults
         index = pool.index
-        return (
-            index.idle_total > d.global_max_sandboxes
-            or index.idle_bytes > d.global_max_memory_bytes
-            or index.idle_count(key) > pool.policy(key).max
-        )
+        if index.idle_count(key) > pool.policy(key).max:
+            await self.trim()
+            return
+        evicted = False
+        while (reason := over_global_cap(index.idle_total, index.idle_bytes, pool.defaults)) is not None:
+            rec = index.oldest_idle()
+            if rec is None:
+                break
+            index.set_state(rec, "releasing")  # claimed: no acquire takes it while destroyed
+            await pool.destroy(rec, reason)
+            evicted = True
+        if evicted:
+            pool.save()
 
     async def trim(self) -> None:
         """Evict idle sandboxes by TTL, per-workload max and the global caps."""
