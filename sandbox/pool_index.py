@@ -52,12 +52,12 @@ class PoolIndex:
             self._count(rec, -1)
 
     def set_state(self, rec: SandboxRecord, state: SandboxState) -> None:
-        indexed = self.records.get(rec.sandbox_id) is rec
-        if indexed:
-            self._count(rec, -1)
+        if (rec.state in _BUSY and state in _BUSY) or self.records.get(rec.sandbox_id) is not rec:
+            rec.state = state  # in use <-> releasing (both busy), or not indexed: no count changes
+            return
+        self._count(rec, -1)
         rec.state = state
-        if indexed:
-            self._count(rec, 1)
+        self._count(rec, 1)
 
     def _count(self, rec: SandboxRecord, sign: int) -> None:
         key = rec.key

@@ -239,3 +239,32 @@ def test_pool_defaults_from_settings() -> None:
     assert (d.min_per_workload, d.max_per_workload, d.idle_ttl_seconds) == (1, 5, 30.0)
     assert (d.global_max_sandboxes, d.global_max_memory_bytes) == (9, 7 * MIB)
     assert d.concurrency_window_seconds == 60.0  # peaks are remembered at least a minute
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 50), st.integers(0, 30)), max_size=60),
+    st.floats(1, 100),
+    st.floats(0, 60),
+)
+def test_tracker_peak_is_the_window_maximum(
+    steps: list[tuple[float, int]], window: float, tail: float
+) -> None:
+    """The O(1) sliding maximum equals the plain one: the max level since the window's start,
+    counting the level at the start (the last sample at or before it)."""
+    t = ConcurrencyTracker(window_seconds=window)
+    now = 0.0
+    samples: list[tuple[float, int]] = []
+    for dt, level in steps:
+        now += dt
+        t.record("k", level, now)
+        samples.append((now, level))
+        start = now - window
+        before = [n for ts, n in samples if ts <= start]
+        inside = [n for ts, n in samples if ts > start]
+        assert t.peak("k", now) == max(before[-1:] + inside)
+    later = now + tail
+    start = later - window
+    before = [n for ts, n in samples if ts <= start]
+    inside = [n for ts, n in samples if ts > start]
+    assert t.peak("k", later) == (max(before[-1:] + inside) if samples else 0)
