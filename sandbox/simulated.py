@@ -22,6 +22,7 @@ Images whose name contains a marker such as ``does-not-exist`` fail to pull.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -116,8 +117,9 @@ class SimImageRuntime:
         self.pulls = 0  # images actually "downloaded" (for tests and benches)
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # every container start looks its image up
     def _key(image: str) -> tuple[str, str]:
-        repo, tag = normalize_image(image)  # raises InvalidImageNameError
+        repo, tag = normalize_image(image)  # raises InvalidImageNameError (not cached)
         return repo, repo + tag
 
     def add(self, image: str) -> ImageInfo:
