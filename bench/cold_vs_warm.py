@@ -14,7 +14,7 @@ Owners are ConfigMaps no controller manages (``provider.workload`` keys unknown 
 by the owner), so bare pods get a stable workload key with nothing recreating them. Each pod's
 ``warmlet.io/start-level`` annotation is checked against the intended level (mismatches counted).
 
-Floor: a bare CRI loop (``sandbox.cri_client``): create+start the same container in one existing
+Floor: a bare CRI loop (``sandbox.cri.client``): create+start the same container in one existing
 sandbox, N times (stop+remove between, not timed) — what a warm start cannot go below.
 
     warmlet bench cold-vs-warm [--quick] [-n 50] [--image REF]

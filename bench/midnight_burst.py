@@ -260,6 +260,8 @@ def variant_pool(v: Variant) -> JSON:
         "cron_prewarm": v.prewarm,
         "cron_lead_seconds": v.lead,
         "global_max_sandboxes": max(256, v.pods + 16),
+        # each sandbox counts at least 8 MiB against the memory cap (both backends run WarmPool)
+        "global_max_memory_bytes": max(8 * 1024**3, (v.pods + 16) * 8 * 1024**2),
         "max_per_workload": max(8, v.parallelism),
         "idle_ttl_seconds": 3600,
     }

@@ -37,12 +37,7 @@ def build_backend(cfg: WarmletConfig) -> Backend:
     if cfg.backend == "simulated":
         from sandbox.simulated import SimulatedBackend
 
-        sim = SimulatedBackend.from_config(
-            cfg.simulated,
-            cfg.log_dir,
-            pool_enabled=cfg.pool.enabled,
-            pool_max_idle=cfg.pool.global_max_sandboxes,
-        )
+        sim = SimulatedBackend.from_config(cfg.simulated, cfg.log_dir, cfg.pool)
         return cast(Backend, sim)
     from sandbox.cri.backend import CriBackend
 

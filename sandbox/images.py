@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from common.clock import SYSTEM, Clock
 from common.imageref import (
     ImageReference,
     InvalidImageReference,
@@ -38,6 +38,9 @@ from sandbox.backend import (
 )
 
 log = logging.getLogger("warmlet.images")
+
+# The counter series of each pull result, looked up once (ensure runs for every container start).
+_pull_result = functools.lru_cache(maxsize=16)(metrics.IMAGE_PULLS.labels)
 
 # ---------------------------------------------------------------------------- references
 
@@ -167,7 +170,7 @@ class ImageCache:
     max_parallel_pulls: int = 4
     gc_budget_bytes: int = 20 * 1024**3
     gc_min_age_seconds: float = 120.0
-    clock: Callable[[], float] = time.time
+    clock: Clock = SYSTEM  # usage ages (monotonic) and pull durations
     _sem: asyncio.Semaphore = field(init=False)
     _inflight: dict[str, asyncio.Task[ImageResult]] = field(init=False, default_factory=dict)
     _usage: dict[str, _Usage] = field(init=False, default_factory=dict)
@@ -177,7 +180,7 @@ class ImageCache:
 
     def touch(self, image_id: str) -> None:
         """Record a use of an image (a container was created from it)."""
-        now = self.clock()
+        now = self.clock.monotonic()
         u = self._usage.get(image_id)
         if u is None:
             self._usage[image_id] = _Usage(first_seen=now, last_used=now)
@@ -193,10 +196,12 @@ class ImageCache:
         if action == PullAction.USE_PRESENT:
             assert present is not None
             self.touch(present.id)
-            metrics.IMAGE_PULLS.labels("present").inc()
-            return ImageResult(image=image, image_ref=present.id, pulled=False, size_bytes=present.size)
+            _pull_result("present").inc()
+            return ImageResult.model_construct(
+                image=image, image_ref=present.id, pulled=False, size_bytes=present.size
+            )
         if action == PullAction.NEVER_MISSING:
-            metrics.IMAGE_PULLS.labels("never").inc()
+            _pull_result("never").inc()
             raise ImageNeverPullError(f'Container image "{image}" is not present with pull policy of Never')
         task = self._inflight.get(key)
         if task is None:
@@ -206,7 +211,7 @@ class ImageCache:
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._pull_done, key))
         else:
-            metrics.IMAGE_PULLS.labels("deduplicated").inc()
+            _pull_result("deduplicated").inc()
         # shield: a cancelled waiter must not cancel the pull other pods are waiting for.
         result = await asyncio.shield(task)
         return result.model_copy(update={"image": image})
@@ -219,30 +224,30 @@ class ImageCache:
 
     async def _pull(self, image: str, before: ImageInfo | None) -> ImageResult:
         async with self._sem:
-            t0 = time.perf_counter()
+            t0 = self.clock.monotonic()
             log.info("image pull start image=%s", image)
             try:
                 image_ref = await self.runtime.pull(image)
             except RuntimeUnavailableError:
-                metrics.IMAGE_PULLS.labels("error").inc()
+                _pull_result("error").inc()
                 raise
             except BackendError as e:
-                metrics.IMAGE_PULLS.labels("error").inc()
+                _pull_result("error").inc()
                 detail = getattr(e, "details", None) or e.message
                 log.warning("image pull failed image=%s error=%r", image, detail)
                 raise ImagePullError(f'Failed to pull image "{image}": {detail}') from e
-            elapsed = time.perf_counter() - t0
+            elapsed = self.clock.monotonic() - t0
             after = await self.runtime.status(image)
         size = after.size if after is not None else 0
         image_id = after.id if after is not None else image_ref
         # Always-policy pulls of an unchanged present image moved no layers: report them as not pulled.
         pulled = before is None or before.id != image_id
         if pulled:
-            metrics.IMAGE_PULLS.labels("pulled").inc()
+            _pull_result("pulled").inc()
             metrics.IMAGE_PULL_BYTES.inc(size)
             metrics.IMAGE_PULL_SECONDS.observe(elapsed)
         else:
-            metrics.IMAGE_PULLS.labels("present").inc()
+            _pull_result("present").inc()
         self.touch(image_id)
         log.info(
             "image pull done image=%s id=%s bytes=%d seconds=%.3f pulled=%s",
@@ -257,7 +262,7 @@ class ImageCache:
     async def garbage_collect(self, in_use: set[str]) -> list[str]:
         """Remove LRU unused images beyond the disk budget; return the removed image ids."""
         images = await self.runtime.list()
-        now = self.clock()
+        now = self.clock.monotonic()
         cands = []
         for img in images:
             u = self._usage.get(img.id)

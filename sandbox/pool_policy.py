@@ -10,8 +10,10 @@ Rules:
   limit* = clamp(peak concurrent pods of the workload in the recent window, min, max). A burst of N
   pods therefore leaves N warm sandboxes, a one-at-a-time CronJob leaves one.
 - An idle sandbox idle longer than its workload's TTL is evicted, down to the workload's min.
-- Global caps (count and estimated memory) bound the IDLE pool; the least recently used idle
-  sandboxes of any workload are evicted first. In-use sandboxes are never evicted by the pool.
+- Global caps (count and memory) bound the IDLE pool; the least recently used idle sandboxes of any
+  workload are evicted first. In-use sandboxes are never evicted by the pool. A sandbox counts
+  against the memory cap with ``sandbox_cost_bytes``: the memory its workload's next pod will take
+  (pod-level request, else limit), at least the pause/shim floor every sandbox pins.
 - Top-up (maintenance) creates sandboxes up to the workload's min, within the global caps.
 - Annotations on a pod override its workload's policy: ``warmlet.io/pool-min``, ``warmlet.io/pool-max``,
   ``warmlet.io/pool-ttl-seconds``, ``warmlet.io/pool=off``.
@@ -24,6 +26,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sandbox.backend import PodSandboxSpec
 
 log = logging.getLogger("warmlet.pool")
 
@@ -33,7 +39,9 @@ ANNOTATION_MAX = "warmlet.io/pool-max"
 ANNOTATION_TTL = "warmlet.io/pool-ttl-seconds"
 
 MAX_PER_WORKLOAD_HARD = 1024  # an annotation cannot ask for more than this
-DEFAULT_SANDBOX_COST_BYTES = 8 * 1024 * 1024  # pause process + shim + netns: a conservative estimate
+# The floor of a sandbox's cost: the pause process, shim and netns every sandbox pins, idle or not
+# (a conservative estimate). A workload without a memory request or limit costs this much.
+DEFAULT_SANDBOX_COST_BYTES = 8 * 1024 * 1024
 
 
 class EvictReason(StrEnum):
@@ -47,6 +55,17 @@ class EvictReason(StrEnum):
     ORPHAN = "orphan"  # owned by no pod and no pool (reconcile)
 
 
+class PoolSettings(Protocol):
+    """The pool section of the configuration (``PoolConfig``) as the sandbox side reads it."""
+
+    enabled: bool
+    min_per_workload: int
+    max_per_workload: int
+    idle_ttl_seconds: float
+    global_max_sandboxes: int
+    global_max_memory_bytes: int
+
+
 @dataclass(frozen=True)
 class PoolDefaults:
     """Global pool settings (from PoolConfig)."""
@@ -58,6 +77,19 @@ class PoolDefaults:
     global_max_sandboxes: int = 256
     global_max_memory_bytes: int = 8 * 1024**3
     concurrency_window_seconds: float = 600.0
+
+    @classmethod
+    def from_settings(cls, pool: PoolSettings) -> PoolDefaults:
+        """The defaults of a configured pool; peaks are remembered at least a minute (or the TTL)."""
+        return cls(
+            enabled=pool.enabled,
+            min_per_workload=pool.min_per_workload,
+            max_per_workload=pool.max_per_workload,
+            idle_ttl_seconds=pool.idle_ttl_seconds,
+            global_max_sandboxes=pool.global_max_sandboxes,
+            global_max_memory_bytes=pool.global_max_memory_bytes,
+            concurrency_window_seconds=max(60.0, pool.idle_ttl_seconds),
+        )
 
 
 @dataclass(frozen=True)
@@ -124,17 +156,30 @@ def policy_for(defaults: PoolDefaults, annotations: Mapping[str, str] | None = N
 
 @dataclass
 class ConcurrencyTracker:
-    """Peak concurrent in-use sandboxes per workload over a sliding window (the learned target)."""
+    """Peak concurrent in-use sandboxes per workload over a sliding window (the learned target).
+
+    Per key: the samples in the window as (time, level, seq), and a second deque of the samples
+    that can still be a peak (levels strictly decreasing), so ``peak`` is O(1) amortized however
+    many pods a burst started (a sliding-window maximum).
+    """
 
     window_seconds: float = 600.0
-    _samples: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
-    _current: dict[str, int] = field(default_factory=dict)
+    _samples: dict[str, deque[tuple[float, int, int]]] = field(default_factory=dict)
+    _peaks: dict[str, deque[tuple[int, int]]] = field(default_factory=dict)  # (seq, level)
+    _seq: int = 0
 
     def record(self, key: str, in_use: int, now: float) -> None:
         """Record the in-use count of ``key`` after a change."""
-        self._current[key] = in_use
-        q = self._samples.setdefault(key, deque())
-        q.append((now, in_use))
+        self._seq += 1
+        q = self._samples.get(key)
+        if q is None:
+            q = self._samples[key] = deque()
+            self._peaks[key] = deque()
+        q.append((now, in_use, self._seq))
+        peaks = self._peaks[key]
+        while peaks and peaks[-1][1] <= in_use:
+            peaks.pop()
+        peaks.append((self._seq, in_use))
         self._expire(key, now)
 
     def _expire(self, key: str, now: float) -> None:
@@ -144,17 +189,19 @@ class ConcurrencyTracker:
         # Keep the last sample older than the window: it tells the level at the window's start.
         while len(q) > 1 and q[1][0] <= now - self.window_seconds:
             q.popleft()
+        first = q[0][2]
+        peaks = self._peaks[key]
+        while peaks[0][0] < first:  # the last sample is always in both: never empties
+            peaks.popleft()
 
     def peak(self, key: str, now: float) -> int:
         self._expire(key, now)
-        q = self._samples.get(key)
-        if not q:
-            return 0
-        return max(n for _, n in q)
+        peaks = self._peaks.get(key)
+        return peaks[0][1] if peaks else 0
 
     def forget(self, key: str) -> None:
         self._samples.pop(key, None)
-        self._current.pop(key, None)
+        self._peaks.pop(key, None)
 
     def keys(self) -> list[str]:
         return list(self._samples)
@@ -241,15 +288,23 @@ def plan_trim(
     count = len(remaining)
     mem = sum(e.cost_bytes for e in remaining)
     for e in remaining:  # least recently idled first, across workloads
-        if count > defaults.global_max_sandboxes:
-            out.append((e.sandbox_id, EvictReason.GLOBAL_COUNT))
-        elif mem > defaults.global_max_memory_bytes:
-            out.append((e.sandbox_id, EvictReason.GLOBAL_MEMORY))
-        else:
-            continue
+        reason = over_global_cap(count, mem, defaults)
+        if reason is None:
+            break
+        out.append((e.sandbox_id, reason))
         count -= 1
         mem -= e.cost_bytes
     return out
+
+
+def over_global_cap(idle_count: int, idle_bytes: int, defaults: PoolDefaults) -> EvictReason | None:
+    """Which global cap an idle pool of this size exceeds (count first), None if within both;
+    while it exceeds one, the least recently idled sandbox is evicted."""
+    if idle_count > defaults.global_max_sandboxes:
+        return EvictReason.GLOBAL_COUNT
+    if idle_bytes > defaults.global_max_memory_bytes:
+        return EvictReason.GLOBAL_MEMORY
+    return None
 
 
 def plan_topup(
@@ -292,10 +347,17 @@ def plan_topup(
 
 
 def sandbox_cost_bytes(memory_limit_bytes: int, memory_request_bytes: int) -> int:
-    """Estimated memory an idle sandbox pins: only the pause/shim overhead (containers are gone).
+    """What one sandbox of a workload counts against the pool's memory cap.
 
-    The workload's own memory is not held while idle; it is reported only so a future policy can
-    weigh big-memory workloads. Kept as a function so the estimate lives in one place.
+    A warm sandbox stands for a pod of its workload about to run in it: it counts the memory that pod
+    takes (its pod-level memory request, or its limit when no request is set), and never less than
+    ``DEFAULT_SANDBOX_COST_BYTES``, the pause/shim/netns overhead every sandbox pins even while idle.
+    So ``global_max_memory_bytes`` bounds how much workload memory the idle pool stands ready for.
     """
-    del memory_limit_bytes, memory_request_bytes
-    return DEFAULT_SANDBOX_COST_BYTES
+    wanted = memory_request_bytes if memory_request_bytes > 0 else memory_limit_bytes
+    return max(DEFAULT_SANDBOX_COST_BYTES, wanted)
+
+
+def spec_cost_bytes(spec: PodSandboxSpec) -> int:
+    """What a sandbox of this pod counts against the pool's memory cap (pod-level resources)."""
+    return sandbox_cost_bytes(spec.resources.memory_limit_bytes, spec.resources.memory_request_bytes)

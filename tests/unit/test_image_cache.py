@@ -1,4 +1,4 @@
-"""ImageCache with a fake runtime: deduplicated pulls, policies, errors, semaphore, GC execution."""
+"""ImageCache with a fake runtime on a fake clock: deduplicated pulls, policies, errors, semaphore, GC."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from common.clock import FakeClock
 from sandbox.backend import (
     BackendError,
     ImageNeverPullError,
@@ -17,7 +18,10 @@ from sandbox.images import ImageCache, ImageInfo
 
 
 class FakeRuntime:
-    def __init__(self, delay: float = 0.05) -> None:
+    """Pulls take ``delay`` seconds of the fake clock."""
+
+    def __init__(self, clock: FakeClock, delay: float = 0.05) -> None:
+        self.clock = clock
         self.images: dict[str, ImageInfo] = {}
         self.pulls: list[str] = []
         self.status_calls = 0
@@ -37,7 +41,7 @@ class FakeRuntime:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
-            await asyncio.sleep(self.delay)
+            await self.clock.sleep(self.delay)
         finally:
             self.active -= 1
         if image in self.fail:
@@ -57,12 +61,21 @@ class FakeRuntime:
         self.images = {k: v for k, v in self.images.items() if v.id != image_id}
 
 
+def make(delay: float = 0.05, **kw: object) -> tuple[FakeClock, FakeRuntime, ImageCache]:
+    clock = FakeClock()
+    rt = FakeRuntime(clock, delay)
+    return clock, rt, ImageCache(rt, clock=clock, **kw)  # type: ignore[arg-type]
+
+
 async def test_concurrent_ensure_pulls_once() -> None:
-    rt = FakeRuntime()
-    cache = ImageCache(rt)
-    results = await asyncio.gather(
-        *(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20))
-    )
+    clock, rt, cache = make()
+    waiters = asyncio.gather(*(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20)))
+    await clock.advance(0)
+    assert rt.active == 1  # one pull in flight for 20 waiters
+    await clock.advance(0.04)
+    assert not waiters.done()
+    await clock.advance(0.01)
+    results = await waiters
     assert rt.pulls == ["reg.local/app:1"]
     assert all(r.pulled for r in results)
     assert {r.image_ref for r in results} == {"sha256:1"}
@@ -71,8 +84,7 @@ async def test_concurrent_ensure_pulls_once() -> None:
 
 
 async def test_never_policy() -> None:
-    rt = FakeRuntime()
-    cache = ImageCache(rt)
+    _, rt, cache = make()
     with pytest.raises(ImageNeverPullError) as ei:
         await cache.ensure("reg.local/app:1", PullPolicy.NEVER)
     assert ei.value.reason == "ErrImageNeverPull"
@@ -82,21 +94,22 @@ async def test_never_policy() -> None:
 
 
 async def test_invalid_name_never_reaches_runtime() -> None:
-    rt = FakeRuntime()
-    cache = ImageCache(rt)
+    _, rt, cache = make()
     with pytest.raises(InvalidImageNameError):
         await cache.ensure("Bad Image", PullPolicy.ALWAYS)
     assert rt.status_calls == 0 and rt.pulls == []
 
 
 async def test_pull_error_carries_registry_message() -> None:
-    rt = FakeRuntime()
+    clock, rt, cache = make()
     rt.fail["reg.local/nope:1"] = "failed to resolve reference: reg.local/nope:1: not found"
-    cache = ImageCache(rt)
-    errs = await asyncio.gather(
+    waiters = asyncio.gather(
         *(cache.ensure("reg.local/nope:1", PullPolicy.IF_NOT_PRESENT) for _ in range(3)),
         return_exceptions=True,
     )
+    await clock.advance(0)
+    await clock.advance(0.05)
+    errs = await waiters
     assert len(rt.pulls) == 1
     for e in errs:
         assert isinstance(e, ImagePullError)
@@ -104,43 +117,53 @@ async def test_pull_error_carries_registry_message() -> None:
         assert "not found" in e.message and "reg.local/nope:1" in e.message
     # A later attempt retries (failures are not cached).
     rt.fail.clear()
-    r = await cache.ensure("reg.local/nope:1", PullPolicy.IF_NOT_PRESENT)
+    retry = asyncio.ensure_future(cache.ensure("reg.local/nope:1", PullPolicy.IF_NOT_PRESENT))
+    await clock.advance(0)
+    await clock.advance(0.05)
+    r = await retry
     assert r.pulled and len(rt.pulls) == 2
 
 
 async def test_always_on_unchanged_image_is_not_a_pull() -> None:
-    rt = FakeRuntime(delay=0)
+    _, rt, cache = make(delay=0)
     rt.images["reg.local/app:1"] = ImageInfo(id="sha256:same", size=5)
-    cache = ImageCache(rt)
     r = await cache.ensure("reg.local/app:1", PullPolicy.ALWAYS)
     assert rt.pulls == ["reg.local/app:1"]
     assert not r.pulled and r.image_ref == "sha256:same"
 
 
 async def test_parallel_pull_semaphore() -> None:
-    rt = FakeRuntime(delay=0.05)
-    cache = ImageCache(rt, max_parallel_pulls=2)
-    await asyncio.gather(*(cache.ensure(f"reg.local/app{i}:1", PullPolicy.IF_NOT_PRESENT) for i in range(6)))
+    clock, rt, cache = make(delay=0.05, max_parallel_pulls=2)
+    pulls = asyncio.gather(
+        *(cache.ensure(f"reg.local/app{i}:1", PullPolicy.IF_NOT_PRESENT) for i in range(6))
+    )
+    await clock.advance(0)
+    assert rt.active == 2 and len(rt.pulls) == 2  # the other four wait for the semaphore
+    for done in (2, 4, 6):
+        await clock.advance(0.05)
+        assert len(rt.pulls) == min(6, done + 2)
+    await pulls
     assert len(rt.pulls) == 6 and rt.max_active == 2
 
 
 async def test_cancelled_waiter_does_not_cancel_shared_pull() -> None:
-    rt = FakeRuntime(delay=0.1)
-    cache = ImageCache(rt)
+    clock, rt, cache = make(delay=0.1)
     a = asyncio.ensure_future(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT))
     b = asyncio.ensure_future(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT))
-    await asyncio.sleep(0.02)
+    await clock.advance(0)
+    await clock.advance(0.02)
     a.cancel()
+    await clock.advance(0.08)
     r = await b
     assert r.pulled and rt.pulls == ["reg.local/app:1"]
     await cache.close()
 
 
 async def test_close_cancels_inflight() -> None:
-    rt = FakeRuntime(delay=10)
-    cache = ImageCache(rt)
+    clock, rt, cache = make(delay=10)
     t = asyncio.ensure_future(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT))
-    await asyncio.sleep(0.01)
+    await clock.advance(0)
+    assert rt.active == 1
     await cache.close()
     with pytest.raises(asyncio.CancelledError):
         await t
@@ -148,13 +171,11 @@ async def test_close_cancels_inflight() -> None:
 
 
 async def test_garbage_collect_respects_in_use_and_age() -> None:
-    now = [1000.0]
-    rt = FakeRuntime(delay=0)
-    cache = ImageCache(rt, gc_budget_bytes=1500, gc_min_age_seconds=100, clock=lambda: now[0])
+    clock, rt, cache = make(delay=0, gc_budget_bytes=1500, gc_min_age_seconds=100)
     for i in range(3):
         await cache.ensure(f"reg.local/app{i}:1", PullPolicy.IF_NOT_PRESENT)
     assert await cache.garbage_collect(set()) == []  # all too young
-    now[0] += 200
+    await clock.advance(200)
     await cache.ensure("reg.local/app2:1", PullPolicy.IF_NOT_PRESENT)  # touched: most recently used
     removed = await cache.garbage_collect({"reg.local/app0:1"})
     # 3000 bytes > 1500: remove LRU unused (app1) then stop at <= 1200? app2 is young again.

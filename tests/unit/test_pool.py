@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.backend import BackendError, PodSandboxSpec
+from common.clock import FakeClock
+from sandbox.backend import BackendError, PodSandboxSpec, Resources
 from sandbox.pool import SandboxRecord, WarmPool
-from sandbox.pool_policy import ANNOTATION_MIN, ANNOTATION_POOL, PoolDefaults
+from sandbox.pool_policy import ANNOTATION_MIN, ANNOTATION_POOL, DEFAULT_SANDBOX_COST_BYTES, PoolDefaults
 
 
 class FakeDriver:
@@ -52,20 +53,15 @@ def spec(uid: str, key: str = "k", ns: str = "ns", **kw: object) -> PodSandboxSp
     return PodSandboxSpec(uid=uid, namespace=ns, name=f"p-{uid}", workload_key=key, hostname=uid, **kw)  # type: ignore[arg-type]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+Clock = FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
-def make(tmp_path: Path, clock: Clock, **kw: object) -> tuple[WarmPool, FakeDriver]:
+def make(tmp_path: Path, clock: FakeClock, **kw: object) -> tuple[WarmPool, FakeDriver]:
     d = FakeDriver()
     defaults = PoolDefaults(**kw)  # type: ignore[arg-type]
     return WarmPool(d, defaults, state_file=tmp_path / "pool.json", clock=clock), d
@@ -123,7 +119,7 @@ async def test_retention_follows_peak_concurrency(tmp_path: Path, clock: Clock) 
         await pool.release(f"u{i}", True)
     assert len(pool.idle("k")) == 3 and d.destroyed == []
     # Much later a single pod runs at a time: the window forgets the burst; extra idle are trimmed by TTL.
-    clock.t += 10_000
+    await clock.advance(10_000)
     await pool.maintain()
     assert pool.idle("k") == [] and len(d.destroyed) == 3
 
@@ -170,7 +166,7 @@ async def test_maintenance_tops_up_min_and_drops_dead(tmp_path: Path, clock: Clo
     d.ready[dead] = False
     await pool.maintain()
     assert dead in d.destroyed and len(pool.idle("k")) == 2
-    clock.t += 1e6  # TTL never trims below min
+    await clock.advance(1e6)  # TTL never trims below min
     await pool.maintain()
     assert len(pool.idle("k")) == 2
 
@@ -180,7 +176,7 @@ async def test_global_cap_evicts_lru_on_release(tmp_path: Path, clock: Clock) ->
     await pool.acquire(spec("a", key="ka"))
     await pool.acquire(spec("b", key="kb"))
     await pool.release("a", True)
-    clock.t += 1
+    await clock.advance(1)
     await pool.release("b", True)
     assert [r.key for r in pool.idle()] == ["kb"] and d.destroyed == ["sb1"]
 
@@ -201,12 +197,43 @@ async def test_state_roundtrip(tmp_path: Path, clock: Clock) -> None:
     assert pool2.load() == ([], {})
 
 
-async def test_maintenance_loop_cancels_cleanly(tmp_path: Path, clock: Clock) -> None:
-    pool, _ = make(tmp_path, clock)
-    pool.start_maintenance(0.01)
-    await asyncio.sleep(0.05)
+async def test_maintenance_loop_runs_on_the_clock_and_cancels_cleanly(tmp_path: Path, clock: Clock) -> None:
+    pool, d = make(tmp_path, clock)
+    await pool.acquire(spec("u1", annotations={ANNOTATION_MIN: "2"}))
+    pool.start_maintenance(5.0)
+    await clock.advance(0)  # the loop starts and sleeps on the clock
+    await clock.advance(4.9)
+    assert pool.idle("k") == []  # no pass before the interval
+    await clock.advance(0.1)
+    assert len(pool.idle("k")) == 2  # the pass topped the workload up to its min
+    await pool.release("u1", reusable=False)
+    d.ready = {sid: False for sid in d.ready}  # the idle ones die: the next pass replaces them
+    await clock.advance(5.0)
+    assert len(pool.idle("k")) == 2 and len(d.destroyed) == 3
     await pool.stop_maintenance()
-    assert pool._maint_task is None
+    assert not pool.upkeep.running and clock.sleepers == 0
+    created = len(d.created)
+    await clock.advance(60)
+    assert len(d.created) == created  # stopped: no more passes
+
+
+async def test_maintenance_failure_backs_off(tmp_path: Path, clock: Clock) -> None:
+    pool, d = make(tmp_path, clock)
+    await pool.acquire(spec("u1", annotations={ANNOTATION_MIN: "1"}))
+    calls: list[float] = []
+
+    async def broken(sandbox_id: str) -> bool:
+        calls.append(clock.monotonic())
+        raise RuntimeError("runtime bug")
+
+    await pool.maintain()  # one idle sandbox to health-check
+    d.sandbox_ready = broken  # type: ignore[method-assign]
+    start = clock.monotonic()
+    pool.start_maintenance(1.0)
+    await clock.advance(0)
+    await clock.advance(1.0 + 2.0 + 4.0)
+    assert [round(t - start, 3) for t in calls] == [1.0, 3.0, 7.0]  # 1 s, then doubling
+    await pool.stop_maintenance()
 
 
 def _series(name: str) -> dict[tuple[str, ...], float]:
@@ -240,3 +267,82 @@ async def test_pool_series_bounded_for_bare_pods_and_dropped_when_empty(tmp_path
     assert not any(lb.startswith("mx/Pod/") for lb in labels)
     gauges = [k for k in _series("warmlet_pool_sandboxes") if ("workload", "mx/Pod") in k]
     assert gauges == []  # no sandbox of the workload left: its series are gone
+
+
+def mem(request_mib: int = 0, limit_mib: int = 0) -> Resources:
+    return Resources(memory_request_bytes=request_mib << 20, memory_limit_bytes=limit_mib << 20)
+
+
+async def test_memory_cap_counts_each_workloads_memory(tmp_path: Path, clock: Clock) -> None:
+    pool, d = make(tmp_path, clock, global_max_memory_bytes=1 << 30)
+    big = [spec(f"b{i}", key="big", resources=mem(400)) for i in range(3)]
+    for s in big:
+        await pool.acquire(s)
+    assert pool.get_by_pod("b0").cost_bytes == 400 << 20  # type: ignore[union-attr]
+    for i, s in enumerate(big):
+        await clock.advance(1)
+        await pool.release(s.uid, True)
+        assert pool.index.idle_bytes <= 1 << 30, i
+    # Peak 3 would keep 3, but 3 x 400 MiB > 1 GiB: the least recently idled one went.
+    assert [r.sandbox_id for r in pool.idle("big")] == ["sb2", "sb3"] and d.destroyed == ["sb1"]
+    # Pods without a memory request or limit count the floor: many fit.
+    small = [spec(f"s{i}", key="small") for i in range(5)]
+    for s in small:
+        await pool.acquire(s)
+    for s in small:
+        await pool.release(s.uid, True)
+    assert (
+        len(pool.idle("small")) == 5 and pool.index.idle_bytes == 800 * 2**20 + 5 * DEFAULT_SANDBOX_COST_BYTES
+    )
+    # A workload bigger than the whole cap is never kept warm.
+    await pool.acquire(spec("h", key="huge", resources=mem(0, 2048)))
+    await pool.release("h", True)
+    assert pool.idle("huge") == [] and len(d.destroyed) == 2
+
+
+async def test_prewarm_respects_memory_cap(tmp_path: Path, clock: Clock) -> None:
+    pool, _d = make(tmp_path, clock, global_max_memory_bytes=1 << 30, max_per_workload=8)
+    assert await pool.prewarm(spec("tpl", resources=mem(300)), 8) == 3  # 3 x 300 MiB fit in 1 GiB
+
+
+def _recount(pool: WarmPool) -> tuple[int, int, dict[str, int], dict[str, int]]:
+    idle = [r for r in pool.records.values() if r.state == "idle"]
+    busy: dict[str, int] = {}
+    per_key: dict[str, int] = {}
+    for r in pool.records.values():
+        if r.state in ("in_use", "releasing"):
+            busy[r.key] = busy.get(r.key, 0) + 1
+        if r.state == "idle":
+            per_key[r.key] = per_key.get(r.key, 0) + 1
+    return len(idle), sum(r.cost_bytes for r in idle), busy, per_key
+
+
+async def test_index_matches_the_records_after_every_step(tmp_path: Path, clock: Clock) -> None:
+    pool, d = make(tmp_path, clock, global_max_sandboxes=5, max_per_workload=3)
+    import random
+
+    rnd = random.Random(7)
+    live: list[str] = []
+    for step in range(300):
+        op = rnd.random()
+        if op < 0.5 or not live:
+            uid = f"p{step}"
+            await pool.acquire(
+                spec(uid, key=f"k{rnd.randrange(4)}", ns=rnd.choice("ab"), resources=mem(rnd.randrange(3)))
+            )
+            live.append(uid)
+        elif op < 0.85:
+            uid = live.pop(rnd.randrange(len(live)))
+            d.scrub_ok = rnd.random() > 0.1
+            await pool.release(uid, reusable=rnd.random() > 0.2)
+        elif op < 0.95:
+            await pool.forget_pod(live.pop(rnd.randrange(len(live))))
+        else:
+            await clock.advance(rnd.choice([1, 1000]))
+            await pool.maintain()
+        total, nbytes, busy, per_key = _recount(pool)
+        assert (pool.index.idle_total, pool.index.idle_bytes) == (total, nbytes), step
+        assert {k: pool.in_use_count(k) for k in busy} == busy, step
+        assert {k: len(pool.idle(k)) for k in per_key} == per_key and len(pool.idle()) == total, step
+        assert total <= 5, step  # the global count cap holds after every release
+        assert set(pool.by_pod) == {r.pod_uid for r in pool.records.values() if r.state == "in_use"}, step

@@ -23,6 +23,7 @@ from sandbox.pool_policy import (
     plan_trim,
     policy_for,
     retention_limit,
+    sandbox_cost_bytes,
 )
 
 D = PoolDefaults(min_per_workload=0, max_per_workload=8, idle_ttl_seconds=600)
@@ -212,3 +213,58 @@ def test_topup_within_caps() -> None:
     plan = plan_topup({"a": 5}, {}, {}, 0, 0, {"a": 100}, d)
     assert plan == {"a": 3}
     assert plan_topup({"a": 5}, {}, {}, 0, 0, {}, PoolDefaults(enabled=False)) == {}
+
+
+MIB = 1 << 20
+
+
+def test_sandbox_cost_is_the_pods_memory_with_a_floor() -> None:
+    floor = DEFAULT_SANDBOX_COST_BYTES
+    assert sandbox_cost_bytes(0, 0) == floor  # no request, no limit: the pause/shim overhead
+    assert sandbox_cost_bytes(0, 1) == floor  # never below the floor
+    assert sandbox_cost_bytes(512 * MIB, 256 * MIB) == 256 * MIB  # the request, when set
+    assert sandbox_cost_bytes(512 * MIB, 0) == 512 * MIB  # else the limit
+
+
+def test_pool_defaults_from_settings() -> None:
+    class Settings:
+        enabled = True
+        min_per_workload = 1
+        max_per_workload = 5
+        idle_ttl_seconds = 30.0
+        global_max_sandboxes = 9
+        global_max_memory_bytes = 7 * MIB
+
+    d = PoolDefaults.from_settings(Settings())
+    assert (d.min_per_workload, d.max_per_workload, d.idle_ttl_seconds) == (1, 5, 30.0)
+    assert (d.global_max_sandboxes, d.global_max_memory_bytes) == (9, 7 * MIB)
+    assert d.concurrency_window_seconds == 60.0  # peaks are remembered at least a minute
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 50), st.integers(0, 30)), max_size=60),
+    st.floats(1, 100),
+    st.floats(0, 60),
+)
+def test_tracker_peak_is_the_window_maximum(
+    steps: list[tuple[float, int]], window: float, tail: float
+) -> None:
+    """The O(1) sliding maximum equals the plain one: the max level since the window's start,
+    counting the level at the start (the last sample at or before it)."""
+    t = ConcurrencyTracker(window_seconds=window)
+    now = 0.0
+    samples: list[tuple[float, int]] = []
+    for dt, level in steps:
+        now += dt
+        t.record("k", level, now)
+        samples.append((now, level))
+        start = now - window
+        before = [n for ts, n in samples if ts <= start]
+        inside = [n for ts, n in samples if ts > start]
+        assert t.peak("k", now) == max(before[-1:] + inside)
+    later = now + tail
+    start = later - window
+    before = [n for ts, n in samples if ts <= start]
+    inside = [n for ts, n in samples if ts > start]
+    assert t.peak("k", later) == (max(before[-1:] + inside) if samples else 0)

@@ -1,14 +1,14 @@
-"""SimulatedBackend: latencies, exits from annotations, logs, stats, warm pool, stop grace."""
+"""SimulatedBackend on a fake clock: latencies, exits from annotations, logs, stats, warm pool, stop grace."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
 
+from common.clock import FakeClock
 from common.crilog import parse_bytes
 from sandbox.backend import (
     Backend,
@@ -20,7 +20,9 @@ from sandbox.backend import (
     InvalidImageNameError,
     PodSandboxSpec,
     PullPolicy,
+    Resources,
 )
+from sandbox.pool_policy import ANNOTATION_MIN, PoolDefaults
 from sandbox.simulated import SimulatedBackend, normalize_image
 
 pytestmark = pytest.mark.unit
@@ -54,14 +56,6 @@ async def run_pod(
     return ids
 
 
-async def wait_until(pred, within: float = 2.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
-
-
 def log_records(path: str) -> list[tuple[str, bytes]]:
     return [(r.stream, r.content) for r in parse_bytes(Path(path).read_bytes())]
 
@@ -71,8 +65,21 @@ def exists(path: str | Path) -> bool:
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> SimulatedBackend:
-    return SimulatedBackend(tmp_path / "pods")
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def backend(tmp_path: Path, clock: FakeClock) -> SimulatedBackend:
+    return SimulatedBackend(tmp_path / "pods", clock=clock)
+
+
+def sim(tmp_path: Path, clock: FakeClock, **kw: object) -> SimulatedBackend:
+    return SimulatedBackend(tmp_path, clock=clock, **kw)  # type: ignore[arg-type]
+
+
+def pool(**kw: object) -> PoolDefaults:
+    return PoolDefaults(**kw)  # type: ignore[arg-type]
 
 
 def test_implements_protocol(backend: SimulatedBackend) -> None:
@@ -103,14 +110,22 @@ def test_invalid_image_names(image: str) -> None:
         normalize_image(image)
 
 
-async def test_image_pulled_once_then_cached(tmp_path: Path) -> None:
-    b = SimulatedBackend(tmp_path, pull_seconds=0.05)
-    results = await asyncio.gather(*(b.ensure_image("nginx:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20)))
+async def test_image_pulled_once_then_cached(tmp_path: Path, clock: FakeClock) -> None:
+    b = sim(tmp_path, clock, pull_seconds=0.05)
+    waiters = asyncio.gather(*(b.ensure_image("nginx:1", PullPolicy.IF_NOT_PRESENT) for _ in range(20)))
+    await clock.advance(0)
+    await clock.advance(0.049)
+    assert not waiters.done() and not b.has_image("nginx:1")  # the pull takes pull_seconds
+    await clock.advance(0.001)
+    results = await waiters
     assert b.pulls == 1  # 20 waiters, one pull
-    assert all(r.image_ref.startswith("docker.io/library/nginx@sha256:") for r in results)
+    assert all(r.pulled and r.image_ref.startswith("docker.io/library/nginx@sha256:") for r in results)
     r = await b.ensure_image("nginx:1", PullPolicy.IF_NOT_PRESENT)
     assert not r.pulled
-    assert (await b.ensure_image("nginx:1", PullPolicy.ALWAYS)).pulled
+    # Always re-checks the manifest: the layers are present, nothing is downloaded (as on CRI).
+    assert not (await b.ensure_image("nginx:1", PullPolicy.ALWAYS)).pulled
+    # Another reference to the same image is the same image.
+    assert (await b.ensure_image("docker.io/library/nginx:1", PullPolicy.NEVER)).image_ref == r.image_ref
     assert b.pulls == 1
 
 
@@ -130,22 +145,27 @@ async def test_image_errors(backend: SimulatedBackend) -> None:
     assert not (await backend.ensure_image("busybox", PullPolicy.NEVER)).pulled
 
 
-async def test_latencies(tmp_path: Path) -> None:
-    b = SimulatedBackend(tmp_path, sandbox_seconds=0.05, start_seconds=0.05)
-    t0 = time.monotonic()
-    await run_pod(b, pod())
-    assert time.monotonic() - t0 >= 0.09  # both configured delays were served
+async def test_latencies(tmp_path: Path, clock: FakeClock) -> None:
+    b = sim(tmp_path, clock, sandbox_seconds=0.05, start_seconds=0.05)
+    task = asyncio.ensure_future(run_pod(b, pod()))
+    await clock.advance(0)
+    await clock.advance(0.05)
+    assert not task.done() and await b.list_sandboxes()  # the sandbox took its 0.05 s
+    await clock.advance(0.049)
+    assert not task.done()
+    await clock.advance(0.001)
+    await task  # then the start its 0.05 s
 
 
-async def test_run_until_stopped_by_default(backend: SimulatedBackend) -> None:
+async def test_run_until_stopped_by_default(backend: SimulatedBackend, clock: FakeClock) -> None:
     [cid] = await run_pod(backend, pod())
-    await asyncio.sleep(0.02)
+    await clock.advance(3600)
     [st] = await backend.pod_containers("u1")
     assert st.state == ContainerState.RUNNING and st.started_at is not None
     assert st.container_id == cid and st.attempt == 0
 
 
-async def test_exit_from_annotations(backend: SimulatedBackend) -> None:
+async def test_exit_from_annotations(backend: SimulatedBackend, clock: FakeClock) -> None:
     changed: list[str] = []
     backend.subscribe(changed.append)
     spec = pod(
@@ -156,30 +176,33 @@ async def test_exit_from_annotations(backend: SimulatedBackend) -> None:
         }
     )
     await run_pod(backend, spec, [ctr("main"), ctr("side")])
-    await wait_until(lambda: changed == ["u1"])
+    await clock.advance(0.019)
+    assert changed == []
+    await clock.advance(0.001)
+    assert changed == ["u1"]
     states = {s.name: s for s in await backend.pod_containers("u1")}
     assert states["main"].state == ContainerState.EXITED
     assert states["main"].exit_code == 3 and states["main"].reason == "Error"
-    assert states["main"].finished_at is not None
+    assert states["main"].finished_at == states["main"].started_at + 0.02  # type: ignore[operator]
     assert states["side"].state == ContainerState.RUNNING
 
 
-async def test_completed_reason_and_default_run_seconds(tmp_path: Path) -> None:
-    b = SimulatedBackend(tmp_path, default_run_seconds=0.01)
+async def test_completed_reason_and_default_run_seconds(tmp_path: Path, clock: FakeClock) -> None:
+    b = sim(tmp_path, clock, default_run_seconds=0.01)
     await run_pod(b, pod())
-    await wait_until(lambda: b._containers and all(c.state.state == "exited" for c in b._containers.values()))
+    await clock.advance(0.01)
     [st] = await b.pod_containers("u1")
-    assert st.exit_code == 0 and st.reason == "Completed"
+    assert st.state == ContainerState.EXITED and st.exit_code == 0 and st.reason == "Completed"
 
 
-async def test_init_containers_finish_by_default(backend: SimulatedBackend) -> None:
+async def test_init_containers_finish_by_default(backend: SimulatedBackend, clock: FakeClock) -> None:
     await run_pod(backend, pod(), [ctr("init", is_init=True)])
-    await asyncio.sleep(0.02)
+    await clock.advance(0)
     [st] = await backend.pod_containers("u1")
     assert st.state == ContainerState.EXITED and st.exit_code == 0
 
 
-async def test_custom_reason(backend: SimulatedBackend) -> None:
+async def test_custom_reason(backend: SimulatedBackend, clock: FakeClock) -> None:
     spec = pod(
         **{
             "warmlet.io/sim-run-seconds": "0",
@@ -188,7 +211,7 @@ async def test_custom_reason(backend: SimulatedBackend) -> None:
         }
     )
     await run_pod(backend, spec)
-    await asyncio.sleep(0.01)
+    await clock.advance(0)
     [st] = await backend.pod_containers("u1")
     assert (st.exit_code, st.reason) == (137, "OOMKilled")
 
@@ -222,23 +245,28 @@ async def test_logs_written_in_cri_format(backend: SimulatedBackend) -> None:
     ]
 
 
-async def test_log_ticks_share_the_exit_timer(backend: SimulatedBackend) -> None:
+async def test_log_ticks_share_the_exit_timer(backend: SimulatedBackend, clock: FakeClock) -> None:
     spec = pod(**{"warmlet.io/sim-log-every-seconds": "0.01", "warmlet.io/sim-run-seconds": "0.055"})
     await run_pod(backend, spec)
-    await wait_until(lambda: all(c.state.state == "exited" for c in backend._containers.values()))
+    assert len(backend.containers.timers) == 1  # one timer per running container
+    await clock.advance(0.0201)
     [st] = await backend.pod_containers("u1")
+    assert [c for _, c in log_records(st.log_path) if c.startswith(b"tick")] == [b"tick 1", b"tick 2"]
+    await clock.advance(0.1)
+    [st] = await backend.pod_containers("u1")
+    assert st.state == ContainerState.EXITED
     lines = [content for _, content in log_records(st.log_path)]
     assert [ln for ln in lines if ln.startswith(b"tick")] == [b"tick %d" % i for i in range(1, 6)]
     assert st.exit_code == 0
 
 
-async def test_restart_attempts_keep_previous(backend: SimulatedBackend) -> None:
+async def test_restart_attempts_keep_previous(backend: SimulatedBackend, clock: FakeClock) -> None:
     spec = pod(**{"warmlet.io/sim-run-seconds": "0", "warmlet.io/sim-exit-code": "1"})
     sb = await backend.acquire_sandbox(spec)
     for attempt in range(3):
         cid = await backend.create_container(sb, spec, ctr(), attempt)
         await backend.start_container(cid)
-        await asyncio.sleep(0.01)
+        await clock.advance(0)
     states = await backend.pod_containers("u1")
     assert [s.attempt for s in states] == [0, 1, 2]
     assert all(exists(s.log_path) for s in states)
@@ -251,9 +279,7 @@ async def test_stop_term_is_immediate(backend: SimulatedBackend) -> None:
     changed: list[str] = []
     backend.subscribe(changed.append)
     [cid] = await run_pod(backend, pod())
-    t0 = time.monotonic()
-    await backend.stop_container(cid, 30)
-    assert time.monotonic() - t0 < 10  # did not wait out the 30 s grace
+    await backend.stop_container(cid, 30)  # returns at once: TERM ends it, no grace waited
     [st] = await backend.pod_containers("u1")
     assert st.state == ContainerState.EXITED and st.exit_code == 143
     assert changed == ["u1"]
@@ -261,21 +287,27 @@ async def test_stop_term_is_immediate(backend: SimulatedBackend) -> None:
     await backend.stop_container("nope", 1)
 
 
-async def test_stop_ignoring_term_waits_for_grace(backend: SimulatedBackend) -> None:
+async def test_stop_ignoring_term_waits_for_grace(backend: SimulatedBackend, clock: FakeClock) -> None:
     [cid] = await run_pod(backend, pod(**{"warmlet.io/sim-ignore-term": "true"}))
-    t0 = time.monotonic()
-    await backend.stop_container(cid, 0.1)
-    assert time.monotonic() - t0 >= 0.09  # waited the grace before the kill
+    stop = asyncio.ensure_future(backend.stop_container(cid, 0.1))
+    await clock.advance(0)
+    await clock.advance(0.099)
+    assert not stop.done()  # TERM ignored: the grace is waited before the kill
+    await clock.advance(0.001)
+    await stop
     [st] = await backend.pod_containers("u1")
     assert st.exit_code == 137
 
 
-async def test_stop_ignoring_term_ends_early_on_natural_exit(backend: SimulatedBackend) -> None:
+async def test_stop_ignoring_term_ends_early_on_natural_exit(
+    backend: SimulatedBackend, clock: FakeClock
+) -> None:
     spec = pod(**{"warmlet.io/sim-ignore-term": "true", "warmlet.io/sim-run-seconds": "0.05"})
     [cid] = await run_pod(backend, spec)
-    t0 = time.monotonic()
-    await backend.stop_container(cid, 30)
-    assert time.monotonic() - t0 < 10  # the natural exit ended the wait, not the 30 s grace
+    stop = asyncio.ensure_future(backend.stop_container(cid, 30))
+    await clock.advance(0)
+    await clock.advance(0.05)
+    assert stop.done()  # the natural exit ended the wait, not the 30 s grace
     [st] = await backend.pod_containers("u1")
     assert st.exit_code == 0
 
@@ -298,8 +330,8 @@ async def test_warm_pool_reuses_only_same_key(backend: SimulatedBackend) -> None
     assert {s.pod_uid for s in await backend.list_sandboxes()} == {"a", "b", "c"} - {"a"}
 
 
-async def test_release_not_reusable_and_pool_disabled(tmp_path: Path) -> None:
-    b = SimulatedBackend(tmp_path, pool_enabled=False)
+async def test_release_not_reusable_and_pool_disabled(tmp_path: Path, clock: FakeClock) -> None:
+    b = sim(tmp_path, clock, pool=pool(enabled=False))
     await run_pod(b, pod("a"))
     log_dir = Path(b.log_path("default", "pod-a", "a", "main", 0)).parent.parent
     assert exists(log_dir)
@@ -309,8 +341,8 @@ async def test_release_not_reusable_and_pool_disabled(tmp_path: Path) -> None:
     await b.release_sandbox("missing", reusable=True)
 
 
-async def test_pool_bounded_per_workload(tmp_path: Path) -> None:
-    b = SimulatedBackend(tmp_path, pool_max_per_workload=2)
+async def test_pool_bounded_per_workload(tmp_path: Path, clock: FakeClock) -> None:
+    b = sim(tmp_path, clock, pool=pool(max_per_workload=2))
     for uid in "abc":
         await b.acquire_sandbox(pod(uid))
     for uid in "abc":
@@ -318,28 +350,29 @@ async def test_pool_bounded_per_workload(tmp_path: Path) -> None:
     assert b.idle_sandboxes("k1") == 2
 
 
-async def test_pool_bounded_across_workloads_oldest_go_first(tmp_path: Path) -> None:
+async def test_pool_bounded_across_workloads_oldest_go_first(tmp_path: Path, clock: FakeClock) -> None:
     """Keys that are never asked for again (bare pods, finished Jobs) must not pile up idle."""
-    b = SimulatedBackend(tmp_path, pool_max_idle=3)
+    b = sim(tmp_path, clock, pool=pool(global_max_sandboxes=3))
     for i in range(10):
         await b.acquire_sandbox(pod(f"u{i}", key=f"k{i}"))
+        await clock.advance(1)
         await b.release_sandbox(f"u{i}", reusable=True)
     assert b.idle_sandboxes() == 3
     assert [b.idle_sandboxes(f"k{i}") for i in range(10)] == [0] * 7 + [1] * 3
     assert (await b.acquire_sandbox(pod("again", key="k9"))).from_pool
 
 
-async def test_stats_usage_grows(backend: SimulatedBackend) -> None:
+async def test_stats_usage_grows(backend: SimulatedBackend, clock: FakeClock) -> None:
     await run_pod(backend, pod(**{"warmlet.io/sim-cpu-nano-cores": "500000000"}), [ctr("a"), ctr("b")])
     s1 = await backend.stats()
-    await asyncio.sleep(0.05)
+    await clock.advance(0.05)
     s2 = await backend.stats()
     [p] = s2.pods
     assert (p.uid, p.namespace, p.name) == ("u1", "default", "pod-u1")
     assert [c.name for c in p.containers] == ["a", "b"]
     c = p.containers[0]
     assert c.cpu_usage_nano_cores == 500_000_000 and c.memory_working_set_bytes == 8 * 1024 * 1024
-    assert c.cpu_usage_core_nanoseconds >= 20_000_000
+    assert c.cpu_usage_core_nanoseconds == pytest.approx(25_000_000, abs=1000)  # 0.05 s at half a core
     assert s2.cpu_usage_core_nanoseconds > s1.cpu_usage_core_nanoseconds
     assert s2.memory_working_set_bytes == 16 * 1024 * 1024
     assert s2.memory_available_bytes == 64 * 1024**3 - 16 * 1024 * 1024
@@ -349,14 +382,16 @@ async def test_stats_usage_grows(backend: SimulatedBackend) -> None:
     assert s3.cpu_usage_core_nanoseconds >= s2.cpu_usage_core_nanoseconds and s3.pods == []
 
 
-async def test_remove_while_starting(tmp_path: Path) -> None:
-    b = SimulatedBackend(tmp_path, start_seconds=0.05)
+async def test_remove_while_starting(tmp_path: Path, clock: FakeClock) -> None:
+    b = sim(tmp_path, clock, start_seconds=0.05)
     spec = pod()
     sb = await b.acquire_sandbox(spec)
     cid = await b.create_container(sb, spec, ctr(), 0)
     task = asyncio.ensure_future(b.start_container(cid))
-    await asyncio.sleep(0.01)
+    await clock.advance(0)
+    await clock.advance(0.01)
     await b.remove_container(cid)
+    await clock.advance(0.04)
     with pytest.raises(CreateContainerError):
         await task
 
@@ -367,35 +402,37 @@ async def test_create_requires_own_sandbox(backend: SimulatedBackend) -> None:
         await backend.create_container(sb, pod("b"), ctr(), 0)
 
 
-async def test_close_cancels_timers(backend: SimulatedBackend) -> None:
+async def test_close_cancels_timers(backend: SimulatedBackend, clock: FakeClock) -> None:
     changed: list[str] = []
     backend.subscribe(changed.append)
     await run_pod(backend, pod(**{"warmlet.io/sim-run-seconds": "0.02"}))
     await backend.close()
-    await asyncio.sleep(0.04)
-    assert changed == []
+    await clock.advance(0.04)
+    assert changed == [] and clock.sleepers == 0
     assert not (await backend.health()).ok
 
 
-async def test_ten_thousand_pods_are_cheap(tmp_path: Path) -> None:
+async def test_ten_thousand_pods_are_cheap(tmp_path: Path, clock: FakeClock) -> None:
     """10,000 running containers cost one timer each and no task each (speed is for bench/scale)."""
-    b = SimulatedBackend(tmp_path, default_run_seconds=3600)
+    b = sim(tmp_path, clock, default_run_seconds=3600)
     for i in range(10_000):
         spec = pod(f"u{i}", key=f"k{i % 50}")
         sb = await b.acquire_sandbox(spec)
         cid = await b.create_container(sb, spec, ctr(), 0)
         await b.start_container(cid)
-    loop = asyncio.get_running_loop()
-    timers = len(loop._scheduled)  # type: ignore[attr-defined]
-    assert timers >= 10_000
-    assert len(asyncio.all_tasks()) < 10
+    assert len(b.containers.timers) == 10_000
+    await clock.advance(0)
+    assert len(asyncio.all_tasks()) < 10 and clock.sleepers == 1  # one pump sleeping for all
     s = await b.stats()
     assert len(s.pods) == 10_000
+    await clock.advance(3600)
+    assert len(b.containers.timers) == 0 and clock.sleepers == 0
+    assert all(st.state == ContainerState.EXITED for st in await b.pod_containers("u9999"))
     await b.close()
 
 
-async def test_prewarm_fills_pool_up_to_cap(tmp_path: Path) -> None:
-    b = SimulatedBackend(tmp_path, pool_max_per_workload=3)
+async def test_prewarm_fills_pool_up_to_cap(tmp_path: Path, clock: FakeClock) -> None:
+    b = sim(tmp_path, clock, pool=pool(max_per_workload=3))
     template = pod("tmpl", key="cron")
     template.images = ["busybox:1.36"]
     assert await b.prewarm(template, 2) == 2
@@ -404,7 +441,7 @@ async def test_prewarm_fills_pool_up_to_cap(tmp_path: Path) -> None:
     assert await b.prewarm(template, 10) == 3
     got = await b.acquire_sandbox(pod("real", key="cron"))
     assert got.from_pool and got.pod_uid == "real"
-    assert await SimulatedBackend(tmp_path, pool_enabled=False).prewarm(template, 2) == 0
+    assert await sim(tmp_path, clock, pool=pool(enabled=False)).prewarm(template, 2) == 0
 
 
 async def test_reconcile_releases_unknown_pods_and_stray_logs(backend: SimulatedBackend) -> None:
@@ -419,3 +456,45 @@ async def test_reconcile_releases_unknown_pods_and_stray_logs(backend: Simulated
     assert backend.idle_sandboxes("k1") == 1
     assert not exists(stray) and exists(keep)
     assert exists(Path(backend.log_path("default", "pod-a", "a", "main", 0)))
+
+
+async def test_pool_settings_apply_ttl_min_and_memory(tmp_path: Path, clock: FakeClock) -> None:
+    """The real WarmPool's settings apply: idle TTL and min (maintenance on the clock), memory cap."""
+    b = sim(
+        tmp_path,
+        clock,
+        pool=pool(idle_ttl_seconds=60, global_max_memory_bytes=1 << 30),
+        maintenance_interval=5,
+    )
+    await b.start()
+    await clock.advance(0)
+    for uid in "ab":
+        await run_pod(b, pod(uid, key="ttl"))
+    for uid in "ab":
+        await b.release_sandbox(uid, reusable=True)
+    assert b.idle_sandboxes("ttl") == 2
+    await clock.advance(60)
+    assert b.idle_sandboxes("ttl") == 2  # not idle longer than the TTL yet
+    await clock.advance(5)
+    assert b.idle_sandboxes("ttl") == 0  # the next maintenance pass evicted both
+    await b.acquire_sandbox(pod("m", key="min", **{ANNOTATION_MIN: "2"}))
+    await clock.advance(5)
+    assert b.idle_sandboxes("min") == 2  # topped up to the workload's min
+    big = pod("big", key="big")
+    big.resources = Resources(memory_request_bytes=2 << 30)
+    await b.acquire_sandbox(big)
+    await b.release_sandbox("big", reusable=True)
+    assert b.idle_sandboxes("big") == 0  # 2 GiB of warm memory exceeds the 1 GiB cap
+    await b.close()
+    assert clock.sleepers == 0
+
+
+def test_from_config_takes_the_narrow_sections(tmp_path: Path) -> None:
+    from provider.config import PoolConfig, SimulatedConfig
+
+    b = SimulatedBackend.from_config(
+        SimulatedConfig(pull_seconds=2.0), tmp_path, PoolConfig(max_per_workload=3, idle_ttl_seconds=9)
+    )
+    assert b.image_runtime.pull_seconds == 2.0
+    assert (b.pool.defaults.max_per_workload, b.pool.defaults.idle_ttl_seconds) == (3, 9)
+    assert SimulatedBackend.from_config(SimulatedConfig(), tmp_path).pool.defaults == PoolDefaults()

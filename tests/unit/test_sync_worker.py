@@ -286,7 +286,7 @@ async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(env
         queue.add(uid)
     await settle()
     assert all(api.pods[u]["status"]["phase"] == "Running" for u in uids)
-    assert len(worker.states) == 2 * n and len(backend._sandboxes) == 2 * n
+    assert len(worker.states) == 2 * n and len(await backend.list_sandboxes()) == 2 * n
     for uid in uids:
         api.pods[uid]["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
         queue.add(uid)
@@ -305,9 +305,17 @@ async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(env
         "queue": len(queue._queued) + len(queue._active) + len(queue._dirty),
         "queue.failures": len(queue._failures),
         "queue.timers": len(queue._timers),
-        "backend.sandboxes": len(backend._sandboxes),
-        "backend.containers": len(backend._containers),
-        "backend.pool_keys_of_bare_pods": sum(1 for k in backend._pool if "/Pod/" in k),
+        "backend.sandboxes": len(backend.pool.by_pod),
+        "backend.containers": len(backend.containers.by_id),
+        "backend.pool_keys_of_bare_pods": sum(
+            1
+            for k in {
+                *backend.pool.templates,
+                *backend.pool.tracker.keys(),
+                *backend.pool.index.workload_keys(),
+            }
+            if "/Pod/" in k
+        ),
     }
     assert per_pod == dict.fromkeys(per_pod, 0)
     assert backend.idle_sandboxes() == backend.pool_max_per_workload  # the ReplicaSet's, capped
