@@ -26,7 +26,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 from typing import Protocol
@@ -41,14 +40,13 @@ from sandbox.backend import (
     ContainerSpec,
     CreateContainerError,
     ImageResult,
-    InvalidImageNameError,
     NodeUsage,
     PodChangeCallback,
     PodSandboxSpec,
     PullPolicy,
     SandboxInfo,
 )
-from sandbox.images import ImageCache, ImageInfo
+from sandbox.images import ImageCache, ImageInfo, parse_reference
 from sandbox.pool import SandboxRecord, WarmPool
 from sandbox.pool_policy import PoolDefaults, PoolSettings
 from sandbox.sim_containers import ContainerDefaults, SimContainers
@@ -57,43 +55,11 @@ log = logging.getLogger(__name__)
 
 MISSING_IMAGE_MARKERS = ("does-not-exist", "doesnotexist", "notfound", "not-found", "nonexistent", "missing")
 
-_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_DOMAIN = rf"(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_IMAGE_RE = re.compile(
-    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?$"
-)
-
-
 def normalize_image(image: str) -> tuple[str, str]:
-    """(repository, tag-or-digest) of a reference the way Docker resolves short names.
-
-    Raises InvalidImageNameError for references a runtime would refuse.
-    """
-    m = _IMAGE_RE.match(image) if image and len(image) <= 4096 else None
-    if m is None:
-        raise InvalidImageNameError(
-            f'Failed to apply default image tag "{image}": couldn\'t parse image name'
-        )
-    domain, path = m.group("domain"), m.group("path")
-    if domain is not None and not (
-        "." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")
-    ):
-        path, domain = f"{domain}/{path}", None
-        if not re.fullmatch(_NAME_COMPONENT, path.split("/", 1)[0]):
-            raise InvalidImageNameError(
-                f'Failed to apply default image tag "{image}": repository name must be lowercase'
-            )
-    if len(path) > 255:
-        raise InvalidImageNameError(f'Failed to apply default image tag "{image}": repository name too long')
-    if domain is None:
-        domain = "docker.io"
-        if "/" not in path:
-            path = f"library/{path}"
-    if m.group("digest"):
-        return f"{domain}/{path}", "@" + m.group("digest")
-    return f"{domain}/{path}", ":" + (m.group("tag") or "latest")
+    """(repository, ``:tag`` or ``@digest``) of a reference, normalized as the runtimes do
+    (:mod:`common.imageref`); raises InvalidImageNameError with kubelet's message."""
+    ref = parse_reference(image)
+    return ref.repository, ref.version
 
 
 class SimulatedSettings(Protocol):

@@ -103,7 +103,7 @@ def test_normalize_image(image: str, expected: tuple[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "image", ["", "UPPER/case", "busybox:", "a b", "busybox:bad tag", "-x", "x@sha256:zz", "a//b"]
+    "image", ["", "reg.io/UPPER", "busybox:", "a b", "busybox:bad tag", "-x", "x@sha256:zz", "a//b"]
 )
 def test_invalid_image_names(image: str) -> None:
     with pytest.raises(InvalidImageNameError):
