@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 from croniter import croniter  # type: ignore[import-untyped,unused-ignore]
 
 from common.clock import SYSTEM, Clock
+from common.retry import SLOW_BACKOFF, periodic
 from provider.config import PodConfig, PoolConfig
-from provider.kubeclient import KubeClient, sleep_backoff
+from provider.kubeclient import KubeClient
 from provider.metrics import PREWARMS
 from provider.podspec import sandbox_spec
 from provider.scheduling import selects_node, tolerates
@@ -108,6 +109,7 @@ class CronPrewarmer:
         self.concurrency = max(1, concurrency)
         self.cronjobs: dict[str, JSON] = {}
         self._done: dict[str, float] = {}  # cronjob uid -> firing time already prewarmed
+        self._last_list: float | None = None  # monotonic time of the last list (None: never)
 
     def due(self, now: float) -> list[tuple[JSON, float]]:
         """CronJobs whose next firing is within the lead time and not yet prewarmed."""
@@ -163,19 +165,17 @@ class CronPrewarmer:
         if not self.pool.cron_prewarm or not isinstance(self.backend, Prewarmer):
             log.info("cron prewarm disabled (config or backend without prewarm)")
             return
-        last_list: float | None = None  # never listed yet
-        failures = 0
-        while True:
-            try:
-                if last_list is None or self.clock.monotonic() - last_list >= self.relist_seconds:
-                    await self.relist()
-                    last_list = self.clock.monotonic()
-                await self.tick(self.clock.time())
-                failures = 0
-                await self.clock.sleep(TICK_SECONDS)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                failures += 1
-                log.warning("cron prewarm loop failed attempt=%d err=%r", failures, e)
-                await sleep_backoff(failures, cap=30.0)
+        await periodic(
+            self._step,
+            TICK_SECONDS,
+            clock=self.clock,
+            backoff=SLOW_BACKOFF,
+            on_error=lambda e, n: log.warning("cron prewarm loop failed attempt=%d err=%r", n, e),
+        )
+
+    async def _step(self) -> None:
+        """Relist when due, then prewarm what is due now."""
+        if self._last_list is None or self.clock.monotonic() - self._last_list >= self.relist_seconds:
+            await self.relist()
+            self._last_list = self.clock.monotonic()
+        await self.tick(self.clock.time())

@@ -20,9 +20,6 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.incluster_config import SERVICE_TOKEN_FILENAME
 
-# the back-off every API loop uses lives in common.retry; re-exported for older imports
-from common.retry import sleep_backoff as sleep_backoff
-
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]

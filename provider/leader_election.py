@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from common.clock import SYSTEM, Clock
 from common.retry import STOP, periodic
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import LEADER, LEADER_RENEWALS, LEADER_TRANSITIONS
-from provider.timefmt import parse_rfc3339
+from provider.timefmt import micro_time, parse_rfc3339
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -157,10 +156,6 @@ def renew_deadline_passed(last_renew: float, now: float, renew_deadline: float) 
     return now - last_renew >= renew_deadline
 
 
-def micro_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
-
-
 def lease_body(name: str, namespace: str, rec: LeaseRecord) -> JSON:
     spec: JSON = {
         "holderIdentity": rec.holder,
@@ -206,7 +201,7 @@ class LeaderElector:
         lease_duration: float = 10.0,
         renew_deadline: float = 8.0,
         retry_period: float = 2.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         validate_timings(lease_duration, renew_deadline, retry_period)
         self.client = client
@@ -238,7 +233,7 @@ class LeaderElector:
     async def try_acquire_or_renew(self) -> bool:
         """One round; True if we hold the lease after it."""
         rec = await self._read()
-        now = self.clock()
+        now = self.clock.time()
         self.obs = observe(self.obs, rec, now)
         d = decide(self.obs, self.identity, now, self.duration)
         if d.action == "wait" or d.record is None:
@@ -275,7 +270,8 @@ class LeaderElector:
         sooner when the holder's lease expires by our clock)."""
         await periodic(
             self._acquire_round,
-            lambda: next_try(self.obs, self.clock(), self.retry_period),
+            lambda: next_try(self.obs, self.clock.time(), self.retry_period),
+            clock=self.clock,
             on_error=lambda e, _: log.warning("leader election: acquire round failed err=%r", e),
         )
 
@@ -298,12 +294,12 @@ class LeaderElector:
 
     async def hold(self) -> None:
         """Renew every retry_period; RETURNS when leadership is lost (caller must stop at once)."""
-        await periodic(self._renew_round, self.retry_period, wait_first=True)
+        await periodic(self._renew_round, self.retry_period, clock=self.clock, wait_first=True)
 
     async def _renew_round(self) -> object:
         ok = False
         try:
-            remaining = self.renew_deadline - (self.clock() - self.last_renew)
+            remaining = self.renew_deadline - (self.clock.time() - self.last_renew)
             ok = await asyncio.wait_for(self.try_acquire_or_renew(), timeout=max(0.1, remaining))
         except asyncio.CancelledError:
             raise
@@ -316,7 +312,7 @@ class LeaderElector:
         if rec is not None and rec.holder and rec.holder != self.identity:
             self._lost(f"lease taken by {rec.holder}")
             return STOP
-        if renew_deadline_passed(self.last_renew, self.clock(), self.renew_deadline):
+        if renew_deadline_passed(self.last_renew, self.clock.time(), self.renew_deadline):
             self._lost("renew deadline passed")
             return STOP
         return None
@@ -342,7 +338,7 @@ class LeaderElector:
             rec = await self._read()
             if rec is None:
                 return
-            rel = released(rec, self.identity, self.clock())
+            rel = released(rec, self.identity, self.clock.time())
             if rel is None:
                 return
             await self.client.put(self.path, lease_body(self.name, self.namespace, rel))

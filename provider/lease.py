@@ -7,23 +7,20 @@ burst can never delay renewals and make the node NotReady.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from common.clock import SYSTEM, Clock
 from common.retry import Backoff, periodic
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import NODE_LEASE_RENEWALS
+from provider.timefmt import micro_time
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 NAMESPACE = "kube-node-lease"
 # a failed renewal is retried fast (kubelet: 200 ms doubling up to 7 s) so the lease does not expire
 RENEW_RETRY: Final = Backoff(base=0.2, cap=7.0, jitter=0.0)
-
-
-def micro_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
 class LeaseKeeper:
@@ -34,8 +31,10 @@ class LeaseKeeper:
         node_uid: Callable[[], str],
         duration: int = 40,
         interval: float = 10.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._name = node_name
         self._node_uid = node_uid
         self._duration = duration
@@ -64,7 +63,7 @@ class LeaseKeeper:
         }
 
     async def renew(self) -> None:
-        now = time.time()
+        now = self._clock.time()
         if self._lease is None:
             try:
                 self._lease = await self._client.get(self.path)
@@ -104,6 +103,7 @@ class LeaseKeeper:
         await periodic(
             self._renew_once,
             self._interval,
+            clock=self._clock,
             backoff=RENEW_RETRY,
             on_error=lambda e, n: log.warning("lease renewal failed attempt=%d err=%r", n, e),
         )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
+from common.clock import SYSTEM, Clock
 from common.retry import API_BACKOFF, periodic, retry
 from provider.config import NodeConfig
 from provider.events import NORMAL, WARNING, EventRecorder
@@ -56,8 +56,10 @@ class NodeController:
         kubelet_port: int,
         recorder: EventRecorder | None = None,
         health_interval: float = 5.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.client = client
         self.backend = backend
         self.kubelet_port = kubelet_port
@@ -71,6 +73,7 @@ class NodeController:
             self.node_uid,
             cfg.lease_duration_seconds,
             cfg.lease_renew_interval_seconds,
+            clock,
         )
         self._last_summary: list[tuple[str, str, str]] = []
         self._last_update = 0.0
@@ -93,7 +96,7 @@ class NodeController:
     async def register(self) -> JSON:
         """Create the Node, or take over an existing one (labels, taints, status)."""
         health = await self.health()
-        now = time.time()
+        now = self.clock.time()
         try:
             existing = await self.client.get(self.path)
         except ApiError as e:
@@ -175,7 +178,7 @@ class NodeController:
     async def update_status(self, force: bool = False) -> bool:
         """Patch the status if a condition changed or the interval elapsed; True if patched."""
         health = await self.health()
-        now = time.time()
+        now = self.clock.time()
         old = (self.node or {}).get("status") or {}
         status = node_status(self.cfg, health, now, self.kubelet_port, old)
         summary = conditions_summary(status["conditions"])
@@ -217,7 +220,7 @@ class NodeController:
             "adopted without restart when warmlet starts again"
         )
         health = await self.health()
-        now = time.time()
+        now = self.clock.time()
         old = (self.node or {}).get("status") or {}
         status = node_status(self.cfg, health, now, self.kubelet_port, old, stopped=msg)
         self.node = await self.client.patch(
@@ -240,6 +243,7 @@ class NodeController:
         await periodic(
             self._status_step,
             self.health_interval,
+            clock=self.clock,
             wake=self._wake,
             wait_first=True,
             backoff=API_BACKOFF,
@@ -268,6 +272,7 @@ class NodeController:
             params={"fieldSelector": f"metadata.name={self.cfg.name}"},
             replay_list=False,
             strip_managed_fields=True,
+            clock=self.clock,
             name="node",
             on_list=self._node_listed,
         ).run()
@@ -276,6 +281,7 @@ class NodeController:
         await retry(
             self.register,
             API_BACKOFF,
+            clock=self.clock,
             fatal=(NodeNameTaken,),
             on_error=lambda e, n: log.warning("node registration failed attempt=%d err=%r", n, e),
         )

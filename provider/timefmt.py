@@ -1,4 +1,5 @@
-"""RFC 3339 timestamps as the API server writes them (second resolution, UTC)."""
+"""RFC 3339 timestamps as the API server writes them (UTC): metav1.Time to the second,
+metav1.MicroTime (Lease renewals) to the microsecond."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import time
 def rfc3339(ts: float) -> str:
     """metav1.Time as JSON; an unset (zero or negative) time renders as the epoch."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(0.0, ts)))
+
+
+def micro_time(ts: float) -> str:
+    """metav1.MicroTime as JSON (Lease ``renewTime``/``acquireTime``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
 def parse_rfc3339(value: str | None) -> float | None:

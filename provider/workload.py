@@ -17,20 +17,24 @@ that CronJob (readable for prewarming anyway) lists the Job's uid in ``status.ac
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from cachetools import TTLCache
 
+from common.clock import SYSTEM, Clock
+from common.retry import Backoff, retry
 from provider.quantity import cpu_milli, to_int
 
 JSON = dict[str, Any]
 
 CRONJOB_PATH = "/apis/batch/v1/namespaces/{ns}/cronjobs/{name}"
+# a CronJob not listing its Job yet is read again after 0.25, 0.5, 1 and 2 s
+CRONJOB_RELOOK: Final = Backoff(base=0.125, cap=2.0, jitter=0.0)
+CRONJOB_RELOOKS = 4
 POD_TEMPLATE_HASH = "pod-template-hash"
 # the CronJob controller names its Jobs "<cronjob>-<scheduled time in minutes since the epoch>"
 _CRON_JOB_NAME = re.compile(r"^(?P<cronjob>.+)-(?P<minutes>[0-9]{1,12})$")
@@ -157,13 +161,26 @@ def lists_active(cronjob: Mapping[str, Any], job_name: str, job_uid: str) -> boo
     return False
 
 
+def _quiet(e: Exception, attempt: int) -> None:
+    """Not listed yet is expected right after the Job's creation: nothing to warn about."""
+
+
+class _NotListedYet(Exception):
+    """The CronJob exists but does not list the Job (yet): looked up again."""
+
+
+class _LookupFailed(Exception):
+    """Reading the CronJob failed: not retried, the pod is keyed by its Job (uncached)."""
+
+
 class OwnerResolver:
     """Walks ReplicaSet → Deployment (from labels) and Job → CronJob (one cached CronJob read).
 
     ``fetch`` returns the object at an API path or None when it does not exist; it is only
     called for CronJobs. A Job whose CronJob candidate exists but does not list it yet (the
     CronJob controller writes ``status.active`` right after creating the Job) is looked up
-    again after ``retry_delays``; a miss keys the pod by its Job, which is always safe.
+    again up to ``relooks`` times after ``relook`` back-off; a miss keys the pod by its Job,
+    which is always safe.
     """
 
     def __init__(
@@ -171,11 +188,15 @@ class OwnerResolver:
         fetch: Fetch,
         ttl: float = 300.0,
         maxsize: int = 10_000,
-        retry_delays: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
+        relook: Backoff = CRONJOB_RELOOK,
+        relooks: int = CRONJOB_RELOOKS,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._fetch = fetch
         self._cache: TTLCache[tuple[str, str, str], tuple[str, str]] = TTLCache(maxsize, ttl)
-        self._retry_delays = retry_delays
+        self._relook = relook
+        self._relooks = relooks
+        self._clock = clock
 
     async def owner(self, pod: Mapping[str, Any]) -> tuple[str, str]:
         kind, name = direct_owner(pod)
@@ -202,16 +223,24 @@ class OwnerResolver:
         return result
 
     async def _cronjob_owner(self, ns: str, cronjob: str, job: str, job_uid: str) -> tuple[str, str] | None:
-        for delay in (*self._retry_delays, None):
-            obj = await self._fetch(CRONJOB_PATH.format(ns=ns, name=cronjob))
+        looks = 0
+
+        async def look() -> tuple[str, str] | None:
+            nonlocal looks
+            looks += 1
+            try:
+                obj = await self._fetch(CRONJOB_PATH.format(ns=ns, name=cronjob))
+            except Exception as e:
+                raise _LookupFailed(repr(e)) from e
             if obj is None:
                 return None
             if lists_active(obj, job, job_uid):
                 return ("CronJob", cronjob)
-            if delay is None:
+            if looks > self._relooks:
                 return None
-            await asyncio.sleep(delay)
-        return None
+            raise _NotListedYet(job)
+
+        return await retry(look, self._relook, clock=self._clock, fatal=(_LookupFailed,), on_error=_quiet)
 
     async def key(self, pod: Mapping[str, Any]) -> str:
         return pod_key(pod, await self.owner(pod))

@@ -12,14 +12,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
+from common.clock import SYSTEM, Clock
 from common.crilog import CRILogParser, tail_offset
+from common.retry import Backoff
 from provider.kubelet_api.log_options import LogOptions
 from provider.kubelet_api.pods import container_status
 from sandbox.backend import ContainerRuntimeState, ContainerState
 
 CHUNK_BYTES = 256 * 1024
+# following a log that has no new bytes: poll after 0.1 s, then 1.5 times longer each time, at most
+# every 0.5 s (back to 0.1 s as soon as bytes come)
+FOLLOW_POLL: Final = Backoff(base=0.1, cap=0.5, factor=1.5, jitter=0.0)
 
 
 class LogNotAvailable(Exception):
@@ -191,8 +196,8 @@ async def stream_log(
     write: Callable[[bytes], Awaitable[None]],
     still_running: Callable[[], Awaitable[bool]],
     client_gone: Callable[[], bool],
-    poll_seconds: float = 0.1,
-    max_poll_seconds: float = 0.5,
+    poll: Backoff = FOLLOW_POLL,
+    clock: Clock = SYSTEM,
 ) -> int:
     """Write the log through ``write``; with follow, keep going until the container stops.
 
@@ -200,14 +205,14 @@ async def stream_log(
     client disconnected. Closes the reader.
     """
     written = 0
-    delay = poll_seconds
+    idle = 0  # polls in a row that found nothing new
     try:
         while True:
             data, eof = await asyncio.to_thread(reader.read)
             if data:
                 await write(data)
                 written += len(data)
-                delay = poll_seconds
+                idle = 0
             if reader.renderer.done:
                 return written
             if not eof:
@@ -228,8 +233,8 @@ async def stream_log(
                     if eof:
                         break
                 break
-            await asyncio.sleep(delay)
-            delay = min(max_poll_seconds, delay * 1.5)
+            await clock.sleep(poll.delay(idle))
+            idle += 1
         tail = reader.finish()
         if tail:
             await write(tail)

@@ -15,6 +15,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
+from common.clock import SYSTEM, Clock
 from provider.config import ServerConfig
 from provider.kubeclient import KubeClient
 from provider.kubelet_api.auth import (
@@ -107,6 +108,7 @@ class _Ctx:
     log_limit_bytes_max: int
     log_root: str | None
     max_body_bytes: int = 64 * 1024
+    clock: Clock = SYSTEM  # paces log follow polls
 
 
 def _ctx(request: web.Request) -> _Ctx:
@@ -299,7 +301,7 @@ async def _container_logs(request: web.Request) -> web.StreamResponse:
         return t is None or t.is_closing()
 
     try:
-        await stream_log(reader, opts, resp.write, still_running, client_gone)
+        await stream_log(reader, opts, resp.write, still_running, client_gone, clock=ctx.clock)
         await resp.write_eof()
     except ConnectionResetError:
         log.debug("log stream ended by client pod=%s/%s container=%s", ns, pod_name, container)
@@ -315,6 +317,7 @@ def build_app(
     log_limit_bytes_max: int = 1024**3,
     log_root: str | None = None,
     max_body_bytes: int = 64 * 1024,
+    clock: Clock = SYSTEM,
 ) -> web.Application:
     """The application without TLS (tests drive it directly; start_kubelet_api adds TLS)."""
     app = web.Application(middlewares=[_observe, _limits, _auth], client_max_size=max_body_bytes)
@@ -327,6 +330,7 @@ def build_app(
         log_limit_bytes_max,
         log_root,
         max_body_bytes,
+        clock,
     )
     r = app.router
     r.add_get("/containerLogs/{namespace}/{pod}/{container}", _container_logs)

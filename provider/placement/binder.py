@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from common.retry import Backoff, periodic
 from provider.config import BinderConfig
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from provider.placement.metrics import BINDER_ERRORS, BINDING_LATENCY, BINDINGS
@@ -33,6 +34,13 @@ from provider.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+
+# a pod whose Binding failed is retried after 1 s, 2 s, 4 s ... up to 30 s (no jitter)
+BIND_RETRY = Backoff(base=0.5, cap=30.0, jitter=0.0)
+# a failed scheduling pass (a bug, not an API error: those are per pod) is retried after a second
+PASS_RETRY = Backoff(base=1.0, cap=1.0, factor=1.0, jitter=0.0)
+IDLE_SECONDS = 3600.0  # with nothing pending the loop sleeps until a pod arrives (it wakes the loop)
+BURST_SETTLE_SECONDS = 0.005  # let a burst's watch events land before a pass: bigger batches
 
 
 def binding_body(pod: Mapping[str, Any], node: str) -> JSON:
@@ -205,22 +213,28 @@ class FastBinder:
                 t.cancel()
 
     async def _loop_inner(self) -> None:
-        while True:
-            now = time.monotonic()
-            due = [p.next_try for uid, p in self.pending.items() if uid not in self._inflight]
-            timeout = max(0.05, min(due) - now) if due else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            self._wake.clear()
-            await asyncio.sleep(0.005)  # let a burst's watch events land: bigger batches
-            try:
-                await self.schedule_once(wait=False)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                BINDER_ERRORS.labels(verb="loop").inc()
-                log.exception("binder pass failed err=%r", e)
-                await asyncio.sleep(1.0)
+        await periodic(
+            self._pass,
+            self._until_due,
+            wake=self._wake,
+            wait_first=True,
+            backoff=PASS_RETRY,
+            on_error=self._pass_failed,
+        )
+
+    def _until_due(self) -> float:
+        """Seconds until the earliest retry of a pod not being bound (woken sooner by new pods)."""
+        due = [p.next_try for uid, p in self.pending.items() if uid not in self._inflight]
+        return max(0.05, min(due) - time.monotonic()) if due else IDLE_SECONDS
+
+    async def _pass(self) -> None:
+        self._wake.clear()
+        await asyncio.sleep(BURST_SETTLE_SECONDS)
+        await self.schedule_once(wait=False)
+
+    def _pass_failed(self, e: Exception, failures: int) -> None:
+        BINDER_ERRORS.labels(verb="loop").inc()
+        log.error("binder pass failed failures=%d err=%r", failures, e, exc_info=e)
 
     async def schedule_once(self, wait: bool = True) -> int:
         """One pass: assign due pending pods to nodes and bind them in parallel.
@@ -306,7 +320,7 @@ class FastBinder:
         BINDINGS.labels(result="error").inc()
         BINDER_ERRORS.labels(verb=verb).inc()
         p.failures += 1
-        p.next_try = time.monotonic() + min(30.0, 0.5 * 2 ** min(p.failures, 6))
+        p.next_try = time.monotonic() + BIND_RETRY.delay(p.failures)
         meta = p.pod["metadata"]
         log.warning(
             "binding failed ns=%s pod=%s failures=%d err=%r", meta["namespace"], meta["name"], p.failures, e

@@ -13,8 +13,10 @@ import logging
 import signal
 from typing import Any
 
+from common.clock import SYSTEM, Clock
+from common.retry import SLOW_BACKOFF, periodic
 from provider.config import PlacementConfig, WarmletConfig
-from provider.kubeclient import KubeClient, sleep_backoff
+from provider.kubeclient import KubeClient
 from provider.placement.binder import FastBinder
 from provider.placement.policy import PlacementPolicy
 from provider.placement.view import ClusterView
@@ -27,6 +29,7 @@ from provider.placement.webhook import (
 )
 
 log = logging.getLogger(__name__)
+REASSERT_SECONDS = 60.0  # the webhook registration is re-asserted this often (a changed CA, an edit)
 
 
 def policy_from_config(cfg: PlacementConfig) -> PlacementPolicy:
@@ -46,8 +49,9 @@ def policy_from_config(cfg: PlacementConfig) -> PlacementPolicy:
 class PlacementService:
     """``await start()`` … ``await stop()`` (tests, benches) or ``await run()`` inside a TaskGroup."""
 
-    def __init__(self, cfg: PlacementConfig, client: KubeClient) -> None:
+    def __init__(self, cfg: PlacementConfig, client: KubeClient, clock: Clock = SYSTEM) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.client = client
         self.bind_client = client.clone(max_connections=max(8, cfg.binder.concurrency))
         self.events_client = client.clone(max_connections=8)
@@ -107,19 +111,20 @@ class PlacementService:
         """Register (retrying with back-off), then re-assert every minute (a changed CA, an edit)."""
         assert self.server is not None
         body = webhook_configuration(self.cfg.webhook, self.server.ca_pem, self.server.url)
-        failures = 0
-        while True:
-            try:
-                await register(self.client, body)
-                self.registered.set()
-                failures = 0
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                failures += 1
-                log.warning("placement webhook registration failed failures=%d err=%r", failures, e)
-                await sleep_backoff(failures, cap=30.0)
+
+        async def assert_registration() -> None:
+            await register(self.client, body)
+            self.registered.set()
+
+        await periodic(
+            assert_registration,
+            REASSERT_SECONDS,
+            clock=self.clock,
+            backoff=SLOW_BACKOFF,
+            on_error=lambda e, n: log.warning(
+                "placement webhook registration failed failures=%d err=%r", n, e
+            ),
+        )
 
     # ------------------------------------------------------------------ standalone
     async def start(self, within: float = 60.0) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from common.clock import SYSTEM, Clock
+from common.retry import periodic
 from provider.config import NodeConfig, PodConfig
 from provider.events import EventRecorder
 from provider.kubeclient import ApiError, KubeClient
@@ -50,7 +51,7 @@ class PodController:
         self.clock = clock
         self.queue = WorkQueue(self._sync, workers=pods.workers, clock=clock)
         self.informer = PodInformer(client, node.name, self.queue.add)
-        self.owners = OwnerResolver(self._fetch)
+        self.owners = OwnerResolver(self._fetch, clock=clock)
         self.worker = PodWorker(
             pods,
             node.internal_ip,
@@ -64,6 +65,7 @@ class PodController:
             clock,
         )
         self.resync_seconds = resync_seconds
+        self._last_resync = clock.monotonic()
         self.ready = asyncio.Event()
         backend.subscribe(self._runtime_changed)
 
@@ -124,18 +126,17 @@ class PodController:
 
     async def _periodic(self) -> None:
         """Phase gauge every few seconds; a full resync of every pod now and then."""
-        last_resync = self.clock.monotonic()
-        while True:
-            await self.clock.sleep(PHASE_GAUGE_SECONDS)
-            phases = Counter(
-                (p.get("status") or {}).get("phase", "Pending") for p in self.informer.pods.values()
-            )
-            for phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
-                PODS_BY_PHASE.labels(phase=phase).set(phases.get(phase, 0))
-            if self.clock.monotonic() - last_resync >= self.resync_seconds:
-                last_resync = self.clock.monotonic()
-                for uid in list(self.informer.pods):
-                    self.queue.add(uid)
+        self._last_resync = self.clock.monotonic()
+        await periodic(self._gauge_and_resync, PHASE_GAUGE_SECONDS, clock=self.clock, wait_first=True)
+
+    async def _gauge_and_resync(self) -> None:
+        phases = Counter((p.get("status") or {}).get("phase", "Pending") for p in self.informer.pods.values())
+        for phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
+            PODS_BY_PHASE.labels(phase=phase).set(phases.get(phase, 0))
+        if self.clock.monotonic() - self._last_resync >= self.resync_seconds:
+            self._last_resync = self.clock.monotonic()
+            for uid in list(self.informer.pods):
+                self.queue.add(uid)
 
     async def quiesce(self, within: float) -> None:
         """Graceful stop: no pod sync starts any more; syncs in flight may finish (up to ``within``)."""

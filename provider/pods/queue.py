@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from common.clock import SYSTEM, Clock
+from common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ class WorkQueue:
         self._handler = handler
         self._clock = clock
         self._workers = workers
-        self._base = base_delay
-        self._max = max_delay
+        self._retry = Backoff(base=base_delay, cap=max_delay)  # per key, after a handler failed
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._active: set[str] = set()
@@ -119,7 +119,7 @@ class WorkQueue:
             except Exception:
                 n = self._failures.get(key, 0) + 1
                 self._failures[key] = n
-                delay = min(self._max, self._base * 2 ** min(n, 20)) * (0.5 + random.random() / 2)
+                delay = self._retry.delay(n, random.random())
                 log.exception("sync failed key=%s attempt=%d retry_in=%.1fs", key, n, delay)
                 self.add_after(key, delay)
             finally:

@@ -13,6 +13,7 @@ from provider.config import WarmletConfig
 
 class FakeNode:
     made: list[FakeNode] = []
+    started = asyncio.Event()  # any node started (renewed per test by the fixture)
 
     def __init__(self, cfg: WarmletConfig, fail: bool = False) -> None:
         self.calls: list[str] = []
@@ -25,6 +26,7 @@ class FakeNode:
         if self.fail:
             raise RuntimeError("boom")
         self.node.registered.set()
+        FakeNode.started.set()
 
     async def wait(self) -> None:
         await asyncio.Event().wait()
@@ -42,19 +44,21 @@ class FakeNode:
 
 class LosingElector:
     async def hold(self) -> None:
-        await asyncio.sleep(0.05)  # renewals fail past the deadline: hold() returns
+        # the node runs, then renewals fail past the deadline: hold() returns
+        await FakeNode.started.wait()
 
 
 @pytest.fixture(autouse=True)
 def fake_node(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeNode.made.clear()
+    FakeNode.started = asyncio.Event()
     monkeypatch.setattr(app, "WarmletNode", FakeNode)
 
 
 async def test_sigterm_is_a_graceful_shutdown_exit_0() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(app._lead(WarmletConfig(), stop, None))
-    await asyncio.sleep(0.05)
+    await FakeNode.started.wait()  # SIGTERM now finds a running node
     stop.set()
     assert await asyncio.wait_for(task, 5) == app.EXIT_OK
     assert FakeNode.made[0].calls[:2] == ["start", "shutdown"]

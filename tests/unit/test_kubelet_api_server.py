@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Mapping
@@ -15,10 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.clock import FakeClock
 from common.crilog import CRILogWriter, encode_line
 from provider.kubelet_api import StaticPods, build_app
 from provider.kubelet_api.auth import AlwaysAllow, Attributes, AuthError, Decision, UserInfo
-from sandbox.backend import ContainerRuntimeState, ContainerSpec, PodSandboxSpec, PullPolicy
+from provider.kubelet_api.container_logs import FOLLOW_POLL
+from sandbox.backend import ContainerRuntimeState, ContainerSpec, ContainerState, PodSandboxSpec, PullPolicy
 from sandbox.simulated import SimulatedBackend
 
 pytestmark = pytest.mark.unit
@@ -121,8 +124,8 @@ class Env:
             return r.status, await r.read()
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def make_env(tmp_path: Path, clock: FakeClock | None = None) -> AsyncIterator[Env]:
     backend = SimulatedBackend(tmp_path / "pods")
     await backend.start()
     pods = StaticPods([pod_json()])
@@ -134,7 +137,15 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         "proxyonly": UserInfo("proxyonly"),
     }
     authz.allowed.add(("proxyonly", "proxy"))
-    app = build_app(NODE, backend, pods, FakeAuthn(users), authz, log_limit_bytes_max=1 << 20)
+    app = build_app(
+        NODE,
+        backend,
+        pods,
+        FakeAuthn(users),
+        authz,
+        log_limit_bytes_max=1 << 20,
+        **({} if clock is None else {"clock": clock}),
+    )
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
@@ -142,6 +153,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     finally:
         await client.close()
         await backend.close()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with make_env(tmp_path) as e:
+        yield e
 
 
 # -- containerLogs -------------------------------------------------------------------------
@@ -209,7 +226,11 @@ async def test_logs_previous_after_restart(env: Env) -> None:
         "warmlet.io/sim-log": "attempt",
     }
     await env.start(ann=ann)
-    await asyncio.sleep(0.01)
+    for _ in range(100):  # sim-run-seconds 0: it exits at the loop's next turn
+        if [s.state for s in await env.backend.pod_containers("u1")] == [ContainerState.EXITED]:
+            break
+        await asyncio.sleep(0)
+    assert [s.state for s in await env.backend.pod_containers("u1")] == [ContainerState.EXITED]
     env.log(attempt=0).write("first run\n")
     await env.start(attempt=1, ann=ann)
     env.log(attempt=1).write("second run\n")
@@ -244,19 +265,21 @@ async def test_follow_with_limit_ends_at_limit(env: Env) -> None:
     assert (status, body) == (200, b"simulated")
 
 
-async def test_follow_client_disconnect_releases_handler(env: Env) -> None:
-    await env.start()
-    before = len(asyncio.all_tasks())
-    for _ in range(3):
-        async with env.client.get(
-            "/containerLogs/default/p1/main", params={"follow": "1"}, headers=ADMIN
-        ) as r:
-            await r.content.readline()
-    for _ in range(100):  # each handler notices its client left at its next poll
-        if len(asyncio.all_tasks()) <= before + 1:
-            break
-        await asyncio.sleep(0.05)
-    assert len(asyncio.all_tasks()) <= before + 1
+async def test_follow_client_disconnect_releases_handler(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with make_env(tmp_path, clock) as env:
+        await env.start()
+        before = len(asyncio.all_tasks())
+        for _ in range(3):
+            async with env.client.get(
+                "/containerLogs/default/p1/main", params={"follow": "1"}, headers=ADMIN
+            ) as r:
+                await r.content.readline()
+        for _ in range(200):  # each handler notices its client left at its next poll (on the clock)
+            if len(asyncio.all_tasks()) <= before + 1:
+                break
+            await clock.advance(FOLLOW_POLL.cap)
+        assert len(asyncio.all_tasks()) <= before + 1
 
 
 async def test_log_path_outside_log_dir_is_refused(env: Env, tmp_path: Path) -> None:

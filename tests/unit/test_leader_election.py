@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.clock import FakeClock
 from provider.kubeclient import ApiError
 from provider.leader_election import (
     LeaderElector,
@@ -201,22 +202,31 @@ class FakeLeases:
         return self.obj
 
 
+async def asleep(clock: FakeClock) -> None:
+    """Let the tasks just created run until one sleeps on the clock."""
+    for _ in range(100):
+        if clock.sleepers:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("nothing sleeps on the clock")
+
+
 async def test_elector_two_candidates_one_leader_then_handover() -> None:
     api = FakeLeases()
-    now = [1000.0]
-    a = LeaderElector(api, "l", "ns", "a", 10, 8, 2, clock=lambda: now[0])  # type: ignore[arg-type]
-    b = LeaderElector(api, "l", "ns", "b", 10, 8, 2, clock=lambda: now[0])  # type: ignore[arg-type]
+    clock = FakeClock(start=0.0, wall_offset=1000.0)
+    a = LeaderElector(api, "l", "ns", "a", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
+    b = LeaderElector(api, "l", "ns", "b", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
     assert await a.try_acquire_or_renew()
     assert not await b.try_acquire_or_renew()
     for _ in range(10):  # a renews every 2 s: b never takes over
-        now[0] += 2
+        await clock.advance(2)
         assert await a.try_acquire_or_renew()
         assert not await b.try_acquire_or_renew()
     # a dies: b takes over once the record stayed unchanged for the lease duration
     for _ in range(4):
-        now[0] += 2
+        await clock.advance(2)
         assert not await b.try_acquire_or_renew()
-    now[0] += 2.5
+    await clock.advance(2.5)
     assert await b.try_acquire_or_renew()
     assert api.obj is not None and api.obj["spec"]["holderIdentity"] == "b"
     assert api.obj["spec"]["leaseTransitions"] == 1
@@ -226,19 +236,60 @@ async def test_elector_two_candidates_one_leader_then_handover() -> None:
 
 async def test_elector_release_hands_over_at_once() -> None:
     api = FakeLeases()
-    now = [0.0]
-    a = LeaderElector(api, "l", "ns", "a", 10, 8, 2, clock=lambda: now[0])  # type: ignore[arg-type]
-    b = LeaderElector(api, "l", "ns", "b", 10, 8, 2, clock=lambda: now[0])  # type: ignore[arg-type]
-    await asyncio.wait_for(a.acquire(), 5)
+    clock = FakeClock(start=0.0, wall_offset=0.0)
+    a = LeaderElector(api, "l", "ns", "a", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
+    b = LeaderElector(api, "l", "ns", "b", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
+    await a.acquire()  # nobody holds it: the first round wins, no wait
     assert not await b.try_acquire_or_renew()
     await a.release()
     assert await b.try_acquire_or_renew()
 
 
+async def test_standby_acquire_takes_over_at_expiry_by_its_own_clock() -> None:
+    """A standby reads every retry_period and takes a dead holder's lease once it saw the record
+    unchanged for the lease duration (not a period later)."""
+    api = FakeLeases()
+    clock = FakeClock(start=0.0, wall_offset=0.0)
+    a = LeaderElector(api, "l", "ns", "a", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
+    b = LeaderElector(api, "l", "ns", "b", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
+    assert await a.try_acquire_or_renew()  # then a dies: no more renewals
+    standby = asyncio.create_task(b.acquire())
+    await asleep(clock)
+    await clock.advance(9.9)
+    assert not standby.done() and not b.is_leader
+    await clock.advance(0.2)  # 10 s unchanged (+ the 10 ms margin of next_try)
+    assert standby.done() and b.is_leader
+    await standby
+    assert api.obj is not None and api.obj["spec"]["holderIdentity"] == "b"
+
+
+async def test_elector_hold_renews_every_retry_period() -> None:
+    api = FakeLeases()
+    clock = FakeClock(start=0.0, wall_offset=0.0)
+    a = LeaderElector(api, "l", "ns", "a", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    await asleep(clock)
+    for i in range(1, 4):
+        await clock.advance(2)
+        assert a.last_renew == 2.0 * i
+    assert not holding.done() and a.is_leader
+    holding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holding
+
+
 async def test_elector_hold_returns_when_renewal_fails_past_the_deadline() -> None:
     api = FakeLeases()
-    a = LeaderElector(api, "l", "ns", "a", 1.0, 0.5, 0.1)  # type: ignore[arg-type]
-    await asyncio.wait_for(a.acquire(), 5)
+    clock = FakeClock(start=0.0, wall_offset=0.0)
+    a = LeaderElector(api, "l", "ns", "a", 10, 8, 2, clock=clock)  # type: ignore[arg-type]
+    await a.acquire()
     api.fail = True
-    await asyncio.wait_for(a.hold(), 5)  # returns: leadership lost
+    holding = asyncio.create_task(a.hold())
+    await asleep(clock)
+    await clock.advance(6)  # three failed renewals: within the 8 s renew deadline
+    assert not holding.done() and a.is_leader
+    await clock.advance(2)  # the fourth fails 8 s after the last renewal: leadership lost
+    assert holding.done()
+    await holding
     assert not a.is_leader

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from provider.config import NodeConfig
-from provider.lease import micro_time
 from provider.node_object import (
     capacity,
     conditions_summary,
@@ -14,7 +13,7 @@ from provider.node_object import (
     node_status,
     node_taints,
 )
-from provider.timefmt import rfc3339
+from provider.timefmt import micro_time, rfc3339
 from sandbox.backend import BackendHealth
 
 OK = BackendHealth(ok=True, runtime_name="containerd", runtime_version="1.6.20")

@@ -187,7 +187,7 @@ async def test_internal_error_and_timeout_fail_open() -> None:
     slow = hook(FakeClient(objects()), budget=0.05)
 
     async def stuck(*_: Any, **__: Any) -> Any:
-        await asyncio.sleep(10)
+        await asyncio.Event().wait()  # never answers: the budget (wall time, 50 ms) cuts it off
 
     slow.owners.resolve = stuck  # type: ignore[method-assign]
     resp = await slow.handle(review("u2"))

@@ -98,7 +98,7 @@ async def test_lifecycle_aware_backend_hears_final_status_and_pod_gone(tmp_path:
 async def backend_settle() -> None:
     import asyncio
 
-    await asyncio.sleep(0.01)  # the simulated backend runs its containers on wall time
+    await asyncio.sleep(0)  # a container of sim-run-seconds 0 exits at the loop's next turn
 
 
 async def test_backend_without_pod_lifecycle_protocol_is_not_called(tmp_path: Path) -> None:

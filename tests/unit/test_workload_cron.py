@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+from common.clock import FakeClock
+from common.retry import SLOW_BACKOFF
 from provider.config import WarmletConfig
 from provider.cron_prewarm import CronPrewarmer, next_fire, prewarm_spec, targets_node
 from provider.scheduling import tolerates
@@ -97,16 +99,17 @@ async def test_tick_prewarms_once_per_firing_within_lead() -> None:
 
 
 class SlowBackend:
-    """Each prewarm takes a while; records how many run at once."""
+    """Each prewarm takes a second on the clock; records how many run at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
         self.running = 0
         self.peak = 0
 
     async def prewarm(self, pod: Any, count: int) -> int:
         self.running += 1
         self.peak = max(self.peak, self.running)
-        await asyncio.sleep(0.05)
+        await self.clock.sleep(1.0)
         self.running -= 1
         return count
 
@@ -114,20 +117,28 @@ class SlowBackend:
 async def test_tick_prewarms_due_cronjobs_concurrently_and_bounded() -> None:
     cfg = WarmletConfig()
     cfg.pool.cron_lead_seconds = 20
-    backend = SlowBackend()
+    clock = FakeClock()
+    backend = SlowBackend(clock)
     pw = CronPrewarmer(cfg.pool, cfg.pods, None, backend, {"kubernetes.io/hostname": "vn"}, [TAINT])  # type: ignore[arg-type]
     pw.cronjobs = {
         f"cj{i}": {**cj(), "metadata": {"name": f"t{i}", "namespace": "ns", "uid": f"cj{i}"}}
         for i in range(20)
     }
-    assert await pw.tick(ts("2026-01-01T00:00:45")) == 20 * 3
-    assert backend.peak == pw.concurrency == 8  # concurrent, at most 8 at once
+    tick = asyncio.create_task(pw.tick(ts("2026-01-01T00:00:45")))
+    for _ in range(50):
+        if clock.sleepers:
+            break
+        await asyncio.sleep(0)
+    assert clock.sleepers == pw.concurrency == 8  # concurrent, at most 8 at once
+    await clock.advance(2.0)
+    assert not tick.done()  # 20 in waves of 8: three seconds, not one, not twenty
+    await clock.advance(1.0)
+    assert tick.done() and tick.result() == 20 * 3
+    assert backend.peak == 8
     assert await pw.tick(ts("2026-01-01T00:00:50")) == 0  # same firing: once
 
 
 async def test_run_relists_and_ticks_on_its_clock() -> None:
-    from common.clock import FakeClock
-
     class Client:
         def __init__(self) -> None:
             self.lists = 0
@@ -160,4 +171,30 @@ async def test_run_relists_and_ticks_on_its_clock() -> None:
     await clock.advance(6.0)
     assert client.lists == 2  # relisted every 15 s
     assert len(backend.calls) == 1  # one firing, one prewarm
+    task.cancel()
+
+
+async def test_run_backs_off_after_a_failed_list() -> None:
+    class Flaky:
+        def __init__(self) -> None:
+            self.lists = 0
+
+        async def list_all(self, path: str) -> dict[str, Any]:
+            self.lists += 1
+            if self.lists <= 2:
+                raise OSError("apiserver away")
+            return {"items": []}
+
+    cfg = WarmletConfig()
+    clock = FakeClock(start=0.0)
+    client = Flaky()
+    pw = CronPrewarmer(cfg.pool, cfg.pods, client, FakeBackend(), {}, [], clock=clock)  # type: ignore[arg-type]
+    task = asyncio.create_task(pw.run())
+    await clock.advance(0)
+    assert client.lists == 1
+    await clock.advance(SLOW_BACKOFF.delay(1, 0.0) - 0.01)  # not before the shortest back-off
+    assert client.lists == 1
+    await clock.advance(SLOW_BACKOFF.delay(1) + SLOW_BACKOFF.delay(2))  # the longest two
+    assert client.lists == 3
+    assert pw.cronjobs == {}
     task.cancel()

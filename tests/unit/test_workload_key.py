@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.clock import FakeClock
 from provider.workload import (
     OwnerResolver,
     cronjob_key,
@@ -206,7 +208,7 @@ async def test_resolver_deployment_from_pod_template_hash_without_api_calls() ->
 
 async def test_resolver_job_to_cronjob_when_listed_active_and_caches() -> None:
     api = FakeApi({CJ: cronjob(("tick-29000000", "o"))})
-    r = OwnerResolver(api.fetch, retry_delays=())
+    r = OwnerResolver(api.fetch, relooks=0)
     assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("CronJob", "tick")
     assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("CronJob", "tick")
     assert api.calls == [CJ]
@@ -215,9 +217,18 @@ async def test_resolver_job_to_cronjob_when_listed_active_and_caches() -> None:
 async def test_resolver_job_not_listed_by_its_cronjob_stays_a_job() -> None:
     # same name pattern, but another Job (uid) or no CronJob: never keyed as the CronJob
     api = FakeApi({CJ: cronjob(("tick-29000000", "someone-else"))})
-    r = OwnerResolver(api.fetch, retry_delays=(0.0, 0.0))
-    assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("Job", "tick-29000000")
-    assert api.calls == [CJ, CJ, CJ]  # looked up again: status.active may lag the Job's creation
+    clock = FakeClock(start=0.0)
+    r = OwnerResolver(api.fetch, clock=clock)
+    owner = asyncio.create_task(r.owner(pod(owner=("Job", "tick-29000000"))))
+    await clock.advance(0.0)
+    assert api.calls == [CJ]
+    await clock.advance(0.25)  # looked up again: status.active may lag the Job's creation
+    assert api.calls == [CJ, CJ]
+    await clock.advance(0.5 + 1.0 + 1.9)
+    assert api.calls == [CJ] * 4 and not owner.done()
+    await clock.advance(0.1)  # after 0.25, 0.5, 1 and 2 s: the last look, then keyed by the Job
+    assert await owner == ("Job", "tick-29000000")
+    assert api.calls == [CJ] * 5
     api = FakeApi({"/apis/batch/v1/namespaces/ns/cronjobs/gone": None})
     r = OwnerResolver(api.fetch)
     assert await r.owner(pod(owner=("Job", "gone-29000000"))) == ("Job", "gone-29000000")
@@ -234,8 +245,13 @@ async def test_resolver_job_listed_after_a_retry() -> None:
             api.objects[CJ] = cronjob(("tick-29000000", "o"))
         return await original(path)
 
-    r = OwnerResolver(fetch, retry_delays=(0.0, 0.0))
-    assert await r.owner(pod(owner=("Job", "tick-29000000"))) == ("CronJob", "tick")
+    clock = FakeClock(start=0.0)
+    r = OwnerResolver(fetch, clock=clock)
+    owner = asyncio.create_task(r.owner(pod(owner=("Job", "tick-29000000"))))
+    await clock.advance(0.0)  # the first look: not listed yet
+    await clock.advance(0.25)
+    assert owner.done() and await owner == ("CronJob", "tick")
+    assert api.calls == [CJ, CJ]
 
 
 async def test_resolver_falls_back_on_error_uncached() -> None:
