@@ -281,23 +281,12 @@ def _testbed_up(console: Any) -> None:
 async def _recreate_namespace(client: Any) -> None:
     from bench.harness import delete_namespace
     from provider.kubeclient import ApiError
-    from testbed.testing import wait_for
+    from testbed.testing import create_namespace
 
     with contextlib.suppress(ApiError):
         await client.get(f"/api/v1/namespaces/{NAMESPACE}")
         await delete_namespace(client, NAMESPACE, wait=120)  # a previous demo's leftovers
-    await client.post(
-        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-    )
-
-    async def sa() -> bool:
-        try:
-            await client.get(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default")
-            return True
-        except ApiError:
-            return False
-
-    await wait_for(sa, 30, 0.2, "default service account")
+    await create_namespace(client, name=NAMESPACE)
 
 
 async def _wait_deployment(client: Any, within: float = 180) -> None:

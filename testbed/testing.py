@@ -62,10 +62,11 @@ async def running_node(
 
 
 async def create_namespace(
-    client: KubeClient, prefix: str = "wl", labels: dict[str, str] | None = None
+    client: KubeClient, prefix: str = "wl", labels: dict[str, str] | None = None, name: str = ""
 ) -> str:
-    """A fresh namespace whose default ServiceAccount exists (pods are admitted)."""
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    """A fresh namespace (``name``, else ``<prefix>-<random>``) whose default ServiceAccount
+    exists (pods are admitted)."""
+    name = name or f"{prefix}-{uuid.uuid4().hex[:6]}"
     meta: JSON = {"name": name, "labels": labels} if labels else {"name": name}
     await client.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
 

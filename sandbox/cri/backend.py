@@ -54,12 +54,12 @@ from sandbox.cri.log_rotation import ContainerLogRotator
 from sandbox.cri.metered import MeteredCriClient
 from sandbox.cri.pleg import Pleg
 from sandbox.cri.relay import RelayProcess, start_relay, stop_relay
-from sandbox.cri.sandboxes import CriSandboxes, sandbox_info
+from sandbox.cri.sandboxes import CriSandboxes
 from sandbox.cri.scrub import ContainerReaper
 from sandbox.cri.stats import CriStats, OomCounter
 from sandbox.images import ImageCache
 from sandbox.pool import WarmPool
-from sandbox.pool_policy import PoolDefaults
+from sandbox.pool_policy import PoolDefaults, PoolSettings
 
 log = logging.getLogger("warmlet.cri")
 
@@ -83,15 +83,6 @@ class CriSettings(Protocol):
     container_log_monitor_interval_seconds: float
     pod_pids_limit: int
     call_relay: bool
-
-
-class PoolSettings(Protocol):
-    enabled: bool
-    min_per_workload: int
-    max_per_workload: int
-    idle_ttl_seconds: float
-    global_max_sandboxes: int
-    global_max_memory_bytes: int
 
 
 class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
@@ -138,15 +129,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
             cgroup_parent=cri.cgroup_parent,
             pids_limit=cri.pod_pids_limit,
         )
-        defaults = PoolDefaults(
-            enabled=pool.enabled,
-            min_per_workload=pool.min_per_workload,
-            max_per_workload=pool.max_per_workload,
-            idle_ttl_seconds=pool.idle_ttl_seconds,
-            global_max_sandboxes=pool.global_max_sandboxes,
-            global_max_memory_bytes=pool.global_max_memory_bytes,
-            concurrency_window_seconds=max(60.0, pool.idle_ttl_seconds),
-        )
+        defaults = PoolDefaults.from_settings(pool)
         self.pool = WarmPool(self.sandboxes, defaults, state_file=self.state_dir / STATE_FILE)
         self.finished = FinishedPods(self.pool, self.log_dir)
         self._specs: dict[str, PodSandboxSpec] = {}  # pod uid -> spec (for create_container)
@@ -333,11 +316,11 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
         self._specs[pod.uid] = pod
         os.makedirs(crilog.pod_log_dir(self.log_dir, pod.namespace, pod.name, pod.uid), exist_ok=True)
         await self.sandboxes.prepare_for(rec, pod)
-        return sandbox_info(rec)
+        return rec.info()
 
     async def list_sandboxes(self) -> list[SandboxInfo]:
         return [
-            sandbox_info(r)
+            r.info()
             for r in self.pool.records.values()
             if r.state in ("in_use", "releasing") and r.pod_uid
         ]

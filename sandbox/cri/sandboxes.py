@@ -21,7 +21,6 @@ from sandbox.backend import (
     PullPolicy,
     RunSandboxError,
     RuntimeUnavailableError,
-    SandboxInfo,
 )
 from sandbox.cri import host
 from sandbox.cri import mapping as m
@@ -37,19 +36,6 @@ log = logging.getLogger("warmlet.cri")
 DEFAULT_CGROUP_BASE = ""  # empty: let the runtime place cgroups (no pod cgroup to clean up)
 PIDS_CGROUP_BASE = "/warmlet"  # pod cgroups' parent when a pids limit is set and cgroup_parent is not
 ANNOTATION_CGROUP_PARENT = "warmlet.io/cgroup-parent"
-
-
-def sandbox_info(rec: SandboxRecord) -> SandboxInfo:
-    return SandboxInfo(
-        sandbox_id=rec.sandbox_id,
-        pod_uid=rec.pod_uid,
-        workload_key=rec.key,
-        pod_ip=rec.pod_ip,
-        from_pool=rec.from_pool,
-        created_at=rec.created_at,
-        namespace=rec.namespace,
-        name=rec.pod_name,
-    )
 
 
 class CriSandboxes:
