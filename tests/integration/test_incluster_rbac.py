@@ -305,9 +305,7 @@ async def test_warmlet_scenario_with_exactly_the_manifest_rights(
 
         await wait_for(cron_pod_done, 150, 1.0, "the CronJob's pod Succeeded")
         # released to the CronJob's pool (the key prewarming computes), not to a per-Job one
-        keys = set(getattr(wn.backend, "_pool", {})) | {
-            s.workload_key for s in await wn.backend.list_sandboxes()
-        }
+        keys = {r.key for r in wn.backend.pool.records.values()}  # type: ignore[attr-defined]
         assert any(k.startswith(f"{ns}/CronJob/tick#") for k in keys), keys
 
         # nothing warmlet asked for was refused
