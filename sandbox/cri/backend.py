@@ -118,6 +118,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
             max_parallel_pulls=cri.max_parallel_pulls,
             gc_budget_bytes=cri.image_gc_high_bytes,
             gc_min_age_seconds=cri.image_gc_min_age_seconds,
+            clock=clock,
         )
         self.facts = SandboxFacts(client)
         self.reaper = ContainerReaper(self.ctx)
@@ -130,7 +131,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
             pids_limit=cri.pod_pids_limit,
         )
         defaults = PoolDefaults.from_settings(pool)
-        self.pool = WarmPool(self.sandboxes, defaults, state_file=self.state_dir / STATE_FILE)
+        self.pool = WarmPool(self.sandboxes, defaults, state_file=self.state_dir / STATE_FILE, clock=clock)
         self.finished = FinishedPods(self.pool, self.log_dir)
         self._specs: dict[str, PodSandboxSpec] = {}  # pod uid -> spec (for create_container)
         self.oom = OomCounter(client)
