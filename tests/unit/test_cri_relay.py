@@ -290,8 +290,11 @@ def _exchange_as(uid: int, name: str, data: bytes) -> bytes:
 async def test_sigterm_with_open_connections_exits_quietly(tmp_path: Path) -> None:
     """warmlet's clean shutdown: the relay ends at once, exit 0, nothing on stderr."""
 
+    received: list[bytes] = []
+
     async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            received.append(await r.readline())
             await r.read()
         w.close()
 
@@ -301,7 +304,7 @@ async def test_sigterm_with_open_connections_exits_quietly(tmp_path: Path) -> No
         r, w = await _connect(name)
         w.write(b"a request in flight\n")
         await w.drain()
-        await asyncio.sleep(0.3)
+        await _until(lambda: received == [b"a request in flight\n"], "the request reached the runtime")
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from bench import demo
 from bench.narrate import Narrator
+from common.clock import FakeClock
 
 
 def _result() -> dict:  # type: ignore[type-arg]
@@ -116,18 +117,35 @@ def test_cleanup_steps_say_everything_in_order() -> None:
     assert "containerd" not in simulated[-1][1]
 
 
-def _narrator(heartbeat: float) -> tuple[Narrator, Console]:
+def _narrator(heartbeat: float, clock: FakeClock | None = None) -> tuple[Narrator, Console]:
     console = Console(record=True, width=200, force_terminal=False)
-    return Narrator(console, heartbeat=heartbeat), console
+    return Narrator(console, heartbeat=heartbeat, clock=clock or FakeClock()), console
 
 
 async def test_narrator_says_start_heartbeat_and_done() -> None:
-    say, console = _narrator(heartbeat=0.05)
-    assert await say.step("stopping x", "SIGTERM", asyncio.sleep(0.18, result=7)) == 7
-    lines = console.export_text().splitlines()
-    assert lines[0] == "  → stopping x (SIGTERM)…"
-    assert lines[1].startswith("    … still stopping x (")  # never a silent wait
-    assert len(lines) >= 4 and lines[-1].startswith("  ✓ stopping x (")
+    clock = FakeClock()
+    say, console = _narrator(heartbeat=10, clock=clock)
+
+    async def stop() -> int:
+        await clock.sleep(25)
+        return 7
+
+    task = asyncio.create_task(say.step("stopping x", "SIGTERM", stop()))
+    await clock.advance(0)  # the step and its heartbeat start sleeping
+    assert console.export_text(clear=False).splitlines() == ["  → stopping x (SIGTERM)…"]
+    await clock.advance(9.9)
+    assert len(console.export_text(clear=False).splitlines()) == 1  # nothing before the first beat
+    await clock.advance(0.1)
+    assert console.export_text(clear=False).splitlines()[-1] == "    … still stopping x (10 s)"
+    await clock.advance(15)
+    assert task.done()
+    assert task.result() == 7
+    assert console.export_text().splitlines() == [
+        "  → stopping x (SIGTERM)…",
+        "    … still stopping x (10 s)",  # never a silent wait
+        "    … still stopping x (20 s)",
+        "  ✓ stopping x (25 s)",
+    ]
 
 
 async def test_narrator_says_a_failure_and_raises_it() -> None:
@@ -143,19 +161,29 @@ async def test_narrator_says_a_failure_and_raises_it() -> None:
 
 
 async def test_narrator_says_when_interrupted() -> None:
-    say, console = _narrator(heartbeat=10)
-    started = asyncio.Event()
+    clock = FakeClock()
+    say, console = _narrator(heartbeat=10, clock=clock)
+    cancelled = asyncio.Event()
 
     async def slow() -> None:
-        started.set()
-        await asyncio.sleep(60)
+        try:
+            await clock.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
 
     task = asyncio.create_task(say.step("deleting ns", "", slow()))
-    await started.wait()
+    await clock.advance(0)
+    await clock.advance(15)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert console.export_text().splitlines()[-1] == "  ✗ deleting ns: interrupted"
+    assert cancelled.is_set()  # the step's work is cancelled with it
+    assert clock.sleepers == 0  # and so is its heartbeat
+    assert console.export_text().splitlines()[1:] == [
+        "    … still deleting ns (10 s)",
+        "  ✗ deleting ns: interrupted",
+    ]
 
 
 def test_narrator_runs_a_blocking_step() -> None:

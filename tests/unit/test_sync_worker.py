@@ -18,12 +18,33 @@ from sandbox.simulated import SimulatedBackend
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWorker]:
-    # The simulated backend runs its containers on wall time, so the worker does too here.
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def env(tmp_path: Path, clock: FakeClock) -> tuple[FakeApi, SimulatedBackend, FakeRecorder, PodWorker]:
+    # One fake clock runs the simulated containers and the worker: time moves only when a test
+    # advances it, so a container that runs 0.05 s exits exactly when the clock passes 0.05 s.
     api = FakeApi()
-    backend = SimulatedBackend(tmp_path / "logs")
+    backend = SimulatedBackend(tmp_path / "logs", clock=clock)
     rec = FakeRecorder()
-    return api, backend, rec, make_worker(tmp_path, api, backend, rec)
+    return api, backend, rec, make_worker(tmp_path, api, backend, rec, clock)
+
+
+async def states(backend: SimulatedBackend, uid: str) -> list[ContainerState]:
+    return [c.state for c in await backend.pod_containers(uid)]
+
+
+async def run_out(clock: FakeClock, backend: SimulatedBackend, uid: str, seconds: float) -> None:
+    """The pod's last container, started now and running ``seconds``: still running just before
+    its end, exited exactly at it."""
+    end = clock.monotonic() + seconds
+    await clock.advance(0)  # its exit timer starts sleeping on the clock
+    await clock.set(end - 0.001)
+    assert (await states(backend, uid))[-1] == ContainerState.RUNNING
+    await clock.set(end)
+    assert (await states(backend, uid))[-1] == ContainerState.EXITED
 
 
 async def test_pod_runs_and_is_annotated(env: Any) -> None:
@@ -112,17 +133,17 @@ async def test_invalid_image_name_stays_invalid_without_pull_backoff(env: Any) -
     assert rec.reasons().count("InspectFailed") == 1
 
 
-async def test_short_container_finished_at_first_status_still_gets_start_level(env: Any) -> None:
+async def test_short_container_finished_at_first_status_still_gets_start_level(
+    env: Any, clock: FakeClock
+) -> None:
     api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("p1", "u1", "Never", {"warmlet.io/sim-run-seconds": "0"}))
     start = backend.start_container
 
     async def start_and_exit(cid: str) -> None:  # the container is done before the first status
         await start(cid)
-        for _ in range(100):
-            if all(c.state == ContainerState.EXITED for c in await backend.pod_containers("u1")):
-                return
-            await asyncio.sleep(0.01)
+        await clock.advance(0)  # its 0 s run ends on its timer, before the worker reads a status
+        assert await states(backend, "u1") == [ContainerState.EXITED]
 
     backend.start_container = start_and_exit  # type: ignore[method-assign]
     await worker.sync("u1")
@@ -141,11 +162,11 @@ async def test_host_path_rejected(env: Any) -> None:
     assert await backend.list_sandboxes() == []
 
 
-async def test_completed_pod_releases_sandbox(env: Any) -> None:
+async def test_completed_pod_releases_sandbox(env: Any, clock: FakeClock) -> None:
     api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("job-1", "u1", policy="Never", annotations={"warmlet.io/sim-run-seconds": "0.05"}))
     await worker.sync("u1")
-    await asyncio.sleep(0.2)
+    await run_out(clock, backend, "u1", 0.05)
     await worker.sync("u1")
     st = api.pods["u1"]["status"]
     assert st["phase"] == "Succeeded"
@@ -155,19 +176,21 @@ async def test_completed_pod_releases_sandbox(env: Any) -> None:
     assert backend.idle_sandboxes() == 1
 
 
-async def test_crash_loop_backoff(env: Any) -> None:
-    api, backend, rec, worker = env  # noqa: RUF059
+async def test_crash_loop_backoff(env: Any, clock: FakeClock) -> None:
+    api, backend, rec, worker = env
     api.add(
         make_pod(
             "p1", "u1", annotations={"warmlet.io/sim-run-seconds": "0.01", "warmlet.io/sim-exit-code": "1"}
         )
     )
     await worker.sync("u1")
-    await asyncio.sleep(0.05)
+    await run_out(clock, backend, "u1", 0.01)
     await worker.sync("u1")  # first restart is immediate
-    await asyncio.sleep(0.05)
+    assert await states(backend, "u1") == [ContainerState.EXITED, ContainerState.RUNNING]
+    await run_out(clock, backend, "u1", 0.01)
+    await clock.advance(2)
     retry = await worker.sync("u1")
-    assert retry is not None and 9 < retry <= 10
+    assert retry == pytest.approx(8.0)  # the 10 s back-off counts from the exit, 2 s ago
     cs = api.pods["u1"]["status"]["containerStatuses"][0]
     assert cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     assert cs["restartCount"] == 1
@@ -175,21 +198,28 @@ async def test_crash_loop_backoff(env: Any) -> None:
     assert "BackOff" in rec.reasons()
 
 
-async def test_init_containers_in_order(env: Any) -> None:
+async def test_init_containers_in_order(env: Any, clock: FakeClock) -> None:
     api, backend, rec, worker = env  # noqa: RUF059
+    run = {"warmlet.io/sim-run-seconds.i1": "1", "warmlet.io/sim-run-seconds.i2": "1"}
     p = make_pod(
         "p1",
         "u1",
+        annotations=run,
         initContainers=[
             {"name": "i1", "image": "registry.local/i:1"},
             {"name": "i2", "image": "registry.local/i:1"},
         ],
     )
     api.add(p)
-    for _ in range(10):
-        if await worker.sync("u1") is None and api.pods["u1"]["status"].get("phase") == "Running":
-            break
-        await asyncio.sleep(0.01)
+    for init, before in (("i1", []), ("i2", [ContainerState.EXITED])):  # each runs 1 s, alone
+        await worker.sync("u1")
+        assert await states(backend, "u1") == [*before, ContainerState.RUNNING], init
+        await clock.advance(0.5)
+        await worker.sync("u1")  # while it runs: nothing more starts
+        assert await states(backend, "u1") == [*before, ContainerState.RUNNING], init
+        assert api.pods["u1"]["status"]["phase"] == "Pending"
+        await run_out(clock, backend, "u1", 0.5)
+    assert await worker.sync("u1") is None
     st = api.pods["u1"]["status"]
     assert st["phase"] == "Running"
     assert [s["state"]["terminated"]["reason"] for s in st["initContainerStatuses"]] == ["Completed"] * 2
@@ -197,7 +227,7 @@ async def test_init_containers_in_order(env: Any) -> None:
     assert names == ["i1", "i2", "app"]
 
 
-async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path: Path) -> None:
+async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, clock: FakeClock) -> None:
     api, backend, rec, worker = env
     api.add(make_pod("p1", "u1"))
     await worker.sync("u1")
@@ -212,6 +242,7 @@ async def test_restarted_worker_adopts_instead_of_duplicating(env: Any, tmp_path
         worker.owners,
         worker.source,
         {"cpu": "16"},
+        clock,
     )
     await fresh.sync("u1")
     after = await backend.pod_containers("u1")
@@ -261,20 +292,22 @@ async def test_forbidden_annotations_do_not_block_the_pod(env: Any) -> None:
         assert START_LEVEL_ANNOTATION not in api.pods[uid]["metadata"]["annotations"]
 
 
-async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(env: Any) -> None:
+async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(
+    env: Any, clock: FakeClock
+) -> None:
     """Bare pods (keyed by their own uid) and ReplicaSet pods, run through the work queue, then
     deleted gracefully: no state of theirs is left in the worker, the queue or the backend, and
     only the ReplicaSet's workload keeps (bounded) idle sandboxes."""
     from provider.pods.queue import WorkQueue
 
     api, backend, rec, worker = env  # noqa: RUF059
-    queue = WorkQueue(worker.sync, workers=8)
+    queue = WorkQueue(worker.sync, workers=8, clock=clock)
     backend.subscribe(queue.add)
     runner = asyncio.create_task(queue.run())
 
-    async def settle() -> None:
+    async def settle() -> None:  # no time passes: every sync and exit here is immediate
         for _ in range(400):
-            await asyncio.sleep(0.01)
+            await clock.advance(0)  # runs what is ready, timers due now included
             if queue.idle:
                 return
         raise AssertionError("queue never idle")
@@ -321,14 +354,14 @@ async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(env
     assert backend.idle_sandboxes() == backend.pool_max_per_workload  # the ReplicaSet's, capped
 
 
-async def test_finished_pod_never_runs_again_from_a_stale_copy(env: Any) -> None:
+async def test_finished_pod_never_runs_again_from_a_stale_copy(env: Any, clock: FakeClock) -> None:
     """After release, a sync from a stale (still Running) informer copy must not start it again."""
     api, backend, rec, worker = env  # noqa: RUF059
     api.add(make_pod("job-1", "u1", policy="Never", annotations={"warmlet.io/sim-run-seconds": "0.05"}))
     await worker.sync("u1")
     stale = copy.deepcopy(api.pods["u1"])
     assert stale["status"]["phase"] == "Running"
-    await asyncio.sleep(0.2)
+    await run_out(clock, backend, "u1", 0.05)
     await worker.sync("u1")
     assert api.pods["u1"]["status"]["phase"] == "Succeeded"
     created = len(await backend.pod_containers("u1"))
@@ -338,11 +371,9 @@ async def test_finished_pod_never_runs_again_from_a_stale_copy(env: Any) -> None
     assert len(await backend.pod_containers("u1")) == created
 
 
-async def test_config_error_retries_back_off_and_create_nothing(env: Any, tmp_path: Path) -> None:
+async def test_config_error_retries_back_off_and_create_nothing(env: Any, clock: FakeClock) -> None:
     """A missing Secret: CreateContainerConfigError, retries 2 s doubling to 30 s, no container."""
-    api, backend, rec, _ = env
-    clock = FakeClock()
-    worker = make_worker(tmp_path, api, backend, rec, clock)
+    api, backend, rec, worker = env  # noqa: RUF059
     c = {
         "name": "app",
         "image": "registry.local/app:1",
