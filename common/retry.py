@@ -71,11 +71,6 @@ API_BACKOFF: Final = Backoff(base=0.5, cap=10.0)
 SLOW_BACKOFF: Final = Backoff(base=0.5, cap=30.0)
 
 
-async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0, clock: Clock = SYSTEM) -> None:
-    """Exponential back-off with jitter for ``attempt`` consecutive failures (see :class:`Backoff`)."""
-    await Backoff(base=base, cap=max(cap, base)).sleep(attempt, clock)
-
-
 async def sleep_or_wake(clock: Clock, seconds: float, wake: asyncio.Event | None) -> bool:
     """Sleep ``seconds`` on ``clock``, or less if ``wake`` is (or gets) set; True if woken.
 

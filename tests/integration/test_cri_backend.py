@@ -10,7 +10,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from sandbox.backend import (
 from sandbox.cri import mapping as m
 from sandbox.cri.backend import CriBackend
 from sandbox.cri.client import CriClient
+from testbed.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -94,15 +95,6 @@ async def env(containerd_socket: Path, registry: str, images: Any, tmp_path: Pat
             await c.close()
 
 
-async def wait_for(pred: Callable[[], Awaitable[bool]], limit: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await pred():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def run_container(
     b: CriBackend, pod: PodSandboxSpec, script: str, name: str = "main", attempt: int = 0
 ) -> str:
@@ -158,8 +150,8 @@ async def test_pod_runs_logs_and_exit_codes(env: Env) -> None:
     ok = await b.create_container(sb, pod, env.container("echo fine; exit 0", "ok"), 0)
     await b.start_container(fail)
     await b.start_container(ok)
-    await wait_for(lambda: exited(b, pod.uid, fail), what="fail exit")
-    await wait_for(lambda: exited(b, pod.uid, ok), what="ok exit")
+    await wait_for(lambda: exited(b, pod.uid, fail), 20, 0.1, what="fail exit")
+    await wait_for(lambda: exited(b, pod.uid, ok), 20, 0.1, what="ok exit")
     states = {s.name: s for s in await b.pod_containers(pod.uid)}
     assert states["fail"].exit_code == 3 and states["fail"].reason == "Error"
     assert states["ok"].exit_code == 0 and states["ok"].reason == "Completed"
@@ -167,7 +159,7 @@ async def test_pod_runs_logs_and_exit_codes(env: Env) -> None:
     assert states["fail"].log_path == path
     text = read_text(path)
     assert " stdout F hello-out" in text and " stderr F hello-err" in text
-    await wait_for(lambda: asyncio.sleep(0, pod.uid in changed), what="PLEG notification")
+    await wait_for(lambda: asyncio.sleep(0, pod.uid in changed), 20, 0.1, what="PLEG notification")
     assert [s.sandbox_id for s in await b.list_sandboxes()] == [sb.sandbox_id]
     await b.release_sandbox(pod.uid, reusable=False)
     assert await b.list_sandboxes() == []
@@ -184,7 +176,7 @@ async def test_reuse_same_key_scrubs_everything(env: Env, tmp_path: Path) -> Non
     cid = await run_container(b, a, f"sleep {marker} & sleep {marker}1 & echo started; wait")
     sb_a = b.pool.get_by_pod(a.uid)
     assert sb_a is not None
-    await wait_for(lambda: asyncio.sleep(0, len(pids_with_arg(marker)) >= 2), what="pod a processes")
+    await wait_for(lambda: asyncio.sleep(0, len(pids_with_arg(marker)) >= 2), 20, 0.1, what="pod a processes")
     t0 = time.perf_counter()
     await b.stop_container(cid, 0)
     await b.release_sandbox(a.uid, reusable=True)
@@ -203,7 +195,7 @@ async def test_reuse_same_key_scrubs_everything(env: Env, tmp_path: Path) -> Non
     warm_s = time.perf_counter() - t0
     assert sb_b.from_pool and sb_b.sandbox_id == sb_a.sandbox_id and sb_b.pod_uid == bpod.uid
     cid_b = await run_container(b, bpod, "hostname; ls /; exit 0")
-    await wait_for(lambda: exited(b, bpod.uid, cid_b), what="pod b exit")
+    await wait_for(lambda: exited(b, bpod.uid, cid_b), 20, 0.1, what="pod b exit")
     states = await b.pod_containers(bpod.uid)
     assert [s.container_id for s in states] == [cid_b]
     path = b.log_path(bpod.namespace, bpod.name, bpod.uid, "main", 0)
@@ -305,7 +297,7 @@ async def test_prewarm_and_stats(env: Env) -> None:
     assert sb.from_pool
     await run_container(b, pod, "i=0; while :; do i=$((i+1)); done")
     done = await run_container(b, pod, "exit 0", name="short")
-    await wait_for(lambda: exited(b, pod.uid, done), what="short exit")
+    await wait_for(lambda: exited(b, pod.uid, done), 20, 0.1, what="short exit")
     await asyncio.sleep(1.0)
     await b.stats()
     usage = await b.stats()

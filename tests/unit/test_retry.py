@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.clock import FakeClock
-from common.retry import STOP, Backoff, doubling, periodic, retry, sleep_backoff, sleep_or_wake
+from common.retry import STOP, Backoff, doubling, periodic, retry, sleep_or_wake
 
 
 async def settle() -> None:
@@ -53,16 +53,6 @@ def test_backoff_bounds_and_monotonic(
 def test_backoff_rejects_nonsense(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Backoff(**bad)
-
-
-async def test_sleep_backoff_waits_on_the_clock() -> None:
-    clock = FakeClock()
-    task = asyncio.create_task(sleep_backoff(3, base=0.5, cap=30.0, clock=clock))
-    await settle()
-    await clock.advance(1.9)  # 4 s * [0.5, 1] >= 2 s
-    assert not task.done()
-    await clock.advance(2.1)
-    assert task.done()
 
 
 async def test_retry_backs_off_between_failures_and_returns_the_result() -> None:
