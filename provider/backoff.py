@@ -29,12 +29,9 @@ class Backoff:
     def remaining(self, key: str, since: float, now: float) -> float:
         """Seconds still to wait, counting the current period from ``since``."""
         e = self._entries.get(key)
-        if e is None:
-            return 0.0
-        if now - e.last_update > 2 * self.cap:  # stale entries expire like kubelet's GC
+        if e is not None and now - e.last_update > 2 * self.cap:  # stale entries expire like kubelet's GC
             del self._entries[key]
-            return 0.0
-        return max(0.0, e.delay - (now - since))
+        return self.peek_remaining(key, since, now)
 
     def peek_remaining(self, key: str, since: float, now: float) -> float:
         """Like :meth:`remaining` but read-only: a stale entry counts as none and is kept."""
