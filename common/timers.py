@@ -1,7 +1,8 @@
-"""Timers on a ``Clock`` for the simulated runtime: one heap and one task, however many timers.
+"""Timers on a ``Clock``: one heap and one task, however many timers.
 
-10,000 simulated containers each need one pending event (their exit or next log tick). A task or a
-``clock.sleep`` each would cost a task per container; ``loop.call_at`` would tie them to the event
+10,000 simulated containers each need one pending event (their exit or next log tick), and 10,000
+pods of the work queue one pending requeue. A task or a ``clock.sleep`` each would cost a task per
+timer; ``loop.call_at`` would tie them to the event
 loop's clock, which a ``FakeClock`` does not move. Here timers sit in one heap, and one pump task
 sleeps on the clock until the earliest is due, then runs every due callback in deadline order.
 """
@@ -39,8 +40,9 @@ class Timer:
 class TimerQueue:
     """``call_at(when, cb, *args)`` on ``clock.monotonic()`` time; callbacks run on the event loop."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, name: str = "timers") -> None:
         self.clock = clock
+        self.name = name  # of the pump task
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._pump: asyncio.Task[None] | None = None
@@ -69,7 +71,7 @@ class TimerQueue:
         if self._pump is not None:
             self._pump.cancel()
         self._pump_until = self._heap[0][0]
-        self._pump = asyncio.get_running_loop().create_task(self._run(), name="sim-timers")
+        self._pump = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def _run(self) -> None:
         heap = self._heap
@@ -88,19 +90,26 @@ class TimerQueue:
                         try:
                             timer.callback(*timer.args)
                         except Exception:
-                            log.exception("simulated timer callback failed")
+                            log.exception("timer callback failed")
             finally:
                 self._firing = False
         self._pump = None
         self._pump_until = float("inf")
 
+    def clear(self) -> asyncio.Task[None] | None:
+        """Drop every timer and cancel the pump (returned, for a caller that can await its end)."""
+        self._heap.clear()
+        pump, self._pump = self._pump, None
+        self._pump_until = float("inf")
+        if pump is not None:
+            pump.cancel()
+        return pump
+
     async def close(self) -> None:
         """Drop every timer and stop the pump."""
         self._closed = True
-        self._heap.clear()
-        pump, self._pump = self._pump, None
+        pump = self.clear()
         if pump is not None:
-            pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
 

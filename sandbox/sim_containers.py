@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from common.clock import Clock
 from common.crilog import STDERR, STDOUT, CRILogWriter
+from common.timers import Timer, TimerQueue
 from sandbox.backend import (
     ContainerRuntimeState,
     ContainerSpec,
@@ -26,7 +27,6 @@ from sandbox.backend import (
     PodSandboxSpec,
     PodUsage,
 )
-from sandbox.sim_timers import Timer, TimerQueue
 
 log = logging.getLogger("sandbox.simulated")
 
@@ -142,7 +142,7 @@ class SimContainers:
         self.clock = clock
         self.defaults = defaults
         self.notify = notify
-        self.timers = TimerQueue(clock)
+        self.timers = TimerQueue(clock, name="sim-timers")
         self.by_id: dict[str, _Container] = {}
         self.closed = False
         self._retired_cpu_ns = 0

@@ -13,20 +13,14 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from common.clock import SYSTEM, Clock
 from common.retry import Backoff
+from common.timers import Timer, TimerQueue
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str], Awaitable[float | None]]
-
-
-@dataclass
-class _Timer:
-    when: float  # on the clock's monotonic time
-    task: asyncio.Task[None]
 
 
 class WorkQueue:
@@ -47,7 +41,8 @@ class WorkQueue:
         self._active: set[str] = set()
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
-        self._timers: dict[str, _Timer] = {}
+        self._timers: dict[str, Timer] = {}  # key -> its pending requeue
+        self._timer_queue = TimerQueue(clock, name="requeue-timers")  # one task for every requeue
         self._paused = False
         self._drained = asyncio.Event()  # set when no handler runs (watched only while pausing)
 
@@ -67,15 +62,13 @@ class WorkQueue:
             return
         when = self._clock.monotonic() + delay
         t = self._timers.get(key)
-        if t is not None and not t.task.done() and t.when <= when:
+        if t is not None and t.when <= when:
             return
         if t is not None:
-            t.task.cancel()
-        task = asyncio.get_running_loop().create_task(self._fire_at(key, when), name=f"requeue-{key}")
-        self._timers[key] = _Timer(when, task)
+            t.cancel()
+        self._timers[key] = self._timer_queue.call_at(when, self._fire, key)
 
-    async def _fire_at(self, key: str, when: float) -> None:
-        await self._clock.sleep(when - self._clock.monotonic())
+    def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
         self.add(key)
 
@@ -83,7 +76,7 @@ class WorkQueue:
         self._failures.pop(key, None)
         t = self._timers.pop(key, None)
         if t is not None:
-            t.task.cancel()
+            t.cancel()
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -140,6 +133,5 @@ class WorkQueue:
         return not self._active
 
     def close(self) -> None:
-        for t in self._timers.values():
-            t.task.cancel()
+        self._timer_queue.clear()
         self._timers.clear()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from common.clock import FakeClock
-from sandbox.sim_timers import TimerQueue
+from common.timers import TimerQueue
 
 pytestmark = pytest.mark.unit
 
@@ -19,7 +19,7 @@ async def test_timers_fire_in_deadline_order_at_their_time() -> None:
     for name, when in (("c", 3.0), ("a", 1.0), ("b", 2.0)):
         q.call_at(when, lambda n: fired.append((n, clock.monotonic())), name)
     await clock.advance(0)
-    pumps = [t for t in asyncio.all_tasks() if t.get_name() == "sim-timers" and not t.done()]
+    pumps = [t for t in asyncio.all_tasks() if t.get_name() == q.name and not t.done()]
     assert clock.sleepers == 1 and len(pumps) == 1  # one pump for all timers
     await clock.advance(1.5)
     assert fired == [("a", 1.0)]
