@@ -174,6 +174,31 @@ class ContainerRuntimeState(_Model):
     log_path: str = ""  # absolute path of the CRI log file
 
 
+class ExecResult(_Model):
+    """The outcome of a command run to completion in a running container (CRI ExecSync)."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+class RegistryCredential(_Model):
+    """One set of credentials that may authenticate a pull (CRI AuthConfig).
+
+    ``source`` names where it came from (``<namespace>/<secret name>``) and ``fingerprint`` is a
+    hash of its content: an image pulled with credentials remembers the fingerprints that pulled
+    it, so a pod without matching credentials never uses it unverified (KEP-2535)."""
+
+    username: str = ""
+    password: str = ""
+    auth: str = ""  # base64 "user:password" as found in the docker config
+    identity_token: str = ""
+    registry_token: str = ""
+    server_address: str = ""
+    source: str = ""
+    fingerprint: str = ""
+
+
 class BackendHealth(_Model):
     ok: bool
     reason: str = ""
@@ -264,6 +289,18 @@ class ContainerStartInProgressError(BackendError):
     again shortly for its outcome (running, or exited)."""
 
     reason = "ContainerStarting"
+
+
+class ExecTimeoutError(BackendError):
+    """A command run in a container (probe, hook) did not finish within its timeout."""
+
+    reason = "ExecTimeout"
+
+
+class ContainerNotRunningError(BackendError):
+    """The container a command was meant for is not running (or no longer exists)."""
+
+    reason = "ContainerNotRunning"
 
 
 class BackendCapabilities(_Model):
@@ -376,3 +413,13 @@ class PodLifecycleAware(Protocol):
 
     async def pod_gone(self, pod_uid: str) -> None:
         """The pod object was deleted: drop whatever was kept for it (final states, logs)."""
+
+
+@runtime_checkable
+class ContainerExecutor(Protocol):
+    """Optional: backends that can run a command inside a running container (exec probes and
+    exec lifecycle hooks, kubelet's ExecSync)."""
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: float) -> ExecResult:
+        """Run ``cmd`` to completion within ``timeout_seconds``. Raises ExecTimeoutError when it
+        does not finish in time, ContainerNotRunningError when the container is not running."""

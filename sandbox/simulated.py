@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MISSING_IMAGE_MARKERS = ("does-not-exist", "doesnotexist", "notfound", "not-found", "nonexistent", "missing")
 
+
 def normalize_image(image: str) -> tuple[str, str]:
     """(repository, ``:tag`` or ``@digest``) of a reference, normalized as the runtimes do
     (:mod:`common.imageref`); raises InvalidImageNameError with kubelet's message."""

@@ -26,9 +26,11 @@ from sandbox.backend import (
     BackendCapabilities,
     BackendError,
     BackendHealth,
+    ContainerExecutor,
     ContainerRuntimeState,
     ContainerSpec,
     ContainerState,
+    ExecResult,
     ImageResult,
     NodeUsage,
     PodChangeCallback,
@@ -85,7 +87,7 @@ class CriSettings(Protocol):
     call_relay: bool
 
 
-class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
+class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor):
     """Backend over a CRI runtime with a per-workload warm pool (see module docstring)."""
 
     name = "cri"
@@ -321,9 +323,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
 
     async def list_sandboxes(self) -> list[SandboxInfo]:
         return [
-            r.info()
-            for r in self.pool.records.values()
-            if r.state in ("in_use", "releasing") and r.pod_uid
+            r.info() for r in self.pool.records.values() if r.state in ("in_use", "releasing") and r.pod_uid
         ]
 
     async def release_sandbox(self, pod_uid: str, reusable: bool) -> None:
@@ -364,6 +364,9 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware):
 
     async def remove_container(self, container_id: str) -> None:
         await self.containers.remove_container(container_id)
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: float) -> ExecResult:
+        return await self.containers.exec_sync(container_id, cmd, timeout_seconds)
 
     async def pod_containers(self, pod_uid: str) -> list[ContainerRuntimeState]:
         return await self.containers.pod_containers(pod_uid)

@@ -15,14 +15,19 @@ import math
 import os
 from collections.abc import Callable
 
+import grpc
+
 from common import crilog
 from sandbox.backend import (
     BackendError,
+    ContainerNotRunningError,
     ContainerRuntimeState,
     ContainerSpec,
     ContainerStartInProgressError,
     ContainerState,
     CreateContainerError,
+    ExecResult,
+    ExecTimeoutError,
     PodSandboxSpec,
     RuntimeUnavailableError,
     SandboxInfo,
@@ -161,6 +166,19 @@ class CriContainers:
         except CriCallError as e:
             if not e.not_found:
                 raise
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: float) -> ExecResult:
+        """ExecSync with the command's own timeout (whole seconds, at least 1, as kubelet sends)."""
+        try:
+            resp = await self.ctx.client.exec_sync(container_id, cmd, max(1, math.ceil(timeout_seconds)))
+        except CriCallError as e:
+            if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ExecTimeoutError(f"command {cmd!r} timed out after {timeout_seconds:g}s") from e
+            if e.not_found or e.code == grpc.StatusCode.FAILED_PRECONDITION:
+                msg = f"container {container_id[:12]} is not running: {e.details}"
+                raise ContainerNotRunningError(msg) from e
+            raise
+        return ExecResult(exit_code=resp.exit_code, stdout=resp.stdout, stderr=resp.stderr)
 
     async def remove_container(self, container_id: str) -> None:
         try:
