@@ -191,12 +191,14 @@ class KubeletNode:
                     if (h / f).exists():
                         (d / f).write_text((h / f).read_text())
 
-    def start_kubelet(self, binary: Path) -> None:
+    def start_kubelet(self, binary: Path, extra: JSON | None = None) -> None:
+        """Start the kubelet; ``extra`` overrides fields of its KubeletConfiguration."""
         self.make_cgroup_root()
         tb = self.bed.testbed
         cfg = kubelet_config(
             self.endpoint, str(tb.client_ca_cert), free_port(), free_port(), self.cgroup_root
         )
+        cfg.update(extra or {})
         cfg_path = self.dir / "kubelet.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         kc = tb.kubeconfig_for_node(self.name)
