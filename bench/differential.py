@@ -164,7 +164,7 @@ SPECS: tuple[Spec, ...] = (
         _spec(
             [
                 _c(
-                    command=["sh", "-c", "echo first line; echo last words >&2; exit 3"],
+                    command=["sh", "-c", "echo first line; sleep 0.3; echo last words >&2; exit 3"],
                     terminationMessagePolicy="FallbackToLogsOnError",
                 )
             ],
@@ -207,13 +207,17 @@ class Recording:
 
     spec: Spec
     statuses: list[JSON] = field(default_factory=list)
+    subs: dict[str, str] = field(default_factory=dict)  # the pod's UID and namespace -> placeholders
     done: asyncio.Event = field(default_factory=asyncio.Event)
     timed_out: bool = False
     seconds: float = 0.0
 
-    def add(self, status: JSON) -> None:
+    def add(self, pod: JSON) -> None:
         if self.done.is_set():
             return
+        meta = pod.get("metadata") or {}
+        self.subs = {meta.get("uid", ""): "<uid>", meta.get("namespace", ""): "<namespace>"}
+        status = pod.get("status") or {}
         self.statuses.append(status)
         if self.spec.until is not None and self.spec.until(status_diff.normalise(status)):
             self.done.set()
@@ -226,7 +230,7 @@ async def run_on_node(client: KubeClient, ns: str, node: str, busybox: str, spec
     def on_event(etype: str, obj: JSON) -> None:
         rec = recs.get((obj.get("metadata") or {}).get("name", ""))
         if rec is not None and etype != "DELETED":
-            rec.add(obj.get("status") or {})
+            rec.add(obj)
 
     reflector = Reflector(client, f"/api/v1/namespaces/{ns}/pods", on_event, key=by_name, name=f"diff-{node}")
     watch = asyncio.create_task(reflector.run())
@@ -253,7 +257,7 @@ async def run_on_node(client: KubeClient, ns: str, node: str, busybox: str, spec
     for name, rec in recs.items():
         mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
         out[name] = {
-            "sequence": status_diff.sequence(rec.statuses),
+            "sequence": status_diff.sequence(rec.statuses, rec.subs),
             "events": [
                 {"type": e.get("type"), "reason": e.get("reason"), "message": e.get("message")} for e in mine
             ],
@@ -265,12 +269,19 @@ async def run_on_node(client: KubeClient, ns: str, node: str, busybox: str, spec
 
 def diff_spec(spec: Spec, kubelet: JSON, warmlet: JSON) -> JSON:
     cmp = status_diff.compare(kubelet["sequence"], warmlet["sequence"])
+    once = status_diff.compare(
+        status_diff.from_first_start(kubelet["sequence"]), status_diff.from_first_start(warmlet["sequence"])
+    )
     events = status_diff.compare_events(kubelet["events"], warmlet["events"])
     return {
         "about": spec.about,
         "same": cmp["same"] and not events["only_kubelet"] and not events["only_warmlet"],
         "fields_differing": sorted(cmp["differs"]),
         "differs": cmp["differs"],
+        # the same, from the first status in which a container has run (a node that never
+        # reports ContainerCreating differs above on every field of that step, not here)
+        "fields_differing_once_started": sorted(once["differs"]),
+        "differs_once_started": once["differs"],
         "final_differs": cmp["final_differs"],
         "events": events,
         "kubelet": kubelet,
@@ -324,6 +335,7 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
         "events: the type/reason set",
         "same": sorted(n for n, d in per_spec.items() if d["same"]),
         "summary": {n: d["fields_differing"] for n, d in per_spec.items()},
+        "summary_once_started": {n: d["fields_differing_once_started"] for n, d in per_spec.items()},
         "events_summary": {n: d["events"] for n, d in per_spec.items()},
         "specs": per_spec,
     }
@@ -336,11 +348,13 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         return [("ran", "no"), ("reason", str(result.get("reason"))[:300])]
     rows = []
     for name, spec in (result.get("specs") or {}).items():
-        fields = spec.get("fields_differing") or []
+        fields = spec.get("fields_differing_once_started") or []
         ev = spec.get("events") or {}
         ev_diff = [f"-{r}" for r in ev.get("only_kubelet") or []]
         ev_diff += [f"+{r}" for r in ev.get("only_warmlet") or []]
-        text = "same" if spec.get("same") else ", ".join(fields[:6]) + (" ..." if len(fields) > 6 else "")
+        text = ", ".join(fields[:6]) + (" ..." if len(fields) > 6 else "") if fields else "same once started"
+        if spec.get("same"):
+            text = "same"
         if ev_diff:
             text += f" | events {' '.join(ev_diff)}"
         rows.append((name, text))

@@ -26,7 +26,17 @@ KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "Cont
 ABSENT = None  # a field not present in a view
 
 
-def _state(prefix: str, state: Mapping[str, Any] | None, out: View) -> None:
+def _text(value: Any, subs: Mapping[str, str]) -> Any:
+    """A message with the run's own names (pod UID, namespace) replaced by placeholders."""
+    if not isinstance(value, str):
+        return value
+    for raw, placeholder in subs.items():
+        if raw:
+            value = value.replace(raw, placeholder)
+    return value
+
+
+def _state(prefix: str, state: Mapping[str, Any] | None, out: View, subs: Mapping[str, str]) -> None:
     """``<prefix>`` = the state kind; ``.reason``, ``.exitCode``, ``.signal``, ``.message``."""
     if not state:
         return
@@ -35,28 +45,32 @@ def _state(prefix: str, state: Mapping[str, Any] | None, out: View) -> None:
     out[prefix] = kind
     for key in ("reason", "exitCode", "signal", "message"):
         if body.get(key) not in (None, ""):
-            out[f"{prefix}.{key}"] = body[key]
+            out[f"{prefix}.{key}"] = _text(body[key], subs)
 
 
-def _containers(prefix: str, statuses: Iterable[Mapping[str, Any]] | None, out: View) -> None:
+def _containers(
+    prefix: str, statuses: Iterable[Mapping[str, Any]] | None, out: View, subs: Mapping[str, str]
+) -> None:
     for cs in statuses or []:
         p = f"{prefix}.{cs.get('name', '?')}"
         for key in ("restartCount", "ready", "started"):
             if key in cs and cs[key] is not None:
                 out[f"{p}.{key}"] = cs[key]
-        _state(f"{p}.state", cs.get("state"), out)
-        _state(f"{p}.lastState", cs.get("lastState"), out)
+        _state(f"{p}.state", cs.get("state"), out, subs)
+        _state(f"{p}.lastState", cs.get("lastState"), out, subs)
 
 
-def normalise(status: Mapping[str, Any] | None) -> View:
-    """The flat, run-independent view of one pod status (see module doc)."""
+def normalise(status: Mapping[str, Any] | None, subs: Mapping[str, str] | None = None) -> View:
+    """The flat, run-independent view of one pod status (see module doc). ``subs``: strings of
+    this run (the pod's UID, its namespace) -> placeholders, replaced in messages."""
     st = status or {}
+    subs = subs or {}
     out: View = {}
     if st.get("phase"):
         out["phase"] = st["phase"]
     for key in ("reason", "message"):
         if st.get(key):
-            out[key] = st[key]
+            out[key] = _text(st[key], subs)
     for c in st.get("conditions") or []:
         ctype = c.get("type")
         if ctype not in KUBELET_CONDITIONS:
@@ -64,19 +78,38 @@ def normalise(status: Mapping[str, Any] | None) -> View:
         out[f"conditions.{ctype}.status"] = c.get("status")
         if c.get("reason"):
             out[f"conditions.{ctype}.reason"] = c["reason"]
-    _containers("init", st.get("initContainerStatuses"), out)
-    _containers("containers", st.get("containerStatuses"), out)
+    _containers("init", st.get("initContainerStatuses"), out, subs)
+    _containers("containers", st.get("containerStatuses"), out, subs)
     return out
 
 
-def sequence(statuses: Iterable[Mapping[str, Any] | None]) -> list[View]:
+def sequence(
+    statuses: Iterable[Mapping[str, Any] | None], subs: Mapping[str, str] | None = None
+) -> list[View]:
     """The views of a pod's successive statuses, consecutive duplicates collapsed."""
     out: list[View] = []
     for s in statuses:
-        v = normalise(s)
+        v = normalise(s, subs)
         if not out or out[-1] != v:
             out.append(v)
     return out
+
+
+def started(view: View) -> bool:
+    """Some container (init or regular) has run: a state or lastState other than waiting."""
+    return any(
+        (k.endswith(".state") or k.endswith(".lastState")) and v in ("running", "terminated")
+        for k, v in view.items()
+    )
+
+
+def from_first_start(views: Sequence[View]) -> list[View]:
+    """The views from the first one in which a container has run (drops the creating steps,
+    which a node may or may not report before its first container starts)."""
+    for i, v in enumerate(views):
+        if started(v):
+            return list(views[i:])
+    return []
 
 
 def field_sequences(views: Sequence[View]) -> dict[str, list[Any]]:

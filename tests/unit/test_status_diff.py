@@ -138,3 +138,19 @@ def test_specs_render_pinned_to_the_node_with_the_bed_image() -> None:
         assert images == {"reg/busybox:1"}
     assert terminal({"phase": "Failed"}) and not terminal({"phase": "Running"})
     assert restarts("init.i", 1)({"init.i.restartCount": 1}) and not restarts("init.i", 1)({})
+
+
+def test_messages_lose_the_runs_uid_and_namespace() -> None:
+    crash = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s pod=p_ns-1(u-1)"}}
+    v = sd.normalise(status(state=crash), {"u-1": "<uid>", "ns-1": "<namespace>"})
+    assert v["containers.app.state.message"] == "back-off 10s pod=p_<namespace>(<uid>)"
+
+
+def test_from_first_start_drops_the_creating_steps() -> None:
+    creating = status("Pending", {"waiting": {"reason": "ContainerCreating"}}, ready=False)
+    views = sd.sequence([{"phase": "Pending"}, creating, status()])
+    assert len(views) == 3
+    assert sd.from_first_start(views) == views[2:]
+    assert sd.from_first_start(views[:2]) == []
+    last = {"containers.app.state": "waiting", "containers.app.lastState": "terminated"}
+    assert sd.started(last) and not sd.started({"containers.app.state": "waiting"})
