@@ -192,6 +192,11 @@ SPECS: tuple[Spec, ...] = (
 )
 
 
+# Pulls busybox into each node's runtime first: image pull events (the kubelet's containerd starts
+# empty) are the test bed's state, not a behaviour to compare.
+WARMUP = Spec("warmup", _spec([_c(command=["true"])], policy="Never"), window=120, until=terminal)
+
+
 def pod_manifest(spec: Spec, node: str, busybox: str) -> JSON:
     body = dict(spec.pod_spec)
     for key in ("containers", "initContainers"):
@@ -315,6 +320,10 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
                     namespaces.append(kns)
                     wns = await create_namespace(client, "diff-warmlet")
                     namespaces.append(wns)
+                    await asyncio.gather(
+                        run_on_node(client, kns, knode.name, busybox, (WARMUP,)),
+                        run_on_node(client, wns, wnode.name, busybox, (WARMUP,)),
+                    )
                     k, w = await asyncio.gather(
                         run_on_node(client, kns, knode.name, busybox, specs),
                         run_on_node(client, wns, wnode.name, busybox, specs),
