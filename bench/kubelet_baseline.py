@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -285,11 +285,66 @@ def not_ran(reason: str, **extra: Any) -> JSON:
     return {"scenario": SCENARIO, **result}
 
 
-async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+def no_binary(binary: Path) -> str:
+    return f"no kubelet binary at {binary}: build it with scripts/build-cluster-bins.sh kubelet"
+
+
+class KubeletUnavailable(Exception):
+    """The kubelet could not be run here (no binary, no test bed, it exited, never Ready)."""
+
+
+def kubelet_binary() -> Path:
     from testbed.util import bin_dir
 
+    return bin_dir() / "kubelet"
+
+
+@contextlib.asynccontextmanager
+async def running_kubelet(bed: Bed, binary: Path | None = None, name: str = "") -> AsyncIterator[KubeletNode]:
+    """A real kubelet (own containerd) joined to ``bed`` as a Ready Node for the block; stopped,
+    its Node deleted and kernel settings restored afterwards. Raises :class:`KubeletUnavailable`
+    with kubelet's own error when it cannot run here."""
+    binary = binary or kubelet_binary()
+    if not binary.exists():
+        raise KubeletUnavailable(
+            f"no kubelet binary at {binary}: build it with scripts/build-cluster-bins.sh kubelet"
+        )
+    if bed.testbed is None or "pause" not in bed.images:
+        raise KubeletUnavailable("needs the test bed (node certificates, pause image, registry)")
+    name = name or f"kubelet-{int(time.time()) % 100000}"
+    workdir = Path(tempfile.mkdtemp(prefix="kubelet-baseline-"))
+    node = KubeletNode(bed, name, workdir)
+    saved = read_tunables()
+    client = await KubeClient.from_kubeconfig(bed.kubeconfig)
+    try:
+        await asyncio.to_thread(node.start_containerd)
+        node.start_kubelet(binary)
+        ready = asyncio.create_task(wait_node_ready(client, name, 120))
+        while not ready.done():
+            if not node.alive():
+                ready.cancel()
+                raise KubeletUnavailable(f"kubelet exited: {kubelet_error(node.log_text())}")
+            await asyncio.wait({ready}, timeout=0.5)
+        try:
+            ready.result()
+        except TimeoutError as e:
+            raise KubeletUnavailable(f"node not Ready after 120 s: {kubelet_error(node.log_text())}") from e
+        yield node
+    finally:
+        await client.close()
+        await asyncio.to_thread(node.stop)
+        restore_tunables(saved)
+        admin = await KubeClient.from_kubeconfig(bed.kubeconfig)
+        with contextlib.suppress(ApiError):
+            await admin.delete(f"/api/v1/nodes/{name}")
+        await admin.close()
+        for sub in ("kubelet", "containerd"):  # keep logs/ for a look afterwards
+            shutil.rmtree(workdir / sub, ignore_errors=True)
+
+
+async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     n = args.pods or (3 if quick else 20)
-    binary = bin_dir() / "kubelet"
+    binary = kubelet_binary()
     if not binary.exists() and args.build:
         await asyncio.to_thread(
             subprocess.run,
@@ -297,46 +352,25 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
             check=False,
         )
     if not binary.exists():
-        return not_ran(f"no kubelet binary at {binary}: build it with scripts/build-cluster-bins.sh kubelet")
-    async with bed_session(getattr(args, "kubeconfig", None)) as bed:
-        if bed.testbed is None or "pause" not in bed.images:
-            return not_ran("needs the test bed (node certificates, pause image, registry)")
-        image = bed.images.get(args.image, args.image)
-        name = f"kubelet-{int(time.time()) % 100000}"
-        workdir = Path(tempfile.mkdtemp(prefix="kubelet-baseline-"))
-        node = KubeletNode(bed, name, workdir)
-        saved = read_tunables()
-        client = await KubeClient.from_kubeconfig(bed.kubeconfig)
-        samples: dict[str, list[float]] = {}
-        try:
-            await asyncio.to_thread(node.start_containerd)
-            node.start_kubelet(binary)
-            ready = asyncio.create_task(wait_node_ready(client, name, 120))
-            while not ready.done():
-                if not node.alive():
-                    ready.cancel()
-                    return not_ran(f"kubelet exited: {kubelet_error(node.log_text())}")
-                await asyncio.wait({ready}, timeout=0.5)
-            try:
-                ready.result()
-            except TimeoutError:
-                return not_ran(f"node not Ready after 120 s: {kubelet_error(node.log_text())}")
-            ns = await create_namespace(client, "kubelet-baseline")
-            try:
-                for level in ("cold", "image_cached"):
-                    samples[level] = await measure_level(client, ns, node, image, level, n)
-            finally:
-                await delete_namespace(client, ns, 120)
-        finally:
-            await client.close()
-            await asyncio.to_thread(node.stop)
-            restore_tunables(saved)
-            admin = await KubeClient.from_kubeconfig(bed.kubeconfig)
-            with contextlib.suppress(ApiError):
-                await admin.delete(f"/api/v1/nodes/{name}")
-            await admin.close()
-            for sub in ("kubelet", "containerd"):  # keep logs/ for a look afterwards
-                shutil.rmtree(workdir / sub, ignore_errors=True)
+        return not_ran(no_binary(binary))  # before starting a test bed for nothing
+    samples: dict[str, list[float]] = {}
+    image = args.image
+    try:
+        async with bed_session(getattr(args, "kubeconfig", None)) as bed:
+            image = bed.images.get(args.image, args.image)
+            async with running_kubelet(bed, binary) as node:
+                client = await KubeClient.from_kubeconfig(bed.kubeconfig)
+                try:
+                    ns = await create_namespace(client, "kubelet-baseline")
+                    try:
+                        for level in ("cold", "image_cached"):
+                            samples[level] = await measure_level(client, ns, node, image, level, n)
+                    finally:
+                        await delete_namespace(client, ns, 120)
+                finally:
+                    await client.close()
+    except KubeletUnavailable as e:
+        return not_ran(str(e))
     kubelet = {lv: summarize_ms(v) for lv, v in samples.items()}
     cvw = warmlet_result()
     warmlet = cvw.get("levels") or None

@@ -162,6 +162,7 @@ def container_spec(
         tty=bool(c.get("tty")),
         stdin=bool(c.get("stdin")),
         termination_message_path=c.get("terminationMessagePath") or "/dev/termination-log",
+        termination_message_policy=c.get("terminationMessagePolicy") or "File",
         is_init=is_init,
     )
 

@@ -89,6 +89,8 @@ class ContainerSpec(_Model):
     tty: bool = False
     stdin: bool = False
     termination_message_path: str = "/dev/termination-log"
+    # "File" or "FallbackToLogsOnError": where a finished container's message comes from
+    termination_message_policy: str = "File"
     is_init: bool = False
 
 

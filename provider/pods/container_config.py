@@ -20,6 +20,7 @@ from provider.resolve_env import ConfigError, resolve_env
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import MountError, container_mounts, prepare_volumes
 from provider.status import Waiting
+from provider.termination_log import create_termination_log, with_termination_log
 from sandbox.backend import BackendCapabilities, ContainerSpec, PodSandboxSpec
 
 
@@ -76,6 +77,12 @@ class ContainerConfigResolver:
             try:
                 env = await resolve_env(pod, c, self.source, ip, self.host_ip, self.allocatable)
                 mounts = with_etc_mounts(container_mounts(c, paths, {e.name: e.value for e in env}), etc)
+                tpath = c.get("terminationMessagePath") or ""
+                if tpath and self.capabilities.runs_processes:
+                    tlog = await asyncio.to_thread(
+                        create_termination_log, self.volumes_dir, pod["metadata"]["uid"], n, tpath
+                    )
+                    mounts = with_termination_log(mounts, tlog)
                 out[n] = container_spec(c, pod, env, mounts, n in inits)
             except (ConfigError, ValueError, KeyError, TypeError) as e:
                 # ValueError & co.: a spec the apiserver accepted but warmlet cannot map (e.g. a

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from common.clock import SYSTEM, Clock
+from provider import deadline
 from provider.backoff import Backoff
 from provider.config import PodConfig
-from provider.events import WARNING, EventRecorder
+from provider.events import NORMAL, WARNING, EventRecorder
 from provider.kubeclient import KubeClient
 from provider.pods.container_config import ContainerConfigResolver
 from provider.pods.containers import ContainerStarter, StartOutcome
@@ -32,7 +33,7 @@ from provider.pods.termination import PodTerminator
 from provider.podspec import sandbox_spec
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import scratch_dirs
-from provider.status import RUNNING, TERMINAL_PHASES, rejected_status
+from provider.status import FAILED, RUNNING, TERMINAL_PHASES, rejected_status
 from provider.sync import apply_backoff, compute_pod_actions, is_finished
 from provider.validation import validate_pod
 from provider.workload import OwnerResolver
@@ -144,6 +145,12 @@ class PodWorker:
             if delay is not None:
                 return delay
         assert st.spec is not None and st.sandbox is not None
+        left = deadline.remaining(
+            deadline.active_deadline(pod), deadline.start_time(pod, st.last_status), self.clock.time()
+        )
+        if left is not None and left <= 0:
+            await self._deadline_exceeded(pod, st)
+            return None
         sandbox = st.sandbox
         runtime = await self.backend.pod_containers(uid)
         now = self.clock.time()
@@ -184,7 +191,30 @@ class PodWorker:
             await self.status.annotate_started(pod, st)
         if out.started_any and any(s.is_init for s in actions.start):
             out.retry_in(0.0)  # the next init step may already be possible
+        if not finished:
+            left = deadline.remaining(
+                deadline.active_deadline(pod), deadline.start_time(pod, st.last_status), self.clock.time()
+            )
+            if left is not None:
+                out.retry_in(max(0.0, left))  # fire at the deadline, no polling
         return out.retry
+
+    # -- activeDeadlineSeconds (kubelet's activeDeadlineHandler + killPod) ------------------------
+
+    async def _deadline_exceeded(self, pod: JSON, st: PodState) -> None:
+        """Past its deadline: kill the containers with the pod's grace period, then report the pod
+        Failed/DeadlineExceeded (never terminal while a container may still run) and release it."""
+        uid = pod["metadata"]["uid"]
+        self.events.record(pod, NORMAL, deadline.REASON, deadline.MESSAGE)
+        await self.terminator.stop_all(pod, uid, deadline.grace_seconds(pod))
+        runtime = await self.backend.pod_containers(uid)
+        # compute the container statuses and conditions as for a pod already Failed
+        failed = {**pod, "status": {**(pod.get("status") or {}), "phase": FAILED}}
+        status = self.status.compute(failed, runtime, {}, sandbox_ready=False)
+        status.update(reason=deadline.REASON, message=deadline.MESSAGE)
+        st.final_status = status
+        await self.terminator.release(pod, st)
+        await self.status.patch(pod, st, status)
 
     async def _finished_before_restart(self, pod: JSON, st: PodState) -> bool:
         """After a restart: a pod whose containers finished and were scrubbed away (the backend

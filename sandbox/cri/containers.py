@@ -18,6 +18,7 @@ from collections.abc import Callable
 import grpc
 
 from common import crilog
+from proto import cri_pb2 as pb
 from sandbox.backend import (
     BackendError,
     ContainerNotRunningError,
@@ -39,10 +40,14 @@ from sandbox.cri.context import CriContext
 from sandbox.cri.sandboxes import CriSandboxes
 from sandbox.cri.scrub import ContainerReaper
 from sandbox.cri.stats import OomCounter
+from sandbox.cri.termination_message import read_message
 from sandbox.images import ImageCache
 from sandbox.pool import WarmPool
 
 log = logging.getLogger("warmlet.cri")
+
+# Termination messages of exited containers (immutable once read), bounded.
+MESSAGE_CACHE_MAX = 4096
 
 
 def interrupted_start(state: ContainerRuntimeState) -> bool:
@@ -91,6 +96,7 @@ class CriContainers:
         self.oom = oom
         self.finished_states = finished_states  # kept final states of a released finished pod
         self.node_memory_bytes = node_memory_bytes
+        self._messages: dict[str, str] = {}  # exited container id -> terminated message
 
     def log_path(self, namespace: str, name: str, uid: str, container: str, attempt: int) -> str:
         return crilog.container_log_path(self.ctx.log_dir, namespace, name, uid, container, attempt)
@@ -181,6 +187,7 @@ class CriContainers:
         return ExecResult(exit_code=resp.exit_code, stdout=resp.stdout, stderr=resp.stderr)
 
     async def remove_container(self, container_id: str) -> None:
+        self._messages.pop(container_id, None)
         try:
             await self.ctx.client.remove_container(container_id)
         except CriCallError as e:
@@ -242,4 +249,27 @@ class CriContainers:
             if never:
                 await self.reaper.kill_and_remove(cid)
                 return
+        if state.state == ContainerState.EXITED:
+            state.message = await self._terminated_message(st.status, state)
         out.append(state)
+
+    async def _terminated_message(self, status: pb.ContainerStatus, state: ContainerRuntimeState) -> str:
+        """The runtime's message plus the termination message (file, or log tail on error)."""
+        cached = self._messages.get(state.container_id)
+        if cached is not None:
+            return cached
+        ann = status.annotations
+        message = await asyncio.to_thread(
+            read_message,
+            state.message,
+            ann.get(m.K8S_CONTAINER_TERMINATION_MESSAGE_PATH, ""),
+            ann.get(m.K8S_CONTAINER_TERMINATION_MESSAGE_POLICY, "File"),
+            state.exit_code or 0,
+            state.reason,
+            {mt.container_path: mt.host_path for mt in status.mounts},
+            status.log_path,
+        )
+        if len(self._messages) >= MESSAGE_CACHE_MAX:
+            self._messages.pop(next(iter(self._messages)))
+        self._messages[state.container_id] = message
+        return message

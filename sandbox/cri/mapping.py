@@ -40,6 +40,7 @@ K8S_POD_UID = "io.kubernetes.pod.uid"
 K8S_CONTAINER_NAME = "io.kubernetes.container.name"
 K8S_CONTAINER_RESTART = "io.kubernetes.container.restartCount"
 K8S_CONTAINER_TERMINATION_MESSAGE_PATH = "io.kubernetes.container.terminationMessagePath"
+K8S_CONTAINER_TERMINATION_MESSAGE_POLICY = "io.kubernetes.container.terminationMessagePolicy"
 
 LABEL_INSTANCE = "warmlet.io/instance"  # which warmlet (node) owns it: several may share one runtime
 
@@ -308,6 +309,7 @@ def container_config(
         annotations={
             K8S_CONTAINER_RESTART: str(attempt),
             K8S_CONTAINER_TERMINATION_MESSAGE_PATH: container.termination_message_path,
+            K8S_CONTAINER_TERMINATION_MESSAGE_POLICY: container.termination_message_policy,
             ANNOTATION_POD_NAME: pod.name,
             ANNOTATION_POD_NAMESPACE: pod.namespace,
         },

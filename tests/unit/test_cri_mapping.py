@@ -272,3 +272,22 @@ def test_proc_parsers() -> None:
     assert m.parse_proc_stat(stat) == m.ProcCpu(100 + 5 + 50 + 3 + 2 + 1, 1700000000.0)
     mem = m.parse_meminfo("MemTotal:       2048 kB\nMemAvailable:   1024 kB\nHugePages_Total:       0\n")
     assert mem == {"MemTotal": 2048 * 1024, "MemAvailable": 1024 * 1024, "HugePages_Total": 0}
+
+
+def test_container_config_carries_the_termination_message_path_and_policy() -> None:
+    """The runtime side reads them back from the exited container's annotations (as kubelet)."""
+    c = ContainerSpec(
+        name="app",
+        image="busybox",
+        termination_message_path="/tmp/msg",
+        termination_message_policy="FallbackToLogsOnError",
+    )
+    cfg = m.container_config(pod(), c, 0)
+    assert cfg.annotations[m.K8S_CONTAINER_TERMINATION_MESSAGE_PATH] == "/tmp/msg"
+    assert cfg.annotations[m.K8S_CONTAINER_TERMINATION_MESSAGE_POLICY] == "FallbackToLogsOnError"
+    assert (
+        m.container_config(pod(), ContainerSpec(name="a", image="b"), 0).annotations[
+            m.K8S_CONTAINER_TERMINATION_MESSAGE_POLICY
+        ]
+        == "File"
+    )

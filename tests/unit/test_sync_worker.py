@@ -388,3 +388,27 @@ async def test_config_error_retries_back_off_and_create_nothing(env: Any, clock:
     assert await backend.pod_containers("u1") == []
     cs = api.pods["u1"]["status"]["containerStatuses"][0]
     assert cs["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+
+
+async def test_active_deadline_fails_the_pod_on_time(env: Any, clock: FakeClock) -> None:
+    api, backend, rec, worker = env
+    api.add(make_pod("p1", "u1", activeDeadlineSeconds=5, terminationGracePeriodSeconds=0))
+    retry = await worker.sync("u1")
+    assert api.pods["u1"]["status"]["phase"] == "Running"
+    assert retry is not None and 4.0 < retry <= 5.0  # requeued at the deadline, no polling
+    await clock.advance(retry - 0.01)
+    assert await worker.sync("u1") is not None
+    assert api.pods["u1"]["status"]["phase"] == "Running"
+    await clock.advance(0.02)
+    assert await worker.sync("u1") is None
+    st = api.pods["u1"]["status"]
+    assert st["phase"] == "Failed"
+    assert st["reason"] == "DeadlineExceeded"
+    assert st["message"] == "Pod was active on the node longer than the specified deadline"
+    assert "terminated" in st["containerStatuses"][0]["state"]
+    assert {c["type"]: c.get("reason") for c in st["conditions"]}["Ready"] == "PodFailed"
+    assert "DeadlineExceeded" in rec.reasons() and "Killing" in rec.reasons()
+    assert ContainerState.RUNNING not in await states(backend, "u1")
+    assert await backend.list_sandboxes() == []
+    await worker.sync("u1")  # terminal: never runs again
+    assert ContainerState.RUNNING not in await states(backend, "u1")

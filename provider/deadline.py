@@ -1,0 +1,60 @@
+"""A pod's ``activeDeadlineSeconds`` as a pure function (kubelet's activeDeadlineHandler).
+
+kubelet counts from ``status.startTime`` (the first time it reported the pod on the node) and
+fails the pod once ``now - startTime >= activeDeadlineSeconds``: phase ``Failed``, reason
+``DeadlineExceeded``, its containers killed with the pod's grace period, and a Normal event
+with the same reason and message. A pod without a deadline or without a start time is never
+past it. :func:`remaining` also tells how long until the deadline, so the pod worker requeues
+the pod to fire on time instead of polling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from provider.timefmt import parse_rfc3339
+
+REASON = "DeadlineExceeded"
+MESSAGE = "Pod was active on the node longer than the specified deadline"
+DEFAULT_GRACE_SECONDS = 30
+
+
+def active_deadline(pod: Mapping[str, Any]) -> int | None:
+    """``spec.activeDeadlineSeconds`` when set to an integer (the API server ensures > 0)."""
+    value = (pod.get("spec") or {}).get("activeDeadlineSeconds")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def start_time(pod: Mapping[str, Any], reported: Mapping[str, Any] | None = None) -> float | None:
+    """The pod's start time: from the status warmlet last reported, else the API's status
+    (kubelet: the status manager's copy first, then ``pod.Status``)."""
+    for status in (reported, pod.get("status")):
+        ts = parse_rfc3339((status or {}).get("startTime"))
+        if ts is not None:
+            return ts
+    return None
+
+
+def remaining(deadline_seconds: int | None, started: float | None, now: float) -> float | None:
+    """Seconds until the deadline (<= 0: it has passed); None when there is no deadline to
+    enforce (no ``activeDeadlineSeconds`` or no start time yet)."""
+    if deadline_seconds is None or started is None:
+        return None
+    return started + deadline_seconds - now
+
+
+def exceeded(deadline_seconds: int | None, started: float | None, now: float) -> bool:
+    """kubelet's ``pastActiveDeadline``: active for at least the deadline."""
+    left = remaining(deadline_seconds, started, now)
+    return left is not None and left <= 0
+
+
+def grace_seconds(pod: Mapping[str, Any]) -> float:
+    """The grace period a deadline kill uses: the pod's ``terminationGracePeriodSeconds``."""
+    value = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return float(DEFAULT_GRACE_SECONDS)
+    return float(value)
