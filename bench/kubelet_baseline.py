@@ -300,9 +300,12 @@ def kubelet_binary() -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_kubelet(bed: Bed, binary: Path | None = None, name: str = "") -> AsyncIterator[KubeletNode]:
+async def running_kubelet(
+    bed: Bed, binary: Path | None = None, name: str = "", extra: JSON | None = None
+) -> AsyncIterator[KubeletNode]:
     """A real kubelet (own containerd) joined to ``bed`` as a Ready Node for the block; stopped,
-    its Node deleted and kernel settings restored afterwards. Raises :class:`KubeletUnavailable`
+    its Node deleted and kernel settings restored afterwards (``extra``: KubeletConfiguration
+    overrides). Raises :class:`KubeletUnavailable`
     with kubelet's own error when it cannot run here."""
     binary = binary or kubelet_binary()
     if not binary.exists():
@@ -318,7 +321,7 @@ async def running_kubelet(bed: Bed, binary: Path | None = None, name: str = "") 
     client = await KubeClient.from_kubeconfig(bed.kubeconfig)
     try:
         await asyncio.to_thread(node.start_containerd)
-        node.start_kubelet(binary)
+        node.start_kubelet(binary, extra)
         ready = asyncio.create_task(wait_node_ready(client, name, 120))
         while not ready.done():
             if not node.alive():

@@ -28,7 +28,6 @@ import contextlib
 import os
 import re
 import ssl
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,12 +45,11 @@ from bench.harness import (
     bed_session,
     delete_namespace,
     owned_pod,
-    wait_node_ready,
     warmlet_node,
 )
 from bench.podwatch import PodClock
 from bench.scale import parse_stat_cpu_seconds
-from provider.kubeclient import ApiError, KubeClient
+from provider.kubeclient import KubeClient
 from testbed.testing import create_namespace
 
 SCENARIO = "probes"
@@ -128,6 +126,9 @@ class Agent:
     containerd_pid: int | None
     image: str
     make_pod: Callable[[str], JSON]
+
+
+Measure = Callable[[Agent], Awaitable[JSON]]
 
 
 def containerd_pid(socket_path: str) -> int | None:
@@ -256,9 +257,7 @@ def _ssl(bed: Bed) -> ssl.SSLContext:
     return ctx
 
 
-async def _warmlet(
-    bed: Bed, backend: str, args: argparse.Namespace, measure: Callable[[Agent], Awaitable[JSON]]
-) -> JSON:
+async def _warmlet(bed: Bed, backend: str, args: argparse.Namespace, measure: Measure) -> JSON:
     image = bed.images.get("busybox", "busybox")
     async with warmlet_node(bed, backend) as node:
         assert node.proc is not None
@@ -286,50 +285,26 @@ async def _warmlet(
         return await measure(agent)
 
 
-async def _kubelet(
-    bed: Bed,
-    client: KubeClient,
-    pods: int,
-    args: argparse.Namespace,
-    measure: Callable[[Agent], Awaitable[JSON]],
-) -> JSON:
-    from bench.kubelet_baseline import KubeletNode, kubelet_error, read_tunables, restore_tunables
-    from testbed.util import bin_dir
+async def _kubelet(bed: Bed, pods: int, args: argparse.Namespace, measure: Measure) -> JSON:
+    from bench.kubelet_baseline import KubeletUnavailable, running_kubelet
 
-    binary = bin_dir() / "kubelet"
-    if not binary.exists():
-        return {
-            "ran": False,
-            "reason": f"no kubelet binary at {binary} (scripts/build-cluster-bins.sh kubelet)",
-        }
     name = f"kubelet-probes-{int(time.time()) % 100000}"
-    node = KubeletNode(bed, name, Path(tempfile.mkdtemp(prefix="kubelet-probes-")))
-    saved = read_tunables()
+    image = bed.images.get("busybox", "busybox")
     try:
-        await asyncio.to_thread(node.start_containerd)
-        node.start_kubelet(binary, extra={"maxPods": max(110, pods + 20)})
-        try:
-            await wait_node_ready(client, name, 120)
-        except TimeoutError:
-            return {"ran": False, "reason": f"kubelet not Ready: {kubelet_error(node.log_text())}"}
-        port = yaml.safe_load((node.dir / "kubelet.yaml").read_text())["port"]
-        image = bed.images.get("busybox", "busybox")
-        proc = node.procs.procs["kubelet"]
-        agent = Agent(
-            "kubelet",
-            name,
-            proc.pid,
-            f"https://127.0.0.1:{port}/metrics/probes",
-            containerd_pid(str(node.containerd.socket)),
-            image,
-            lambda n: probed_cri_pod(n, name, image, args.period),
-        )
-        return {"ran": True, **await measure(agent)}
-    finally:
-        await asyncio.to_thread(node.stop)
-        restore_tunables(saved)
-        with contextlib.suppress(ApiError):
-            await client.delete(f"/api/v1/nodes/{name}")
+        async with running_kubelet(bed, name=name, extra={"maxPods": max(110, pods + 20)}) as node:
+            port = yaml.safe_load((node.dir / "kubelet.yaml").read_text())["port"]
+            agent = Agent(
+                "kubelet",
+                name,
+                node.procs.procs["kubelet"].pid,
+                f"https://127.0.0.1:{port}/metrics/probes",
+                containerd_pid(str(node.containerd.socket)),
+                image,
+                lambda n: probed_cri_pod(n, name, image, args.period),
+            )
+            return {"ran": True, **await measure(agent)}
+    except KubeletUnavailable as e:
+        return {"ran": False, "reason": str(e)}
 
 
 async def run(args: argparse.Namespace, quick: bool) -> JSON:
