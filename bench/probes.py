@@ -328,9 +328,7 @@ async def run(args: argparse.Namespace, quick: bool) -> JSON:
             if bed.cri_endpoint:
                 result["cri_warmlet"] = await _warmlet(bed, "cri", args, measure_with(cri_pods))
                 if not args.no_kubelet:
-                    result["cri_kubelet"] = await _kubelet(
-                        bed, client, cri_pods, args, measure_with(cri_pods)
-                    )
+                    result["cri_kubelet"] = await _kubelet(bed, cri_pods, args, measure_with(cri_pods))
         finally:
             await session.close()
             await client.close()
