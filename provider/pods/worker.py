@@ -30,13 +30,14 @@ from provider.pods.status_writer import (
 )
 from provider.pods.termination import PodTerminator
 from provider.podspec import sandbox_spec
+from provider.probes.manager import ProbeManager
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import scratch_dirs
 from provider.status import RUNNING, TERMINAL_PHASES, rejected_status
 from provider.sync import apply_backoff, compute_pod_actions, is_finished
 from provider.validation import validate_pod
 from provider.workload import OwnerResolver
-from sandbox.backend import Backend, BackendError, ContainerState
+from sandbox.backend import Backend, BackendError, ContainerRuntimeState, ContainerState
 
 __all__ = [
     "CONFIG_RETRY_MAX_SECONDS",
@@ -69,6 +70,7 @@ class PodWorker:
         source: ObjectSource,
         node_allocatable: Mapping[str, str],
         clock: Clock = SYSTEM,
+        on_probe_change: Callable[[str], None] | None = None,
     ) -> None:
         self.pods_cfg = pods
         self.host_ip = host_ip
@@ -87,6 +89,8 @@ class PodWorker:
         self.volumes_dir = Path(pods.volumes_dir)
         self.memory_dir = pods.memory_volumes_dir  # None: <volumes_dir>-memory (tmpfs mounts)
         self.status = StatusWriter(pods, client, backend, host_ip, clock)
+        # A probe result that changes asks for a sync of its pod (the controller's work queue).
+        self.probes = ProbeManager(backend, recorder, on_probe_change or (lambda uid: None), clock)
         self.terminator = PodTerminator(pods, client, backend, recorder, self.states, self._forget)
         self.containers = ContainerStarter(
             backend,
@@ -146,6 +150,8 @@ class PodWorker:
         assert st.spec is not None and st.sandbox is not None
         sandbox = st.sandbox
         runtime = await self.backend.pod_containers(uid)
+        if await self._kill_failed_probes(pod, runtime):
+            runtime = await self.backend.pod_containers(uid)
         now = self.clock.time()
         actions = compute_pod_actions(pod, runtime, self.restarts, now)
         apply_backoff(actions, self.restarts, now)
@@ -163,8 +169,14 @@ class PodWorker:
             runtime = await self.backend.pod_containers(uid)
             runtime = await self.containers.gc(runtime)
         finished = is_finished(pod, runtime)
+        self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
         status = self.status.compute(
-            pod, runtime, out.waiting, sandbox_ready=not finished, pod_ip=sandbox.pod_ip
+            pod,
+            runtime,
+            out.waiting,
+            sandbox_ready=not finished,
+            pod_ip=sandbox.pod_ip,
+            probes=self.probes.status(uid),
         )
         # A short container may already have exited at its first status: record its start too.
         annotate = not st.annotated and (
@@ -174,6 +186,7 @@ class PodWorker:
         if annotate and finished:
             await self.status.annotate_started(pod, st)  # visible no later than the terminal phase
         if finished:
+            self.probes.remove_pod(uid)
             # Back to the pool BEFORE the terminal status is visible: the workload's next pod
             # (created by its controller when it sees this one finish) finds the sandbox idle.
             st.final_status = status
@@ -185,6 +198,16 @@ class PodWorker:
         if out.started_any and any(s.is_init for s in actions.start):
             out.retry_in(0.0)  # the next init step may already be possible
         return out.retry
+
+    async def _kill_failed_probes(self, pod: JSON, runtime: list[ContainerRuntimeState]) -> bool:
+        """Kill the running containers whose liveness or startup probe failed (kubelet's
+        computePodActions); ``compute_pod_actions`` then restarts them per restartPolicy, with
+        the usual back-off. True if any was killed."""
+        kills = self.probes.kills(pod, runtime)
+        by_id = {c.container_id: c for c in runtime}
+        for k in kills:
+            await self.terminator.kill_container(pod, by_id[k.container_id], k.grace_seconds, k.message)
+        return bool(kills)
 
     async def _finished_before_restart(self, pod: JSON, st: PodState) -> bool:
         """After a restart: a pod whose containers finished and were scrubbed away (the backend
@@ -222,6 +245,7 @@ class PodWorker:
 
     def _forget(self, uid: str) -> None:
         self.states.pop(uid, None)
+        self.probes.remove_pod(uid)
         self.restarts.forget_prefix(uid + "/")
         self.pulls.forget_prefix(uid + "/")
         self.config_retries.forget_prefix(uid + "/")
