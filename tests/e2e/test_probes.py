@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from e2e_helpers import E2E, pod_spec, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed.testing import events_for
 
@@ -192,8 +193,14 @@ async def test_liveness_failure_restarts_with_backoff_and_events(e2e: E2E) -> No
 
     status, text = await e2e.kubelet_get(node, "/metrics/probes")
     assert status == 200
-    series = (
-        'prober_probe_total{probe_type="Liveness",result="failed",container="main",pod="unhealthy",'
-        f'namespace="{ns}"'
-    )
-    assert series in text, text[:2000]
+    failed = [
+        smp.value
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+        if smp.name == "prober_probe_total"
+        and smp.labels.get("pod") == "unhealthy"
+        and smp.labels.get("namespace") == ns
+        and smp.labels.get("probe_type") == "Liveness"
+        and smp.labels.get("result") == "failed"
+    ]
+    assert failed and failed[0] >= 4, text[:2000]
