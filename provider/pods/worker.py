@@ -150,10 +150,11 @@ class PodWorker:
         assert st.spec is not None and st.sandbox is not None
         sandbox = st.sandbox
         runtime = await self.backend.pod_containers(uid)
-        if await self._kill_failed_probes(pod, runtime):
+        killed = await self._kill_failed_probes(pod, runtime)
+        if killed:
             runtime = await self.backend.pod_containers(uid)
         now = self.clock.time()
-        actions = compute_pod_actions(pod, runtime, self.restarts, now)
+        actions = compute_pod_actions(pod, runtime, self.restarts, now, killed)
         apply_backoff(actions, self.restarts, now)
         out = StartOutcome()
         await self.containers.kill_unknown(pod, runtime, actions.kill)
@@ -199,15 +200,15 @@ class PodWorker:
             out.retry_in(0.0)  # the next init step may already be possible
         return out.retry
 
-    async def _kill_failed_probes(self, pod: JSON, runtime: list[ContainerRuntimeState]) -> bool:
+    async def _kill_failed_probes(self, pod: JSON, runtime: list[ContainerRuntimeState]) -> frozenset[str]:
         """Kill the running containers whose liveness or startup probe failed (kubelet's
-        computePodActions); ``compute_pod_actions`` then restarts them per restartPolicy, with
-        the usual back-off. True if any was killed."""
+        computePodActions); ``compute_pod_actions`` then restarts them (unless restartPolicy is
+        Never) with the usual back-off. The names of the containers killed."""
         kills = self.probes.kills(pod, runtime)
         by_id = {c.container_id: c for c in runtime}
         for k in kills:
             await self.terminator.kill_container(pod, by_id[k.container_id], k.grace_seconds, k.message)
-        return bool(kills)
+        return frozenset(k.container for k in kills)
 
     async def _finished_before_restart(self, pod: JSON, st: PodState) -> bool:
         """After a restart: a pod whose containers finished and were scrubbed away (the backend

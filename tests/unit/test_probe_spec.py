@@ -148,3 +148,29 @@ def test_simulated_after_flips_exactly_once(after: float, t: float) -> None:
 
 def test_go_duration() -> None:
     assert [go_duration(s) for s in (1, 2.5, 60, 90)] == ["1s", "2.5s", "1m0s", "1m30s"]
+
+
+def test_a_container_killed_for_liveness_is_restarted_in_the_same_sync_whatever_its_exit_code() -> None:
+    """kubelet's computePodActions starts a container it kills for a probe (unless Never), even when
+    it exits 0 on TERM under OnFailure; without the kill, a clean exit is final."""
+    from provider.backoff import Backoff
+    from provider.sync import Start, compute_pod_actions
+    from sandbox.backend import ContainerRuntimeState, ContainerState
+
+    now = 1_000_000.0
+    done = ContainerRuntimeState(
+        container_id="c0",
+        pod_uid="u",
+        name="app",
+        state=ContainerState.EXITED,
+        exit_code=0,
+        started_at=now - 30,
+        finished_at=now,
+    )
+    for policy, killed, want in (
+        ("OnFailure", frozenset({"app"}), [Start("app", 1, False)]),
+        ("OnFailure", frozenset(), []),
+        ("Never", frozenset({"app"}), []),
+    ):
+        p = {"metadata": {"uid": "u"}, "spec": {"restartPolicy": policy, "containers": [{"name": "app"}]}}
+        assert compute_pod_actions(p, [done], Backoff(), now, killed).start == want, (policy, killed)
