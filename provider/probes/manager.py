@@ -20,6 +20,7 @@ import aiohttp
 from common.clock import SYSTEM, Clock
 from provider.events import WARNING, EventRecorder
 from provider.probes import handlers, metrics
+from provider.probes.container_status import RESTART_GRACE_SECONDS, Known, started_ready
 from provider.probes.kill import Kill, kill_for_probe
 from provider.probes.outcome import Outcome, ProbeResult
 from provider.probes.scheduler import ProbeScheduler
@@ -45,6 +46,10 @@ Key = tuple[str, str, ProbeKind]  # (pod uid, container name, kind)
 
 EXEC_LANE, NETWORK_LANE = "exec", "network"
 DEFAULT_LANES = {EXEC_LANE: 16, NETWORK_LANE: 64}
+
+
+def _result_for(p: _Probe | None, cid: str) -> Result | None:
+    return p.state.result if p is not None and p.state.container_id == cid else None
 
 
 def has_probes(pod: Mapping[str, Any]) -> bool:
@@ -84,6 +89,7 @@ class ProbeManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.started = clock.monotonic()
+        self.started_wall = clock.time()
         self.probes: dict[Key, _Probe] = {}
         self.pods: dict[str, _Pod] = {}
         self.scheduler: ProbeScheduler[Key] = ProbeScheduler(
@@ -140,18 +146,42 @@ class ProbeManager:
         view = self.pods.get(uid)
         if view is None:
             return {}
-        out: dict[str, tuple[bool, bool]] = {}
-        for c in _probed(view.pod):
-            name = c.get("name", "")
-            latest = view.latest.get(name)
-            running = latest is not None and latest.state == ContainerState.RUNNING
-            if not running or latest is None:
-                out[name] = (False, False)
-                continue
-            started = self._result_is(uid, name, ProbeKind.STARTUP, latest.container_id, Result.SUCCESS)
-            ready = self._result_is(uid, name, ProbeKind.READINESS, latest.container_id, Result.SUCCESS)
-            out[name] = (started, started and ready)
-        return out
+        return {
+            c.get("name", ""): started_ready(self._known(uid, c.get("name", ""), view))
+            for c in _probed(view.pod)
+        }
+
+    def _known(self, uid: str, name: str, view: _Pod) -> Known:
+        latest = view.latest.get(name)
+        if latest is None or latest.state != ContainerState.RUNNING:
+            return Known(running=False)
+        cid = latest.container_id
+        startup = self.probes.get((uid, name, ProbeKind.STARTUP))
+        readiness = self.probes.get((uid, name, ProbeKind.READINESS))
+        old = view.pod.get("status") or {}
+        prev: Mapping[str, Any] = next(
+            (
+                s
+                for s in [*(old.get("containerStatuses") or []), *(old.get("initContainerStatuses") or [])]
+                if s.get("name") == name
+            ),
+            {},
+        )
+        return Known(
+            running=True,
+            has_startup=startup is not None,
+            startup=_result_for(startup, cid),
+            has_readiness=readiness is not None,
+            readiness=_result_for(readiness, cid),
+            was_started=bool(prev.get("started")) and str(prev.get("containerID", "")).endswith(cid),
+            pod_was_ready=any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in old.get("conditions") or []
+            ),
+            predates_manager=self._predates(latest),
+        )
+
+    def _predates(self, c: ContainerRuntimeState) -> bool:
+        return c.started_at is not None and c.started_at < self.started_wall - RESTART_GRACE_SECONDS
 
     def kills(self, pod: Mapping[str, Any], runtime: Sequence[ContainerRuntimeState]) -> list[Kill]:
         """Running containers whose liveness or startup probe failed (kubelet kills them)."""
@@ -171,12 +201,6 @@ class ProbeManager:
                     break
         return out
 
-    def _result_is(self, uid: str, name: str, kind: ProbeKind, cid: str, want: Result) -> bool:
-        p = self.probes.get((uid, name, kind))
-        if p is None:
-            return True  # no such probe: started/ready once running (kubelet: no worker)
-        return p.state.container_id == cid and p.state.result == want
-
     # -- probing ----------------------------------------------------------------------------------
 
     def _observation(self, p: _Probe, view: _Pod) -> Observation:
@@ -186,9 +210,7 @@ class ProbeManager:
         if latest is None:
             return Observation("", False, None, False, pod_terminal=view.terminal, deleting=deleting)
         running = latest.state == ContainerState.RUNNING
-        started = running and self._result_is(
-            p.uid, name, ProbeKind.STARTUP, latest.container_id, Result.SUCCESS
-        )
+        started, _ = started_ready(self._known(p.uid, name, view))
         policy = (view.pod.get("spec") or {}).get("restartPolicy", "Always")
         sidecar = p.container.get("restartPolicy") == "Always"
         return Observation(
@@ -200,6 +222,7 @@ class ProbeManager:
             will_restart=sidecar or policy != "Never",
             pod_terminal=view.terminal,
             deleting=deleting,
+            predates_manager=self._predates(latest),
         )
 
     def _set(self, key: Key, p: _Probe, new: ProbeState) -> None:

@@ -51,6 +51,9 @@ class Observation:
     will_restart: bool = True  # a terminated container will be restarted (restartPolicy)
     pod_terminal: bool = False
     deleting: bool = False
+    # Running since before the probe manager started (warmlet restarted): kubelet keeps no
+    # initial result for it, so its previous readiness stands until a probe decides.
+    predates_manager: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def observe(
     if not obs.container_id:
         return s, Step.WAIT
     if obs.container_id != s.container_id:
-        s = ProbeState(container_id=obs.container_id, result=INITIAL[kind], last=s.last, run=s.run)
+        initial = None if obs.running and obs.predates_manager else INITIAL[kind]
+        s = ProbeState(container_id=obs.container_id, result=initial, last=s.last, run=s.run)
     if s.on_hold:
         return s, Step.WAIT
     if not obs.running:

@@ -126,6 +126,7 @@ observations = st.builds(
     will_restart=st.booleans(),
     pod_terminal=st.booleans(),
     deleting=st.booleans(),
+    predates_manager=st.booleans(),
 )
 steps = st.lists(
     st.tuples(observations, st.sampled_from([Result.SUCCESS, Result.FAILURE])), min_size=1, max_size=30
@@ -153,8 +154,19 @@ def test_invariants(
             assert obs.started == (kind != ProbeKind.STARTUP)
             assert obs.started_at is None or int(NOW - obs.started_at) >= delay
             s = record(s, kind, outcome, st_ if kind == R else 1, ft)
-            assert s.result in (Result.SUCCESS, Result.FAILURE, INITIAL[kind])
+            assert s.result in (Result.SUCCESS, Result.FAILURE, INITIAL[kind], None)
             if s.on_hold:
                 assert kind != R
         elif not obs.running and not s.on_hold:
             assert s.result == Result.FAILURE
+
+
+def test_a_container_running_before_a_restart_gets_no_initial_result() -> None:
+    """kubelet (ChangeContainerStatusOnKubeletRestart off): no initial value for a container that
+    predates the prober, so its previous readiness stands until a probe decides."""
+    obs = Observation("c1", True, 0.0, True, predates_manager=True)
+    for kind in ProbeKind:
+        s, _ = observe(ProbeState(), kind, obs, NOW, 0)
+        assert s.result is None
+    s, _ = observe(ProbeState(), R, obs, NOW, 0)
+    assert record(s, R, Result.FAILURE, 1, 3).result is None  # below the threshold: still undecided
