@@ -2,8 +2,9 @@
 
 Mirrors kubelet's status manager: ``getPhase``, the Initialized / ContainersReady / Ready
 / PodReadyToStartContainers / PodScheduled conditions, container states with lastState
-and restartCount. Readiness and startup probes are not run by warmlet: a running
-container counts as started and ready (probes are treated as succeeding).
+and restartCount. A container's ``started`` and ``ready`` come from its startup and readiness
+probes (given as plain data, see ``provider.probes``); a container without them is started
+and ready once running.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def container_status(
     waiting: Waiting | None,
     default_reason: str,
     scheme: str,
+    probe: tuple[bool, bool] | None = None,
 ) -> JSON:
-    """One entry of containerStatuses / initContainerStatuses."""
+    """One entry of containerStatuses / initContainerStatuses.
+
+    ``probe``: (started, ready) from the container's startup and readiness probes; None when it
+    has neither (a running container is then started and ready)."""
     st: JSON = {
         "name": spec["name"],
         "image": spec.get("image", ""),
@@ -100,8 +105,9 @@ def container_status(
     st["restartCount"] = latest.attempt
     if latest.state == ContainerState.RUNNING:
         st["state"] = {"running": {"startedAt": rfc3339(latest.started_at or latest.created_at or 0.0)}}
-        st["ready"] = True
-        st["started"] = True
+        started, ready = probe if probe is not None else (True, True)
+        st["ready"] = started and ready
+        st["started"] = started
         if prev is not None and prev.state == ContainerState.EXITED:
             st["lastState"] = _terminated(prev, scheme)
     elif latest.state == ContainerState.EXITED:
@@ -317,8 +323,13 @@ def compute_status(
     host_ip: str = "",
     scheme: str = "simulated",
     terminal: bool = False,
+    probes: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> JSON:
-    """The status block warmlet would write for this pod now."""
+    """The status block warmlet would write for this pod now.
+
+    ``probes``: (started, ready) by container name from the probe results (containers absent
+    have no startup/readiness probe)."""
+    probes = probes or {}
     spec = pod.get("spec") or {}
     old: Mapping[str, Any] = pod.get("status") or {}
     inst = instances_by_name(containers)
@@ -326,7 +337,14 @@ def compute_status(
     app_specs = spec.get("containers") or []
 
     init_statuses = [
-        container_status(c, inst.get(c["name"], []), waiting.get(c["name"]), "PodInitializing", scheme)
+        container_status(
+            c,
+            inst.get(c["name"], []),
+            waiting.get(c["name"]),
+            "PodInitializing",
+            scheme,
+            probes.get(c["name"]),
+        )
         for c in init_specs
     ]
     init_done = all(
@@ -339,7 +357,9 @@ def compute_status(
     )
     app_default = "ContainerCreating" if init_done else "PodInitializing"
     statuses = [
-        container_status(c, inst.get(c["name"], []), waiting.get(c["name"]), app_default, scheme)
+        container_status(
+            c, inst.get(c["name"], []), waiting.get(c["name"]), app_default, scheme, probes.get(c["name"])
+        )
         for c in app_specs
     ]
 

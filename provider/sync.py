@@ -106,10 +106,16 @@ def _replace_unknown(latest: ContainerRuntimeState, is_init: bool, actions: PodA
 
 
 def compute_pod_actions(
-    pod: Mapping[str, Any], containers: Sequence[ContainerRuntimeState], backoff: Backoff, now: float
+    pod: Mapping[str, Any],
+    containers: Sequence[ContainerRuntimeState],
+    backoff: Backoff,
+    now: float,
+    killed: frozenset[str] = frozenset(),
 ) -> PodActions:
     """Init containers in order (sidecars must be running before the next), then app containers.
 
+    ``killed``: app containers this sync killed for a failed liveness/startup probe; kubelet
+    restarts them in the same sync whatever their exit code, unless restartPolicy is Never.
     Pure: ``backoff`` is only read; record the decided restarts with :func:`apply_backoff`.
     """
     spec = pod.get("spec") or {}
@@ -174,7 +180,9 @@ def compute_pod_actions(
             actions.resume.append(latest.container_id)
         elif latest.state == ContainerState.UNKNOWN:
             _replace_unknown(latest, False, actions)
-        elif latest.state == ContainerState.EXITED and should_restart(policy, latest.exit_code):
+        elif latest.state == ContainerState.EXITED and (
+            should_restart(policy, latest.exit_code) or (c["name"] in killed and policy != "Never")
+        ):
             _restart(pod, c["name"], latest, False, backoff, now, actions)
     actions.terminal = _all_app_done(app_specs, inst, policy)
     return actions

@@ -18,11 +18,14 @@ from common.clock import Clock
 from common.crilog import STDERR, STDOUT, CRILogWriter
 from common.timers import Timer, TimerQueue
 from sandbox.backend import (
+    ContainerNotRunningError,
     ContainerRuntimeState,
     ContainerSpec,
     ContainerState,
     ContainerUsage,
     CreateContainerError,
+    ExecResult,
+    ExecTimeoutError,
     NodeUsage,
     PodSandboxSpec,
     PodUsage,
@@ -40,6 +43,9 @@ ANN_LOG_EVERY = ANN + "sim-log-every-seconds"
 ANN_IGNORE_TERM = ANN + "sim-ignore-term"
 ANN_CPU = ANN + "sim-cpu-nano-cores"
 ANN_MEMORY = ANN + "sim-memory-bytes"
+ANN_EXEC_EXIT_CODE = ANN + "sim-exec-exit-code"
+ANN_EXEC_OUTPUT = ANN + "sim-exec-output"
+ANN_EXEC_SECONDS = ANN + "sim-exec-seconds"
 
 EXIT_TERM = 143  # 128 + SIGTERM
 EXIT_KILL = 137  # 128 + SIGKILL
@@ -90,6 +96,9 @@ class _Container:
 
     __slots__ = (
         "cpu_nano_cores",
+        "exec_exit_code",
+        "exec_output",
+        "exec_seconds",
         "exit_at",
         "exit_code",
         "exit_reason",
@@ -114,6 +123,9 @@ class _Container:
         self.run_seconds: float | None = None
         self.exit_code = 0
         self.exit_reason = ""
+        self.exec_exit_code = 0
+        self.exec_output = ""
+        self.exec_seconds = 0.0
         self.ignore_term = False
         self.log_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -188,6 +200,9 @@ class SimContainers:
         c.log_every = log_every if log_every else None
         c.cpu_nano_cores = _int_annotation(ann, ANN_CPU, cname, self.defaults.cpu_nano_cores)
         c.memory_bytes = _int_annotation(ann, ANN_MEMORY, cname, self.defaults.memory_bytes)
+        c.exec_exit_code = _int_annotation(ann, ANN_EXEC_EXIT_CODE, cname, 0)
+        c.exec_output = _annotation(ann, ANN_EXEC_OUTPUT, cname) or ""
+        c.exec_seconds = _float_annotation(ann, ANN_EXEC_SECONDS, cname, 0.0) or 0.0
         self.by_id[cid] = c
         return cid
 
@@ -296,6 +311,19 @@ class SimContainers:
                 deadline.cancel()
         if c.state.state == ContainerState.RUNNING:
             self._finish(c, EXIT_KILL, "Error")
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: float) -> ExecResult:
+        """A simulated command: it takes ``sim-exec-seconds`` and exits with ``sim-exec-exit-code``
+        printing ``sim-exec-output`` (whatever ``cmd`` is); longer than the timeout: timed out."""
+        c = self.by_id.get(container_id)
+        if c is None or c.state.state != ContainerState.RUNNING:
+            raise ContainerNotRunningError(f"container {container_id[:12]} is not running")
+        if c.exec_seconds > timeout_seconds:
+            await self.clock.sleep(timeout_seconds)
+            raise ExecTimeoutError(f"command {' '.join(cmd)!r} timed out after {timeout_seconds:g}s")
+        if c.exec_seconds > 0:
+            await self.clock.sleep(c.exec_seconds)
+        return ExecResult(exit_code=c.exec_exit_code, stdout=c.exec_output.encode())
 
     def drop(self, container_id: str) -> _Container | None:
         """Forget a container (killed if running); its CPU time stays in the node's total."""

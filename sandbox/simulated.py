@@ -16,6 +16,9 @@ Pod annotations drive behaviour (a ``.<container>`` suffix overrides per contain
 - ``warmlet.io/sim-log-every-seconds``: write a ``tick <n>`` line periodically
 - ``warmlet.io/sim-ignore-term``: ``true`` = TERM is ignored, exits at the grace deadline
 - ``warmlet.io/sim-cpu-nano-cores`` / ``warmlet.io/sim-memory-bytes``: reported usage
+- ``warmlet.io/sim-exec-exit-code`` / ``warmlet.io/sim-exec-output`` / ``warmlet.io/sim-exec-seconds``:
+  what a command run in the container (ExecSync: exec probes and hooks) returns and how long it
+  takes (default: exit 0 at once; longer than the timeout: timed out)
 
 Images whose name contains a marker such as ``does-not-exist`` fail to pull.
 """
@@ -39,6 +42,7 @@ from sandbox.backend import (
     ContainerRuntimeState,
     ContainerSpec,
     CreateContainerError,
+    ExecResult,
     ImageResult,
     NodeUsage,
     PodChangeCallback,
@@ -369,6 +373,9 @@ class SimulatedBackend:
             os.unlink(c.state.log_path)
         except OSError:
             pass
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: float) -> ExecResult:
+        return await self.containers.exec_sync(container_id, cmd, timeout_seconds)
 
     async def pod_containers(self, pod_uid: str) -> list[ContainerRuntimeState]:
         rec = self.pool.get_by_pod(pod_uid)

@@ -41,6 +41,7 @@ from provider.kubelet_api.resource_metrics import CONTENT_TYPE as PROM_TEXT
 from provider.kubelet_api.resource_metrics import render_resource_metrics
 from provider.kubelet_api.summary import build_summary
 from provider.kubelet_api.tls import ServingCert, ensure_serving_cert, server_ssl_context
+from provider.probes.metrics import render as render_probe_metrics
 from sandbox.backend import Backend, ContainerState
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,13 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
+async def _probe_metrics(request: web.Request) -> web.Response:
+    """kubelet's prober metrics (prober_probe_total, prober_probe_duration_seconds)."""
+    return web.Response(
+        body=render_probe_metrics(), headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+    )
+
+
 async def _empty_metrics(request: web.Request) -> web.Response:
     return web.Response(body=b"", headers={"Content-Type": PROM_TEXT})
 
@@ -339,7 +347,7 @@ def build_app(
     r.add_get("/metrics/resource", _resource_metrics)
     r.add_get("/metrics", _metrics)
     r.add_get("/metrics/cadvisor", _empty_metrics)
-    r.add_get("/metrics/probes", _empty_metrics)
+    r.add_get("/metrics/probes", _probe_metrics)
     r.add_get("/pods", _pods)
     r.add_get("/pods/", _pods)
     r.add_get("/runningpods/", _pods)

@@ -63,6 +63,7 @@ class PodController:
             ApiObjectSource(client),
             node_allocatable,
             clock,
+            on_probe_change=self.queue.add,
         )
         self.resync_seconds = resync_seconds
         self._last_resync = clock.monotonic()
@@ -101,6 +102,7 @@ class PodController:
             await self.informer.synced.wait()
             await self.cleanup_orphans()
             tg.create_task(self.queue.run(), name="pod-workers")
+            tg.create_task(self.worker.probes.run(), name="probes")
             self.ready.set()
             tg.create_task(self._periodic(), name="pod-resync")
 

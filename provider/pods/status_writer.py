@@ -8,6 +8,7 @@ it changed; records the start level and deletion cost once the pod first runs; t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from common.clock import SYSTEM, Clock
 from provider.config import PodConfig
@@ -48,6 +49,7 @@ class StatusWriter:
         *,
         sandbox_ready: bool,
         pod_ip: str = "",
+        probes: Mapping[str, tuple[bool, bool]] | None = None,
     ) -> JSON:
         return compute_status(
             pod,
@@ -58,6 +60,7 @@ class StatusWriter:
             pod_ip=pod_ip,
             host_ip=self.host_ip,
             scheme=self.scheme,
+            probes=probes,
         )
 
     async def write(

@@ -18,7 +18,9 @@ from provider.kubeclient import ApiError, KubeClient
 from provider.pods.state import JSON, PodState
 from provider.resolve_volumes import remove_pod_dir
 from provider.workload import direct_owner, single_use
-from sandbox.backend import Backend, ContainerState, PodLifecycleAware
+from sandbox.backend import Backend, ContainerRuntimeState, ContainerState, PodLifecycleAware
+
+MINIMUM_GRACE_SECONDS = 2.0  # kubelet's minimumGracePeriodInSeconds
 
 
 class PodTerminator:
@@ -47,6 +49,14 @@ class PodTerminator:
                 self.events.record(pod, NORMAL, "Killing", f"Stopping container {c.name}")
         if live:
             await asyncio.gather(*(self.backend.stop_container(c.container_id, grace) for c in live))
+
+    async def kill_container(
+        self, pod: JSON, c: ContainerRuntimeState, grace_seconds: float, message: str
+    ) -> None:
+        """Kill one container of a running pod (failed liveness/startup probe): a Normal Killing
+        event with ``message``, then stop it within the grace period (kubelet's minimum: 2 s)."""
+        self.events.record(pod, NORMAL, "Killing", message)
+        await self.backend.stop_container(c.container_id, max(MINIMUM_GRACE_SECONDS, grace_seconds))
 
     async def release(self, pod: JSON, st: PodState) -> None:
         """The pod finished: its sandbox goes back to the pool (containers never do)."""

@@ -31,13 +31,14 @@ from provider.pods.status_writer import (
 )
 from provider.pods.termination import PodTerminator
 from provider.podspec import sandbox_spec
+from provider.probes.manager import ProbeManager
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import scratch_dirs
 from provider.status import FAILED, RUNNING, TERMINAL_PHASES, rejected_status
 from provider.sync import apply_backoff, compute_pod_actions, is_finished
 from provider.validation import validate_pod
 from provider.workload import OwnerResolver
-from sandbox.backend import Backend, BackendError, ContainerState
+from sandbox.backend import Backend, BackendError, ContainerRuntimeState, ContainerState
 
 __all__ = [
     "CONFIG_RETRY_MAX_SECONDS",
@@ -70,6 +71,7 @@ class PodWorker:
         source: ObjectSource,
         node_allocatable: Mapping[str, str],
         clock: Clock = SYSTEM,
+        on_probe_change: Callable[[str], None] | None = None,
     ) -> None:
         self.pods_cfg = pods
         self.host_ip = host_ip
@@ -88,6 +90,8 @@ class PodWorker:
         self.volumes_dir = Path(pods.volumes_dir)
         self.memory_dir = pods.memory_volumes_dir  # None: <volumes_dir>-memory (tmpfs mounts)
         self.status = StatusWriter(pods, client, backend, host_ip, clock)
+        # A probe result that changes asks for a sync of its pod (the controller's work queue).
+        self.probes = ProbeManager(backend, recorder, on_probe_change or (lambda uid: None), clock)
         self.terminator = PodTerminator(pods, client, backend, recorder, self.states, self._forget)
         self.containers = ContainerStarter(
             backend,
@@ -153,8 +157,11 @@ class PodWorker:
             return None
         sandbox = st.sandbox
         runtime = await self.backend.pod_containers(uid)
+        killed = await self._kill_failed_probes(pod, runtime)
+        if killed:
+            runtime = await self.backend.pod_containers(uid)
         now = self.clock.time()
-        actions = compute_pod_actions(pod, runtime, self.restarts, now)
+        actions = compute_pod_actions(pod, runtime, self.restarts, now, killed)
         apply_backoff(actions, self.restarts, now)
         out = StartOutcome()
         await self.containers.kill_unknown(pod, runtime, actions.kill)
@@ -170,8 +177,14 @@ class PodWorker:
             runtime = await self.backend.pod_containers(uid)
             runtime = await self.containers.gc(runtime)
         finished = is_finished(pod, runtime)
+        self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
         status = self.status.compute(
-            pod, runtime, out.waiting, sandbox_ready=not finished, pod_ip=sandbox.pod_ip
+            pod,
+            runtime,
+            out.waiting,
+            sandbox_ready=not finished,
+            pod_ip=sandbox.pod_ip,
+            probes=self.probes.status(uid),
         )
         # A short container may already have exited at its first status: record its start too.
         annotate = not st.annotated and (
@@ -181,6 +194,7 @@ class PodWorker:
         if annotate and finished:
             await self.status.annotate_started(pod, st)  # visible no later than the terminal phase
         if finished:
+            self.probes.remove_pod(uid)
             # Back to the pool BEFORE the terminal status is visible: the workload's next pod
             # (created by its controller when it sees this one finish) finds the sandbox idle.
             st.final_status = status
@@ -205,6 +219,7 @@ class PodWorker:
         """Past its deadline: kill the containers with the pod's grace period, then report the pod
         Failed/DeadlineExceeded (never terminal while a container may still run) and release it."""
         uid = pod["metadata"]["uid"]
+        self.probes.remove_pod(uid)
         self.events.record(pod, NORMAL, deadline.REASON, deadline.MESSAGE)
         await self.terminator.stop_all(pod, uid, deadline.grace_seconds(pod))
         runtime = await self.backend.pod_containers(uid)
@@ -215,6 +230,16 @@ class PodWorker:
         st.final_status = status
         await self.terminator.release(pod, st)
         await self.status.patch(pod, st, status)
+
+    async def _kill_failed_probes(self, pod: JSON, runtime: list[ContainerRuntimeState]) -> frozenset[str]:
+        """Kill the running containers whose liveness or startup probe failed (kubelet's
+        computePodActions); ``compute_pod_actions`` then restarts them (unless restartPolicy is
+        Never) with the usual back-off. The names of the containers killed."""
+        kills = self.probes.kills(pod, runtime)
+        by_id = {c.container_id: c for c in runtime}
+        for k in kills:
+            await self.terminator.kill_container(pod, by_id[k.container_id], k.grace_seconds, k.message)
+        return frozenset(k.container for k in kills)
 
     async def _finished_before_restart(self, pod: JSON, st: PodState) -> bool:
         """After a restart: a pod whose containers finished and were scrubbed away (the backend
@@ -252,6 +277,7 @@ class PodWorker:
 
     def _forget(self, uid: str) -> None:
         self.states.pop(uid, None)
+        self.probes.remove_pod(uid)
         self.restarts.forget_prefix(uid + "/")
         self.pulls.forget_prefix(uid + "/")
         self.config_retries.forget_prefix(uid + "/")
