@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from provider.backoff import Backoff
 from provider.events import NORMAL, WARNING, EventRecorder
 from provider.pods.container_config import ContainerConfigResolver
+from provider.pods.hooks import (
+    POST_START,
+    POST_START_TIMEOUT_SECONDS,
+    container_spec,
+    hook_handler,
+    pod_grace_seconds,
+)
 from provider.pods.images import ImagePuller
 from provider.pods.state import JSON, PodState, earliest, pod_name
+from provider.pods.termination import PodTerminator
 from provider.status import Waiting, instances_by_name
 from provider.sync import PodActions, backoff_key
 from sandbox.backend import (
@@ -56,8 +64,10 @@ class ContainerStarter:
         images: ImagePuller,
         restarts: Backoff,
         config_retries: Backoff,
+        terminator: PodTerminator,
     ) -> None:
         self.backend = backend
+        self.terminator = terminator
         self.events = events
         self.config = config
         self.images = images
@@ -133,6 +143,7 @@ class ContainerStarter:
                 await self.backend.start_container(cid)
                 self.events.record(pod, NORMAL, "Started", f"Started container {cspec.name}")
                 out.started_any = True
+                await self.post_start(pod, st, cspec.name, cid, out)
             except BackendError as e:
                 reason = e.reason if e.reason != "RuntimeError" else "CreateContainerError"
                 out.waiting[start.name] = Waiting(reason, e.message)
@@ -140,6 +151,30 @@ class ContainerStarter:
                 out.retry_in(self.restarts.next(backoff_key(uid, start.name), now))
             if start.is_init:
                 break
+
+    async def post_start(self, pod: JSON, st: PodState, name: str, cid: str, out: StartOutcome) -> None:
+        """Run the container's postStart hook before anything reports it Running (the pod's status
+        is written after this sync step). A failure: Warning ``FailedPostStartHook``, the container
+        is killed (preStop included) and restarts per restartPolicy; its status says why."""
+        spec = container_spec(pod, name)
+        handler = hook_handler(spec, POST_START)
+        if spec is None or handler is None:
+            return
+        pod_ip = st.sandbox.pod_ip if st.sandbox is not None else ""
+        failure = await self.terminator.hooks.run(
+            pod, spec, cid, POST_START, handler, pod_ip, POST_START_TIMEOUT_SECONDS
+        )
+        if failure is None:
+            return
+        # kubelet keeps the hook's message out of the event (it may carry secrets)
+        self.events.record(pod, WARNING, "FailedPostStartHook", "PostStartHook failed")
+        running = ContainerRuntimeState(
+            container_id=cid, pod_uid=pod["metadata"]["uid"], name=name, state=ContainerState.RUNNING
+        )
+        await self.terminator.kill_container(pod, running, pod_grace_seconds(pod), "FailedPostStartHook")
+        policy = spec.get("restartPolicy") or (pod.get("spec") or {}).get("restartPolicy") or "Always"
+        if policy != "Never":
+            out.waiting[name] = Waiting("PostStartHookError", failure)
 
     async def gc(self, runtime: list[ContainerRuntimeState]) -> list[ContainerRuntimeState]:
         """Keep the latest two instances per container (current + lastState), like kubelet's GC."""

@@ -87,7 +87,7 @@ class PodWorker:
         self.volumes_dir = Path(pods.volumes_dir)
         self.memory_dir = pods.memory_volumes_dir  # None: <volumes_dir>-memory (tmpfs mounts)
         self.status = StatusWriter(pods, client, backend, host_ip, clock)
-        self.terminator = PodTerminator(pods, client, backend, recorder, self.states, self._forget)
+        self.terminator = PodTerminator(pods, client, backend, recorder, self.states, self._forget, clock)
         self.containers = ContainerStarter(
             backend,
             recorder,
@@ -95,6 +95,7 @@ class PodWorker:
             ImagePuller(backend, recorder, self.pulls, clock),
             self.restarts,
             self.config_retries,
+            self.terminator,
         )
 
     # -- entry point ---------------------------------------------------------------------------
