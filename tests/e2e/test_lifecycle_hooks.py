@@ -210,3 +210,39 @@ async def test_pre_stop_runs_before_sigterm_within_the_grace_period(e2e: E2E) ->
     evs = await events(e2e, ns, "order")
     assert ("Normal", "Killing", "Stopping container main") in evs, evs
     assert not any(r == "FailedPreStopHook" for _, r, _ in evs), evs
+
+
+CGI = (
+    "mkdir -p /www/cgi-bin && printf '%s\\n' '#!/bin/sh' 'echo Content-Type: text/plain' 'echo'"
+    " 'echo \"prestop $QUERY_STRING $HTTP_USER_AGENT\" >> /shared/marker' > /www/cgi-bin/hook"
+    " && chmod +x /www/cgi-bin/hook && httpd -p 8080 -h /www"
+)
+
+
+async def test_http_pre_stop_reaches_the_pod_ip_by_port_name(e2e: E2E) -> None:
+    cfg = e2e.config()
+    node = cfg.node.name
+    await e2e.start(cfg)
+    ns = await e2e.namespace()
+    main = f"{CGI}; trap 'echo term >> /shared/marker; sleep 2; exit 0' TERM; while true; do sleep 0.2; done"
+    pre_stop = {"httpGet": {"port": "web", "path": "/cgi-bin/hook?from=kubelet"}}
+    spec = hooked(node, e2e.busybox, main, {"preStop": pre_stop}, terminationGracePeriodSeconds=30)
+    spec["containers"][0]["ports"] = [{"name": "web", "containerPort": 8080}]
+    uid = await create(e2e, ns, "web", spec)
+
+    async def running() -> bool:
+        return (await e2e.pod(ns, "web"))["status"].get("phase") == "Running"
+
+    await wait_for(running, 120, 0.3, "the pod running")
+    await e2e.client.delete(f"/api/v1/namespaces/{ns}/pods/web")
+
+    async def marker() -> str | None:
+        f = host_file(e2e.tmp, uid, "marker")
+        text = f.read_text() if f is not None else ""
+        return text if "term" in text else None
+
+    text = await wait_for(marker, 60, 0.05, "the preStop request and then SIGTERM")
+    lines = text.splitlines()
+    assert lines[0] == "prestop from=kubelet kube-lifecycle/1.36" and lines[-1] == "term", lines
+    evs = await events(e2e, ns, "web")
+    assert not any(r == "FailedPreStopHook" for _, r, _ in evs), evs
