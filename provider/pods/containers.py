@@ -8,6 +8,7 @@ garbage-collects old exited instances.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provider.backoff import Backoff
@@ -18,7 +19,9 @@ from provider.pods.hooks import (
     POST_START_TIMEOUT_SECONDS,
     container_spec,
     hook_handler,
+    pod_deleting,
     pod_grace_seconds,
+    run_unless,
 )
 from provider.pods.images import ImagePuller
 from provider.pods.state import JSON, PodState, earliest, pod_name
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # A start still in progress in the runtime (a warmlet killed mid-call): ask again this soon.
 START_IN_PROGRESS_RETRY_SECONDS = 1.0
+# A running postStart hook is abandoned this soon after its pod is deleted.
+POST_START_DELETION_CHECK_SECONDS = 1.0
 # A half-made container was removed to be created again: retry this soon.
 RECREATE_RETRY_SECONDS = 0.5
 
@@ -65,9 +70,11 @@ class ContainerStarter:
         restarts: Backoff,
         config_retries: Backoff,
         terminator: PodTerminator,
+        get_pod: Callable[[str], JSON | None] = lambda _: None,
     ) -> None:
         self.backend = backend
         self.terminator = terminator
+        self.get_pod = get_pod
         self.events = events
         self.config = config
         self.images = images
@@ -160,14 +167,25 @@ class ContainerStarter:
         handler = hook_handler(spec, POST_START)
         if spec is None or handler is None:
             return
+        uid = pod["metadata"]["uid"]
         pod_ip = st.sandbox.pod_ip if st.sandbox is not None else ""
-        failure = await self.terminator.hooks.run(
-            pod, spec, cid, POST_START, handler, pod_ip, POST_START_TIMEOUT_SECONDS
+        hooks = self.terminator.hooks
+        hook = hooks.run(pod, spec, cid, POST_START, handler, pod_ip, POST_START_TIMEOUT_SECONDS)
+        finished, failure = await run_unless(
+            self.terminator.clock,
+            hook,
+            lambda: pod_deleting(self.get_pod(uid)),
+            POST_START_DELETION_CHECK_SECONDS,
         )
-        if failure is None:
+        if finished and failure is None:
             return
         # kubelet keeps the hook's message out of the event (it may carry secrets)
         self.events.record(pod, WARNING, "FailedPostStartHook", "PostStartHook failed")
+        if not finished:
+            # The pod is being deleted (kubelet cancels the hook with the sync): the deletion's
+            # own stop (preStop, grace period) follows in the next sync.
+            log.info("postStart abandoned: pod deleted pod=%s container=%s", pod_name(pod), name)
+            return
         running = ContainerRuntimeState(
             container_id=cid, pod_uid=pod["metadata"]["uid"], name=name, state=ContainerState.RUNNING
         )

@@ -88,6 +88,12 @@ def pod_grace_seconds(pod: Mapping[str, Any]) -> float:
     return float(MIN_GRACE_SECONDS)
 
 
+def pod_deleting(pod: Mapping[str, Any] | None) -> bool:
+    """The pod is gone or being deleted: a postStart hook still running is abandoned (kubelet
+    cancels the sync that runs it)."""
+    return pod is None or bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def container_spec(pod: Mapping[str, Any], name: str) -> JSON | None:
     """The spec of the pod's container (regular, init or sidecar) called ``name``."""
     spec = pod.get("spec") or {}
@@ -354,6 +360,25 @@ class HookRunner:
             return f'Get "{url}": {e}', True
         except (aiohttp.ClientError, OSError, ValueError) as e:
             return f'Get "{url}": {e}', False
+
+
+async def run_unless(clock: Clock, work: Any, stop: Callable[[], bool], every: float) -> tuple[bool, Any]:
+    """Run the coroutine ``work`` to completion unless ``stop()`` turns true (checked every
+    ``every`` seconds on ``clock``): (finished, its result). Stopped, it is cancelled and awaited."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            finished, _ = await run_within(clock, every, asyncio.shield(task))
+            if not finished and stop():
+                break
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if task.cancelled():
+        return False, None
+    return True, task.result()
 
 
 async def run_within(clock: Clock, seconds: float, work: Any) -> tuple[bool, Any]:

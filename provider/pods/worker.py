@@ -96,6 +96,7 @@ class PodWorker:
             self.restarts,
             self.config_retries,
             self.terminator,
+            get_pod,
         )
 
     # -- entry point ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from provider.pods.hooks import (
     pod_grace_seconds,
     pre_stop_runs,
     resolve_port,
+    run_unless,
     run_within,
     sim_hook_failure,
     stop_grace,
@@ -386,6 +387,33 @@ async def test_run_within_cuts_a_hook_short_and_leaves_no_task() -> None:
     assert (finished, result) == (True, "x")
 
 
+async def test_run_unless_stops_when_asked_and_leaves_no_task() -> None:
+    clock = FakeClock()
+    r = HookRunner(NoExecBackend(), clock=clock)  # type: ignore[arg-type]
+    stop = False
+    before = len(asyncio.all_tasks())
+    job = asyncio.create_task(
+        run_unless(
+            clock, r.run(POD, C, "cid", POST_START, {"sleep": {"seconds": 60}}, "", 60), lambda: stop, 1
+        )
+    )
+    await started(clock, 2)
+    await clock.advance(5)
+    assert not job.done()
+    stop = True
+    await clock.advance(1)
+    assert job.done() and job.result() == (False, None)
+    assert len(asyncio.all_tasks()) == before
+    job = asyncio.create_task(
+        run_unless(
+            clock, r.run(POD, C, "cid", POST_START, {"sleep": {"seconds": 2.5}}, "", 60), lambda: False, 1
+        )
+    )
+    await started(clock, 2)
+    await clock.advance(3)
+    assert job.done() and job.result() == (True, None)
+
+
 async def test_simulated_hooks_follow_the_annotation() -> None:
     class Sim:
         capabilities = BackendCapabilities(runs_processes=False)
@@ -575,3 +603,22 @@ async def test_graceful_deletion_runs_pre_stop_first(env: Any, clock: FakeClock)
     await sync
     assert "u1" not in api.pods
     assert rec.reasons("p")[-1] == "Killing"
+
+
+async def test_deletion_abandons_a_running_post_start(env: Any, clock: FakeClock) -> None:
+    api, backend, rec, worker = env
+    api.add(post_start_pod({"sleep": {"seconds": 600}}))
+    sync = asyncio.create_task(worker.sync("u1"))
+    await started(clock)
+    await clock.advance(10)
+    assert not sync.done()
+    api.pods["u1"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    await clock.advance(1)
+    await clock.advance(0)
+    assert sync.done()
+    await sync
+    assert ("p", "Warning", "FailedPostStartHook", "PostStartHook failed") in rec.events
+    assert "FailedPostStartHook" not in [m for *_, m in rec.events]  # no kill of its own
+    await worker.sync("u1")  # the deletion stops it
+    assert "u1" not in api.pods
+    assert [c.state for c in await backend.pod_containers("u1")] in ([], [ContainerState.EXITED])
