@@ -17,7 +17,6 @@ from provider.timefmt import parse_rfc3339
 
 REASON = "DeadlineExceeded"
 MESSAGE = "Pod was active on the node longer than the specified deadline"
-DEFAULT_GRACE_SECONDS = 30
 
 
 def active_deadline(pod: Mapping[str, Any]) -> int | None:
@@ -50,11 +49,3 @@ def exceeded(deadline_seconds: int | None, started: float | None, now: float) ->
     """kubelet's ``pastActiveDeadline``: active for at least the deadline."""
     left = remaining(deadline_seconds, started, now)
     return left is not None and left <= 0
-
-
-def grace_seconds(pod: Mapping[str, Any]) -> float:
-    """The grace period a deadline kill uses: the pod's ``terminationGracePeriodSeconds``."""
-    value = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        return float(DEFAULT_GRACE_SECONDS)
-    return float(value)

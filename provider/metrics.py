@@ -30,6 +30,11 @@ NODE_LEASE_RENEWALS = Counter(
     "warmlet_node_lease_renewals_total", "Node lease renewals by result", ["result"]
 )
 PREWARMS = Counter("warmlet_cron_prewarm_total", "Sandboxes requested by CronJob prewarming")
+LIFECYCLE_HOOKS = Counter(
+    "warmlet_lifecycle_hooks_total",
+    "Container lifecycle hooks run, by hook (postStart, preStop), handler and result",
+    ["hook", "handler", "result"],
+)
 
 
 def record_api_error(verb: str, status: int | str) -> None:

@@ -21,6 +21,29 @@ from sandbox.backend import (
 
 JSON = dict[str, Any]
 
+MIN_GRACE_SECONDS = 2.0  # kubelet's minimumGracePeriodInSeconds
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value)
+
+
+def termination_grace_seconds(pod: Mapping[str, Any], probe_grace: Any = None) -> float:
+    """The grace period of a container kill (kubelet's setTerminationGracePeriod): the pod's
+    deletionGracePeriodSeconds while it is being deleted, else the failed probe's own
+    terminationGracePeriodSeconds (``probe_grace``) when set, else the pod's
+    terminationGracePeriodSeconds, else kubelet's minimum."""
+    deletion = _seconds((pod.get("metadata") or {}).get("deletionGracePeriodSeconds"))
+    if deletion is not None:
+        return deletion
+    spec_grace = _seconds((pod.get("spec") or {}).get("terminationGracePeriodSeconds"))
+    if spec_grace is None:
+        return MIN_GRACE_SECONDS
+    probe = _seconds(probe_grace)
+    return probe if probe is not None else spec_grace
+
 
 def dns_config(pod: Mapping[str, Any], cluster_dns: Sequence[str], cluster_domain: str) -> DNSConfig:
     """resolv.conf contents per dnsPolicy (ClusterFirst, Default, None) merged with dnsConfig."""

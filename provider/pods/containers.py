@@ -8,13 +8,24 @@ garbage-collects old exited instances.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provider.backoff import Backoff
 from provider.events import NORMAL, WARNING, EventRecorder
 from provider.pods.container_config import ContainerConfigResolver
+from provider.pods.hooks import (
+    POST_START,
+    POST_START_TIMEOUT_SECONDS,
+    container_spec,
+    hook_handler,
+    pod_deleting,
+    run_unless,
+)
 from provider.pods.images import ImagePuller
 from provider.pods.state import JSON, PodState, earliest, pod_name
+from provider.pods.termination import PodTerminator
+from provider.podspec import termination_grace_seconds
 from provider.status import Waiting, instances_by_name
 from provider.sync import PodActions, backoff_key
 from sandbox.backend import (
@@ -31,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # A start still in progress in the runtime (a warmlet killed mid-call): ask again this soon.
 START_IN_PROGRESS_RETRY_SECONDS = 1.0
+# A running postStart hook is abandoned this soon after its pod is deleted.
+POST_START_DELETION_CHECK_SECONDS = 1.0
 # A half-made container was removed to be created again: retry this soon.
 RECREATE_RETRY_SECONDS = 0.5
 
@@ -56,8 +69,12 @@ class ContainerStarter:
         images: ImagePuller,
         restarts: Backoff,
         config_retries: Backoff,
+        terminator: PodTerminator,
+        get_pod: Callable[[str], JSON | None] = lambda _: None,
     ) -> None:
         self.backend = backend
+        self.terminator = terminator
+        self.get_pod = get_pod
         self.events = events
         self.config = config
         self.images = images
@@ -133,6 +150,7 @@ class ContainerStarter:
                 await self.backend.start_container(cid)
                 self.events.record(pod, NORMAL, "Started", f"Started container {cspec.name}")
                 out.started_any = True
+                await self.post_start(pod, st, cspec.name, cid, out)
             except BackendError as e:
                 reason = e.reason if e.reason != "RuntimeError" else "CreateContainerError"
                 out.waiting[start.name] = Waiting(reason, e.message)
@@ -140,6 +158,43 @@ class ContainerStarter:
                 out.retry_in(self.restarts.next(backoff_key(uid, start.name), now))
             if start.is_init:
                 break
+
+    async def post_start(self, pod: JSON, st: PodState, name: str, cid: str, out: StartOutcome) -> None:
+        """Run the container's postStart hook before anything reports it Running (the pod's status
+        is written after this sync step). A failure: Warning ``FailedPostStartHook``, the container
+        is killed (preStop included) and restarts per restartPolicy; its status says why."""
+        spec = container_spec(pod, name)
+        handler = hook_handler(spec, POST_START)
+        if spec is None or handler is None:
+            return
+        uid = pod["metadata"]["uid"]
+        pod_ip = st.sandbox.pod_ip if st.sandbox is not None else ""
+        hooks = self.terminator.hooks
+        hook = hooks.run(pod, spec, cid, POST_START, handler, pod_ip, POST_START_TIMEOUT_SECONDS)
+        finished, failure = await run_unless(
+            self.terminator.clock,
+            hook,
+            lambda: pod_deleting(self.get_pod(uid)),
+            POST_START_DELETION_CHECK_SECONDS,
+        )
+        if finished and failure is None:
+            return
+        # kubelet keeps the hook's message out of the event (it may carry secrets)
+        self.events.record(pod, WARNING, "FailedPostStartHook", "PostStartHook failed")
+        if not finished:
+            # The pod is being deleted (kubelet cancels the hook with the sync): the deletion's
+            # own stop (preStop, grace period) follows in the next sync.
+            log.info("postStart abandoned: pod deleted pod=%s container=%s", pod_name(pod), name)
+            return
+        running = ContainerRuntimeState(
+            container_id=cid, pod_uid=pod["metadata"]["uid"], name=name, state=ContainerState.RUNNING
+        )
+        await self.terminator.kill_container(
+            pod, running, termination_grace_seconds(pod), "FailedPostStartHook"
+        )
+        policy = spec.get("restartPolicy") or (pod.get("spec") or {}).get("restartPolicy") or "Always"
+        if policy != "Never":
+            out.waiting[name] = Waiting("PostStartHookError", failure)
 
     async def gc(self, runtime: list[ContainerRuntimeState]) -> list[ContainerRuntimeState]:
         """Keep the latest two instances per container (current + lastState), like kubelet's GC."""

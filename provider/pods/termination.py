@@ -4,6 +4,10 @@ Three ways a pod ends (kubelet's killPod and pod cleanup): it finished (``releas
 goes back to the pool before the terminal status is visible), it is being deleted gracefully
 (``terminate``: stop with the grace period, then delete the object with grace 0), or its object
 is already gone (``cleanup``: make sure nothing is left).
+
+A running container stopped gracefully (deletion, or a probe's kill: ``kill_container``) gets a
+``Killing`` event, then its ``preStop`` hook within the grace period, then StopContainer with what
+is left of the grace period (at least kubelet's minimum), as kubelet's killContainer.
 """
 
 from __future__ import annotations
@@ -12,15 +16,23 @@ import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from common.clock import SYSTEM, Clock
 from provider.config import PodConfig
-from provider.events import NORMAL, EventRecorder
+from provider.events import NORMAL, WARNING, EventRecorder
 from provider.kubeclient import ApiError, KubeClient
+from provider.pods.hooks import (
+    PRE_STOP,
+    HookRunner,
+    container_spec,
+    hook_handler,
+    pre_stop_runs,
+    run_within,
+    stop_grace,
+)
 from provider.pods.state import JSON, PodState
 from provider.resolve_volumes import remove_pod_dir
 from provider.workload import direct_owner, single_use
 from sandbox.backend import Backend, ContainerRuntimeState, ContainerState, PodLifecycleAware
-
-MINIMUM_GRACE_SECONDS = 2.0  # kubelet's minimumGracePeriodInSeconds
 
 
 class PodTerminator:
@@ -32,6 +44,7 @@ class PodTerminator:
         events: EventRecorder,
         states: Mapping[str, PodState],
         forget: Callable[[str], None],
+        clock: Clock = SYSTEM,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -40,23 +53,59 @@ class PodTerminator:
         self.forget = forget
         self.volumes_dir = Path(pods.volumes_dir)
         self.memory_dir = pods.memory_volumes_dir
+        self.clock = clock
+        self.hooks = HookRunner(backend, events, clock)
 
     async def stop_all(self, pod: JSON | None, uid: str, grace: float) -> None:
+        """Stop the pod's live containers in parallel; with ``pod``, running ones gracefully
+        (event, preStop hook, grace period), else at once."""
         runtime = await self.backend.pod_containers(uid)
         live = [c for c in runtime if c.state in (ContainerState.RUNNING, ContainerState.CREATED)]
-        for c in live:
-            if pod is not None and c.state == ContainerState.RUNNING:
-                self.events.record(pod, NORMAL, "Killing", f"Stopping container {c.name}")
         if live:
-            await asyncio.gather(*(self.backend.stop_container(c.container_id, grace) for c in live))
+            await asyncio.gather(*(self._stop(pod, c, grace) for c in live))
+
+    async def _stop(self, pod: JSON | None, c: ContainerRuntimeState, grace: float) -> None:
+        if pod is not None and c.state == ContainerState.RUNNING:
+            await self.kill_container(pod, c, grace, f"Stopping container {c.name}")
+        else:
+            await self.backend.stop_container(c.container_id, grace)
 
     async def kill_container(
         self, pod: JSON, c: ContainerRuntimeState, grace_seconds: float, message: str
     ) -> None:
-        """Kill one container of a running pod (failed liveness/startup probe): a Normal Killing
-        event with ``message``, then stop it within the grace period (kubelet's minimum: 2 s)."""
+        """Kill one container gracefully (kubelet's killContainer): a Normal ``Killing`` event with
+        ``message``, its preStop hook within the grace period (a failure: Warning
+        ``FailedPreStopHook``, the stop goes on), then StopContainer with the rest of the grace
+        period, at least kubelet's minimum (podspec.MIN_GRACE_SECONDS)."""
         self.events.record(pod, NORMAL, "Killing", message)
-        await self.backend.stop_container(c.container_id, max(MINIMUM_GRACE_SECONDS, grace_seconds))
+        elapsed = 0.0
+        spec = container_spec(pod, c.name)
+        handler = hook_handler(spec, PRE_STOP)
+        if (
+            spec is not None
+            and handler is not None
+            and c.state == ContainerState.RUNNING
+            and pre_stop_runs(grace_seconds)
+        ):
+            began = self.clock.monotonic()
+            finished, failure = await run_within(
+                self.clock,
+                grace_seconds,
+                self.hooks.run(
+                    pod, spec, c.container_id, PRE_STOP, handler, self._pod_ip(pod), grace_seconds
+                ),
+            )
+            elapsed = self.clock.monotonic() - began
+            if finished and failure is not None:
+                # kubelet keeps the hook's message out of the event (it may carry secrets)
+                self.events.record(pod, WARNING, "FailedPreStopHook", "PreStopHook failed")
+        await self.backend.stop_container(c.container_id, stop_grace(grace_seconds, elapsed))
+
+    def _pod_ip(self, pod: JSON) -> str:
+        st = self.states.get(pod["metadata"]["uid"])
+        if st is not None and st.sandbox is not None and st.sandbox.pod_ip:
+            return st.sandbox.pod_ip
+        return str((pod.get("status") or {}).get("podIP") or "")
 
     async def release(self, pod: JSON, st: PodState) -> None:
         """The pod finished: its sandbox goes back to the pool (containers never do)."""

@@ -30,7 +30,7 @@ from provider.pods.status_writer import (
     replace_ip_lists,
 )
 from provider.pods.termination import PodTerminator
-from provider.podspec import sandbox_spec
+from provider.podspec import sandbox_spec, termination_grace_seconds
 from provider.probes.manager import ProbeManager
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import scratch_dirs
@@ -92,7 +92,7 @@ class PodWorker:
         self.status = StatusWriter(pods, client, backend, host_ip, clock)
         # A probe result that changes asks for a sync of its pod (the controller's work queue).
         self.probes = ProbeManager(backend, recorder, on_probe_change or (lambda uid: None), clock)
-        self.terminator = PodTerminator(pods, client, backend, recorder, self.states, self._forget)
+        self.terminator = PodTerminator(pods, client, backend, recorder, self.states, self._forget, clock)
         self.containers = ContainerStarter(
             backend,
             recorder,
@@ -100,6 +100,8 @@ class PodWorker:
             ImagePuller(backend, recorder, self.pulls, clock),
             self.restarts,
             self.config_retries,
+            self.terminator,
+            get_pod,
         )
 
     # -- entry point ---------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class PodWorker:
         uid = pod["metadata"]["uid"]
         self.probes.remove_pod(uid)
         self.events.record(pod, NORMAL, deadline.REASON, deadline.MESSAGE)
-        await self.terminator.stop_all(pod, uid, deadline.grace_seconds(pod))
+        await self.terminator.stop_all(pod, uid, termination_grace_seconds(pod))
         runtime = await self.backend.pod_containers(uid)
         # compute the container statuses and conditions as for a pod already Failed
         failed = {**pod, "status": {**(pod.get("status") or {}), "phase": FAILED}}

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from provider import deadline
+from provider.podspec import termination_grace_seconds
 from provider.timefmt import rfc3339
 
 T0 = 1_700_000_000.0
@@ -59,10 +60,12 @@ def test_start_time_prefers_what_was_reported_then_the_api() -> None:
 
 
 @pytest.mark.parametrize(
-    ("grace", "expected"), [(None, 30.0), (0, 0.0), (5, 5.0), (-1, 30.0), ("x", 30.0), (2.5, 2.5)]
+    ("grace", "expected"), [(None, 2.0), (0, 0.0), (5, 5.0), (-1, 2.0), ("x", 2.0), (2.5, 2.5)]
 )
-def test_grace_seconds(grace: Any, expected: float) -> None:
-    assert deadline.grace_seconds(pod(5, grace=grace)) == expected
+def test_grace_seconds_of_a_deadline_kill_are_the_pods(grace: Any, expected: float) -> None:
+    """kubelet's setTerminationGracePeriod: the pod's own, else its minimum (the API server
+    defaults the field to 30, so the minimum is only reached by a pod that never went through it)."""
+    assert termination_grace_seconds(pod(5, grace=grace)) == expected
 
 
 def test_kubelet_reason_and_message() -> None:
