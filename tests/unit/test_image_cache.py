@@ -13,6 +13,7 @@ from sandbox.backend import (
     ImagePullError,
     InvalidImageNameError,
     PullPolicy,
+    RegistryCredential,
 )
 from sandbox.images import ImageCache, ImageInfo
 
@@ -36,7 +37,7 @@ class FakeRuntime:
         self.status_calls += 1
         return self.images.get(image)
 
-    async def pull(self, image: str) -> str:
+    async def pull(self, image: str, credential: RegistryCredential | None = None) -> str:
         self.pulls.append(image)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
