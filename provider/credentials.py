@@ -111,7 +111,6 @@ def parse_docker_config(auths: Mapping[str, Any], source: str) -> list[KeyringEn
         cred = RegistryCredential(
             username=user,
             password=password,
-            server_address=key,
             source=source,
             fingerprint=fingerprint(user, password, email),
         )
