@@ -147,6 +147,14 @@ def _decode_json(b64: str) -> Any:
 # ---------------------------------------------------------------------------- matching
 
 
+def _split_schemeless(url: str) -> tuple[str, str]:
+    """(host[:port], path) of a schemeless URL as Go's url.Parse sees ``https://`` + it: a
+    fragment and a query are cut off first, so host globs with ``?`` end there, as in kubelet."""
+    url = url.split("#", 1)[0].split("?", 1)[0]
+    netloc, sep, path = url.partition("/")
+    return netloc.rpartition("@")[2], sep + path
+
+
 def _split_host(netloc: str) -> tuple[list[str], str]:
     """Host labels and port (Go's net.SplitHostPort; no port: the whole netloc is the host)."""
     host, port = netloc, ""
@@ -196,16 +204,13 @@ def _glob_re(pattern: str) -> re.Pattern[str] | None:
 
 def urls_match(glob: str, target: str) -> bool:
     """Whether the keyring key ``glob`` covers the schemeless ``target`` (kubelet's URLsMatch)."""
-    try:
-        g = urlsplit("https://" + glob)
-        t = urlsplit("https://" + target)
-    except ValueError:
-        return False
-    g_parts, g_port = _split_host(g.netloc)
-    t_parts, t_port = _split_host(t.netloc)
+    g_netloc, g_path = _split_schemeless(glob)
+    t_netloc, t_path = _split_schemeless(target)
+    g_parts, g_port = _split_host(g_netloc)
+    t_parts, t_port = _split_host(t_netloc)
     if g_port != t_port or len(g_parts) != len(t_parts):
         return False
-    if not t.path.startswith(g.path):
+    if not t_path.startswith(g_path):
         return False
     for gp, tp in zip(g_parts, t_parts, strict=True):
         rx = _glob_re(gp)
