@@ -15,7 +15,7 @@ from provider.kubeclient import ApiError
 from provider.pods.images import ImagePuller
 from provider.pods.pull_secrets import image_credentials, pull_secrets
 from provider.pods.state import PodState
-from sandbox.backend import ContainerSpec, ImageResult, PullPolicy, RegistryCredential
+from sandbox.backend import ContainerSpec, ImageResult, PodSandboxSpec, PullPolicy, RegistryCredential
 
 JSON = dict[str, Any]
 
@@ -113,3 +113,46 @@ async def test_image_puller_passes_the_matching_credentials_and_warns() -> None:
     assert await puller.ensure(pod("b", "gone", "a"), PodState(), c) is None
     assert backend.calls == [("reg.io/team/app:1", ["alice"])]
     assert ("p", "Warning", "FailedToRetrieveImagePullSecret") in [e[:3] for e in rec.events]
+
+
+class PrewarmBackend:
+    def __init__(self) -> None:
+        self.specs: list[PodSandboxSpec] = []
+
+    async def prewarm(self, pod: PodSandboxSpec, count: int) -> int:
+        self.specs.append(pod)
+        return count
+
+
+async def test_cron_prewarm_pulls_with_the_template_credentials() -> None:
+    from test_workload_cron import TAINT, cj, ts
+
+    from provider.config import WarmletConfig
+    from provider.cron_prewarm import CronPrewarmer
+
+    cfg = WarmletConfig()
+    cfg.pool.cron_lead_seconds = 20
+    src = Source({"a": _secret("a", "reg.io", "alice")}, {"robot": {"imagePullSecrets": [{"name": "a"}]}})
+    backend = PrewarmBackend()
+    pw = CronPrewarmer(
+        cfg.pool,
+        cfg.pods,
+        None,
+        backend,
+        {"kubernetes.io/hostname": "vn"},
+        [TAINT],
+        source=src,  # type: ignore[arg-type]
+    )
+    job = cj()
+    tpl = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    tpl["containers"] = [{"name": "c", "image": "reg.io/team/app:1"}, {"name": "d", "image": "busybox:1"}]
+    tpl["serviceAccountName"] = "robot"  # the template names no secret: its ServiceAccount's
+    pw.cronjobs = {"cj1": job}
+    assert await pw.tick(ts("2026-01-01T00:00:45")) == 3
+    (spec,) = backend.specs
+    assert {k: [c.username for c in v] for k, v in spec.pull_credentials.items()} == {
+        "reg.io/team/app:1": ["alice"]
+    }
+    # never written to the pool's state file
+    assert "pull_credentials" not in spec.model_dump(mode="json")
+    assert "alice" not in spec.model_dump_json()
