@@ -23,10 +23,12 @@ from common.retry import SLOW_BACKOFF, periodic
 from provider.config import PodConfig, PoolConfig
 from provider.kubeclient import KubeClient
 from provider.metrics import PREWARMS
+from provider.pods.pull_secrets import image_credentials
 from provider.podspec import sandbox_spec
+from provider.resolve_source import ApiObjectSource, ObjectSource
 from provider.scheduling import selects_node, tolerates
 from provider.workload import cronjob_key
-from sandbox.backend import Backend, PodSandboxSpec, Prewarmer
+from sandbox.backend import Backend, PodSandboxSpec, Prewarmer, RegistryCredential
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -66,12 +68,12 @@ def targets_node(
     return all(tolerates(tolerations, t) for t in taints if t.get("effect") in ("NoSchedule", "NoExecute"))
 
 
-def prewarm_spec(cronjob: Mapping[str, Any], pods: PodConfig) -> tuple[PodSandboxSpec, int]:
-    """The sandbox spec of the CronJob's future pods and how many run at once."""
+def template_pod(cronjob: Mapping[str, Any]) -> JSON:
+    """A pod as the CronJob's template would make it (what its sandbox and pull secrets come from)."""
     meta = cronjob.get("metadata") or {}
     job_spec = ((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
     template = job_spec.get("template") or {}
-    pod = {
+    return {
         "metadata": {
             "name": f"{meta.get('name', '')}-prewarm",
             "namespace": meta.get("namespace", "default"),
@@ -80,7 +82,12 @@ def prewarm_spec(cronjob: Mapping[str, Any], pods: PodConfig) -> tuple[PodSandbo
         },
         "spec": template.get("spec") or {},
     }
-    spec = sandbox_spec(pod, cronjob_key(cronjob), pods.cluster_dns, pods.cluster_domain)
+
+
+def prewarm_spec(cronjob: Mapping[str, Any], pods: PodConfig) -> tuple[PodSandboxSpec, int]:
+    """The sandbox spec of the CronJob's future pods and how many run at once."""
+    job_spec = ((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
+    spec = sandbox_spec(template_pod(cronjob), cronjob_key(cronjob), pods.cluster_dns, pods.cluster_domain)
     count = int(job_spec.get("parallelism", 1) or 1)
     return spec, max(1, count)
 
@@ -97,8 +104,11 @@ class CronPrewarmer:
         relist_seconds: float = 15.0,
         concurrency: int = PREWARM_CONCURRENCY,
         clock: Clock = SYSTEM,
+        source: ObjectSource | None = None,
     ) -> None:
         self.pool = pool
+        # pull secrets of the templates: prewarm pulls use the credentials the pods will have
+        self.source = source if source is not None else ApiObjectSource(client)
         self.pods = pods
         self.clock = clock
         self.client = client
@@ -138,14 +148,15 @@ class CronPrewarmer:
         for cj, fire in self.due(now):
             spec, count = prewarm_spec(cj, self.pods)
             self._done[cj["metadata"]["uid"]] = fire
-            due.append((spec, count, fire))
+            due.append((cj, spec, count, fire))
         if not due:
             return 0
         sem = asyncio.Semaphore(self.concurrency)
 
-        async def one(spec: PodSandboxSpec, count: int, fire: float) -> int:
+        async def one(cj: JSON, spec: PodSandboxSpec, count: int, fire: float) -> int:
             async with sem:
                 try:
+                    spec.pull_credentials = await self._credentials(cj, spec)
                     made = int(await backend.prewarm(spec, count) or 0)
                 except Exception as e:
                     log.warning("prewarm failed cronjob=%s err=%r", spec.workload_key, e)
@@ -155,6 +166,14 @@ class CronPrewarmer:
             return made
 
         return sum(await asyncio.gather(*(one(*d) for d in due)))
+
+    async def _credentials(self, cronjob: JSON, spec: PodSandboxSpec) -> dict[str, list[RegistryCredential]]:
+        """The template's pull credentials per image; none (anonymous pulls) when unreadable."""
+        try:
+            return await image_credentials(self.source, template_pod(cronjob), spec.images)
+        except Exception as e:
+            log.warning("prewarm pull secrets unreadable cronjob=%s err=%r", spec.workload_key, e)
+            return {}
 
     async def relist(self) -> None:
         page = await self.client.list_all("/apis/batch/v1/cronjobs")

@@ -61,6 +61,10 @@ class ApiObjectSource:
     async def secret(self, namespace: str, name: str) -> JSON | None:
         return await self._get("secrets", namespace, name)
 
+    async def serviceaccount(self, namespace: str, name: str) -> JSON | None:
+        """The ServiceAccount (its imagePullSecrets: provider/pods/pull_secrets.py)."""
+        return await self._get("serviceaccounts", namespace, name)
+
     async def token(
         self,
         namespace: str,

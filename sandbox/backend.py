@@ -8,7 +8,7 @@ kubelet-like sync logic and status computation live there); a backend decides *h
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -109,6 +109,23 @@ class PodSecurity(_Model):
     sysctls: dict[str, str] = Field(default_factory=dict)
 
 
+class RegistryCredential(_Model):
+    """One set of credentials that may authenticate a pull (CRI AuthConfig).
+
+    ``source`` names where it came from (``<namespace>/<secret name>``) and ``fingerprint`` is a
+    hash of its content: an image pulled with credentials remembers the fingerprints that pulled
+    it, so a pod without matching credentials never uses it unverified (KEP-2535)."""
+
+    username: str = ""
+    password: str = ""
+    auth: str = ""  # base64 "user:password" as found in the docker config
+    identity_token: str = ""
+    registry_token: str = ""
+    server_address: str = ""
+    source: str = ""
+    fingerprint: str = ""
+
+
 class PodSandboxSpec(_Model):
     """Everything a backend needs to give a pod a sandbox (pod-level, not containers)."""
 
@@ -130,6 +147,9 @@ class PodSandboxSpec(_Model):
     # Host directories owned by this pod (emptyDir volumes) that must be wiped (contents removed)
     # before its sandbox is handed to the next pod of the workload. Absolute paths.
     scratch_dirs: list[str] = Field(default_factory=list)
+    # Credentials for pulling ``images`` ahead of the pod (prewarm), per image in the order to try
+    # (provider/credentials.py). Never persisted (the pool's state file holds templates).
+    pull_credentials: dict[str, list[RegistryCredential]] = Field(default_factory=dict, exclude=True)
 
 
 class SandboxInfo(_Model):
@@ -182,23 +202,6 @@ class ExecResult(_Model):
     exit_code: int
     stdout: bytes = b""
     stderr: bytes = b""
-
-
-class RegistryCredential(_Model):
-    """One set of credentials that may authenticate a pull (CRI AuthConfig).
-
-    ``source`` names where it came from (``<namespace>/<secret name>``) and ``fingerprint`` is a
-    hash of its content: an image pulled with credentials remembers the fingerprints that pulled
-    it, so a pod without matching credentials never uses it unverified (KEP-2535)."""
-
-    username: str = ""
-    password: str = ""
-    auth: str = ""  # base64 "user:password" as found in the docker config
-    identity_token: str = ""
-    registry_token: str = ""
-    server_address: str = ""
-    source: str = ""
-    fingerprint: str = ""
 
 
 class BackendHealth(_Model):
@@ -345,8 +348,13 @@ class Backend(Protocol):
     def subscribe(self, callback: PodChangeCallback) -> None:
         """Register a callback for runtime changes of a pod (container exit, ...)."""
 
-    async def ensure_image(self, image: str, policy: PullPolicy) -> ImageResult:
-        """Make the image present according to the pull policy; raise ImagePullError etc."""
+    async def ensure_image(
+        self, image: str, policy: PullPolicy, credentials: Sequence[RegistryCredential] = ()
+    ) -> ImageResult:
+        """Make the image present according to the pull policy for a pod holding ``credentials``
+        (those matching the image, in the order to try; none: anonymous); raise ImagePullError etc.
+        An image pulled with credentials the pod does not hold is pulled again with the pod's own
+        (kubelet's ensure-secret-pulled-images), so a private image is never used unverified."""
 
     async def acquire_sandbox(self, pod: PodSandboxSpec) -> SandboxInfo:
         """Give the pod a sandbox: its existing one (idempotent), a warm one, or a new one."""

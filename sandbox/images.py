@@ -7,6 +7,13 @@ references fail with ``InvalidImageName`` before the runtime is contacted (as ku
 
 The pure parts (``parse_reference``, ``decide_pull``, ``select_gc_victims``) are unit tested; the
 runtime is reached through the small ``ImageRuntime`` protocol so the cache can be tested with fakes.
+
+Private images (KEP-2535, kubelet's default ``NeverVerifyPreloadedImages``): pulls with
+credentials try each matching credential in order and record which one succeeded
+(:mod:`sandbox.pull_records`); a present image warmlet pulled is used only by a pod whose
+credentials pulled it (or after an anonymous pull succeeded), otherwise it is pulled again with the
+pod's own credentials, which the registry accepts or refuses. Pulls are deduplicated per image and
+set of credentials, so a pod never joins a pull made with someone else's credentials.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -34,8 +41,10 @@ from sandbox.backend import (
     ImageResult,
     InvalidImageNameError,
     PullPolicy,
+    RegistryCredential,
     RuntimeUnavailableError,
 )
+from sandbox.pull_records import PullRecords, must_verify
 
 log = logging.getLogger("warmlet.images")
 
@@ -149,7 +158,9 @@ class ImageRuntime(Protocol):
 
     async def status(self, image: str) -> ImageInfo | None: ...
 
-    async def pull(self, image: str) -> str: ...
+    async def pull(self, image: str, credential: RegistryCredential | None = None) -> str:
+        """Pull ``image`` (with ``credential`` when given); the image ref."""
+        ...
 
     async def list(self) -> list[ImageInfo]: ...
 
@@ -171,8 +182,12 @@ class ImageCache:
     gc_budget_bytes: int = 20 * 1024**3
     gc_min_age_seconds: float = 120.0
     clock: Clock = SYSTEM  # usage ages (monotonic) and pull durations
+    records: PullRecords = field(default_factory=PullRecords)  # who pulled what (KEP-2535)
     _sem: asyncio.Semaphore = field(init=False)
-    _inflight: dict[str, asyncio.Task[ImageResult]] = field(init=False, default_factory=dict)
+    # (normalized reference, fingerprints of the credentials) -> the pull in flight
+    _inflight: dict[tuple[str, tuple[str, ...]], asyncio.Task[ImageResult]] = field(
+        init=False, default_factory=dict
+    )
     _usage: dict[str, _Usage] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -187,11 +202,22 @@ class ImageCache:
         else:
             u.last_used = now
 
-    async def ensure(self, image: str, policy: PullPolicy) -> ImageResult:
-        """Make ``image`` available per ``policy``; one pull per image in flight, shared by all waiters."""
+    async def ensure(
+        self, image: str, policy: PullPolicy, credentials: Sequence[RegistryCredential] = ()
+    ) -> ImageResult:
+        """Make ``image`` available per ``policy`` to a pod holding ``credentials`` (those matching
+        the image, in the order to try); one pull per image and credentials in flight, shared by
+        all its waiters."""
         ref = parse_reference(image)  # InvalidImageName before the runtime is contacted
-        key = ref.normalized
+        fingerprints = tuple(sorted({c.fingerprint for c in credentials}))
+        key = (ref.normalized, fingerprints)
         present = await self.runtime.status(image)
+        if present is not None and must_verify(self.records.get(present.id), ref.repository, fingerprints):
+            # Pulled by warmlet with credentials this pod does not hold: it may not use the image
+            # before the registry accepted its own (kubelet hides the image's presence the same way).
+            _pull_result("verify").inc()
+            log.info("image credentials verification image=%s id=%s", image, present.id)
+            present = None
         action = decide_pull(policy, present is not None)
         if action == PullAction.USE_PRESENT:
             assert present is not None
@@ -206,7 +232,7 @@ class ImageCache:
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(
-                self._pull(image, present), name=f"image-pull:{key}"
+                self._pull(image, ref.repository, credentials, present), name=f"image-pull:{key[0]}"
             )
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._pull_done, key))
@@ -216,30 +242,59 @@ class ImageCache:
         result = await asyncio.shield(task)
         return result.model_copy(update={"image": image})
 
-    def _pull_done(self, key: str, task: asyncio.Task[ImageResult]) -> None:
+    def _pull_done(self, key: tuple[str, tuple[str, ...]], task: asyncio.Task[ImageResult]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved: waiters got it; avoid "exception never retrieved" noise
 
-    async def _pull(self, image: str, before: ImageInfo | None) -> ImageResult:
-        async with self._sem:
-            t0 = self.clock.monotonic()
-            log.info("image pull start image=%s", image)
+    async def _pull_with(
+        self, image: str, credentials: Sequence[RegistryCredential]
+    ) -> tuple[str, RegistryCredential | None]:
+        """Pull anonymously, or with each credential in turn until one is accepted (kubelet);
+        all refused: ImagePullError with every registry answer."""
+        if not credentials:
+            attempts: Sequence[RegistryCredential | None] = (None,)
+        else:
+            attempts = credentials
+        errors: list[str] = []
+        for cred in attempts:
             try:
-                image_ref = await self.runtime.pull(image)
+                return await self.runtime.pull(image, cred), cred
             except RuntimeUnavailableError:
-                _pull_result("error").inc()
                 raise
             except BackendError as e:
-                _pull_result("error").inc()
                 detail = getattr(e, "details", None) or e.message
-                log.warning("image pull failed image=%s error=%r", image, detail)
-                raise ImagePullError(f'Failed to pull image "{image}": {detail}') from e
+                log.warning(
+                    "image pull failed image=%s credential=%s error=%r",
+                    image,
+                    cred.source if cred is not None else "",
+                    detail,
+                )
+                errors.append(str(detail))
+        detail = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+        raise ImagePullError(f'Failed to pull image "{image}": {detail}')
+
+    async def _pull(
+        self,
+        image: str,
+        repo: str,
+        credentials: Sequence[RegistryCredential],
+        before: ImageInfo | None,
+    ) -> ImageResult:
+        async with self._sem:
+            t0 = self.clock.monotonic()
+            log.info("image pull start image=%s credentials=%d", image, len(credentials))
+            try:
+                image_ref, used = await self._pull_with(image, credentials)
+            except BackendError:
+                _pull_result("error").inc()
+                raise
             elapsed = self.clock.monotonic() - t0
             after = await self.runtime.status(image)
         size = after.size if after is not None else 0
         image_id = after.id if after is not None else image_ref
+        self.records.record(image_id, repo, used.fingerprint if used is not None else None)
         # Always-policy pulls of an unchanged present image moved no layers: report them as not pulled.
         pulled = before is None or before.id != image_id
         if pulled:
@@ -269,7 +324,7 @@ class ImageCache:
             if u is None:  # first time we see it: start its age clock now
                 u = self._usage[img.id] = _Usage(first_seen=now, last_used=now)
             cands.append(GcCandidate(img, u.first_seen, u.last_used))
-        inflight = set(self._inflight)
+        inflight = {name for name, _ in self._inflight}
         victims = select_gc_victims(
             cands, in_use | inflight, self.gc_budget_bytes, self.gc_min_age_seconds, now
         )
@@ -281,6 +336,7 @@ class ImageCache:
                 log.warning("image gc remove failed id=%s error=%s", v.id, e)
                 continue
             self._usage.pop(v.id, None)
+            self.records.forget([v.id])
             removed.append(v.id)
             metrics.IMAGE_GC_REMOVED.inc()
             log.info("image gc removed id=%s tags=%s bytes=%d", v.id, ",".join(v.tags), v.size)

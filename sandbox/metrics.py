@@ -32,7 +32,8 @@ POOL_PREWARM = Counter(
 )
 IMAGE_PULLS = Counter(
     "warmlet_image_pulls_total",
-    "Image pulls by result (pulled, present, error, never, invalid, deduplicated).",
+    "Image pulls by result (pulled, present, error, never, invalid, deduplicated, verify: a present "
+    "image pulled again because the pod lacks the credentials that pulled it).",
     ["result"],
 )
 IMAGE_PULL_BYTES = Counter("warmlet_image_pull_bytes_total", "Bytes of images pulled (image size).")

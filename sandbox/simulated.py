@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from typing import Protocol
 
 from common.clock import SYSTEM, Clock
@@ -48,6 +49,7 @@ from sandbox.backend import (
     PodChangeCallback,
     PodSandboxSpec,
     PullPolicy,
+    RegistryCredential,
     SandboxInfo,
 )
 from sandbox.images import ImageCache, ImageInfo, parse_reference
@@ -111,7 +113,7 @@ class SimImageRuntime:
     async def status(self, image: str) -> ImageInfo | None:
         return self._images.get(self._key(image)[1])
 
-    async def pull(self, image: str) -> str:
+    async def pull(self, image: str, credential: RegistryCredential | None = None) -> str:
         repo, key = self._key(image)
         present = self._images.get(key)
         if present is not None:  # Always: the manifest is re-checked, the layers are all present
@@ -251,13 +253,15 @@ class SimulatedBackend:
     def has_image(self, image: str) -> bool:
         return self.image_runtime.has(image)
 
-    async def ensure_image(self, image: str, policy: PullPolicy) -> ImageResult:
-        return await self.images.ensure(image, policy)
+    async def ensure_image(
+        self, image: str, policy: PullPolicy, credentials: Sequence[RegistryCredential] = ()
+    ) -> ImageResult:
+        return await self.images.ensure(image, policy, credentials)
 
     async def ensure_images(self, spec: PodSandboxSpec) -> None:
         """SandboxDriver: cache the workload's images (IfNotPresent) ahead of its pods."""
         for image in dict.fromkeys(spec.images):
-            await self.images.ensure(image, PullPolicy.IF_NOT_PRESENT)
+            await self.images.ensure(image, PullPolicy.IF_NOT_PRESENT, spec.pull_credentials.get(image, ()))
 
     # -- sandboxes: the pool's driver --------------------------------------------------------
 

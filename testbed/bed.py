@@ -25,7 +25,7 @@ from testbed import images as images_mod
 from testbed.certs import PKI, CertPair, kubeconfig
 from testbed.containerd import Containerd
 from testbed.controlplane import ControlPlane
-from testbed.registry import Registry
+from testbed.registry import PrivateRegistry, Registry
 from testbed.util import REPO_ROOT, ProcessSet, bin_dir, cache_dir, kv, state_root
 
 log = logging.getLogger("testbed.bed")
@@ -56,6 +56,17 @@ def ensure_cluster_bins() -> Path:
     return bins
 
 
+@dataclass(frozen=True)
+class PrivateImages:
+    """The bed's private registry (HTTPS with the bed's CA, htpasswd) and its private busybox."""
+
+    address: str = ""
+    image: str = ""  # a copy of busybox only these credentials can pull
+    username: str = ""
+    password: str = ""
+    ca_cert: str = ""
+
+
 @dataclass
 class TestBedInfo:
     """Everything a client of a running test bed needs; JSON-serialisable."""
@@ -79,6 +90,7 @@ class TestBedInfo:
     bin_dir: str
     pki_dir: str
     pid: int = field(default_factory=os.getpid)
+    private: dict[str, str] = field(default_factory=dict)  # PrivateImages as a dict
 
     def env(self) -> dict[str, str]:
         """Environment variables describing the bed (the CLI's env file)."""
@@ -212,26 +224,41 @@ class TestBed:
             self.pki = PKI(cache_dir() / "pki")
             node_cert = self.pki.issue_node_client_cert(self.node_name)
             serving = self.pki.issue_kubelet_serving_cert(self.node_name)
+            private_tls = self.pki.issue_serving_cert(
+                "registry-private", "warmlet-private-registry", ["127.0.0.1", "localhost"]
+            )
         self.registry_ = Registry(
             self.state_dir, self.procs, preferred_port=5000 if self.slot == CLI_SLOT else None
         )
         self.registry = self.registry_.address
         self.images = {n: f"{self.registry}/warmlet/{n}:{images_mod.TAG}" for n in layouts}
+        self.private_registry_ = PrivateRegistry(self.state_dir, self.procs, private_tls, self.pki.ca.cert)
+        self.private = PrivateImages(
+            address=self.private_registry_.address,
+            image=f"{self.private_registry_.address}/private/busybox:{images_mod.TAG}",
+            username=self.private_registry_.username,
+            password=self.private_registry_.password,
+            ca_cert=str(self.pki.ca.cert),
+        )
         self.containerd = Containerd(
             self.state_dir, self.procs, self.slot, self.images["pause"], self.registry
         )
+        self.containerd.trust_registry(self.private.address, self.pki.ca.cert)
         self.cp = ControlPlane(self.state_dir, self.pki, self.procs, self.verify_kubelet_serving)
         self.started = True
 
         # spawn everything from this thread (death signal), overlap the slow waits
         self.cp.spawn_etcd()
         self.registry_.spawn()
+        self.private_registry_.spawn()
         self.containerd.spawn()
         self.cp.wait_etcd()
         self.cp.spawn_apiserver()
         self.registry_.wait()
         for n, layout in layouts.items():
             self.registry_.push(layout, f"warmlet/{n}")
+        self.private_registry_.wait()
+        self.private_registry_.push(layouts["busybox"], "private/busybox")
         self.containerd.wait()
         for n in ("pause", "busybox"):
             self.containerd.import_image(layouts[n], self.images[n])
@@ -301,6 +328,7 @@ class TestBed:
             cni_bridge=self.cni_bridge,
             bin_dir=str(bin_dir()),
             pki_dir=str(self.pki.dir),
+            private=asdict(self.private),
         )
 
     @classmethod
@@ -326,6 +354,7 @@ class TestBed:
             info.images,
         )
         bed.pod_subnet, bed.cni_bridge = info.pod_subnet, info.cni_bridge
+        bed.private = PrivateImages(**info.private)
         return bed
 
     def issue_client_cert(self, cn: str, orgs: tuple[str, ...] | list[str] = ()) -> CertPair:

@@ -66,6 +66,18 @@ class Containerd:
         self.bridge = f"wltb{slot}"
         self.subnet = f"10.{80 + slot}.0.0/16"
         self.network_name = f"warmlet-testbed-{slot}"
+        self.trusted: dict[str, Path] = {}  # HTTPS registry address -> CA certificate
+
+    def trust_registry(self, address: str, ca: Path) -> None:
+        """Pull from the HTTPS registry at ``address`` verifying its certificate with ``ca``
+        (its ``hosts.toml``, read by containerd on every pull)."""
+        self.trusted[address] = ca
+        hosts = self.dir / "certs.d" / address / "hosts.toml"
+        hosts.parent.mkdir(parents=True, exist_ok=True)
+        hosts.write_text(
+            f'server = "https://{address}"\n\n[host."https://{address}"]\n'
+            f'  capabilities = ["pull", "resolve"]\n  ca = {json.dumps(str(ca))}\n'
+        )
 
     def write_config(self) -> Path:
         """containerd's default config with this slot's paths and the machine's quirks."""

@@ -97,7 +97,7 @@ class PodWorker:
             backend,
             recorder,
             ContainerConfigResolver(pods, backend.capabilities, source, recorder, host_ip, node_allocatable),
-            ImagePuller(backend, recorder, self.pulls, clock),
+            ImagePuller(backend, recorder, self.pulls, clock, source=source),
             self.restarts,
             self.config_retries,
             self.terminator,

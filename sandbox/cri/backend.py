@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +40,7 @@ from sandbox.backend import (
     Prewarmer,
     PullPolicy,
     Reconciler,
+    RegistryCredential,
     SandboxInfo,
 )
 from sandbox.cri import host
@@ -62,6 +64,7 @@ from sandbox.cri.stats import CriStats, OomCounter
 from sandbox.images import ImageCache
 from sandbox.pool import WarmPool
 from sandbox.pool_policy import PoolDefaults, PoolSettings
+from sandbox.pull_records import RECORDS_FILE, PullRecords
 
 log = logging.getLogger("warmlet.cri")
 
@@ -121,6 +124,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor):
             gc_budget_bytes=cri.image_gc_high_bytes,
             gc_min_age_seconds=cri.image_gc_min_age_seconds,
             clock=clock,
+            records=PullRecords(self.state_dir / RECORDS_FILE),  # survive restarts, like kubelet's
         )
         self.facts = SandboxFacts(client)
         self.reaper = ContainerReaper(self.ctx)
@@ -304,8 +308,10 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor):
 
     # ------------------------------------------------------------------ images and sandboxes
 
-    async def ensure_image(self, image: str, policy: PullPolicy) -> ImageResult:
-        return await self.images.ensure(image, policy)
+    async def ensure_image(
+        self, image: str, policy: PullPolicy, credentials: Sequence[RegistryCredential] = ()
+    ) -> ImageResult:
+        return await self.images.ensure(image, policy, credentials)
 
     async def acquire_sandbox(self, pod: PodSandboxSpec) -> SandboxInfo:
         rec = self.pool.get_by_pod(pod.uid)

@@ -301,8 +301,15 @@ class CriClient:
 
     # ------------------------------------------------------------------ image service
 
-    async def pull_image(self, image: str, sandbox_config: pb.PodSandboxConfig | None = None) -> str:
+    async def pull_image(
+        self,
+        image: str,
+        sandbox_config: pb.PodSandboxConfig | None = None,
+        auth: pb.AuthConfig | None = None,
+    ) -> str:
         req = pb.PullImageRequest(image=pb.ImageSpec(image=image))
+        if auth is not None:
+            req.auth.CopyFrom(auth)
         if sandbox_config is not None:
             req.sandbox_config.CopyFrom(sandbox_config)
         resp = await self._call("PullImage", self.img.PullImage, req, deadline=self.pull_timeout)
@@ -370,7 +377,12 @@ class CriApi(Protocol):
     async def list_pod_sandbox_stats(
         self, labels: dict[str, str] | None = None
     ) -> list[pb.PodSandboxStats]: ...
-    async def pull_image(self, image: str, sandbox_config: pb.PodSandboxConfig | None = None) -> str: ...
+    async def pull_image(
+        self,
+        image: str,
+        sandbox_config: pb.PodSandboxConfig | None = None,
+        auth: pb.AuthConfig | None = None,
+    ) -> str: ...
     async def image_status(self, image: str) -> pb.Image | None: ...
     async def list_images(self) -> list[pb.Image]: ...
     async def remove_image(self, image: str) -> None: ...

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from proto import cri_pb2 as pb
+from sandbox.backend import RegistryCredential
 from sandbox.cri.client import CriApi
 from sandbox.images import ImageInfo
+
+
+def auth_config(c: RegistryCredential) -> pb.AuthConfig:
+    """The CRI AuthConfig of a credential (what kubelet passes on PullImage)."""
+    return pb.AuthConfig(
+        username=c.username,
+        password=c.password,
+        auth=c.auth,
+        server_address=c.server_address,
+        identity_token=c.identity_token,
+        registry_token=c.registry_token,
+    )
 
 
 class CriImageRuntime:
@@ -25,8 +38,8 @@ class CriImageRuntime:
         img = await self.client.image_status(image)
         return self._info(img) if img is not None else None
 
-    async def pull(self, image: str) -> str:
-        return await self.client.pull_image(image)
+    async def pull(self, image: str, credential: RegistryCredential | None = None) -> str:
+        return await self.client.pull_image(image, auth=auth_config(credential) if credential else None)
 
     async def list(self) -> list[ImageInfo]:
         return [self._info(i) for i in await self.client.list_images()]

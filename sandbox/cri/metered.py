@@ -132,8 +132,13 @@ class MeteredCriClient:
 
     # ------------------------------------------------------------------ image service
 
-    async def pull_image(self, image: str, sandbox_config: pb.PodSandboxConfig | None = None) -> str:
-        return await self._timed("PullImage", self.inner.pull_image(image, sandbox_config))
+    async def pull_image(
+        self,
+        image: str,
+        sandbox_config: pb.PodSandboxConfig | None = None,
+        auth: pb.AuthConfig | None = None,
+    ) -> str:
+        return await self._timed("PullImage", self.inner.pull_image(image, sandbox_config, auth))
 
     async def image_status(self, image: str) -> pb.Image | None:
         return await self._timed("ImageStatus", self.inner.image_status(image))

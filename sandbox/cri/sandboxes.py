@@ -81,7 +81,10 @@ class CriSandboxes:
     async def ensure_images(self, spec: PodSandboxSpec) -> None:
         """SandboxDriver: cache the workload's images (IfNotPresent) ahead of its pods."""
         await asyncio.gather(
-            *(self.images.ensure(i, PullPolicy.IF_NOT_PRESENT) for i in dict.fromkeys(spec.images))
+            *(
+                self.images.ensure(i, PullPolicy.IF_NOT_PRESENT, spec.pull_credentials.get(i, ()))
+                for i in dict.fromkeys(spec.images)
+            )
         )
 
     async def create_sandbox(self, spec: PodSandboxSpec, prewarmed: bool) -> tuple[str, str]:

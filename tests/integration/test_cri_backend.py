@@ -24,6 +24,7 @@ from sandbox.backend import (
     InvalidImageNameError,
     PodSandboxSpec,
     PullPolicy,
+    RegistryCredential,
 )
 from sandbox.cri import mapping as m
 from sandbox.cri.backend import CriBackend
@@ -227,9 +228,9 @@ async def test_concurrent_ensure_image_pulls_once(env: Env) -> None:
     pulls: list[str] = []
     real_pull = b.images.runtime.pull
 
-    async def counting_pull(image: str) -> str:
+    async def counting_pull(image: str, credential: RegistryCredential | None = None) -> str:
         pulls.append(image)
-        return await real_pull(image)
+        return await real_pull(image, credential)
 
     b.images.runtime.pull = counting_pull  # type: ignore[method-assign]
     t0 = time.perf_counter()

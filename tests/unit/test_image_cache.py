@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +14,10 @@ from sandbox.backend import (
     ImagePullError,
     InvalidImageNameError,
     PullPolicy,
+    RegistryCredential,
 )
 from sandbox.images import ImageCache, ImageInfo
+from sandbox.pull_records import PullRecords
 
 
 class FakeRuntime:
@@ -36,7 +39,7 @@ class FakeRuntime:
         self.status_calls += 1
         return self.images.get(image)
 
-    async def pull(self, image: str) -> str:
+    async def pull(self, image: str, credential: RegistryCredential | None = None) -> str:
         self.pulls.append(image)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -181,3 +184,107 @@ async def test_garbage_collect_respects_in_use_and_age() -> None:
     # 3000 bytes > 1500: remove LRU unused (app1) then stop at <= 1200? app2 is young again.
     assert removed == ["sha256:2"]
     assert set(rt.images) == {"reg.local/app0:1", "reg.local/app2:1"}
+
+
+# ---------------------------------------------------------------------------- private images
+
+
+def cred(user: str, password: str = "p") -> RegistryCredential:
+    return RegistryCredential(username=user, password=password, source=f"ns/{user}", fingerprint=f"fp-{user}")
+
+
+class AuthRuntime(FakeRuntime):
+    """A registry that accepts only ``allowed`` credentials for ``private/`` repositories; every
+    image has the same id whatever repository it is pulled as (a private copy of a public image)."""
+
+    def __init__(self, clock: FakeClock, allowed: set[str]) -> None:
+        super().__init__(clock, delay=0.0)
+        self.allowed = allowed
+        self.used: list[str] = []
+
+    async def pull(self, image: str, credential: RegistryCredential | None = None) -> str:
+        self.used.append(credential.username if credential else "")
+        self.pulls.append(image)
+        if "/private/" in image and (credential is None or credential.username not in self.allowed):
+            raise BackendError("401 Unauthorized")
+        self.images[image] = ImageInfo(id="sha256:same", size=10, tags=(image,))
+        return "sha256:same"
+
+
+PRIVATE = "reg.local/private/app:1"
+
+
+async def test_a_pod_without_matching_credentials_never_uses_a_private_image_pulled_by_another() -> None:
+    clock = FakeClock()
+    rt = AuthRuntime(clock, allowed={"alice", "bob"})
+    cache = ImageCache(rt, clock=clock)  # type: ignore[arg-type]
+    first = await cache.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT, [cred("alice")])
+    assert first.pulled and rt.used == ["alice"]
+    # no credentials, IfNotPresent, the image present: pulled again anonymously and refused
+    with pytest.raises(ImagePullError, match="401 Unauthorized"):
+        await cache.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT)
+    # wrong credentials: refused too
+    with pytest.raises(ImagePullError, match="401 Unauthorized"):
+        await cache.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT, [cred("mallory")])
+    # Never: the image is hidden as if absent
+    with pytest.raises(ImageNeverPullError):
+        await cache.ensure(PRIVATE, PullPolicy.NEVER)
+    assert rt.used == ["alice", "", "mallory"]
+    # the credentials that pulled it: used without a pull
+    again = await cache.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT, [cred("alice")])
+    assert not again.pulled and rt.used == ["alice", "", "mallory"]
+    # other valid credentials: verified once by a pull, then remembered
+    await cache.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT, [cred("bob")])
+    await cache.ensure(PRIVATE, PullPolicy.NEVER, [cred("bob")])
+    assert rt.used == ["alice", "", "mallory", "bob"]
+
+
+async def test_credentials_are_tried_in_order_until_one_is_accepted() -> None:
+    clock = FakeClock()
+    rt = AuthRuntime(clock, allowed={"good"})
+    cache = ImageCache(rt, clock=clock)  # type: ignore[arg-type]
+    await cache.ensure(PRIVATE, PullPolicy.ALWAYS, [cred("bad1"), cred("good"), cred("bad2")])
+    assert rt.used == ["bad1", "good"]
+    with pytest.raises(ImagePullError) as e:
+        await cache.ensure(PRIVATE, PullPolicy.ALWAYS, [cred("bad1"), cred("bad2")])
+    assert str(e.value.message).endswith("[401 Unauthorized, 401 Unauthorized]")
+
+
+async def test_preloaded_and_anonymously_pulled_images_are_not_verified() -> None:
+    clock = FakeClock()
+    rt = AuthRuntime(clock, allowed=set())
+    rt.images[PRIVATE] = ImageInfo(id="sha256:pre", size=1, tags=(PRIVATE,))  # never pulled by us
+    cache = ImageCache(rt, clock=clock)  # type: ignore[arg-type]
+    assert not (await cache.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT)).pulled
+    await cache.ensure("reg.local/public/app:1", PullPolicy.IF_NOT_PRESENT)  # anonymous
+    assert not (await cache.ensure("reg.local/public/app:1", PullPolicy.IF_NOT_PRESENT, [cred("x")])).pulled
+    assert rt.used == [""]
+
+
+async def test_pulls_are_deduplicated_per_credentials_only() -> None:
+    clock = FakeClock()
+    rt = FakeRuntime(clock, delay=0.05)
+    cache = ImageCache(rt, clock=clock)  # type: ignore[arg-type]
+    waiters = asyncio.gather(
+        cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT),
+        cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT),
+        cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT, [cred("a")]),
+        cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT, [cred("a")]),
+    )
+    await clock.advance(0)
+    assert rt.active == 2  # the anonymous pull and alice's, one each
+    await clock.advance(0.05)
+    await waiters
+    assert rt.pulls == ["reg.local/app:1", "reg.local/app:1"]  # anonymous once, alice's once
+
+
+async def test_records_persist_across_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt = AuthRuntime(clock, allowed={"alice"})
+    path = tmp_path / "records.json"
+    await ImageCache(rt, clock=clock, records=PullRecords(path)).ensure(  # type: ignore[arg-type]
+        PRIVATE, PullPolicy.IF_NOT_PRESENT, [cred("alice")]
+    )
+    restarted = ImageCache(rt, clock=clock, records=PullRecords(path))  # type: ignore[arg-type]
+    with pytest.raises(ImagePullError):
+        await restarted.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT)
