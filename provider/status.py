@@ -81,11 +81,14 @@ def container_status(
     default_reason: str,
     scheme: str,
     probe: tuple[bool, bool] | None = None,
+    regular_init: bool = False,
 ) -> JSON:
     """One entry of containerStatuses / initContainerStatuses.
 
     ``probe``: (started, ready) from the container's startup and readiness probes; None when it
-    has neither (a running container is then started and ready)."""
+    has neither (a running container is then started and ready). ``regular_init``: an init
+    container that is not a sidecar; kubelet's prober reports it ``ready`` only once it has
+    terminated with exit code 0 (never while it runs), ``started`` while it runs."""
     st: JSON = {
         "name": spec["name"],
         "image": spec.get("image", ""),
@@ -122,6 +125,8 @@ def container_status(
         st["state"] = _waiting(waiting or Waiting("ContainerCreating"))
         if prev is not None and prev.state == ContainerState.EXITED:
             st["lastState"] = _terminated(prev, scheme)
+    if regular_init:
+        st["ready"] = _state(st) == "terminated" and st["state"]["terminated"]["exitCode"] == 0
     return st
 
 
@@ -344,6 +349,7 @@ def compute_status(
             "PodInitializing",
             scheme,
             probes.get(c["name"]),
+            regular_init=not is_sidecar(c),
         )
         for c in init_specs
     ]

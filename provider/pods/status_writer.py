@@ -88,7 +88,7 @@ class StatusWriter:
         try:
             await self.client.patch(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
-                {"metadata": {"uid": meta["uid"]}, "status": replace_ip_lists(status)},
+                {"metadata": {"uid": meta["uid"]}, "status": patch_body(status)},
                 content_type=STRATEGIC_MERGE_PATCH,
             )
             STATUS_PATCHES.inc()
@@ -148,6 +148,21 @@ class StatusWriter:
                     )
             elif not (e.not_found or e.conflict):
                 raise
+
+
+def patch_body(status: JSON) -> JSON:
+    """The ``status`` of the strategic merge patch that makes the API hold exactly ``status``."""
+    return clear_absent_condition_fields(replace_ip_lists(status))
+
+
+def clear_absent_condition_fields(status: JSON) -> JSON:
+    """Strategic merge MERGES each condition (merge key ``type``) with the old one: a condition
+    that turns True without a reason would keep the old ``ContainersNotReady`` reason and its
+    message. A ``null`` deletes them, as in the two-way patch kubelet's status manager sends."""
+    if "conditions" not in status:
+        return status
+    conds = [{"reason": None, "message": None, **c} for c in status["conditions"]]
+    return {**status, "conditions": conds}
 
 
 def replace_ip_lists(status: JSON) -> JSON:

@@ -35,7 +35,8 @@ from provider.probes.manager import ProbeManager
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import scratch_dirs
 from provider.status import FAILED, RUNNING, TERMINAL_PHASES, rejected_status
-from provider.sync import apply_backoff, compute_pod_actions, is_finished
+from provider.status_before import reported_waiting, terminal_pending, unreported_exits
+from provider.sync import PodActions, apply_backoff, compute_pod_actions, is_finished
 from provider.validation import validate_pod
 from provider.workload import OwnerResolver
 from sandbox.backend import Backend, BackendError, ContainerRuntimeState, ContainerState
@@ -158,12 +159,13 @@ class PodWorker:
             await self._deadline_exceeded(pod, st)
             return None
         sandbox = st.sandbox
-        runtime = await self.backend.pod_containers(uid)
+        runtime = before = await self.backend.pod_containers(uid)
         killed = await self._kill_failed_probes(pod, runtime)
         if killed:
             runtime = await self.backend.pod_containers(uid)
         now = self.clock.time()
         actions = compute_pod_actions(pod, runtime, self.restarts, now, killed)
+        await self._report_exits(pod, st, before, actions)
         apply_backoff(actions, self.restarts, now)
         out = StartOutcome()
         await self.containers.kill_unknown(pod, runtime, actions.kill)
@@ -215,18 +217,49 @@ class PodWorker:
                 out.retry_in(max(0.0, left))  # fire at the deadline, no polling
         return out.retry
 
+    async def _report_exits(
+        self, pod: JSON, st: PodState, before: list[ContainerRuntimeState], actions: PodActions
+    ) -> None:
+        """kubelet reports a container's exit (``terminated``) before the sync that restarts it:
+        write that step first when this sync restarts or backs off an exit no status showed yet
+        (``provider.status_before``). Never an extra write otherwise."""
+        last = st.last_status or pod.get("status")
+        scheme = self.status.scheme
+        acting_on = [s.name for s in actions.start if s.attempt > 0] + list(actions.backoff)
+        if not unreported_exits(last, before, acting_on, scheme):
+            return
+        assert st.sandbox is not None
+        uid = pod["metadata"]["uid"]
+        status = self.status.compute(
+            pod,
+            before,
+            reported_waiting(last, before, scheme),
+            sandbox_ready=True,
+            pod_ip=st.sandbox.pod_ip,
+            probes=self.probes.status(uid),
+        )
+        await self.status.patch(pod, st, status)
+
     # -- activeDeadlineSeconds (kubelet's activeDeadlineHandler + killPod) ------------------------
 
     async def _deadline_exceeded(self, pod: JSON, st: PodState) -> None:
         """Past its deadline: kill the containers with the pod's grace period, then report the pod
         Failed/DeadlineExceeded (never terminal while a container may still run) and release it."""
         uid = pod["metadata"]["uid"]
+        # compute the container statuses and conditions as for a pod already Failed
+        failed = {**pod, "status": {**(pod.get("status") or {}), "phase": FAILED}}
+        # Like kubelet: unready (PodFailed) at once, out of its Services during the grace period;
+        # the phase stays until the containers are stopped.
+        assert st.sandbox is not None
+        running = await self.backend.pod_containers(uid)
+        before = self.status.compute(
+            failed, running, {}, sandbox_ready=True, pod_ip=st.sandbox.pod_ip, probes=self.probes.status(uid)
+        )
+        await self.status.patch(pod, st, terminal_pending(before, st.last_status or pod.get("status")))
         self.probes.remove_pod(uid)
         self.events.record(pod, NORMAL, deadline.REASON, deadline.MESSAGE)
         await self.terminator.stop_all(pod, uid, termination_grace_seconds(pod))
         runtime = await self.backend.pod_containers(uid)
-        # compute the container statuses and conditions as for a pod already Failed
-        failed = {**pod, "status": {**(pod.get("status") or {}), "phase": FAILED}}
         status = self.status.compute(failed, runtime, {}, sandbox_ready=False)
         status.update(reason=deadline.REASON, message=deadline.MESSAGE)
         st.final_status = status

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench import status_diff as sd
-from bench.differential import SPECS, pod_manifest, restarts, terminal
+from bench.differential import SPECS, Recording, Spec, diff_spec, pod_manifest, restarts, terminal
 
 
 def status(
@@ -154,3 +154,46 @@ def test_from_first_start_drops_the_creating_steps() -> None:
     assert sd.from_first_start(views[:2]) == []
     last = {"containers.app.state": "waiting", "containers.app.lastState": "terminated"}
     assert sd.started(last) and not sd.started({"containers.app.state": "waiting"})
+
+
+def _run(statuses: list[Any]) -> dict[str, Any]:
+    return {"sequence": sd.sequence(statuses), "events": [], "timed_out": False, "seconds": 1.0}
+
+
+def test_creating_steps_are_an_accepted_difference_and_a_later_gap_is_not() -> None:
+    creating = status("Pending", {"waiting": {"reason": "ContainerCreating"}}, ready=False)
+    kubelet = _run([{"phase": "Pending"}, creating, status()])
+    d = diff_spec(SPECS[0], kubelet, _run([{"phase": "Pending"}, status()]))
+    assert d["same"] and d["fields_differing"] == [] and d["differs"] == {}
+    assert d["accepted"]["containers.app.state"]["accepted"] == "creating-steps"
+    assert set(d["accepted"]) == {
+        "containers.app.ready",
+        "containers.app.state",
+        "containers.app.state.reason",
+        "conditions.Ready.status",
+    }
+    assert "creating-steps" in sd.ACCEPTED
+    # the same warmlet sequence, then a ready flap kubelet never showed: a gap, not accepted
+    flap = _run([{"phase": "Pending"}, status(), status(ready=False), status()])
+    d = diff_spec(SPECS[0], kubelet, flap)
+    assert not d["same"]
+    assert "containers.app.ready" in d["fields_differing"] and "containers.app.ready" not in d["accepted"]
+    assert d["kubelet"]["steps"] == 3 and "sequence" not in d["kubelet"]  # only differing fields stored
+
+
+def test_a_terminal_pod_keeps_being_recorded_after_its_end_condition() -> None:
+    """kubelet reports PodReadyToStartContainers=False only after the terminal phase: the
+    recording keeps a terminal pod's last updates, and nothing of a pod that is not terminal."""
+
+    rec = Recording(Spec("job", {}, window=1, until=terminal))
+    pod = {"metadata": {"uid": "u", "namespace": "n"}}
+    rec.add({**pod, "status": status("Failed", ready=False)})
+    assert rec.done.is_set()
+    later = status("Failed", ready=False)
+    later["conditions"].append({"type": "PodReadyToStartContainers", "status": "False"})
+    rec.add({**pod, "status": later})
+    assert len(rec.statuses) == 2
+    other = Recording(Spec("crash", {}, window=1, until=restarts("containers.app", 1)))
+    other.add({**pod, "status": status(restarts_=1)})
+    other.add({**pod, "status": status(restarts_=2)})
+    assert other.done.is_set() and len(other.statuses) == 1
