@@ -12,7 +12,8 @@ Three parts, all on the same test bed in the same run:
   node: its own containerd on this machine) with the same pods.
 
 For each node: the agent process's CPU seconds (``/proc/<pid>/stat``) over a ``--window`` of
-steady probing divided by the probes it ran in that window (its own ``prober_probe_total`` at
+steady probing divided by the probes it ran in that window (also net of the agent's own idle
+background CPU, measured on the same node before the probed pods exist) (its own ``prober_probe_total`` at
 ``/metrics/probes``, scraped with the bed's admin client certificate), the CPU of the containerd
 serving it, the time until every probed pod was Ready, and the effect of the probing load on pod
 start latency: ``--starts`` probe-less pods started one at a time (POST → Running) on the idle
@@ -188,6 +189,11 @@ async def measure_agent(
     ns = await create_namespace(client, f"probes-{agent.label}")
     try:
         idle = await start_latencies(client, ns, agent, starts, "idle")
+        # the agent's own background CPU (lease, node status, relists) with no probed pod
+        quiet = min(window, 20.0)
+        q0, qt = cpu_seconds(agent.pid), time.monotonic()
+        await asyncio.sleep(quiet)
+        background = (cpu_seconds(agent.pid) - q0) / (time.monotonic() - qt)
         log(f"{agent.label}: creating {pods} probed pods")
         t0 = time.monotonic()
         sem = asyncio.Semaphore(20)
@@ -216,6 +222,7 @@ async def measure_agent(
         elapsed = time.monotonic() - w0
         loaded = await start_latencies(client, ns, agent, starts, "loaded")
         probes, cpu = p1 - p0, c1 - c0
+        net = max(0.0, cpu - background * elapsed)
         return {
             "pods": pods,
             "ready": ready,
@@ -226,6 +233,8 @@ async def measure_agent(
             "agent_cpu_seconds": round(cpu, 3),
             "agent_cpu_per_probe_ms": per_probe_ms(cpu, probes),
             "agent_cpu_percent": round(cpu / elapsed * 100, 1),
+            "agent_background_cpu_percent": round(background * 100, 2),
+            "agent_net_cpu_per_probe_ms": per_probe_ms(net, probes),
             "containerd_cpu_per_probe_ms": per_probe_ms(d1 - d0, probes) if d0 is not None and d1 else None,
             "start_idle": summarize_ms(idle) if idle else None,
             "start_loaded": summarize_ms(loaded) if loaded else None,
@@ -338,6 +347,9 @@ async def run(args: argparse.Namespace, quick: bool) -> JSON:
             "agent_cpu_per_probe_warmlet_over_kubelet": maybe_ratio(
                 w.get("agent_cpu_per_probe_ms"), k.get("agent_cpu_per_probe_ms")
             ),
+            "agent_net_cpu_per_probe_warmlet_over_kubelet": maybe_ratio(
+                w.get("agent_net_cpu_per_probe_ms"), k.get("agent_net_cpu_per_probe_ms")
+            ),
             "start_slowdown_p50_warmlet_over_kubelet": maybe_ratio(
                 w.get("start_slowdown_p50"), k.get("start_slowdown_p50")
             ),
@@ -359,7 +371,8 @@ def summary_rows(result: JSON) -> list[tuple[str, str]]:
             (
                 key,
                 f"{r.get('pods')} pods, {r.get('probes_per_second')} probes/s, "
-                f"{r.get('agent_cpu_per_probe_ms')} ms CPU/probe ({r.get('agent_cpu_percent')}% CPU), "
+                f"{r.get('agent_cpu_per_probe_ms')} ms CPU/probe ({r.get('agent_cpu_percent')}% CPU; "
+                f"net of idle background {r.get('agent_net_cpu_per_probe_ms')} ms), "
                 f"start p50 x{r.get('start_slowdown_p50')} under load",
             )
         )
