@@ -57,9 +57,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def ginkgo_command(
-    bins: Path, kubeconfig: str, report_dir: Path, repo_list: Path, focus: str, procs: int, timeout_s: int
+    bins: Path,
+    kubeconfig: str,
+    report_dir: Path,
+    repo_list: Path,
+    focus: str,
+    procs: int,
+    timeout_s: int,
+    cordoned: int = 0,
 ) -> list[str]:
-    """The Ginkgo CLI running ``e2e.test``: ginkgo flags, then the suite's own flags after ``--``."""
+    """The Ginkgo CLI running ``e2e.test``: ginkgo flags, then the suite's own flags after ``--``.
+
+    ``cordoned``: other nodes cordoned for the run, which the suite's start-up check ("all nodes
+    schedulable") must tolerate."""
     return [
         str(bins / "ginkgo"),
         f"--procs={max(1, procs)}",
@@ -75,6 +85,7 @@ def ginkgo_command(
         f"--e2e-output-dir={report_dir}",
         "--disable-log-dump=true",
         "--node-schedulable-timeout=2m",
+        f"--allowed-not-ready-nodes={cordoned}",
         f"--ginkgo.focus={report.FOCUS}",
         *([f"--ginkgo.focus={focus}"] if focus else []),
         f"--ginkgo.skip={report.skip_regex()}",
@@ -129,9 +140,11 @@ async def run_suite(bed: Bed, focus: str, procs: int, timeout_s: int, workdir: P
     report_dir = workdir / "report"
     async with (
         warmlet_node(bed, "cri", name="conformance", node={"taint": False}) as node,
-        only_schedulable(bed.kubeconfig, node.name),
+        only_schedulable(bed.kubeconfig, node.name) as cordoned,
     ):
-        cmd = ginkgo_command(bins, bed.kubeconfig, report_dir, repo_list, focus, procs, timeout_s)
+        cmd = ginkgo_command(
+            bins, bed.kubeconfig, report_dir, repo_list, focus, procs, timeout_s, len(cordoned)
+        )
         env = {**os.environ, "KUBE_TEST_REPO_LIST": str(repo_list)}
         log_path = workdir / "e2e.log"
         log.info(kv("running the e2e suite", log=log_path, node_log=node.log_path, procs=procs))

@@ -228,3 +228,21 @@ def failures_by_cause(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[
         if s["state"] == "failed":
             out.setdefault(s["area"], []).append(name)
     return dict(sorted(out.items()))
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The README table: counts per area, then the failed specs with their first failure line."""
+    c = result.get("counts") or {}
+    lines = ["| area | passed | failed | skipped |", "|---|---:|---:|---:|"]
+    for a, n in (c.get("per_area") or {}).items():
+        lines.append(f"| {a} | {n['passed']} | {n['failed']} | {n['skipped']} |")
+    lines.append(
+        f"| **total** | **{c.get('passed', 0)}** | **{c.get('failed', 0)}** | **{c.get('skipped', 0)}** |"
+    )
+    failed = [
+        (n, s.get("reason", "")) for n, s in (result.get("specs") or {}).items() if s["state"] == "failed"
+    ]
+    if failed:
+        lines += ["", "Failed specs:", ""]
+        lines += [f"- {n}: {r.replace('|', '/')}" for n, r in failed]
+    return "\n".join(lines) + "\n"

@@ -166,3 +166,11 @@ def test_is_static_elf() -> None:
     assert not e2e_images.is_static_elf(_elf(True))
     with pytest.raises(ValueError):
         e2e_images.is_static_elf(b"#!/bin/sh\n" + bytes(100))
+
+
+def test_markdown_table_has_areas_totals_and_failures() -> None:
+    specs = cr.classify(cr.parse_junit(JUNIT))
+    text = cr.markdown({"counts": cr.counts(specs), "specs": specs})
+    assert "| probes | 0 | 1 | 0 |" in text
+    assert "| **total** | **1** | **1** | **2** |" in text
+    assert f"- {PROBE} {NC} [Conformance]: Timed out after 240s" in text
