@@ -86,7 +86,8 @@ def ginkgo_command(
         "--disable-log-dump=true",
         "--node-schedulable-timeout=2m",
         f"--allowed-not-ready-nodes={cordoned}",
-        f"--ginkgo.focus={report.FOCUS}",
+        # the label selects [NodeConformance]; focus (several --ginkgo.focus are OR-ed) narrows it
+        f"--ginkgo.label-filter={report.LABEL}",
         *([f"--ginkgo.focus={focus}"] if focus else []),
         f"--ginkgo.skip={report.skip_regex()}",
     ]

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FOCUS = r"\[NodeConformance\]"
+LABEL = "NodeConformance"  # the Ginkgo label of the specs (--ginkgo.label-filter)
+FOCUS = r"\[NodeConformance\]"  # the same, as it appears in spec names
 
 
 @dataclass(frozen=True)
