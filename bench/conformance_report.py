@@ -78,8 +78,8 @@ def skip_regex(rules: Iterable[SkipRule] = SKIP_RULES) -> str:
 
 # Area of a spec, by name: first match. Used for the per-area counts and for the CI subset.
 AREAS: tuple[tuple[str, str], ...] = (
-    (r"Probing container", "probes"),
-    (r"Container Lifecycle Hook|\bPreStop\b", "lifecycle-hooks"),
+    (r"Probing (container|restartable init container)", "probes"),
+    (r"Container Lifecycle Hook|Lifecycle [Ss]leep|\bPreStop\b", "lifecycle-hooks"),
     (r"Variable Expansion|Downward API should provide|\benv(ironment)? var", "env"),
     (r"\[sig-storage\]", "volumes"),
     (r"InitContainer", "init-containers"),
@@ -87,7 +87,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     (r"Security Context|\bSysctl|\bPrivileged|AppArmor", "security-context"),
     (r"\[sig-network\]", "network"),
     (r"ConfigMap|Secrets", "configmap-secret"),
-    (r"\[sig-node\] Pods\b|PodTemplates|Pods Extended|Ephemeral Containers", "pods"),
+    (r"\[sig-node\] Pods\b|PodTemplates|Pods Extended|Ephemeral Containers|Override hostname", "pods"),
     (r"Kubelet|Lease|RuntimeClass|etc hosts|Containers should", "kubelet"),
 )
 
