@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -51,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--procs", type=int, default=4, help="specs run in parallel (Ginkgo processes)")
     parser.add_argument("--timeout-minutes", type=float, default=None, help="whole-suite timeout")
+    parser.add_argument(
+        "--junit", default=None, help="no run: re-classify the JUnit report of a previous run"
+    )
+    parser.add_argument("--junit", default=None, help="no run: re-classify a previous run's JUnit report")
     parser.add_argument(
         "--output", default=None, help="result file (default bench/results/conformance.json; --quick: none)"
     )
@@ -118,18 +123,25 @@ async def only_schedulable(kubeconfig: str, node: str) -> AsyncIterator[list[str
         await client.close()
 
 
-def _run_suite(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float) -> int:
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+async def _run_suite(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float) -> int:
+    """Run the suite in its own process group; on timeout or cancellation interrupt it (Ginkgo
+    then still writes its report), kill it 60 s later."""
+    with open(log_path, "ab") as out:  # noqa: ASYNC230 - opening a log file does not block
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
-            return proc.wait(timeout_s)
-        except BaseException:
-            os.killpg(proc.pid, 15)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(30)
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-            raise
+            return await asyncio.wait_for(proc.wait(), timeout_s)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), 60)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
 
 
 async def run_suite(bed: Bed, focus: str, procs: int, timeout_s: int, workdir: Path) -> tuple[int, Path]:
@@ -149,7 +161,7 @@ async def run_suite(bed: Bed, focus: str, procs: int, timeout_s: int, workdir: P
         env = {**os.environ, "KUBE_TEST_REPO_LIST": str(repo_list)}
         log_path = workdir / "e2e.log"
         log.info(kv("running the e2e suite", log=log_path, node_log=node.log_path, procs=procs))
-        rc = await asyncio.to_thread(_run_suite, cmd, env, log_path, timeout_s + 300)
+        rc = await _run_suite(cmd, env, log_path, timeout_s + 300)
     return rc, report_dir / "junit_01.xml"
 
 
@@ -161,20 +173,35 @@ async def conformance(bed: Bed, focus: str, procs: int, timeout_s: int, workdir:
     seconds = round(time.monotonic() - t0, 1)
     if not junit.exists():
         raise RuntimeError(f"the suite wrote no report (exit {rc}); its log: {workdir / 'e2e.log'}")
+    return {
+        "suite_exit_code": rc,
+        "seconds": seconds,
+        "procs": procs,
+        "workdir": str(workdir),
+        **from_junit(junit, focus),
+    }
+
+
+def from_junit(junit: Path, focus: str) -> JSON:
+    """The classified specs, counts and failures of a JUnit report (``--junit``: no run)."""
     patterns = [report.FOCUS, *([focus] if focus else [])]
     specs = report.classify(report.parse_junit(junit.read_text()), patterns)
     return {
         "focus": patterns,
         "skip": report.skip_regex(),
-        "suite_exit_code": rc,
-        "seconds": seconds,
-        "procs": procs,
-        "workdir": str(workdir),
         "counts": report.counts(specs),
         "failures_by_area": report.failures_by_cause(specs),
         "skip_rules": [r.__dict__ for r in report.SKIP_RULES],
         "specs": specs,
     }
+
+
+def reclassify(junit: Path, focus: str) -> JSON:
+    """The result document of a previous run from its run dir (report/junit_01.xml, e2e.log)."""
+    workdir = junit.resolve().parent.parent
+    log_path = workdir / "e2e.log"
+    log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return {"seconds": report.suite_seconds(log_text), "workdir": str(workdir), **from_junit(junit, focus)}
 
 
 def new_workdir() -> Path:
@@ -186,9 +213,12 @@ def new_workdir() -> Path:
 async def run(args: argparse.Namespace, quick: bool) -> JSON:
     focus = args.focus or (report.subset_focus() if quick else "")
     timeout_s = int((args.timeout_minutes or (15 if quick else 150)) * 60)
-    await asyncio.to_thread(e2e_images.ensure_binaries)
-    async with bed_session(args.kubeconfig, args.cri_endpoint) as bed:
-        result = await conformance(bed, focus, args.procs, timeout_s, new_workdir())
+    if args.junit:  # re-classify a previous run's report (keeping its timing) without running
+        result: JSON = await asyncio.to_thread(reclassify, Path(args.junit), focus)
+    else:
+        await asyncio.to_thread(e2e_images.ensure_binaries)
+        async with bed_session(args.kubeconfig, args.cri_endpoint) as bed:
+            result = await conformance(bed, focus, args.procs, timeout_s, new_workdir())
     output = args.output or ("" if quick else str(RESULTS_DIR / "conformance.json"))
     if output:
         path = write_result(SCENARIO, result, Path(output).parent)
@@ -201,6 +231,7 @@ def summary_rows(result: JSON) -> list[tuple[str, str]]:
     c = result.get("counts") or {}
     rows = [
         ("specs (passed / failed / skipped)", f"{c.get('passed')} / {c.get('failed')} / {c.get('skipped')}"),
+        ("specs not run (suite timeout)", str(c.get(report.NOT_RUN, 0))),
         ("pass rate of the specs run", f"{c.get('pass_rate_of_run', 0):.1%}"),
         ("skipped share", f"{c.get('skipped_share', 0):.1%}"),
         ("suite wall time", f"{result.get('seconds')} s"),

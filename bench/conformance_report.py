@@ -135,6 +135,9 @@ class SpecResult:
     seconds: float = 0.0
 
 
+# Ginkgo states of a spec stopped by an interrupt or by the suite timeout (not a verdict).
+INTERRUPTED = ("interrupted", "timedout", "aborted")
+NOT_RUN = "not-run"
 _SUITE_NODE = re.compile(r"^\[(It)\]\s*")
 
 
@@ -162,7 +165,9 @@ def parse_junit(xml_text: str) -> list[SpecResult]:
         if failure is None:
             failure = tc.find("error")
         skipped = tc.find("skipped")
-        if failure is not None:
+        if tc.get("status") in INTERRUPTED:
+            out.append(SpecResult(name, "interrupted", "the suite was interrupted or timed out", seconds))
+        elif failure is not None:
             text = (failure.text or "") or failure.get("message", "")
             out.append(SpecResult(name, "failed", first_line(text) or failure.get("type", "failed"), seconds))
         elif skipped is not None or tc.get("status") in ("skipped", "pending"):
@@ -177,13 +182,20 @@ def classify(results: Iterable[SpecResult], focus: Sequence[str] = (FOCUS,)) -> 
     """Spec name → {state, reason, area, [kind]} for the specs matching every ``focus`` regexp.
 
     A spec the run skipped gets the reason of its :data:`SKIP_RULES` entry; one the suite
-    skipped at run time keeps the suite's message (kind ``suite``)."""
+    skipped at run time keeps the suite's message (kind ``suite``). When the suite was
+    interrupted (its timeout), specs it never reached, and those it stopped, are ``not-run``:
+    no verdict, not a skip."""
+    results = list(results)
+    interrupted = any(r.state == "interrupted" for r in results)
     specs: dict[str, dict[str, Any]] = {}
     for r in results:
         if not all(re.search(f, r.name) for f in focus):
             continue
         entry: dict[str, Any] = {"state": r.state, "area": area(r.name)}
-        if r.state == "skipped":
+        unreached = interrupted and r.state == "skipped" and r.reason.strip() in ("", "skipped")
+        if r.state == "interrupted" or (unreached and skip_rule(r.name) is None):
+            entry.update(state=NOT_RUN, reason="the suite was interrupted (timeout) before it finished")
+        elif r.state == "skipped":
             rule = skip_rule(r.name)
             if rule is not None:
                 entry.update(reason=rule.reason, kind=rule.kind)
@@ -211,13 +223,15 @@ def counts(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "passed": total["passed"],
         "failed": total["failed"],
         "skipped": total["skipped"],
+        NOT_RUN: total[NOT_RUN],
         "pass_rate_of_run": round(total["passed"] / ran, 3) if ran else 0.0,
         "skipped_share": round(total["skipped"] / n, 3) if n else 0.0,
         "skipped_by_kind": dict(
             sorted(Counter(s.get("kind", "") for s in specs.values() if s["state"] == "skipped").items())
         ),
         "per_area": {
-            a: {k: c[k] for k in ("passed", "failed", "skipped")} for a, c in sorted(per_area.items())
+            a: {k: c[k] for k in ("passed", "failed", "skipped", NOT_RUN) if k != NOT_RUN or c[k]}
+            for a, c in sorted(per_area.items())
         },
     }
 
@@ -229,6 +243,15 @@ def failures_by_cause(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[
         if s["state"] == "failed":
             out.setdefault(s["area"], []).append(name)
     return dict(sorted(out.items()))
+
+
+def suite_seconds(ginkgo_log: str) -> float | None:
+    """The suite's wall time from the Ginkgo CLI's "Ginkgo ran 1 suite in 1h2m3.4s" line."""
+    m = re.search(r"Ginkgo ran \d+ suites? in ((?:\d+h)?(?:\d+m)?(?:[\d.]+s)?)", ginkgo_log)
+    if not m or not m.group(1):
+        return None
+    parts = re.findall(r"([\d.]+)([hms])", m.group(1))
+    return round(sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts), 1)
 
 
 def markdown(result: Mapping[str, Any]) -> str:

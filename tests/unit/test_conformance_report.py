@@ -175,3 +175,26 @@ def test_markdown_table_has_areas_totals_and_failures() -> None:
     assert "| probes | 0 | 1 | 0 |" in text
     assert "| **total** | **1** | **1** | **2** |" in text
     assert f"- {PROBE} {NC} [Conformance]: Timed out after 240s" in text
+
+
+def test_an_interrupted_suite_leaves_unreached_specs_not_run_not_skipped() -> None:
+    results = [
+        cr.SpecResult(f"{PROBE} {NC}", "interrupted", "x"),
+        cr.SpecResult(f"{EMPTYDIR} {NC}", "skipped", "skipped"),  # never reached
+        cr.SpecResult(f"[sig-node] Pods should be evicted {NC} [Serial]", "skipped", "skipped"),  # filtered
+        cr.SpecResult(f"[sig-node] Sysctls {NC}", "skipped", "skipped - Only supported for gci"),
+    ]
+    specs = cr.classify(results)
+    states = [s["state"] for s in specs.values()]
+    assert sorted(states) == ["not-run", "not-run", "skipped", "skipped"]
+    c = cr.counts(specs)
+    assert c["not-run"] == 2 and c["skipped"] == 2
+    # without an interruption, a bare "skipped" is the suite's own run-time skip
+    assert cr.classify(results[1:2])[f"{EMPTYDIR} {NC}"]["state"] == "skipped"
+
+
+def test_suite_seconds_from_the_ginkgo_log() -> None:
+    assert cr.suite_seconds("x\nGinkgo ran 1 suite in 13.46057266s\nTest Suite Passed") == 13.5
+    assert cr.suite_seconds("Ginkgo ran 1 suite in 1h2m3.5s") == 3723.5
+    assert cr.suite_seconds("Ginkgo ran 1 suite in 4m0s") == 240.0
+    assert cr.suite_seconds("no summary") is None
