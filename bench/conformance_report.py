@@ -144,9 +144,9 @@ _SUITE_NODE = re.compile(r"^\[(It)\]\s*")
 def first_line(text: str) -> str:
     """The first non-empty line of a failure text, without ginkgo's ``[FAILED]`` prefix."""
     for line in text.splitlines():
-        line = line.strip()
-        if line:
-            return re.sub(r"^\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]\s*", "", line)[:400]
+        line = re.sub(r"^\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]\s*", "", line.strip())
+        if line and not re.match(r"(in|In) \[\w+\]", line):  # a location line, not the message
+            return line[:400]
     return ""
 
 

@@ -43,6 +43,11 @@ In [It] at: test/e2e/common/node/container_probe.go:1 @ 11/28/26 13:00:00
 """
 
 
+def test_first_line_skips_location_lines() -> None:
+    text = "[FAILED] in [It] - output.go:263 @ 11/28/26\n[FAILED] expected pod success: boom\nIn [It] at: x.go:1"
+    assert cr.first_line(text) == "expected pod success: boom"
+
+
 def test_parse_junit_keeps_specs_only_with_first_failure_line() -> None:
     rs = {r.name: r for r in cr.parse_junit(JUNIT)}
     assert len(rs) == 5  # suite-level nodes left out
