@@ -44,7 +44,7 @@ In [It] at: test/e2e/common/node/container_probe.go:1 @ 11/28/26 13:00:00
 
 
 def test_first_line_skips_location_lines() -> None:
-    text = "[FAILED] in [It] - output.go:263 @ 11/28/26\n[FAILED] expected pod success: boom\nIn [It] at: x.go:1"
+    text = "[FAILED] in [It] - o.go:263 @ 11/28/26\n[FAILED] expected pod success: boom\nIn [It] at: x.go:1"
     assert cr.first_line(text) == "expected pod success: boom"
 
 
