@@ -49,12 +49,7 @@ def container(cid: str, sid: str, pod_uid: str, created: int, pod_name: str = ""
 
 def saved(sid: str, state: str = "idle", pod_uid: str = "", **kw: object) -> SandboxRecord:
     return SandboxRecord(
-        sandbox_id=sid,
-        key="ns/Deployment/web",
-        namespace="ns",
-        state=state,
-        pod_uid=pod_uid,
-        **kw,  # type: ignore[arg-type]
+        sandbox_id=sid, key="ns/Deployment/web", namespace="ns", state=state, pod_uid=pod_uid, **kw  # type: ignore[arg-type]
     )
 
 

@@ -130,7 +130,12 @@ def violations(all_edges: list[Edge]) -> list[str]:
             bad.append(f"{e}: common/ imports neither room")
         elif s == "sandbox" and d == "provider":
             bad.append(f"{e}: sandbox/ must not import provider/")
-        elif s == "provider" and d == "sandbox" and e.dst not in (SEAM, "sandbox") and not sanctioned(e):
+        elif (
+            s == "provider"
+            and d == "sandbox"
+            and e.dst not in (SEAM, "sandbox")
+            and not sanctioned(e)
+        ):
             bad.append(f"{e}: provider/ reaches sandbox/ only through {SEAM}")
     return bad
 
