@@ -141,13 +141,22 @@ NOT_RUN = "not-run"
 _SUITE_NODE = re.compile(r"^\[(It)\]\s*")
 
 
-def first_line(text: str) -> str:
-    """The first non-empty line of a failure text, without ginkgo's ``[FAILED]`` prefix."""
-    for line in text.splitlines():
-        line = re.sub(r"^\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]\s*", "", line.strip())
-        if line and not re.match(r"(in|In) \[\w+\]", line):  # a location line, not the message
-            return line[:400]
-    return ""
+def first_line(text: str, max_lines: int = 4) -> str:
+    """A failure's message in one line: its first paragraph (Ginkgo's ``[FAILED]`` prefix and
+    location lines left out; gomega's multi-line "Expected / <x> / to equal / <y>" joined)."""
+    kept: list[str] = []
+    for raw in text.splitlines():
+        line = re.sub(r"^\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]\s*", "", raw.strip())
+        if re.match(r"(in|In) \[\w+\]", line):  # a location line, not the message
+            continue
+        if not line:
+            if kept:
+                break
+            continue
+        kept.append(line)
+        if len(kept) >= max_lines:
+            break
+    return re.sub(r"\s+", " ", " ".join(kept))[:300]
 
 
 def parse_junit(xml_text: str) -> list[SpecResult]:

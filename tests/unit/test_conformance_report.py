@@ -46,6 +46,8 @@ In [It] at: test/e2e/common/node/container_probe.go:1 @ 11/28/26 13:00:00
 def test_first_line_skips_location_lines() -> None:
     text = "[FAILED] in [It] - o.go:263 @ 11/28/26\n[FAILED] expected pod success: boom\nIn [It] at: x.go:1"
     assert cr.first_line(text) == "expected pod success: boom"
+    gomega = '[FAILED] Expected\n    <string>: ""\nto equal\n    <string>: "DONE"\n\nIn [It] at: x.go:1'
+    assert cr.first_line(gomega) == 'Expected <string>: "" to equal <string>: "DONE"'
 
 
 def test_parse_junit_keeps_specs_only_with_first_failure_line() -> None:
