@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -201,7 +202,13 @@ def reclassify(junit: Path, focus: str) -> JSON:
     workdir = junit.resolve().parent.parent
     log_path = workdir / "e2e.log"
     log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    return {"seconds": report.suite_seconds(log_text), "workdir": str(workdir), **from_junit(junit, focus)}
+    procs = re.search(r"Running in parallel across (\d+) processes", log_text)
+    return {
+        "seconds": report.suite_seconds(log_text),
+        "procs": int(procs.group(1)) if procs else 1,
+        "workdir": str(workdir),
+        **from_junit(junit, focus),
+    }
 
 
 def new_workdir() -> Path:
