@@ -198,16 +198,23 @@ class NodeHandle:
 
 
 def node_config_dict(
-    bed: Bed, name: str, workdir: Path, port: int, backend: str, pool: dict[str, Any]
+    bed: Bed,
+    name: str,
+    workdir: Path,
+    port: int,
+    backend: str,
+    pool: dict[str, Any],
+    node: dict[str, Any] | None = None,
 ) -> JSON:
-    """The YAML config of a bench/demo warmlet (everything under ``workdir``)."""
+    """The YAML config of a bench/demo warmlet (everything under ``workdir``; ``node`` overrides
+    go to the config's ``node`` section)."""
     cfg: JSON = {
         "kubeconfig": bed.node_kubeconfig(name),
         "backend": backend,
         "log_dir": str(workdir / "logs"),
         "state_dir": str(workdir / "state"),
         "log_level": "INFO",
-        "node": {"name": name, "internal_ip": "127.0.0.1"},
+        "node": {"name": name, "internal_ip": "127.0.0.1", **(node or {})},
         "pods": {"volumes_dir": str(workdir / "state" / "pods")},
         "server": {"address": "127.0.0.1", "port": port, "cert_dir": str(workdir / "state" / "pki")},
         "pool": dict(pool),
@@ -258,13 +265,14 @@ async def warmlet_node(
     inprocess: bool = False,
     workdir: Path | None = None,
     cleanup_runtime: bool = True,
+    node: dict[str, Any] | None = None,
     **pool: Any,
 ) -> AsyncIterator[NodeHandle]:
     """A warmlet node on ``bed`` (``pool`` overrides go to the config's ``pool`` section)."""
     name = name or f"bench-{uuid.uuid4().hex[:6]}"
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"warmlet-{name}-"))
     port = free_port()
-    cfg = node_config_dict(bed, name, workdir, port, backend, pool)
+    cfg = node_config_dict(bed, name, workdir, port, backend, pool, node)
     config_path = workdir / "warmlet.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     handle = NodeHandle(

@@ -1,5 +1,8 @@
 """OCI images built offline from Debian's busybox-static: pause, busybox and a fat image.
 
+(The images of Kubernetes' e2e suite are assembled from the same pieces in
+:mod:`testbed.e2e_images`.)
+
 No registry outside this machine is reachable, so images are assembled by hand as OCI image
 layouts (uncompressed layers, fixed mtimes/owners so the same inputs give the same digests)
 and cached under ``$WARMLET_CACHE/images/<name>``. An archive for ``ctr images import`` is
@@ -38,6 +41,7 @@ class ImageSpec:
     entrypoint: list[str] | None
     cmd: list[str] | None
     fat_mb: int = 0
+    user: str = ""  # the image config's User ("" = root)
 
 
 def specs(fat_mb: int = 100) -> list[ImageSpec]:
@@ -49,14 +53,15 @@ def specs(fat_mb: int = 100) -> list[ImageSpec]:
     ]
 
 
-def _tarinfo(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
+def tarinfo(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    """A tar entry owned by root with mtime 0 (same inputs, same digests)."""
     ti = tarfile.TarInfo(name)
     ti.type, ti.mode, ti.size, ti.linkname = kind, mode, size, link
     ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "root", "root"
     return ti
 
 
-def _busybox_layer() -> bytes:
+def busybox_layer() -> bytes:
     """Rootfs: /bin/busybox + a symlink per applet, minimal /etc, the usual mount points."""
     applets = subprocess.run(
         [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
@@ -75,11 +80,11 @@ def _busybox_layer() -> bytes:
             ("var/tmp", 0o1777),
             ("home", 0o755),
         ]:
-            tf.addfile(_tarinfo(d, tarfile.DIRTYPE, mode))
+            tf.addfile(tarinfo(d, tarfile.DIRTYPE, mode))
         data = BUSYBOX.read_bytes()
-        tf.addfile(_tarinfo("bin/busybox", tarfile.REGTYPE, 0o755, len(data)), io.BytesIO(data))
+        tf.addfile(tarinfo("bin/busybox", tarfile.REGTYPE, 0o755, len(data)), io.BytesIO(data))
         for a in sorted(set(applets) - {"busybox"}):
-            tf.addfile(_tarinfo(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox"))
+            tf.addfile(tarinfo(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox"))
         files = {
             "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
             "etc/group": "root:x:0:\nnogroup:x:65534:\n",
@@ -87,7 +92,7 @@ def _busybox_layer() -> bytes:
         }
         for path, text in files.items():
             raw = text.encode()
-            tf.addfile(_tarinfo(path, tarfile.REGTYPE, 0o644, len(raw)), io.BytesIO(raw))
+            tf.addfile(tarinfo(path, tarfile.REGTYPE, 0o644, len(raw)), io.BytesIO(raw))
     return buf.getvalue()
 
 
@@ -96,8 +101,8 @@ def _fat_layer(mb: int) -> bytes:
     data = random.Random(f"warmlet-fat-{mb}").randbytes(mb << 20)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        tf.addfile(_tarinfo("data", tarfile.DIRTYPE, 0o755))
-        tf.addfile(_tarinfo("data/blob", tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+        tf.addfile(tarinfo("data", tarfile.DIRTYPE, 0o755))
+        tf.addfile(tarinfo("data/blob", tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -127,6 +132,8 @@ class ImageLayout:
             config["Entrypoint"] = spec.entrypoint
         if spec.cmd:
             config["Cmd"] = spec.cmd
+        if spec.user:
+            config["User"] = spec.user
         cfg = {
             "created": "1970-01-01T00:00:00Z",
             "architecture": "amd64",
@@ -205,7 +212,7 @@ def build_all(fat_mb: int = 100, root: Path | None = None) -> dict[str, ImageLay
             tmp = root / f".{key}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            base = base or _busybox_layer()
+            base = base or busybox_layer()
             layers = [base] + ([_fat_layer(spec.fat_mb)] if spec.fat_mb else [])
             ImageLayout(tmp).build(spec, layers)
             try:
