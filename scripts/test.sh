@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Second command of the README (and CI): install what is missing, lint, type-check, then all
-# test tiers -- unit, then integration and e2e, then faults -- against a private test bed. Extra
+# test tiers -- unit, then integration and e2e, then faults, then a subset of Kubernetes' own
+# [NodeConformance] suite -- against a private test bed. Extra
 # arguments go to pytest. Any failure, or a tier that collects no tests (pytest exit 5), fails.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -27,4 +28,7 @@ t0=$SECONDS
 run_tier unit -q "$@"
 run_tier "integration or e2e" -q -rfEs --durations=15 "$@"
 run_tier faults -q -rfEs --durations=15 "$@"
+say "Kubernetes' e2e suite of the pinned release (e2e.test, ginkgo, agnhost: built once from the Go module proxy, then cached)"
+bash scripts/build-e2e.sh
+run_tier conformance -q -rfEs --durations=5 "$@"
 say "all tiers passed in $((SECONDS - t0))s"
