@@ -144,6 +144,15 @@ def kernel_hostname(pod: Mapping[str, Any], cluster_domain: str) -> str:
     return hostname
 
 
+def has_privileged_container(spec: Mapping[str, Any]) -> bool:
+    """kubelet's HasPrivilegedContainer: any init, app or ephemeral container is privileged."""
+    return any(
+        bool((c.get("securityContext") or {}).get("privileged"))
+        for part in ("initContainers", "containers", "ephemeralContainers")
+        for c in spec.get(part) or []
+    )
+
+
 def sandbox_spec(
     pod: Mapping[str, Any], workload_key: str, cluster_dns: Sequence[str], cluster_domain: str
 ) -> PodSandboxSpec:
@@ -169,6 +178,7 @@ def sandbox_spec(
             fs_group=sc.get("fsGroup"),
             supplemental_groups=list(sc.get("supplementalGroups") or []),
             sysctls={s["name"]: s["value"] for s in sc.get("sysctls") or []},
+            privileged=has_privileged_container(spec),
         ),
         resources=pod_resources(spec),
         images=list(dict.fromkeys(c.get("image", "") for c in containers if c.get("image"))),

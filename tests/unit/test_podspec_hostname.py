@@ -47,3 +47,10 @@ def test_hostname_is_at_most_63_and_never_ends_in_dash_or_dot_when_cut(name: str
     assert len(host) <= 63
     if len(name) > 63:
         assert not host.endswith(("-", "."))
+
+
+def test_a_privileged_container_makes_the_sandbox_privileged() -> None:
+    assert not sandbox_spec(pod(), "k", [], "c").security.privileged
+    for part in ("containers", "initContainers", "ephemeralContainers"):
+        p = pod(**{part: [{"name": "x", "image": "i", "securityContext": {"privileged": True}}]})
+        assert sandbox_spec(p, "k", [], "c").security.privileged, part
