@@ -21,8 +21,11 @@ ETC_FILES = {
 }
 
 
-def etc_hosts(hostname: str, pod_ip: str, host_aliases: Iterable[Mapping[str, Any]] = ()) -> str:
-    """kubelet's managed /etc/hosts of a pod (pkg/kubelet/kubelet_pods.go managedHostsFileContent)."""
+def etc_hosts(
+    hostname: str, pod_ip: str, host_aliases: Iterable[Mapping[str, Any]] = (), domain: str = ""
+) -> str:
+    """kubelet's managed /etc/hosts of a pod (pkg/kubelet/kubelet_pods.go managedHostsFileContent):
+    the pod's IP maps to ``<hostname>.<domain> <hostname>`` when it has a domain (subdomain)."""
     lines = [
         "# Kubernetes-managed hosts file.",
         "127.0.0.1\tlocalhost",
@@ -33,11 +36,13 @@ def etc_hosts(hostname: str, pod_ip: str, host_aliases: Iterable[Mapping[str, An
         "fe00::2\tip6-allrouters",
     ]
     if pod_ip:
-        lines.append(f"{pod_ip}\t{hostname}")
-    for alias in host_aliases:
-        names = "\t".join(str(h) for h in alias.get("hostnames") or [])
-        if alias.get("ip") and names:
-            lines += ["", "# Entries added by HostAliases.", f"{alias['ip']}\t{names}"]
+        lines.append(f"{pod_ip}\t{hostname}.{domain}\t{hostname}" if domain else f"{pod_ip}\t{hostname}")
+    aliases = list(host_aliases)
+    if aliases:  # one header, then one line per alias (kubelet's hostsEntriesFromHostAliases)
+        lines += ["", "# Entries added by HostAliases."]
+        lines += [
+            f"{a.get('ip', '')}\t" + "\t".join(str(h) for h in a.get("hostnames") or []) for a in aliases
+        ]
     return "\n".join(lines) + "\n"
 
 

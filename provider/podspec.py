@@ -109,6 +109,50 @@ def _ports(c: Mapping[str, Any]) -> list[PortMapping]:
     ]
 
 
+HOSTNAME_MAX = 63
+
+
+def _truncate_hostname(hostname: str) -> str:
+    """kubelet's truncatePodHostnameIfNeeded: at most 63 chars, never ending in '-' or '.'."""
+    if len(hostname) <= HOSTNAME_MAX:
+        return hostname
+    return hostname[:HOSTNAME_MAX].rstrip("-.")
+
+
+def pod_hostname_and_domain(pod: Mapping[str, Any], cluster_domain: str) -> tuple[str, str]:
+    """kubelet's GeneratePodHostNameAndDomain: spec.hostnameOverride wins outright (no domain);
+    else spec.hostname or the pod name, with ``<subdomain>.<ns>.svc.<cluster domain>`` when a
+    subdomain is set. (The API server validates the names.)"""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    override = spec.get("hostnameOverride")
+    if override:
+        return _truncate_hostname(str(override)), ""
+    hostname = _truncate_hostname(str(spec.get("hostname") or meta.get("name", "")))
+    subdomain = spec.get("subdomain")
+    if not subdomain:
+        return hostname, ""
+    return hostname, f"{subdomain}.{meta.get('namespace', 'default')}.svc.{cluster_domain}"
+
+
+def kernel_hostname(pod: Mapping[str, Any], cluster_domain: str) -> str:
+    """The sandbox's hostname (kubelet's GetNodenameForKernel): the FQDN when
+    setHostnameAsFQDN is true and the pod has a domain, else the short name."""
+    hostname, domain = pod_hostname_and_domain(pod, cluster_domain)
+    if (pod.get("spec") or {}).get("setHostnameAsFQDN") and domain:
+        return f"{hostname}.{domain}"
+    return hostname
+
+
+def has_privileged_container(spec: Mapping[str, Any]) -> bool:
+    """kubelet's HasPrivilegedContainer: any init, app or ephemeral container is privileged."""
+    return any(
+        bool((c.get("securityContext") or {}).get("privileged"))
+        for part in ("initContainers", "containers", "ephemeralContainers")
+        for c in spec.get(part) or []
+    )
+
+
 def sandbox_spec(
     pod: Mapping[str, Any], workload_key: str, cluster_dns: Sequence[str], cluster_domain: str
 ) -> PodSandboxSpec:
@@ -121,7 +165,7 @@ def sandbox_spec(
         namespace=meta.get("namespace", "default"),
         name=meta.get("name", ""),
         workload_key=workload_key,
-        hostname=spec.get("hostname") or meta.get("name", "")[:63],
+        hostname=kernel_hostname(pod, cluster_domain),
         labels=dict(meta.get("labels") or {}),
         annotations=dict(meta.get("annotations") or {}),
         dns=dns_config(pod, cluster_dns, cluster_domain),
@@ -134,6 +178,7 @@ def sandbox_spec(
             fs_group=sc.get("fsGroup"),
             supplemental_groups=list(sc.get("supplementalGroups") or []),
             sysctls={s["name"]: s["value"] for s in sc.get("sysctls") or []},
+            privileged=has_privileged_container(spec),
         ),
         resources=pod_resources(spec),
         images=list(dict.fromkeys(c.get("image", "") for c in containers if c.get("image"))),

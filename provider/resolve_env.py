@@ -14,7 +14,8 @@ from typing import Any
 
 from provider.podspec import expand
 from provider.quantity import parse_quantity
-from provider.resolve_source import ObjectSource
+from provider.resolve_source import ObjectSource, ServiceEnvSource
+from provider.service_env import enable_service_links
 from sandbox.backend import EnvVar
 
 JSON = dict[str, Any]
@@ -109,8 +110,15 @@ async def resolve_env(
     host_ip: str,
     node_allocatable: Mapping[str, str],
 ) -> list[EnvVar]:
-    """The container's final environment, in kubelet's order (envFrom first, then env)."""
+    """The container's final environment, in kubelet's order (envFrom first, then env, then the
+    service-link variables the container does not define itself)."""
     namespace = (pod.get("metadata") or {}).get("namespace", "default")
+    services: dict[str, str] = {}
+    if isinstance(source, ServiceEnvSource):
+        found = source.service_env(namespace, enable_service_links(pod))
+        if found is None:
+            raise ConfigError("services have not yet been read at least once, cannot construct envvars")
+        services = found
     values: dict[str, str] = {}
     for ef in container.get("envFrom") or []:
         prefix = ef.get("prefix", "")
@@ -131,7 +139,7 @@ async def resolve_env(
         name = e["name"]
         vf = e.get("valueFrom")
         if vf is None:
-            values[name] = expand(e.get("value", ""), values)
+            values[name] = expand(e.get("value", ""), {**services, **values})
         elif "configMapKeyRef" in vf or "secretKeyRef" in vf:
             kind = "ConfigMap" if "configMapKeyRef" in vf else "Secret"
             value, ok = await _ref(
@@ -144,4 +152,5 @@ async def resolve_env(
         elif "resourceFieldRef" in vf:
             rf = vf["resourceFieldRef"]
             values[name] = resource_value(container, rf["resource"], rf.get("divisor"), node_allocatable)
+    values.update({k: v for k, v in services.items() if k not in values})
     return [EnvVar(name=k, value=v) for k, v in values.items()]

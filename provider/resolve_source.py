@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cachetools import TTLCache
 
@@ -33,11 +33,23 @@ class ObjectSource(Protocol):
     ) -> str: ...
 
 
+@runtime_checkable
+class ServiceEnvSource(Protocol):
+    """Where the service-link variables of a pod come from (kubelet's service lister)."""
+
+    def service_env(self, namespace: str, enable_links: bool) -> dict[str, str] | None:
+        """The variables (provider.service_env); None while Services were never listed yet."""
+        ...
+
+
 class ApiObjectSource:
     """ObjectSource over the API server, with a short TTL cache of objects that exist."""
 
-    def __init__(self, client: KubeClient, ttl: float = 5.0) -> None:
+    def __init__(
+        self, client: KubeClient, ttl: float = 5.0, services: ServiceEnvSource | None = None
+    ) -> None:
         self._client = client
+        self._services = services
         self._cache: TTLCache[tuple[str, str, str], JSON] = TTLCache(4096, ttl)
         self._tokens: TTLCache[tuple[Any, ...], tuple[str, float]] = TTLCache(16384, 3600)
 
@@ -57,6 +69,13 @@ class ApiObjectSource:
 
     async def configmap(self, namespace: str, name: str) -> JSON | None:
         return await self._get("configmaps", namespace, name)
+
+    def service_env(self, namespace: str, enable_links: bool) -> dict[str, str] | None:
+        """Service-link variables from the Service informer; none without one (like a kubelet
+        without an API server)."""
+        if self._services is None:
+            return {}
+        return self._services.service_env(namespace, enable_links)
 
     async def secret(self, namespace: str, name: str) -> JSON | None:
         return await self._get("secrets", namespace, name)

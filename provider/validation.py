@@ -11,6 +11,28 @@ from dataclasses import dataclass
 from typing import Any
 
 REJECT_REASON = "UnsupportedOnVirtualNode"
+OS_REASON = "PodOSNotSupported"  # kubelet lifecycle.PodOSNotSupported
+SYSCTL_REASON = "SysctlForbidden"  # kubelet sysctl.ForbiddenReason
+NODE_OS = "linux"
+
+# kubelet's safe sysctls (pkg/kubelet/sysctl/safe_sysctls.go), all namespaced by the kernel; the
+# node has no --allowed-unsafe-sysctls, so any other sysctl is forbidden at admission.
+SAFE_SYSCTLS = frozenset(
+    {
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+        "net.ipv4.tcp_rmem",
+        "net.ipv4.tcp_wmem",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +91,36 @@ def unsupported_features(pod: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def normalize_sysctl(name: str) -> str:
+    """kubelet's NormalizeName: a name whose first separator is '/' uses '/' for '.' and back."""
+    dot, slash = name.find("."), name.find("/")
+    if slash < 0 or (0 <= dot < slash):
+        return name
+    return name.translate(str.maketrans("./", "/."))
+
+
+def kubelet_admission(pod: Mapping[str, Any]) -> Rejection | None:
+    """kubelet's own admission checks that hold on any node: the pod's OS and its sysctls."""
+    spec = pod.get("spec") or {}
+    os_name = (spec.get("os") or {}).get("name")
+    if os_name and os_name != NODE_OS:
+        return Rejection(OS_REASON, "Failed to admit pod as the OS field doesn't match node OS")
+    for sysctl in (spec.get("securityContext") or {}).get("sysctls") or []:
+        name = normalize_sysctl(str(sysctl.get("name", "")))
+        if name not in SAFE_SYSCTLS:
+            return Rejection(SYSCTL_REASON, f'forbidden sysctl: "{name}" not allowlisted')
+    return None
+
+
 def validate_pod(pod: Mapping[str, Any], policy: str = "reject") -> Rejection | None:
-    """A Rejection when the pod must be failed on this node under ``policy`` ("reject"/"ignore")."""
+    """A Rejection when the pod must be failed on this node under ``policy`` ("reject"/"ignore").
+
+    kubelet's own admission (OS, sysctls) applies under either policy: it is not a limit of a
+    virtual node, a real kubelet rejects the same pods.
+    """
+    kubelet = kubelet_admission(pod)
+    if kubelet is not None:
+        return kubelet
     if policy == "ignore":
         return None
     problems = unsupported_features(pod)

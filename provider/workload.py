@@ -27,6 +27,7 @@ from cachetools import TTLCache
 
 from common.clock import SYSTEM, Clock
 from common.retry import Backoff, retry
+from provider.podspec import has_privileged_container
 from provider.quantity import cpu_milli, to_int
 
 JSON = dict[str, Any]
@@ -91,6 +92,8 @@ def sandbox_attributes(namespace: str, spec: Mapping[str, Any]) -> JSON:
         "resources": resource_shape(spec),
     }
     # Sandbox-level isolation switches, only when set (keys of pods without them stay unchanged).
+    if has_privileged_container(spec):
+        attrs["privileged"] = True  # a privileged sandbox (kubelet: HasPrivilegedContainer)
     if spec.get("shareProcessNamespace"):
         attrs["shareProcessNamespace"] = True
     if spec.get("hostUsers") is False:

@@ -107,6 +107,8 @@ class PodSecurity(_Model):
     fs_group: int | None = None
     supplemental_groups: list[int] = Field(default_factory=list)
     sysctls: dict[str, str] = Field(default_factory=dict)
+    # Some container of the pod is privileged: the runtime only allows one in a privileged sandbox.
+    privileged: bool = False
 
 
 class RegistryCredential(_Model):

@@ -13,7 +13,9 @@ expects, and the override file points the suite at them:
 - ``busybox`` (1.37.0-1): the bed's busybox;
 - ``nonroot`` (1.5): busybox with ``USER 1234``;
 - ``nonewprivs`` (1.4): busybox with the release's setuid ``nnp`` program;
-- ``pause`` (3.10.2): the bed's pause.
+- ``pause`` (3.10.2): the bed's pause;
+- ``glibc-dns-testing`` (2.0.0): the bed's busybox (its specs run ``hostname`` and
+  ``hostname -f``, which busybox answers from the pod's /etc/hosts like glibc does).
 
 Images not in this list (nginx, kitten, nautilus, the NFS/iSCSI servers, ...) are not built:
 their specs are skipped with a reason (``bench.conformance_report``).
@@ -130,6 +132,7 @@ def images() -> list[E2EImage]:
             ("agnhost",),
         ),
         E2EImage(f"{E2E_PREFIX}/busybox", ("1.37.0-1",), ImageSpec("busybox", None, ["sh"])),
+        E2EImage(f"{E2E_PREFIX}/glibc-dns-testing", ("2.0.0",), ImageSpec("glibc-dns-testing", None, ["sh"])),
         E2EImage(f"{E2E_PREFIX}/nonroot", ("1.5",), ImageSpec("nonroot", None, ["sh"], user="1234")),
         E2EImage(
             f"{E2E_PREFIX}/nonewprivs", ("1.4",), ImageSpec("nonewprivs", None, ["nnp"]), _nnp_layer, ("nnp",)

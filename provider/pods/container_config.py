@@ -15,7 +15,7 @@ from provider.config import PodConfig
 from provider.events import WARNING, EventRecorder
 from provider.pod_etc import etc_hosts, resolv_conf, with_etc_mounts, write_etc_files
 from provider.pods.state import JSON, PodState
-from provider.podspec import container_spec
+from provider.podspec import container_spec, pod_hostname_and_domain
 from provider.resolve_env import ConfigError, resolve_env
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import MountError, container_mounts, prepare_volumes
@@ -41,6 +41,7 @@ class ContainerConfigResolver:
         self.allocatable = dict(node_allocatable)
         self.allow_host_path = pods.unsupported_policy == "ignore"
         self.volumes_dir = Path(pods.volumes_dir)
+        self.cluster_domain = pods.cluster_domain  # /etc/hosts FQDN line of a pod with a subdomain
         self.memory_dir = pods.memory_volumes_dir  # None: <volumes_dir>-memory (tmpfs mounts)
 
     async def resolve(self, pod: JSON, st: PodState, names: list[str]) -> dict[str, ContainerSpec | Waiting]:
@@ -104,12 +105,13 @@ class ContainerConfigResolver:
             except OSError:
                 resolv = ""
         hostname = spec.hostname or spec.name
+        short, domain = pod_hostname_and_domain(pod, self.cluster_domain)
         aliases = (pod.get("spec") or {}).get("hostAliases") or []
         return write_etc_files(
             self.volumes_dir,
             spec.uid,
             {
-                "/etc/hosts": etc_hosts(hostname, pod_ip, aliases),
+                "/etc/hosts": etc_hosts(short, pod_ip, aliases, domain),
                 "/etc/resolv.conf": resolv,
                 "/etc/hostname": hostname + "\n",
             },

@@ -25,6 +25,7 @@ from provider.pods.queue import WorkQueue
 from provider.pods.worker import PodWorker
 from provider.resolve_source import ApiObjectSource
 from provider.resolve_volumes import release_memory_root, remove_orphan_pod_dirs
+from provider.service_env import ServiceInformer
 from provider.workload import OwnerResolver
 from sandbox.backend import Backend, Reconciler
 
@@ -52,6 +53,7 @@ class PodController:
         self.queue = WorkQueue(self._sync, workers=pods.workers, clock=clock)
         self.informer = PodInformer(client, node.name, self.queue.add)
         self.owners = OwnerResolver(self._fetch, clock=clock)
+        self.services = ServiceInformer(client)  # service-link env vars (provider/service_env.py)
         self.worker = PodWorker(
             pods,
             node.internal_ip,
@@ -60,7 +62,7 @@ class PodController:
             self.informer.get,
             recorder,
             self.owners,
-            ApiObjectSource(client),
+            ApiObjectSource(client, services=self.services),
             node_allocatable,
             clock,
             on_probe_change=self.queue.add,
@@ -99,6 +101,7 @@ class PodController:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.informer.run(), name="pod-informer")
+            tg.create_task(self.services.run(), name="service-informer")
             await self.informer.synced.wait()
             await self.cleanup_orphans()
             tg.create_task(self.queue.run(), name="pod-workers")

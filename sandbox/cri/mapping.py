@@ -237,6 +237,7 @@ def sandbox_config(
         linux.sysctls[k] = v
     sc = linux.security_context
     sc.namespace_options.CopyFrom(pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))
+    sc.privileged = pod.security.privileged  # kubelet: HasPrivilegedContainer(pod)
     if pod.security.run_as_user is not None:
         sc.run_as_user.value = pod.security.run_as_user
     if pod.security.run_as_group is not None:

@@ -96,6 +96,27 @@ def test_classify_extra_focus_narrows() -> None:
             "image",
         ),
         (f"[sig-node] Probing container should be restarted with a exec liveness probe {NC}", None),
+        (f"[sig-storage] HostPath should support r/w {NC}", "host"),
+        (f"[sig-storage] HostPath should give a volume the correct mode [LinuxOnly] {NC}", "host"),
+        (
+            "[sig-network] Networking Granular Checks: Pods should function for node-pod "
+            f"communication: http [LinuxOnly] {NC} [Conformance]",
+            "host",
+        ),
+        (
+            "[sig-node] Downward API should provide host IP and pod IP as an env var if pod uses "
+            f"host network [LinuxOnly] {NC}",
+            "host",
+        ),
+        (
+            "[sig-node] Kubelet with pods in a privileged namespace when scheduling an agnhost Pod "
+            f"with hostAliases and hostNetwork should write entries to /etc/hosts when hostNetwork is "
+            f"enabled {NC}",
+            "host",
+        ),
+        (f"[sig-node] KubeletManagedEtcHosts should test kubelet managed /etc/hosts file {NC}", "host"),
+        (f"[sig-storage] HostPath should support a new mode {NC}", None),  # not listed: runs
+        (f"[sig-node] Downward API should provide host IP as an env var {NC}", None),
         (f"[sig-node] GA feature [FeatureGate:Foo] {NC}", None),
     ],
 )
@@ -205,3 +226,13 @@ def test_suite_seconds_from_the_ginkgo_log() -> None:
     assert cr.suite_seconds("Ginkgo ran 1 suite in 1h2m3.5s") == 3723.5
     assert cr.suite_seconds("Ginkgo ran 1 suite in 4m0s") == 240.0
     assert cr.suite_seconds("no summary") is None
+
+
+def test_host_rejected_specs_say_what_warmlet_rejects() -> None:
+    rule = cr.skip_rule(f"[sig-storage] HostPath should support r/w {NC}")
+    assert rule is not None
+    assert rule.reason == (
+        "host feature a virtual node cannot provide (warmlet rejects the pod: hostPath volume)"
+    )
+    rule = cr.skip_rule(f"[sig-network] Pods should function for node-pod communication: http {NC}")
+    assert rule is not None and rule.reason.endswith("(warmlet rejects the pod: hostNetwork: true)")

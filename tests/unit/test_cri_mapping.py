@@ -66,6 +66,10 @@ def test_sandbox_config() -> None:
         ),
     )
     cfg = m.sandbox_config(p, "/logs/ns_web-1_uid-1", cgroup_parent="/warmlet/poduid-1")
+    assert not cfg.linux.security_context.privileged
+    assert m.sandbox_config(
+        pod(security=PodSecurity(privileged=True)), "/l"
+    ).linux.security_context.privileged
     assert (cfg.metadata.name, cfg.metadata.namespace, cfg.metadata.uid) == ("web-1", "ns", "uid-1")
     assert cfg.hostname == "web-1" and cfg.log_directory == "/logs/ns_web-1_uid-1"
     assert list(cfg.dns_config.servers) == ["10.0.0.10"] and list(cfg.dns_config.options) == ["ndots:5"]

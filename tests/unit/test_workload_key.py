@@ -89,6 +89,7 @@ DIFFERENCES: list[dict[str, Any]] = [
     {"dnsConfig": {"nameservers": ["1.1.1.1"]}},
     {"containers": [{"name": "a", "resources": {"requests": {"cpu": "100m"}}}]},
     {"containers": [{"name": "a", "resources": {"limits": {"memory": "1Gi"}}}]},
+    {"containers": [{"name": "a", "securityContext": {"privileged": True}}]},
 ]
 
 
