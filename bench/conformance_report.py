@@ -77,6 +77,19 @@ SKIP_RULES: tuple[SkipRule, ...] = (
         "image",
         "needs the nginx image, which cannot be built offline",
     ),
+    *(
+        SkipRule(
+            re.escape(spec),
+            "image",
+            "needs the suite's busybox 1.37, whose sh keeps environment names with '-' (data-1); "
+            "the busybox buildable offline here (Debian's 1.35) drops them before `env` prints "
+            "(warmlet does pass them: tests/unit/test_resolve_env*)",
+        )
+        for spec in (
+            "Secrets should be consumable via the environment",
+            "ConfigMap should be consumable via the environment",
+        )
+    ),
 )
 
 
