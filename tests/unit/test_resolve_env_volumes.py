@@ -192,6 +192,9 @@ def test_resource_field_ref() -> None:
     assert resource_value(c, "limits.memory", "1Mi", ALLOC) == "64"
     assert resource_value({}, "limits.cpu", None, ALLOC) == "16"  # node allocatable
     assert resource_value({}, "requests.memory", None, ALLOC) == "0"
+    # an unset divisor comes back from the apiserver as "0" (a Quantity is never omitted)
+    assert resource_value(c, "limits.memory", "0", ALLOC) == str(64 * 1024 * 1024)
+    assert resource_value(c, "limits.cpu", "0", ALLOC) == "1"
 
 
 async def test_volumes_written_and_mounted(tmp_path: Path, mem_dir: Path) -> None:
