@@ -29,10 +29,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from provider.atomic_writer import PayloadError, write_payload
 from provider.podspec import expand
 from provider.resolve_env import ConfigError, field_value, resource_value
 from provider.resolve_source import ObjectSource
 from provider.tmpfs import is_memory_backed, is_our_mount, mount_tmpfs, unmount
+from provider.volume_ownership import set_volume_ownership
 from sandbox.backend import Mount
 
 log = logging.getLogger(__name__)
@@ -219,22 +221,29 @@ async def volume_files(
     return None
 
 
-def _write(root: Path, files: Files | None, memory: bool = False) -> None:
+EMPTY_DIR_MODE = 0o777  # kubelet's emptyDir: any user of the pod may write to it
+
+
+def _write(root: Path, files: Files | None, memory: bool = False, fs_group: int | None = None) -> None:
+    new = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     if memory and not is_memory_backed(root):  # the root was checked: only a race gets here
         raise MountError(f"{root} is not memory-backed; refusing to write secrets to disk")
-    if files is None:
+    if files is None:  # emptyDir: set up once (a container's later chmod of it is kept)
+        if new:
+            os.chmod(root, EMPTY_DIR_MODE)
+            set_volume_ownership(root, fs_group, read_only=False)
         return
-    real_root = root.resolve()
-    for rel, (content, mode) in files.items():
-        path = (root / rel).resolve()
-        if real_root not in path.parents:
-            raise MountError(f"invalid path {rel!r} escapes the volume")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+    try:
+        write_payload(root, files, lambda r: set_volume_ownership(r, fs_group, read_only=True))
+    except PayloadError as e:
+        raise MountError(f"{e}; it would escape the volume") from None
+
+
+def fs_group_of(pod: Mapping[str, Any]) -> int | None:
+    """The pod's ``securityContext.fsGroup`` (None: volumes keep root's group)."""
+    group = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+    return int(group) if group is not None else None
 
 
 async def prepare_volumes(
@@ -266,15 +275,15 @@ async def prepare_volumes(
         writes.append((root, files, is_memory_volume(vol)))
         paths[name] = str(root)
     if writes:
-        await asyncio.to_thread(_write_all, writes, memory_root(volumes_dir, memory_dir))
+        await asyncio.to_thread(_write_all, writes, memory_root(volumes_dir, memory_dir), fs_group_of(pod))
     return paths
 
 
-def _write_all(writes: list[tuple[Path, Files | None, bool]], mem_root: Path) -> None:
+def _write_all(writes: list[tuple[Path, Files | None, bool]], mem_root: Path, fs_group: int | None) -> None:
     if any(memory for _, _, memory in writes):
         ensure_memory_dir(mem_root)
     for root, files, memory in writes:
-        _write(root, files, memory)
+        _write(root, files, memory, fs_group)
 
 
 def subpath_host_path(volume_root_path: str, sub_path: str) -> str:

@@ -306,7 +306,7 @@ async def test_optional_missing_volume_is_empty(tmp_path: Path) -> None:
         "spec": {**POD["spec"], "volumes": [{"name": "v", "configMap": {"name": "zz", "optional": True}}]},
     }
     paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC)
-    assert os.listdir(paths["v"]) == []
+    assert [n for n in os.listdir(paths["v"]) if not n.startswith("..")] == []
 
 
 def test_expand_edge_cases() -> None:
@@ -421,3 +421,31 @@ def test_pod_etc_files_are_the_pods_own(tmp_path: Path) -> None:
     own = [Mount(container_path="/etc/hosts/", host_path="/x")]
     mounts = with_etc_mounts(own, files)
     assert [m.container_path for m in mounts] == ["/etc/hosts/", "/etc/hostname"]  # the pod's own wins
+
+
+async def test_empty_dir_is_world_writable_and_set_up_once(tmp_path: Path, mem_dir: Path) -> None:
+    vols = [{"name": "d", "emptyDir": {}}, {"name": "m", "emptyDir": {"medium": "Memory"}}]
+    pod = {**POD, "spec": {**POD["spec"], "volumes": vols}}
+    paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    for name in ("d", "m"):
+        assert os.stat(paths[name]).st_mode & 0o7777 == 0o777  # kubelet's emptyDir mode, umask or not
+    os.chmod(paths["d"], 0o700)  # the container's own chmod survives a later container start
+    await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    assert os.stat(paths["d"]).st_mode & 0o7777 == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+async def test_fs_group_owns_every_volume(tmp_path: Path, mem_dir: Path) -> None:
+    vols = [
+        {"name": "d", "emptyDir": {}},
+        {"name": "cfg", "configMap": {"name": "cfg", "defaultMode": 0o400}},
+        {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 0o440}},
+    ]
+    spec = {**POD["spec"], "volumes": vols, "securityContext": {"fsGroup": 1234}}
+    paths = await prepare_volumes({**POD, "spec": spec}, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    d = os.stat(paths["d"])
+    assert (d.st_gid, d.st_mode & 0o7777) == (1234, 0o2777)
+    a = os.stat(os.path.join(paths["cfg"], "a"))
+    assert (a.st_gid, a.st_mode & 0o777) == (1234, 0o440)  # 0400 + group read (read-only volume)
+    pw = os.stat(os.path.join(paths["sec"], "pw"))
+    assert (pw.st_gid, pw.st_mode & 0o777) == (1234, 0o440)
