@@ -29,8 +29,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from provider.atomic_writer import DATA_DIR, PayloadError, write_payload
+from provider.atomic_writer import PayloadError, write_payload
 from provider.podspec import expand
+from provider.quantity import parse_quantity
 from provider.resolve_env import ConfigError, field_value, resource_value
 from provider.resolve_source import ObjectSource
 from provider.tmpfs import is_memory_backed, is_our_mount, mount_tmpfs, unmount
@@ -224,9 +225,36 @@ async def volume_files(
 EMPTY_DIR_MODE = 0o777  # kubelet's emptyDir: any user of the pod may write to it
 
 
-def _write(root: Path, files: Files | None, memory: bool = False, fs_group: int | None = None) -> None:
+def memory_size_limit(volume: Mapping[str, Any], node_allocatable: Mapping[str, str]) -> int | None:
+    """Bytes of a Memory emptyDir's own tmpfs: its ``sizeLimit`` capped at the node's allocatable
+    memory (kubelet's calculateEmptyDirMemorySize); None without a sizeLimit (the shared root)."""
+    ed = volume.get("emptyDir")
+    if not isinstance(ed, Mapping) or ed.get("medium") != "Memory" or not ed.get("sizeLimit"):
+        return None
+    size = parse_quantity(str(ed["sizeLimit"]))
+    if size <= 0:
+        return None
+    alloc = node_allocatable.get("memory")
+    if alloc is not None and 0 < parse_quantity(alloc) < size:
+        size = parse_quantity(alloc)
+    return int(size)
+
+
+def _write(
+    root: Path,
+    files: Files | None,
+    memory: bool = False,
+    fs_group: int | None = None,
+    size: int | None = None,
+) -> None:
     new = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    if new and size is not None:  # a sized Memory emptyDir: its own tmpfs, as kubelet mounts it
+        try:
+            mount_tmpfs(root, size)
+        except OSError as e:
+            root.rmdir()
+            raise MountError(f"tmpfs of sizeLimit {size} bytes at {root} failed: {e.strerror}") from None
     if memory and not is_memory_backed(root):  # the root was checked: only a race gets here
         raise MountError(f"{root} is not memory-backed; refusing to write secrets to disk")
     if files is None:  # emptyDir: set up once (a container's later chmod of it is kept)
@@ -261,7 +289,7 @@ async def prepare_volumes(
     if not uid or "/" in uid or uid in (".", ".."):
         raise MountError(f"invalid pod uid {uid!r}")
     paths: dict[str, str] = {}
-    writes: list[tuple[Path, Files | None, bool]] = []
+    writes: list[tuple[Path, Files | None, bool, int | None]] = []
     for vol in (pod.get("spec") or {}).get("volumes") or []:
         name = vol["name"]
         if "hostPath" in vol:
@@ -272,78 +300,20 @@ async def prepare_volumes(
         if root is None:
             continue  # unsupported volume type (PVC, CSI, ...): rejected by validation unless ignored
         files = await volume_files(pod, vol, source, pod_ip, host_ip, node_allocatable)
-        writes.append((root, files, is_memory_volume(vol)))
+        writes.append((root, files, is_memory_volume(vol), memory_size_limit(vol, node_allocatable)))
         paths[name] = str(root)
     if writes:
         await asyncio.to_thread(_write_all, writes, memory_root(volumes_dir, memory_dir), fs_group_of(pod))
     return paths
 
 
-def _write_all(writes: list[tuple[Path, Files | None, bool]], mem_root: Path, fs_group: int | None) -> None:
-    if any(memory for _, _, memory in writes):
+def _write_all(
+    writes: list[tuple[Path, Files | None, bool, int | None]], mem_root: Path, fs_group: int | None
+) -> None:
+    if any(memory for _, _, memory, _ in writes):
         ensure_memory_dir(mem_root)
-    for root, files, memory in writes:
-        _write(root, files, memory, fs_group)
-
-
-def refreshable(volume: Mapping[str, Any]) -> bool:
-    """Volumes kept in sync with their sources after set-up (not emptyDir; not a projected
-    volume with a service-account token: a TokenRequest per pod per re-sync is not what kubelet
-    does, it rotates tokens by their own expiry)."""
-    if "projected" in volume:
-        sources = (volume["projected"] or {}).get("sources") or []
-        return not any("serviceAccountToken" in s for s in sources)
-    return "configMap" in volume or "secret" in volume or "downwardAPI" in volume
-
-
-async def refresh_volumes(
-    pod: Mapping[str, Any],
-    volumes_dir: Path,
-    source: ObjectSource,
-    pod_ip: str,
-    host_ip: str,
-    node_allocatable: Mapping[str, str],
-    memory_dir: Path | None = None,
-) -> dict[str, str]:
-    """Re-sync a running pod's set-up configMap/secret/downwardAPI/projected volumes with their
-    sources (an optional object created later, an updated key, changed labels): volume name ->
-    ``updated`` / ``unchanged`` / ``error``. Unchanged contents write nothing; a source that
-    fails (a deleted non-optional object) leaves the volume as it is, as kubelet does."""
-    uid = (pod.get("metadata") or {}).get("uid", "")
-    if not uid or "/" in uid or uid in (".", ".."):
-        return {}
-    out: dict[str, str] = {}
-    writes: list[tuple[str, Path, Files]] = []
-    for vol in (pod.get("spec") or {}).get("volumes") or []:
-        root = volume_root(volumes_dir, memory_dir, uid, vol)
-        if root is None or not refreshable(vol):
-            continue
-        try:
-            files = await volume_files(pod, vol, source, pod_ip, host_ip, node_allocatable)
-        except MountError as e:
-            log.warning("volume refresh failed pod_uid=%s volume=%s error=%s", uid, vol["name"], e)
-            out[vol["name"]] = "error"
-            continue
-        if files is not None:
-            writes.append((vol["name"], root, files))
-    if writes:
-        out.update(await asyncio.to_thread(_rewrite, writes, fs_group_of(pod)))
-    return out
-
-
-def _rewrite(writes: list[tuple[str, Path, Files]], fs_group: int | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, root, files in writes:
-        if not (root / DATA_DIR).is_symlink():
-            continue  # not set up (yet, or by an older layout): prepare_volumes' job
-        try:
-            changed = write_payload(root, files, lambda r: set_volume_ownership(r, fs_group, read_only=True))
-        except (OSError, PayloadError) as e:
-            log.warning("volume refresh failed path=%s error=%s", root, e)
-            out[name] = "error"
-            continue
-        out[name] = "updated" if changed else "unchanged"
-    return out
+    for root, files, memory, size in writes:
+        _write(root, files, memory, fs_group, size)
 
 
 def subpath_host_path(volume_root_path: str, sub_path: str) -> str:

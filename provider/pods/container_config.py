@@ -23,9 +23,10 @@ from provider.pods.state import JSON, PodState
 from provider.podspec import container_spec
 from provider.resolve_env import ConfigError, resolve_env
 from provider.resolve_source import ObjectSource
-from provider.resolve_volumes import MountError, container_mounts, prepare_volumes, refresh_volumes
+from provider.resolve_volumes import MountError, container_mounts, prepare_volumes
 from provider.status import Waiting
 from provider.termination_log import create_termination_log, with_termination_log
+from provider.volume_refresh import refresh_volumes
 from sandbox.backend import BackendCapabilities, ContainerSpec, PodSandboxSpec
 
 log = logging.getLogger(__name__)

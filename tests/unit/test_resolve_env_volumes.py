@@ -20,6 +20,7 @@ from provider.resolve_volumes import (
     ensure_memory_dir,
     is_memory_backed,
     memory_root,
+    memory_size_limit,
     prepare_volumes,
     release_memory_root,
     remove_orphan_pod_dirs,
@@ -449,3 +450,34 @@ async def test_fs_group_owns_every_volume(tmp_path: Path, mem_dir: Path) -> None
     assert (a.st_gid, a.st_mode & 0o777) == (1234, 0o440)  # 0400 + group read (read-only volume)
     pw = os.stat(os.path.join(paths["sec"], "pw"))
     assert (pw.st_gid, pw.st_mode & 0o777) == (1234, 0o440)
+
+
+@pytest.mark.parametrize(
+    ("ed", "alloc", "size"),
+    [
+        ({"medium": "Memory", "sizeLimit": "1Mi"}, {"memory": "64Gi"}, 1 << 20),
+        ({"medium": "Memory", "sizeLimit": "128Gi"}, {"memory": "1Gi"}, 1 << 30),  # capped
+        ({"medium": "Memory", "sizeLimit": "1Mi"}, {}, 1 << 20),
+        ({"medium": "Memory"}, {"memory": "1Gi"}, None),  # the shared memory root
+        ({"sizeLimit": "1Mi"}, {"memory": "1Gi"}, None),  # disk: no tmpfs
+        ({"medium": "Memory", "sizeLimit": "0"}, {"memory": "1Gi"}, None),
+    ],
+)
+def test_memory_size_limit(ed: dict[str, Any], alloc: dict[str, str], size: int | None) -> None:
+    assert memory_size_limit({"name": "v", "emptyDir": ed}, alloc) == size
+
+
+async def test_sized_memory_empty_dir_gets_its_own_tmpfs(tmp_path: Path, mem_dir: Path) -> None:
+    vols = [{"name": "m", "emptyDir": {"medium": "Memory", "sizeLimit": "2Mi"}}]
+    pod = {**POD, "spec": {**POD["spec"], "volumes": vols}}
+    try:
+        paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    except MountError as e:
+        pytest.skip(f"no CAP_SYS_ADMIN here: {e}")
+    try:
+        st = os.statvfs(paths["m"])
+        assert st.f_blocks * st.f_frsize == 2 << 20
+        assert os.stat(paths["m"]).st_mode & 0o7777 == 0o777
+    finally:
+        remove_pod_dir(tmp_path, "uid1", mem_dir)  # unmounts it
+    assert not (mem_dir / "uid1").exists()

@@ -16,7 +16,8 @@ from provider.config import PodConfig
 from provider.events import EventRecorder
 from provider.pods.container_config import VOLUME_REFRESH_SECONDS, ContainerConfigResolver
 from provider.pods.state import PodState
-from provider.resolve_volumes import is_memory_backed, prepare_volumes, refresh_volumes
+from provider.resolve_volumes import is_memory_backed, prepare_volumes
+from provider.volume_refresh import refresh_volumes
 from sandbox.backend import BackendCapabilities, SandboxInfo
 from tests.unit.test_resolve_env_volumes import ALLOC, POD, Fake, b64
 
