@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,8 @@ async def volume_files(
 
 
 EMPTY_DIR_MODE = 0o777  # kubelet's emptyDir: any user of the pod may write to it
+# A Memory emptyDir is a tmpfs root for kubelet: sticky too (tmpfs' default 1777, kept by its chmod).
+MEMORY_EMPTY_DIR_MODE = 0o1777
 
 
 def memory_size_limit(volume: Mapping[str, Any], node_allocatable: Mapping[str, str]) -> int | None:
@@ -259,7 +262,7 @@ def _write(
         raise MountError(f"{root} is not memory-backed; refusing to write secrets to disk")
     if files is None:  # emptyDir: set up once (a container's later chmod of it is kept)
         if new:
-            os.chmod(root, EMPTY_DIR_MODE)
+            os.chmod(root, MEMORY_EMPTY_DIR_MODE if memory else EMPTY_DIR_MODE)
             set_volume_ownership(root, fs_group, read_only=False)
         return
     try:
@@ -330,7 +333,17 @@ def subpath_host_path(volume_root_path: str, sub_path: str) -> str:
     if host != root and not host.startswith(root + os.sep):
         raise ConfigError(f"subPath {sub_path!r} resolves outside of its volume")
     if not os.path.lexists(host):
+        # kubelet's SafeMakeDir: every missing component gets the volume root's mode, setgid
+        # (fsGroup) and sticky (tmpfs) bits included.
+        perm = stat.S_IMODE(os.stat(root).st_mode)
+        missing: list[str] = []
+        at = host
+        while at != root and not os.path.lexists(at):
+            missing.append(at)
+            at = os.path.dirname(at)
         Path(host).mkdir(parents=True, exist_ok=True)
+        for created in missing:
+            os.chmod(created, perm)
         # mkdir followed no planted symlink (every component was resolved above), but check again.
         if os.path.realpath(host) != host:
             raise ConfigError(f"subPath {sub_path!r} resolves outside of its volume")

@@ -373,6 +373,19 @@ def test_subpath_never_escapes_the_volume(tmp_path: Path) -> None:
         )
 
 
+def test_new_subpath_dirs_take_the_volume_mode(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    os.chmod(vol, 0o3777)  # a tmpfs emptyDir owned by an fsGroup
+    (vol / "old").mkdir()
+    os.chmod(vol / "old", 0o2700)
+    host = subpath_host_path(str(vol), "old/a/b")
+    for p in (vol / "old/a", vol / "old/a/b"):  # each created component, whatever the umask
+        assert os.stat(p).st_mode & 0o7777 == 0o3777  # setgid and sticky too
+    assert os.stat(vol / "old").st_mode & 0o777 == 0o700  # existing ones untouched
+    assert host == str(vol / "old/a/b")
+
+
 def test_memory_dir_is_tmpfs_or_mount_error(tmp_path: Path) -> None:
     """On disk, a memory volume is a tmpfs mount of its own (root) or a MountError, never a disk dir."""
     uid = "0f5b3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -428,8 +441,8 @@ async def test_empty_dir_is_world_writable_and_set_up_once(tmp_path: Path, mem_d
     vols = [{"name": "d", "emptyDir": {}}, {"name": "m", "emptyDir": {"medium": "Memory"}}]
     pod = {**POD, "spec": {**POD["spec"], "volumes": vols}}
     paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
-    for name in ("d", "m"):
-        assert os.stat(paths[name]).st_mode & 0o7777 == 0o777  # kubelet's emptyDir mode, umask or not
+    assert os.stat(paths["d"]).st_mode & 0o7777 == 0o777  # kubelet's emptyDir mode, umask or not
+    assert os.stat(paths["m"]).st_mode & 0o7777 == 0o1777  # a kubelet tmpfs root: sticky too
     os.chmod(paths["d"], 0o700)  # the container's own chmod survives a later container start
     await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
     assert os.stat(paths["d"]).st_mode & 0o7777 == 0o700
@@ -477,7 +490,7 @@ async def test_sized_memory_empty_dir_gets_its_own_tmpfs(tmp_path: Path, mem_dir
     try:
         st = os.statvfs(paths["m"])
         assert st.f_blocks * st.f_frsize == 2 << 20
-        assert os.stat(paths["m"]).st_mode & 0o7777 == 0o777
+        assert os.stat(paths["m"]).st_mode & 0o7777 == 0o1777
     finally:
         remove_pod_dir(tmp_path, "uid1", mem_dir)  # unmounts it
     assert not (mem_dir / "uid1").exists()
