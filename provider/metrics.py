@@ -25,6 +25,11 @@ POD_SYNC_SECONDS = Histogram(
     "Duration of one pod sync",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+VOLUME_REFRESHES = Counter(
+    "warmlet_volume_refreshes_total",
+    "configMap/secret/downwardAPI/projected volume re-syncs by result (updated, unchanged, error)",
+    ["result"],
+)
 STATUS_PATCHES = Counter("warmlet_pod_status_patches_total", "Pod status patches sent")
 NODE_LEASE_RENEWALS = Counter(
     "warmlet_node_lease_renewals_total", "Node lease renewals by result", ["result"]

@@ -62,8 +62,8 @@ def resource_value(
         value = node_allocatable.get(name)
     amount = parse_quantity(value) if value is not None else Decimal(0)
     div = parse_quantity(divisor) if divisor else Decimal(1)
-    if div == 0:
-        raise ConfigError(f"invalid divisor {divisor!r} for {resource}")
+    if div == 0:  # the apiserver serializes an unset divisor as "0": kubelet reads it as 1
+        div = Decimal(1)
     return str(math.ceil(amount / div))
 
 

@@ -25,14 +25,18 @@ import logging
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from provider.atomic_writer import PayloadError, write_payload
 from provider.podspec import expand
+from provider.quantity import parse_quantity
 from provider.resolve_env import ConfigError, field_value, resource_value
 from provider.resolve_source import ObjectSource
 from provider.tmpfs import is_memory_backed, is_our_mount, mount_tmpfs, unmount
+from provider.volume_ownership import set_volume_ownership
 from sandbox.backend import Mount
 
 log = logging.getLogger(__name__)
@@ -219,22 +223,58 @@ async def volume_files(
     return None
 
 
-def _write(root: Path, files: Files | None, memory: bool = False) -> None:
+EMPTY_DIR_MODE = 0o777  # kubelet's emptyDir: any user of the pod may write to it
+# A Memory emptyDir is a tmpfs root for kubelet: sticky too (tmpfs' default 1777, kept by its chmod).
+MEMORY_EMPTY_DIR_MODE = 0o1777
+
+
+def memory_size_limit(volume: Mapping[str, Any], node_allocatable: Mapping[str, str]) -> int | None:
+    """Bytes of a Memory emptyDir's own tmpfs: its ``sizeLimit`` capped at the node's allocatable
+    memory (kubelet's calculateEmptyDirMemorySize); None without a sizeLimit (the shared root)."""
+    ed = volume.get("emptyDir")
+    if not isinstance(ed, Mapping) or ed.get("medium") != "Memory" or not ed.get("sizeLimit"):
+        return None
+    size = parse_quantity(str(ed["sizeLimit"]))
+    if size <= 0:
+        return None
+    alloc = node_allocatable.get("memory")
+    if alloc is not None and 0 < parse_quantity(alloc) < size:
+        size = parse_quantity(alloc)
+    return int(size)
+
+
+def _write(
+    root: Path,
+    files: Files | None,
+    memory: bool = False,
+    fs_group: int | None = None,
+    size: int | None = None,
+) -> None:
+    new = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    if new and size is not None:  # a sized Memory emptyDir: its own tmpfs, as kubelet mounts it
+        try:
+            mount_tmpfs(root, size)
+        except OSError as e:
+            root.rmdir()
+            raise MountError(f"tmpfs of sizeLimit {size} bytes at {root} failed: {e.strerror}") from None
     if memory and not is_memory_backed(root):  # the root was checked: only a race gets here
         raise MountError(f"{root} is not memory-backed; refusing to write secrets to disk")
-    if files is None:
+    if files is None:  # emptyDir: set up once (a container's later chmod of it is kept)
+        if new:
+            os.chmod(root, MEMORY_EMPTY_DIR_MODE if memory else EMPTY_DIR_MODE)
+            set_volume_ownership(root, fs_group, read_only=False)
         return
-    real_root = root.resolve()
-    for rel, (content, mode) in files.items():
-        path = (root / rel).resolve()
-        if real_root not in path.parents:
-            raise MountError(f"invalid path {rel!r} escapes the volume")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+    try:
+        write_payload(root, files, lambda r: set_volume_ownership(r, fs_group, read_only=True))
+    except PayloadError as e:
+        raise MountError(f"{e}; it would escape the volume") from None
+
+
+def fs_group_of(pod: Mapping[str, Any]) -> int | None:
+    """The pod's ``securityContext.fsGroup`` (None: volumes keep root's group)."""
+    group = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+    return int(group) if group is not None else None
 
 
 async def prepare_volumes(
@@ -252,7 +292,7 @@ async def prepare_volumes(
     if not uid or "/" in uid or uid in (".", ".."):
         raise MountError(f"invalid pod uid {uid!r}")
     paths: dict[str, str] = {}
-    writes: list[tuple[Path, Files | None, bool]] = []
+    writes: list[tuple[Path, Files | None, bool, int | None]] = []
     for vol in (pod.get("spec") or {}).get("volumes") or []:
         name = vol["name"]
         if "hostPath" in vol:
@@ -263,18 +303,20 @@ async def prepare_volumes(
         if root is None:
             continue  # unsupported volume type (PVC, CSI, ...): rejected by validation unless ignored
         files = await volume_files(pod, vol, source, pod_ip, host_ip, node_allocatable)
-        writes.append((root, files, is_memory_volume(vol)))
+        writes.append((root, files, is_memory_volume(vol), memory_size_limit(vol, node_allocatable)))
         paths[name] = str(root)
     if writes:
-        await asyncio.to_thread(_write_all, writes, memory_root(volumes_dir, memory_dir))
+        await asyncio.to_thread(_write_all, writes, memory_root(volumes_dir, memory_dir), fs_group_of(pod))
     return paths
 
 
-def _write_all(writes: list[tuple[Path, Files | None, bool]], mem_root: Path) -> None:
-    if any(memory for _, _, memory in writes):
+def _write_all(
+    writes: list[tuple[Path, Files | None, bool, int | None]], mem_root: Path, fs_group: int | None
+) -> None:
+    if any(memory for _, _, memory, _ in writes):
         ensure_memory_dir(mem_root)
-    for root, files, memory in writes:
-        _write(root, files, memory)
+    for root, files, memory, size in writes:
+        _write(root, files, memory, fs_group, size)
 
 
 def subpath_host_path(volume_root_path: str, sub_path: str) -> str:
@@ -291,7 +333,17 @@ def subpath_host_path(volume_root_path: str, sub_path: str) -> str:
     if host != root and not host.startswith(root + os.sep):
         raise ConfigError(f"subPath {sub_path!r} resolves outside of its volume")
     if not os.path.lexists(host):
+        # kubelet's SafeMakeDir: every missing component gets the volume root's mode, setgid
+        # (fsGroup) and sticky (tmpfs) bits included.
+        perm = stat.S_IMODE(os.stat(root).st_mode)
+        missing: list[str] = []
+        at = host
+        while at != root and not os.path.lexists(at):
+            missing.append(at)
+            at = os.path.dirname(at)
         Path(host).mkdir(parents=True, exist_ok=True)
+        for created in missing:
+            os.chmod(created, perm)
         # mkdir followed no planted symlink (every component was resolved above), but check again.
         if os.path.realpath(host) != host:
             raise ConfigError(f"subPath {sub_path!r} resolves outside of its volume")

@@ -8,11 +8,16 @@ being created (a missing object, a failed mount, a spec warmlet cannot map).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from cachetools import TTLCache
+
+from common.clock import SYSTEM, Clock
 from provider.config import PodConfig
 from provider.events import WARNING, EventRecorder
+from provider.metrics import VOLUME_REFRESHES
 from provider.pod_etc import etc_hosts, resolv_conf, with_etc_mounts, write_etc_files
 from provider.pods.state import JSON, PodState
 from provider.podspec import container_spec, pod_hostname_and_domain
@@ -21,7 +26,23 @@ from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import MountError, container_mounts, prepare_volumes
 from provider.status import Waiting
 from provider.termination_log import create_termination_log, with_termination_log
+from provider.volume_refresh import refresh_volumes
 from sandbox.backend import BackendCapabilities, ContainerSpec, PodSandboxSpec
+
+log = logging.getLogger(__name__)
+
+# How long a running pod's configMap/secret/downwardAPI/projected volumes may lag their sources
+# at most before a pod sync re-syncs them (the controller syncs every pod once a minute anyway);
+# a change of the pod's own labels/annotations re-syncs at its next sync.
+VOLUME_REFRESH_SECONDS = 30.0
+
+
+def _meta_key(pod: JSON) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return (
+        repr(sorted((meta.get("labels") or {}).items())),
+        repr(sorted((meta.get("annotations") or {}).items())),
+    )
 
 
 class ContainerConfigResolver:
@@ -33,6 +54,7 @@ class ContainerConfigResolver:
         events: EventRecorder,
         host_ip: str,
         node_allocatable: Mapping[str, str],
+        clock: Clock = SYSTEM,
     ) -> None:
         self.capabilities = capabilities
         self.source = source
@@ -43,6 +65,36 @@ class ContainerConfigResolver:
         self.volumes_dir = Path(pods.volumes_dir)
         self.cluster_domain = pods.cluster_domain  # /etc/hosts FQDN line of a pod with a subdomain
         self.memory_dir = pods.memory_volumes_dir  # None: <volumes_dir>-memory (tmpfs mounts)
+        # uid -> the pod's labels/annotations at its last volume re-sync; an entry expiring is
+        # what lets the next sync re-sync (bounded: no per-pod clean-up needed).
+        self._refreshed: TTLCache[str, tuple[str, str]] = TTLCache(
+            maxsize=100_000, ttl=VOLUME_REFRESH_SECONDS, timer=clock.monotonic
+        )
+
+    async def refresh_volumes(self, pod: JSON, st: PodState) -> None:
+        """Keep a running pod's volumes in sync with their sources (kubelet's periodic volume
+        re-mount): at most once per VOLUME_REFRESH_SECONDS, or when its labels/annotations changed."""
+        uid = (pod.get("metadata") or {}).get("uid", "")
+        key = _meta_key(pod)
+        if st.sandbox is None or self._refreshed.get(uid) == key:
+            return
+        self._refreshed[uid] = key
+        try:
+            results = await refresh_volumes(
+                pod,
+                self.volumes_dir,
+                self.source,
+                st.sandbox.pod_ip,
+                self.host_ip,
+                self.allocatable,
+                memory_dir=self.memory_dir,
+            )
+        except Exception as e:  # e.g. the API unreachable: the volumes stay as they are
+            log.warning("volume refresh failed pod_uid=%s error=%r", uid, e)
+            VOLUME_REFRESHES.labels(result="error").inc()
+            return
+        for result in results.values():
+            VOLUME_REFRESHES.labels(result=result).inc()
 
     async def resolve(self, pod: JSON, st: PodState, names: list[str]) -> dict[str, ContainerSpec | Waiting]:
         """ContainerSpecs with env and mounts, or the reason a container must wait."""
@@ -66,6 +118,7 @@ class ContainerConfigResolver:
                 st.mount_event = msg
                 self.events.record(pod, WARNING, "FailedMount", msg)
             return {n: Waiting("ContainerCreating", msg) for n in names}
+        self._refreshed[(pod.get("metadata") or {}).get("uid", "")] = _meta_key(pod)  # fresh now
         etc: dict[str, str] = {}
         if st.spec is not None and not spec.get("hostNetwork") and self.capabilities.runs_processes:
             etc = await asyncio.to_thread(self.etc_files, pod, st.spec, ip)

@@ -97,7 +97,9 @@ class PodWorker:
         self.containers = ContainerStarter(
             backend,
             recorder,
-            ContainerConfigResolver(pods, backend.capabilities, source, recorder, host_ip, node_allocatable),
+            ContainerConfigResolver(
+                pods, backend.capabilities, source, recorder, host_ip, node_allocatable, clock
+            ),
             ImagePuller(backend, recorder, self.pulls, clock, source=source),
             self.restarts,
             self.config_retries,
@@ -181,6 +183,8 @@ class PodWorker:
             runtime = await self.backend.pod_containers(uid)
             runtime = await self.containers.gc(runtime)
         finished = is_finished(pod, runtime)
+        if not finished:  # configMap/secret/downwardAPI/projected volumes follow their sources
+            await self.containers.config.refresh_volumes(pod, st)
         self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
         status = self.status.compute(
             pod,

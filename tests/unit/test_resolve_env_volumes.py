@@ -20,6 +20,7 @@ from provider.resolve_volumes import (
     ensure_memory_dir,
     is_memory_backed,
     memory_root,
+    memory_size_limit,
     prepare_volumes,
     release_memory_root,
     remove_orphan_pod_dirs,
@@ -192,6 +193,9 @@ def test_resource_field_ref() -> None:
     assert resource_value(c, "limits.memory", "1Mi", ALLOC) == "64"
     assert resource_value({}, "limits.cpu", None, ALLOC) == "16"  # node allocatable
     assert resource_value({}, "requests.memory", None, ALLOC) == "0"
+    # an unset divisor comes back from the apiserver as "0" (a Quantity is never omitted)
+    assert resource_value(c, "limits.memory", "0", ALLOC) == str(64 * 1024 * 1024)
+    assert resource_value(c, "limits.cpu", "0", ALLOC) == "1"
 
 
 async def test_volumes_written_and_mounted(tmp_path: Path, mem_dir: Path) -> None:
@@ -303,7 +307,7 @@ async def test_optional_missing_volume_is_empty(tmp_path: Path) -> None:
         "spec": {**POD["spec"], "volumes": [{"name": "v", "configMap": {"name": "zz", "optional": True}}]},
     }
     paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC)
-    assert os.listdir(paths["v"]) == []
+    assert [n for n in os.listdir(paths["v"]) if not n.startswith("..")] == []
 
 
 def test_expand_edge_cases() -> None:
@@ -369,6 +373,19 @@ def test_subpath_never_escapes_the_volume(tmp_path: Path) -> None:
         )
 
 
+def test_new_subpath_dirs_take_the_volume_mode(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    os.chmod(vol, 0o3777)  # a tmpfs emptyDir owned by an fsGroup
+    (vol / "old").mkdir()
+    os.chmod(vol / "old", 0o2700)
+    host = subpath_host_path(str(vol), "old/a/b")
+    for p in (vol / "old/a", vol / "old/a/b"):  # each created component, whatever the umask
+        assert os.stat(p).st_mode & 0o7777 == 0o3777  # setgid and sticky too
+    assert os.stat(vol / "old").st_mode & 0o777 == 0o700  # existing ones untouched
+    assert host == str(vol / "old/a/b")
+
+
 def test_memory_dir_is_tmpfs_or_mount_error(tmp_path: Path) -> None:
     """On disk, a memory volume is a tmpfs mount of its own (root) or a MountError, never a disk dir."""
     uid = "0f5b3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -418,3 +435,62 @@ def test_pod_etc_files_are_the_pods_own(tmp_path: Path) -> None:
     own = [Mount(container_path="/etc/hosts/", host_path="/x")]
     mounts = with_etc_mounts(own, files)
     assert [m.container_path for m in mounts] == ["/etc/hosts/", "/etc/hostname"]  # the pod's own wins
+
+
+async def test_empty_dir_is_world_writable_and_set_up_once(tmp_path: Path, mem_dir: Path) -> None:
+    vols = [{"name": "d", "emptyDir": {}}, {"name": "m", "emptyDir": {"medium": "Memory"}}]
+    pod = {**POD, "spec": {**POD["spec"], "volumes": vols}}
+    paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    assert os.stat(paths["d"]).st_mode & 0o7777 == 0o777  # kubelet's emptyDir mode, umask or not
+    assert os.stat(paths["m"]).st_mode & 0o7777 == 0o1777  # a kubelet tmpfs root: sticky too
+    os.chmod(paths["d"], 0o700)  # the container's own chmod survives a later container start
+    await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    assert os.stat(paths["d"]).st_mode & 0o7777 == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+async def test_fs_group_owns_every_volume(tmp_path: Path, mem_dir: Path) -> None:
+    vols = [
+        {"name": "d", "emptyDir": {}},
+        {"name": "cfg", "configMap": {"name": "cfg", "defaultMode": 0o400}},
+        {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 0o440}},
+    ]
+    spec = {**POD["spec"], "volumes": vols, "securityContext": {"fsGroup": 1234}}
+    paths = await prepare_volumes({**POD, "spec": spec}, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    d = os.stat(paths["d"])
+    assert (d.st_gid, d.st_mode & 0o7777) == (1234, 0o2777)
+    a = os.stat(os.path.join(paths["cfg"], "a"))
+    assert (a.st_gid, a.st_mode & 0o777) == (1234, 0o440)  # 0400 + group read (read-only volume)
+    pw = os.stat(os.path.join(paths["sec"], "pw"))
+    assert (pw.st_gid, pw.st_mode & 0o777) == (1234, 0o440)
+
+
+@pytest.mark.parametrize(
+    ("ed", "alloc", "size"),
+    [
+        ({"medium": "Memory", "sizeLimit": "1Mi"}, {"memory": "64Gi"}, 1 << 20),
+        ({"medium": "Memory", "sizeLimit": "128Gi"}, {"memory": "1Gi"}, 1 << 30),  # capped
+        ({"medium": "Memory", "sizeLimit": "1Mi"}, {}, 1 << 20),
+        ({"medium": "Memory"}, {"memory": "1Gi"}, None),  # the shared memory root
+        ({"sizeLimit": "1Mi"}, {"memory": "1Gi"}, None),  # disk: no tmpfs
+        ({"medium": "Memory", "sizeLimit": "0"}, {"memory": "1Gi"}, None),
+    ],
+)
+def test_memory_size_limit(ed: dict[str, Any], alloc: dict[str, str], size: int | None) -> None:
+    assert memory_size_limit({"name": "v", "emptyDir": ed}, alloc) == size
+
+
+async def test_sized_memory_empty_dir_gets_its_own_tmpfs(tmp_path: Path, mem_dir: Path) -> None:
+    vols = [{"name": "m", "emptyDir": {"medium": "Memory", "sizeLimit": "2Mi"}}]
+    pod = {**POD, "spec": {**POD["spec"], "volumes": vols}}
+    try:
+        paths = await prepare_volumes(pod, tmp_path, Fake(), "", "", ALLOC, memory_dir=mem_dir)
+    except MountError as e:
+        pytest.skip(f"no CAP_SYS_ADMIN here: {e}")
+    try:
+        st = os.statvfs(paths["m"])
+        assert st.f_blocks * st.f_frsize == 2 << 20
+        assert os.stat(paths["m"]).st_mode & 0o7777 == 0o1777
+    finally:
+        remove_pod_dir(tmp_path, "uid1", mem_dir)  # unmounts it
+    assert not (mem_dir / "uid1").exists()
