@@ -7,14 +7,18 @@ is already gone (``cleanup``: make sure nothing is left).
 
 A running container stopped gracefully (deletion, or a probe's kill: ``kill_container``) gets a
 ``Killing`` event, then its ``preStop`` hook within the grace period, then StopContainer with what
-is left of the grace period (at least kubelet's minimum), as kubelet's killContainer.
+is left of the grace period (at least kubelet's minimum), as kubelet's killContainer. In a pod with
+sidecars (restartable init containers), a sidecar is stopped only once every app container and
+every later sidecar has stopped (kubelet's terminationOrdering): app containers' preStop hooks
+still reach the sidecars they need.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from common.clock import SYSTEM, Clock
 from provider.config import PodConfig
@@ -33,6 +37,26 @@ from provider.pods.state import JSON, PodState
 from provider.resolve_volumes import remove_pod_dir
 from provider.workload import direct_owner, single_use
 from sandbox.backend import Backend, ContainerRuntimeState, ContainerState, PodLifecycleAware
+
+
+def termination_prereqs(pod: Mapping[str, Any], running: Sequence[str]) -> dict[str, list[str]]:
+    """Which running containers each sidecar must see stopped before it stops (pure; kubelet's
+    newTerminationOrdering): every running app container, and the next later running sidecar.
+    Only pods with a restartable init container have any order; app containers have none."""
+    spec = pod.get("spec") or {}
+    inits = spec.get("initContainers") or []
+    if not any(c.get("restartPolicy") == "Always" for c in inits):
+        return {}
+    live = set(running)
+    apps = [c["name"] for c in spec.get("containers") or [] if c["name"] in live]
+    order: dict[str, list[str]] = {}
+    later = ""
+    for c in reversed(inits):
+        if c.get("restartPolicy") != "Always":
+            continue
+        order[c["name"]] = apps + ([later] if later and later in live else [])
+        later = c["name"]
+    return order
 
 
 class PodTerminator:
@@ -61,17 +85,46 @@ class PodTerminator:
         (event, preStop hook, grace period), else at once."""
         runtime = await self.backend.pod_containers(uid)
         live = [c for c in runtime if c.state in (ContainerState.RUNNING, ContainerState.CREATED)]
-        if live:
-            await asyncio.gather(*(self._stop(pod, c, grace) for c in live))
+        if not live:
+            return
+        prereqs = termination_prereqs(pod or {}, [c.name for c in live]) if pod is not None else {}
+        stopped = {c.name: asyncio.Event() for c in live}
 
-    async def _stop(self, pod: JSON | None, c: ContainerRuntimeState, grace: float) -> None:
+        async def stop(c: ContainerRuntimeState) -> None:
+            try:
+                await self._stop(pod, c, grace, [stopped[n] for n in prereqs.get(c.name, [])])
+            finally:
+                stopped[c.name].set()
+
+        await asyncio.gather(*(stop(c) for c in live))
+
+    async def _stop(
+        self, pod: JSON | None, c: ContainerRuntimeState, grace: float, after: list[asyncio.Event]
+    ) -> None:
         if pod is not None and c.state == ContainerState.RUNNING:
-            await self.kill_container(pod, c, grace, f"Stopping container {c.name}")
+            turn = self._turn(after) if after else None
+            await self.kill_container(pod, c, grace, f"Stopping container {c.name}", turn)
         else:
             await self.backend.stop_container(c.container_id, grace)
 
+    def _turn(self, after: list[asyncio.Event]) -> Callable[[float], Awaitable[float]]:
+        """Wait (at most ``left`` seconds) until the containers this one stops after have stopped;
+        the seconds waited."""
+
+        async def wait(left: float) -> float:
+            began = self.clock.monotonic()
+            await run_within(self.clock, left, asyncio.gather(*(e.wait() for e in after)))
+            return self.clock.monotonic() - began
+
+        return wait
+
     async def kill_container(
-        self, pod: JSON, c: ContainerRuntimeState, grace_seconds: float, message: str
+        self,
+        pod: JSON,
+        c: ContainerRuntimeState,
+        grace_seconds: float,
+        message: str,
+        turn: Callable[[float], Awaitable[float]] | None = None,
     ) -> None:
         """Kill one container gracefully (kubelet's killContainer): a Normal ``Killing`` event with
         ``message``, its preStop hook within the grace period (a failure: Warning
@@ -99,6 +152,8 @@ class PodTerminator:
             if finished and failure is not None:
                 # kubelet keeps the hook's message out of the event (it may carry secrets)
                 self.events.record(pod, WARNING, "FailedPreStopHook", "PreStopHook failed")
+        if turn is not None and grace_seconds - elapsed > 0:
+            elapsed += await turn(grace_seconds - elapsed)  # a sidecar: after the app containers
         await self.backend.stop_container(c.container_id, stop_grace(grace_seconds, elapsed))
 
     def _pod_ip(self, pod: JSON) -> str:

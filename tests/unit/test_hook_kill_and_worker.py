@@ -217,3 +217,59 @@ async def test_deletion_abandons_a_running_post_start(env: Any, clock: FakeClock
     await worker.sync("u1")  # the deletion stops it
     assert "u1" not in api.pods
     assert [c.state for c in await backend.pod_containers("u1")] in ([], [ContainerState.EXITED])
+
+
+# -- sidecars stop after the app containers (kubelet's terminationOrdering) ---------------------
+
+
+def test_termination_prereqs_order_sidecars_after_apps_and_later_sidecars() -> None:
+    from provider.pods.termination import termination_prereqs
+
+    pod = {
+        "spec": {
+            "initContainers": [
+                {"name": "s1", "restartPolicy": "Always"},
+                {"name": "init"},
+                {"name": "s2", "restartPolicy": "Always"},
+            ],
+            "containers": [{"name": "a"}, {"name": "b"}],
+        }
+    }
+    assert termination_prereqs(pod, ["s1", "s2", "a", "b"]) == {"s2": ["a", "b"], "s1": ["a", "b", "s2"]}
+    assert termination_prereqs(pod, ["s1", "a"]) == {"s2": ["a"], "s1": ["a"]}  # s2 not running
+    no_sidecar = {"spec": {"initContainers": [{"name": "init"}], "containers": [{"name": "a"}]}}
+    assert termination_prereqs(no_sidecar, ["a"]) == {}
+
+
+class PodBackend(ExecBackend):
+    def __init__(self, running: list[ContainerRuntimeState]) -> None:
+        super().__init__()
+        self.running = running
+
+    async def pod_containers(self, uid: str) -> list[ContainerRuntimeState]:
+        return [c for c in self.running if c.container_id not in {s for s, _ in self.stopped}]
+
+
+async def test_a_sidecar_is_stopped_after_the_app_containers_pre_stop(tmp_path: Path) -> None:
+    """The app's preStop may need its sidecar (a proxy): the sidecar stays up until the app stopped."""
+    side = ContainerRuntimeState(
+        container_id="side", pod_uid="u1", name="proxy", state=ContainerState.RUNNING
+    )
+    app = RUNNING
+    pod = make_pod(
+        "p",
+        "u1",
+        initContainers=[{"name": "proxy", "image": "x", "restartPolicy": "Always"}],
+        containers=[{"name": "app", "image": "x", "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}}],
+        terminationGracePeriodSeconds=10,
+    )
+    clock, rec, b = FakeClock(), FakeRecorder(), PodBackend([side, app])
+    t = terminator(b, rec, clock, tmp_path)
+    task = asyncio.create_task(t.stop_all(pod, "u1", 10))
+    await started(clock)
+    await clock.advance(2.9)
+    assert b.stopped == []  # the app's preStop runs; the sidecar waits for the app
+    await clock.advance(0.2)
+    await task
+    assert [cid for cid, _ in b.stopped] == ["cid", "side"]
+    assert b.stopped[1][1] == 7  # the sidecar's grace: what the wait left of the 10 s
