@@ -50,6 +50,7 @@ class StatusWriter:
         sandbox_ready: bool,
         pod_ip: str = "",
         probes: Mapping[str, tuple[bool, bool]] | None = None,
+        terminal: bool = False,
     ) -> JSON:
         return compute_status(
             pod,
@@ -61,6 +62,7 @@ class StatusWriter:
             host_ip=self.host_ip,
             scheme=self.scheme,
             probes=probes,
+            terminal=terminal,
         )
 
     async def write(

@@ -173,8 +173,12 @@ class PodTerminator:
         st.sandbox = None
         await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
 
-    async def terminate(self, pod: JSON) -> None:
-        """Graceful deletion: stop with the grace period, release, then delete with grace 0."""
+    async def terminate(
+        self, pod: JSON, stopped: Callable[[JSON, list[ContainerRuntimeState]], Awaitable[None]] | None = None
+    ) -> None:
+        """Graceful deletion: stop with the grace period, report the stopped containers
+        (``stopped``: their terminated states are written, as kubelet does before the object can
+        go; a finalizer may keep it), release, then delete with grace 0."""
         meta = pod["metadata"]
         uid = meta["uid"]
         spec = pod.get("spec") or {}
@@ -182,6 +186,8 @@ class PodTerminator:
         if grace is None:
             grace = spec.get("terminationGracePeriodSeconds", 30)
         await self.stop_all(pod, uid, float(grace))
+        if stopped is not None:
+            await stopped(pod, await self.backend.pod_containers(uid))
         await self.backend.release_sandbox(uid, reusable=self.reusable(uid, pod))
         await asyncio.to_thread(remove_pod_dir, self.volumes_dir, uid, self.memory_dir)
         await self.pod_gone(uid)

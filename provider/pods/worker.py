@@ -115,7 +115,7 @@ class PodWorker:
             await self.cleanup(uid)
             return None
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            await self.terminator.terminate(pod)
+            await self.terminator.terminate(pod, self._write_stopped)
             return None
         st = self.states.setdefault(uid, PodState())
         if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
@@ -136,6 +136,16 @@ class PodWorker:
                 )
             return None
         return await self._run(pod, st)
+
+    async def _write_stopped(self, pod: JSON, runtime: list[ContainerRuntimeState]) -> None:
+        """A deleted pod's containers stopped: its status says so (terminal phase, terminated
+        states) before the object goes, as kubelet's status manager writes it."""
+        if not runtime:
+            return
+        st = self.states.setdefault(pod["metadata"]["uid"], PodState())
+        await self.status.patch(
+            pod, st, self.status.compute(pod, runtime, {}, sandbox_ready=False, terminal=True)
+        )
 
     async def cleanup(self, uid: str) -> None:
         """The pod object is gone: make sure nothing of it is left (also used for orphans)."""

@@ -198,6 +198,12 @@ async def test_graceful_deletion_runs_pre_stop_first(env: Any, clock: FakeClock)
     await sync
     assert "u1" not in api.pods
     assert rec.reasons("p")[-1] == "Killing"
+    # before the object went: its status said the container stopped (a finalizer may keep it)
+    calls = [(verb, path.endswith("/status")) for verb, path, _ in api.calls]
+    last_status = api.patches()[-1]["status"]
+    assert calls.index(("PATCH", True), len(calls) - 2) < calls.index(("DELETE", False))
+    assert "terminated" in last_status["containerStatuses"][0]["state"]
+    assert last_status["phase"] in ("Succeeded", "Failed")
 
 
 async def test_deletion_abandons_a_running_post_start(env: Any, clock: FakeClock) -> None:
