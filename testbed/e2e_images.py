@@ -10,7 +10,8 @@ expects, and the override file points the suite at them:
 - ``agnhost`` (2.63.0, and 2.55 as the "previous" agnhost): the release's ``test/images/agnhost``
   built statically by ``scripts/build-e2e.sh``, ENTRYPOINT ``/agnhost``, CMD ``pause``, with the
   image's ``agnhost-2`` link, ``/uploads``, its ``user-defined-in-image`` user and group, and a
-  ``/bin/bash`` that runs busybox's shell (specs run ``/bin/bash -c`` in agnhost);
+  ``/bin/bash`` that runs busybox's shell and a ``curl`` that makes its GET with busybox's wget
+  (specs run ``/bin/bash -c`` and ``curl http://...`` in agnhost);
 - ``busybox`` (1.37.0-1): the bed's busybox;
 - ``nonroot`` (1.5): busybox with ``USER 1234``;
 - ``nonewprivs`` (1.4): busybox with the release's setuid ``nnp`` program;
@@ -43,7 +44,7 @@ from testbed.util import REPO_ROOT, bin_dir, cache_dir, kv, run
 
 log = logging.getLogger("testbed.e2e_images")
 
-_FORMAT_VERSION = "2"  # bump to invalidate cached layouts when a recipe changes
+_FORMAT_VERSION = "3"  # bump to invalidate cached layouts when a recipe changes
 # Repository prefixes under the bed's registry, one per registry of the manifest's RegistryList.
 E2E_PREFIX = "e2e-test-images"
 GC_PREFIX = "k8s"
@@ -92,6 +93,13 @@ def _file_layer(entries: list[tuple[str, bytes | None, int, str]]) -> bytes:
     return buf.getvalue()
 
 
+CURL_SHIM = b"""#!/bin/sh
+url=""
+for a in "$@"; do case "$a" in -*) ;; *) url="$a" ;; esac; done
+exec wget -q -O - "$url"
+"""
+
+
 def _agnhost_layer(bins: Path) -> bytes:
     uid, gid = USER_DEFINED_IN_IMAGE
     passwd = (
@@ -109,6 +117,9 @@ def _agnhost_layer(bins: Path) -> bytes:
             # the real agnhost image has bash, and specs run `/bin/bash -c ...` in it: busybox's
             # POSIX shell runs those scripts (no bash is buildable offline here)
             ("bin/bash", b'#!/bin/sh\nexec /bin/sh "$@"\n', 0o755, ""),
+            # ... and curl: the hook specs run `curl http://<ip>:8080/echo?msg=...` in it; busybox's
+            # wget makes the same GET (its options are not curl's: only the URL is passed on)
+            ("bin/curl", CURL_SHIM, 0o755, ""),
             ("uploads", None, 0o755, ""),
             ("home/user-defined-in-image", None, 0o755, ""),
             ("etc/passwd", passwd.encode(), 0o644, ""),
