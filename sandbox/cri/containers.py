@@ -108,10 +108,16 @@ class CriContainers:
         if rec is None or rec.pod_uid != pod.uid:
             raise CreateContainerError(f"sandbox {sandbox.sandbox_id[:12]} is not assigned to pod {pod.uid}")
         image_ref = ""
+        image_uid: int | None = 0  # kubelet's getImageUser: an image naming no user runs as root
+        image_user = ""
         img = await self.ctx.client.image_status(container.image)
         if img is not None:
             image_ref = img.id
             self.images.touch(img.id)
+            if img.HasField("uid"):
+                image_uid = img.uid.value
+            elif img.username:
+                image_uid, image_user = None, img.username
         pod_res = pod.resources
         has_pod_res = any(
             (
@@ -130,6 +136,8 @@ class CriContainers:
             qos=qos,
             node_memory_bytes=self.node_memory_bytes,
             instance=self.ctx.instance,
+            image_uid=image_uid,
+            image_user=image_user,
         )
         # The CURRENT pod's sandbox config: containerd takes log_directory (and names) from it.
         sb_cfg = self.sandboxes.sandbox_config(

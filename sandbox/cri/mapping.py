@@ -269,6 +269,30 @@ def container_labels(
     return labels
 
 
+def non_root_problem(
+    pod: PodSandboxSpec, container: ContainerSpec, image_uid: int | None, image_user: str
+) -> str:
+    """Why ``runAsNonRoot`` forbids this container ('' if it does not): kubelet's
+    verifyRunAsNonRoot. With no runAsUser the image's user decides: its numeric uid (0 = root), a
+    user name that cannot be verified, or no user at all (root). ``image_uid`` None with
+    ``image_user`` '' means the image names no user."""
+    sec, psec = container.security, pod.security
+    if not (sec.run_as_non_root or psec.run_as_non_root):
+        return ""
+    where = f'(pod: "{pod.name}_{pod.namespace}({pod.uid})", container: {container.name})'
+    run_as_user = sec.run_as_user if sec.run_as_user is not None else psec.run_as_user
+    if run_as_user is not None:
+        return f"container's runAsUser breaks non-root policy {where}" if run_as_user == 0 else ""
+    if image_uid is None and image_user:
+        return (
+            f"container has runAsNonRoot and image has non-numeric user ({image_user}), "
+            f"cannot verify user is non-root {where}"
+        )
+    if not image_uid:
+        return f"container has runAsNonRoot and image will run as root {where}"
+    return ""
+
+
 def container_config(
     pod: PodSandboxSpec,
     container: ContainerSpec,
@@ -277,6 +301,8 @@ def container_config(
     qos: str = "Burstable",
     node_memory_bytes: int = 0,
     instance: str = "",
+    image_uid: int | None = 0,
+    image_user: str = "",
 ) -> pb.ContainerConfig:
     """ContainerConfig as kubelet's generateContainerConfig builds it.
 
@@ -288,13 +314,9 @@ def container_config(
     psec = pod.security
     run_as_user = sec.run_as_user if sec.run_as_user is not None else psec.run_as_user
     run_as_group = sec.run_as_group if sec.run_as_group is not None else psec.run_as_group
-    non_root = sec.run_as_non_root or psec.run_as_non_root
-    if non_root and run_as_user == 0:
-        raise CreateContainerError(
-            "container's runAsUser breaks non-root policy "
-            f'(pod: "{pod.name}_{pod.namespace}({pod.uid})", container: {container.name})',
-            reason="CreateContainerConfigError",
-        )
+    problem = non_root_problem(pod, container, image_uid, image_user)
+    if problem:
+        raise CreateContainerError(problem, reason="CreateContainerConfigError")
     cfg = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=container.name, attempt=attempt),
         image=pb.ImageSpec(image=image_ref or container.image, user_specified_image=container.image),

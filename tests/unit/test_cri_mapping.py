@@ -295,3 +295,36 @@ def test_container_config_carries_the_termination_message_path_and_policy() -> N
         ]
         == "File"
     )
+
+
+@pytest.mark.parametrize(
+    ("pod_non_root", "c_user", "image_uid", "image_user", "want"),
+    [
+        (False, None, 0, "", ""),  # no policy: anything runs
+        (True, 1000, 0, "", ""),  # runAsUser decides, not the image
+        (True, 0, 1000, "", "container's runAsUser breaks non-root policy"),
+        (True, None, 0, "", "container has runAsNonRoot and image will run as root"),  # no user: root
+        (True, None, 1234, "", ""),
+        (True, None, None, "app", "container has runAsNonRoot and image has non-numeric user (app)"),
+    ],
+)
+def test_non_root_problem_is_kubelets_verify_run_as_non_root(
+    pod_non_root: bool, c_user: int | None, image_uid: int | None, image_user: str, want: str
+) -> None:
+    from sandbox.backend import ContainerSecurity, PodSecurity
+
+    p = PodSandboxSpec(
+        uid="u",
+        namespace="ns",
+        name="p",
+        workload_key="k",
+        hostname="p",
+        security=PodSecurity(run_as_non_root=pod_non_root),
+    )
+    c = ContainerSpec(name="app", image="img", security=ContainerSecurity(run_as_user=c_user))
+    got = m.non_root_problem(p, c, image_uid, image_user)
+    assert got.startswith(want) if want else got == ""
+    if want:
+        assert got.endswith('(pod: "p_ns(u)", container: app)')
+        with pytest.raises(CreateContainerError):
+            m.container_config(p, c, 0, image_uid=image_uid, image_user=image_user)
