@@ -357,13 +357,8 @@ async def run_unless(clock: Clock, work: Any, stop: Callable[[], bool], every: f
             if not finished and stop():
                 break
     finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if task.cancelled():
-        return False, None
-    return True, task.result()
+        await _settle(task)
+    return _outcome(task)
 
 
 async def run_within(clock: Clock, seconds: float, work: Any) -> tuple[bool, Any]:
@@ -375,10 +370,20 @@ async def run_within(clock: Clock, seconds: float, work: Any) -> tuple[bool, Any
     try:
         await sleep_or_wake(clock, seconds, done)
     finally:
-        if not task.done():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _settle(task)
+    return _outcome(task)
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` unless it is done, and wait until it is (no task outlives its caller)."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _outcome(task: asyncio.Future[Any]) -> tuple[bool, Any]:
+    """(finished, result) of a settled task: (False, None) when it was cut short."""
     if task.cancelled():
         return False, None
     return True, task.result()
