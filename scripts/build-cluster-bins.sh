@@ -121,13 +121,7 @@ import (
 func main() { etcdmain.Main(os.Args) }
 GO
 
-export GOFLAGS="-mod=mod -buildvcs=false"
-export CGO_ENABLED=0
-MINOR="${K8S_VERSION#v1.}"; MINOR="${MINOR%%.*}"
-LDFLAGS="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$MINOR -X $pkg.gitTreeState=clean"
-done
+k8s_build_env  # GOFLAGS, CGO_ENABLED, LDFLAGS (scripts/goproxy.sh)
 
 NAMES="$(printf '%s, ' "${BINS[@]}")"; NAMES="${NAMES%, }"
 run_logged "downloading the sources of Kubernetes $K8S_VERSION and etcd $ETCD_VERSION from the Go module proxy" \

@@ -74,13 +74,7 @@ if [[ ! -f go.mod ]]; then
   [[ -f "$CLUSTER_SRC/go.sum" ]] && cp "$CLUSTER_SRC/go.sum" go.sum
 fi
 
-export GOFLAGS="-mod=mod -buildvcs=false"
-export CGO_ENABLED=0
-MINOR="${K8S_VERSION#v1.}"; MINOR="${MINOR%%.*}"
-LDFLAGS="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$MINOR -X $pkg.gitTreeState=clean"
-done
+k8s_build_env  # GOFLAGS, CGO_ENABLED, LDFLAGS (scripts/goproxy.sh)
 
 build() {  # build NAME ABOUT CMD...
   local name="$1" about="$2"; shift 2

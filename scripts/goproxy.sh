@@ -1,4 +1,5 @@
-# Which Go module proxy to fetch from (sourced by build-cluster-bins.sh, not executed).
+# Which Go module proxy to fetch from, and how the release is built (sourced by build-cluster-bins.sh
+# and build-e2e.sh, not executed).
 # No proxy host is written here: it comes from the user's or the Go toolchain's own settings.
 
 # The first entry of a GOPROXY list that is a URL. Entries are separated by "," or "|";
@@ -36,4 +37,17 @@ no Go module proxy URL to fetch from: $PROXY_FROM is '$list' (no http(s) entry; 
 MSG
     return 2
   fi
+}
+
+# How the pinned release's Go programs are built (both build scripts): module mode, static, and
+# the release's version stamped as the Kubernetes build does. Needs K8S_VERSION; sets LDFLAGS.
+k8s_build_env() {
+  local minor="${K8S_VERSION#v1.}" pkg
+  minor="${minor%%.*}"
+  export GOFLAGS="-mod=mod -buildvcs=false"
+  export CGO_ENABLED=0
+  LDFLAGS="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
 }
