@@ -92,6 +92,10 @@ class ContainerSpec(_Model):
     # "File" or "FallbackToLogsOnError": where a finished container's message comes from
     termination_message_policy: str = "File"
     is_init: bool = False
+    # ephemeral containers (kubectl debug): never restarted; with target_container_id set, the
+    # container joins that container's process namespace (CRI NamespaceMode TARGET)
+    is_ephemeral: bool = False
+    target_container_id: str = ""
 
 
 class DNSConfig(_Model):
@@ -435,3 +439,22 @@ class ContainerExecutor(Protocol):
     async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: float) -> ExecResult:
         """Run ``cmd`` to completion within ``timeout_seconds``. Raises ExecTimeoutError when it
         does not finish in time, ContainerNotRunningError when the container is not running."""
+
+
+@runtime_checkable
+class ContainerStreamer(Protocol):
+    """Optional: backends whose runtime serves interactive streams (kubelet's GetExec, GetAttach,
+    GetPortForward). Each call returns the URL of one streaming session on the runtime's
+    streaming server; the kubelet API proxies the client's upgraded connection (SPDY or
+    WebSocket) to it unchanged. Raises ContainerNotRunningError when the container (or, for
+    port-forward, the pod's sandbox) is not running."""
+
+    async def exec_url(
+        self, container_id: str, cmd: list[str], *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str: ...
+
+    async def attach_url(
+        self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str: ...
+
+    async def port_forward_url(self, pod_uid: str, ports: list[int]) -> str: ...
