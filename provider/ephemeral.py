@@ -120,7 +120,7 @@ def finished_pod_statuses(pod: Mapping[str, Any]) -> tuple[list[JSON], list[str]
                 },
             }
         )
-    return out, new
+    return sorted(out, key=lambda s: str(s.get("name"))), new
 
 
 def live_ephemeral(pod: Mapping[str, Any], containers: Sequence[ContainerRuntimeState]) -> list[str]:

@@ -385,9 +385,9 @@ def compute_status(
         for c in app_specs
     ]
 
-    ephemeral = [
+    ephemeral = [  # sorted by name, as kubelet's status manager sorts them
         ephemeral_container_status(c, inst.get(c["name"], []), waiting.get(c["name"]), app_default, scheme)
-        for c in spec.get("ephemeralContainers") or []
+        for c in sorted(spec.get("ephemeralContainers") or [], key=lambda c: str(c["name"]))
     ]
 
     phase = get_phase(pod, init_statuses, statuses, terminal)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from provider.backoff import Backoff
 from provider.events import NORMAL, WARNING, EventRecorder
+from provider.metrics import EPHEMERAL_CONTAINERS
 from provider.pods.container_config import ContainerConfigResolver
 from provider.pods.hooks import (
     POST_START,
@@ -153,11 +154,15 @@ class ContainerStarter:
                 await self.backend.start_container(cid)
                 self.events.record(pod, NORMAL, "Started", f"Started container {cspec.name}")
                 out.started_any = True
+                if start.is_ephemeral:
+                    EPHEMERAL_CONTAINERS.labels(result="started").inc()
                 await self.post_start(pod, st, cspec.name, cid, out)
             except BackendError as e:
                 reason = e.reason if e.reason != "RuntimeError" else "CreateContainerError"
                 out.waiting[start.name] = Waiting(reason, e.message)
                 self.events.record(pod, WARNING, "Failed", f"Error: {e.message}")
+                if start.is_ephemeral:
+                    EPHEMERAL_CONTAINERS.labels(result=reason).inc()
                 out.retry_in(self.restarts.next(backoff_key(uid, start.name), now))
             if start.is_init:
                 break

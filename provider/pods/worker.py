@@ -27,6 +27,7 @@ from provider.ephemeral import (
 )
 from provider.events import NORMAL, WARNING, EventRecorder
 from provider.kubeclient import KubeClient
+from provider.metrics import EPHEMERAL_CONTAINERS
 from provider.pods.container_config import ContainerConfigResolver
 from provider.pods.containers import ContainerStarter, StartOutcome
 from provider.pods.images import PERSISTENT_IMAGE_ERRORS, ImagePuller
@@ -286,6 +287,7 @@ class PodWorker:
             if (name, w.reason) not in st.ephemeral_warned:
                 st.ephemeral_warned.add((name, w.reason))
                 self.events.record(pod, WARNING, "Failed", f"Error: {w.message}")
+                EPHEMERAL_CONTAINERS.labels(result=w.reason).inc()
 
     async def _ephemeral_after_finish(self, pod: JSON, st: PodState) -> None:
         """Ephemeral containers added to a pod that has finished never run: a waiting status and a
@@ -300,6 +302,7 @@ class PodWorker:
                 st.ephemeral_warned.add((name, POD_NOT_RUNNING))
                 phase = (pod.get("status") or {}).get("phase", "")
                 self.events.record(pod, WARNING, "Failed", f"Error: {not_running_message(name, phase)}")
+                EPHEMERAL_CONTAINERS.labels(result=POD_NOT_RUNNING).inc()
         await self.status.patch(pod, st, {"ephemeralContainerStatuses": statuses})
 
     # -- activeDeadlineSeconds (kubelet's activeDeadlineHandler + killPod) ------------------------

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pod_fakes import FakeApi, FakeRecorder, make_pod, make_worker
+from prometheus_client import REGISTRY
 
 from common.clock import FakeClock
 from provider.ephemeral import NOT_SUPPORTED, POD_NOT_RUNNING
@@ -46,6 +47,10 @@ class ProcessBackend(SimulatedBackend):
         return await super().create_container(sandbox, pod, container, attempt)
 
 
+def outcomes(result: str) -> float:
+    return REGISTRY.get_sample_value("warmlet_ephemeral_containers_total", {"result": result}) or 0.0
+
+
 def eph_status(api: FakeApi, uid: str) -> dict[str, Any]:
     statuses = api.pods[uid]["status"]["ephemeralContainerStatuses"]
     assert len(statuses) == 1
@@ -68,7 +73,9 @@ async def test_started_once_in_target_namespace_and_stopped_with_pod(tmp_path: P
     rec.events.clear()
 
     api.pods["u"]["spec"]["ephemeralContainers"] = [DBG]  # kubectl debug --target=app
+    started = outcomes("started")
     await worker.sync("u")
+    assert outcomes("started") == started + 1
     (spec,) = backend.ephemeral
     assert spec.target_container_id == app["containerID"].split("://")[1]
     assert spec.stdin and spec.tty and spec.is_ephemeral
@@ -114,7 +121,10 @@ async def test_simulated_backend_says_why_it_cannot_run(tmp_path: Path) -> None:
     before = await backend.pod_containers("u")
     rec.events.clear()
     api.pods["u"]["spec"]["ephemeralContainers"] = [DBG]
+    unsupported = outcomes(NOT_SUPPORTED)
     await worker.sync("u")
+    await worker.sync("u")
+    assert outcomes(NOT_SUPPORTED) == unsupported + 1  # counted once, like the event
     w = eph_status(api, "u")["state"]["waiting"]
     assert w["reason"] == NOT_SUPPORTED and "runs no processes" in w["message"]
     assert [(t, r) for _, t, r, _ in rec.events] == [("Warning", "Failed")]
