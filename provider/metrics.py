@@ -31,6 +31,11 @@ VOLUME_REFRESHES = Counter(
     ["result"],
 )
 STATUS_PATCHES = Counter("warmlet_pod_status_patches_total", "Pod status patches sent")
+EPHEMERAL_CONTAINERS = Counter(
+    "warmlet_ephemeral_containers_total",
+    "Ephemeral (kubectl debug) containers by outcome: started, or the reason one could not start",
+    ["result"],
+)
 NODE_LEASE_RENEWALS = Counter(
     "warmlet_node_lease_renewals_total", "Node lease renewals by result", ["result"]
 )

@@ -144,11 +144,17 @@ def kernel_hostname(pod: Mapping[str, Any], cluster_domain: str) -> str:
     return hostname
 
 
-def has_privileged_container(spec: Mapping[str, Any]) -> bool:
-    """kubelet's HasPrivilegedContainer: any init, app or ephemeral container is privileged."""
+def has_privileged_container(spec: Mapping[str, Any], *, ephemeral: bool = True) -> bool:
+    """kubelet's HasPrivilegedContainer: any init, app or (unless ``ephemeral`` is False)
+    ephemeral container is privileged."""
+    parts = (
+        ("initContainers", "containers", "ephemeralContainers")
+        if ephemeral
+        else ("initContainers", "containers")
+    )
     return any(
         bool((c.get("securityContext") or {}).get("privileged"))
-        for part in ("initContainers", "containers", "ephemeralContainers")
+        for part in parts
         for c in spec.get(part) or []
     )
 
@@ -201,6 +207,9 @@ def container_spec(
     env: Sequence[EnvVar],
     mounts: Sequence[Mount],
     is_init: bool,
+    *,
+    is_ephemeral: bool = False,
+    target_container_id: str = "",
 ) -> ContainerSpec:
     psc = (pod.get("spec") or {}).get("securityContext") or {}
     sc = c.get("securityContext") or {}
@@ -232,6 +241,8 @@ def container_spec(
         termination_message_path=c.get("terminationMessagePath") or "/dev/termination-log",
         termination_message_policy=c.get("terminationMessagePolicy") or "File",
         is_init=is_init,
+        is_ephemeral=is_ephemeral,
+        target_container_id=target_container_id,
     )
 
 

@@ -130,6 +130,22 @@ def container_status(
     return st
 
 
+def ephemeral_container_status(
+    spec: Mapping[str, Any],
+    instances: Sequence[ContainerRuntimeState],
+    waiting: Waiting | None,
+    default_reason: str,
+    scheme: str,
+) -> JSON:
+    """One entry of ephemeralContainerStatuses: the state, image, imageID, containerID of a
+    regular container, restartCount 0 (never restarted); never ``ready`` and no ``started``
+    (kubelet's prober reports neither for ephemeral containers)."""
+    st = container_status(spec, instances, waiting, default_reason, scheme)
+    st["ready"] = False
+    st.pop("started", None)
+    return st
+
+
 def _state(st: Mapping[str, Any]) -> str:
     return next(iter(st.get("state") or {"waiting": {}}))
 
@@ -369,6 +385,11 @@ def compute_status(
         for c in app_specs
     ]
 
+    ephemeral = [  # sorted by name, as kubelet's status manager sorts them
+        ephemeral_container_status(c, inst.get(c["name"], []), waiting.get(c["name"]), app_default, scheme)
+        for c in sorted(spec.get("ephemeralContainers") or [], key=lambda c: str(c["name"]))
+    ]
+
     phase = get_phase(pod, init_statuses, statuses, terminal)
     if old.get("phase") in TERMINAL_PHASES:
         phase = old["phase"]  # a terminal phase never changes back
@@ -397,6 +418,8 @@ def compute_status(
     if init_specs:
         status["initContainerStatuses"] = init_statuses
     status["containerStatuses"] = statuses
+    if ephemeral:
+        status["ephemeralContainerStatuses"] = ephemeral
     if not old.get("qosClass"):
         status["qosClass"] = qos_class(pod)
     return status

@@ -28,7 +28,11 @@ def _statuses(last: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
     st = last or {}
     return {
         s.get("name", ""): s
-        for s in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]
+        for s in [
+            *(st.get("initContainerStatuses") or []),
+            *(st.get("containerStatuses") or []),
+            *(st.get("ephemeralContainerStatuses") or []),
+        ]
     }
 
 

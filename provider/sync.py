@@ -24,6 +24,10 @@ class Start:
     name: str
     attempt: int
     is_init: bool
+    # an ephemeral container (kubectl debug): never restarted; ``target_id`` is the runtime ID of
+    # the container whose process namespace it joins ('' for none)
+    is_ephemeral: bool = False
+    target_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,9 @@ def sandbox_attributes(namespace: str, spec: Mapping[str, Any]) -> JSON:
         "resources": resource_shape(spec),
     }
     # Sandbox-level isolation switches, only when set (keys of pods without them stay unchanged).
-    if has_privileged_container(spec):
+    # Ephemeral containers (kubectl debug) are added to a running pod: they never change which
+    # workload it belongs to (its sandbox was made before them).
+    if has_privileged_container(spec, ephemeral=False):
         attrs["privileged"] = True  # a privileged sandbox (kubelet: HasPrivilegedContainer)
     if spec.get("shareProcessNamespace"):
         attrs["shareProcessNamespace"] = True

@@ -349,6 +349,12 @@ class SimulatedBackend:
         rec = self.pool.get_by_pod(pod.uid)
         if rec is None or rec.sandbox_id != sandbox.sandbox_id:
             raise CreateContainerError(f"sandbox {sandbox.sandbox_id[:12]} of pod {pod.uid} not found")
+        if container.is_ephemeral:
+            # A debug container here would pretend to run: refuse (the provider, seeing
+            # capabilities.runs_processes False, reports it without asking).
+            raise CreateContainerError(
+                f'ephemeral container "{container.name}" cannot run: the simulated backend runs no processes'
+            )
         cid = self.containers.create(
             rec.sandbox_id,
             pod,

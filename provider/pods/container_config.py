@@ -124,8 +124,11 @@ class ContainerConfigResolver:
             etc = await asyncio.to_thread(self.etc_files, pod, st.spec, ip)
         inits = {c["name"] for c in spec.get("initContainers") or []}
         by_name = {
-            c["name"]: c for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+            c["name"]: c
+            for part in ("initContainers", "containers", "ephemeralContainers")
+            for c in spec.get(part) or []
         }
+        ephemeral = {c["name"] for c in spec.get("ephemeralContainers") or []}
         for n in names:
             c = by_name[n]
             try:
@@ -137,7 +140,7 @@ class ContainerConfigResolver:
                         create_termination_log, self.volumes_dir, pod["metadata"]["uid"], n, tpath
                     )
                     mounts = with_termination_log(mounts, tlog)
-                out[n] = container_spec(c, pod, env, mounts, n in inits)
+                out[n] = container_spec(c, pod, env, mounts, n in inits, is_ephemeral=n in ephemeral)
             except (ConfigError, ValueError, KeyError, TypeError) as e:
                 # ValueError & co.: a spec the apiserver accepted but warmlet cannot map (e.g. a
                 # quantity out of range); a clear Waiting reason instead of an exception loop.

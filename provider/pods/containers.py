@@ -8,11 +8,12 @@ garbage-collects old exited instances.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from provider.backoff import Backoff
 from provider.events import NORMAL, WARNING, EventRecorder
+from provider.metrics import EPHEMERAL_CONTAINERS
 from provider.pods.container_config import ContainerConfigResolver
 from provider.pods.hooks import (
     POST_START,
@@ -27,7 +28,7 @@ from provider.pods.state import JSON, PodState, earliest, pod_name
 from provider.pods.termination import PodTerminator
 from provider.podspec import termination_grace_seconds
 from provider.status import Waiting, instances_by_name
-from provider.sync import PodActions, backoff_key
+from provider.sync import Start, backoff_key
 from sandbox.backend import (
     Backend,
     BackendError,
@@ -119,15 +120,16 @@ class ContainerStarter:
                 out.retry_in(RECREATE_RETRY_SECONDS)
 
     async def start(
-        self, pod: JSON, st: PodState, actions: PodActions, now: float, out: StartOutcome
+        self, pod: JSON, st: PodState, starts: Sequence[Start], now: float, out: StartOutcome
     ) -> None:
-        """Create and start the containers decided, in order; an init container stops the walk."""
+        """Create and start the containers decided, in order; an init container stops the walk.
+        An ephemeral container joins its target's process namespace (``Start.target_id``)."""
         uid = pod["metadata"]["uid"]
         assert st.sandbox is not None and st.spec is not None
         resolved: dict[str, ContainerSpec | Waiting] = {}
-        if actions.start:
-            resolved = await self.config.resolve(pod, st, [s.name for s in actions.start])
-        for start in actions.start:
+        if starts:
+            resolved = await self.config.resolve(pod, st, [s.name for s in starts])
+        for start in starts:
             spec_or_wait = resolved[start.name]
             if isinstance(spec_or_wait, Waiting):
                 out.waiting[start.name] = spec_or_wait
@@ -137,6 +139,8 @@ class ContainerStarter:
                 continue
             self.config_retries.reset(f"{uid}/config/{start.name}")
             cspec = spec_or_wait
+            if start.is_ephemeral:
+                cspec.target_container_id = start.target_id
             pull_wait = await self.images.ensure(pod, st, cspec)
             if isinstance(pull_wait, tuple):
                 out.waiting[start.name], delay = pull_wait
@@ -150,11 +154,15 @@ class ContainerStarter:
                 await self.backend.start_container(cid)
                 self.events.record(pod, NORMAL, "Started", f"Started container {cspec.name}")
                 out.started_any = True
+                if start.is_ephemeral:
+                    EPHEMERAL_CONTAINERS.labels(result="started").inc()
                 await self.post_start(pod, st, cspec.name, cid, out)
             except BackendError as e:
                 reason = e.reason if e.reason != "RuntimeError" else "CreateContainerError"
                 out.waiting[start.name] = Waiting(reason, e.message)
                 self.events.record(pod, WARNING, "Failed", f"Error: {e.message}")
+                if start.is_ephemeral:
+                    EPHEMERAL_CONTAINERS.labels(result=reason).inc()
                 out.retry_in(self.restarts.next(backoff_key(uid, start.name), now))
             if start.is_init:
                 break

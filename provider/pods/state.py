@@ -28,6 +28,10 @@ class PodState:
     final_status: JSON | None = None
     mount_event: str = ""
     checked_finished: bool = False  # looked for final states kept across a restart
+    # the pod has ephemeral containers (kubectl debug): its sandbox is never handed to another pod
+    debugged: bool = False
+    # (container, waiting reason) of ephemeral containers already reported unable to run
+    ephemeral_warned: set[tuple[str, str]] = field(default_factory=set)
 
 
 def earliest(a: float | None, b: float) -> float:

@@ -215,8 +215,14 @@ class PodTerminator:
         self.forget(uid)
 
     def reusable(self, uid: str, pod: JSON | None) -> bool:
-        """A bare pod's sandbox is keyed by the pod's own uid: pooled, no pod could ever reuse it."""
+        """A bare pod's sandbox is keyed by the pod's own uid: pooled, no pod could ever reuse it.
+        A sandbox an ephemeral (debug) container ran in may have been changed through it (its
+        network namespace, say): it is never handed to another pod either."""
         st = self.states.get(uid)
+        if (st is not None and st.debugged) or (
+            pod is not None and (pod.get("spec") or {}).get("ephemeralContainers")
+        ):
+            return False
         if st is not None and st.spec is not None:
             return not single_use(st.spec.workload_key)
         return pod is None or direct_owner(pod)[0] != "Pod"

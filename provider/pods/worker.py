@@ -17,8 +17,17 @@ from common.clock import SYSTEM, Clock
 from provider import deadline
 from provider.backoff import Backoff
 from provider.config import PodConfig
+from provider.ephemeral import (
+    POD_NOT_RUNNING,
+    compute_ephemeral_actions,
+    ephemeral_specs,
+    finished_pod_statuses,
+    live_ephemeral,
+    not_running_message,
+)
 from provider.events import NORMAL, WARNING, EventRecorder
 from provider.kubeclient import KubeClient
+from provider.metrics import EPHEMERAL_CONTAINERS
 from provider.pods.container_config import ContainerConfigResolver
 from provider.pods.containers import ContainerStarter, StartOutcome
 from provider.pods.images import PERSISTENT_IMAGE_ERRORS, ImagePuller
@@ -34,7 +43,7 @@ from provider.podspec import sandbox_spec, termination_grace_seconds
 from provider.probes.manager import ProbeManager
 from provider.resolve_source import ObjectSource
 from provider.resolve_volumes import scratch_dirs
-from provider.status import FAILED, RUNNING, TERMINAL_PHASES, rejected_status
+from provider.status import FAILED, RUNNING, TERMINAL_PHASES, Waiting, rejected_status
 from provider.status_before import reported_waiting, terminal_pending, unreported_exits
 from provider.sync import PodActions, apply_backoff, compute_pod_actions, is_finished
 from provider.validation import validate_pod
@@ -120,6 +129,7 @@ class PodWorker:
         st = self.states.setdefault(uid, PodState())
         if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             await self.terminator.release(pod, st)
+            await self._ephemeral_after_finish(pod, st)
             await self.status.final_status_written(uid)
             return None
         if st.released:
@@ -177,22 +187,33 @@ class PodWorker:
             runtime = await self.backend.pod_containers(uid)
         now = self.clock.time()
         actions = compute_pod_actions(pod, runtime, self.restarts, now, killed)
+        eph = compute_ephemeral_actions(
+            pod, runtime, runs_processes=self.backend.capabilities.runs_processes, backend=self.backend.name
+        )
+        st.debugged = st.debugged or bool(ephemeral_specs(pod))
         await self._report_exits(pod, st, before, actions)
         apply_backoff(actions, self.restarts, now)
         out = StartOutcome()
         await self.containers.kill_unknown(pod, runtime, actions.kill)
-        await self.containers.resume(pod, actions.resume, out)
-        await self.containers.start(pod, st, actions, now, out)
+        await self.containers.resume(pod, eph.resume + actions.resume, out)
+        # like kubelet: ephemeral containers first (they may debug a pod stuck initializing)
+        await self.containers.start(pod, st, eph.start + actions.start, now, out)
+        self._ephemeral_waiting(pod, st, eph.waiting, out)
         for name, (left, w) in actions.backoff.items():
             out.waiting[name] = w
             out.retry_in(left)
             if w.reason == "CrashLoopBackOff":
                 self.events.record(pod, WARNING, "BackOff", "Back-off restarting failed container " + name)
 
-        if out.started_any or actions.resume:
+        if out.started_any or actions.resume or eph.resume:
             runtime = await self.backend.pod_containers(uid)
             runtime = await self.containers.gc(runtime)
         finished = is_finished(pod, runtime)
+        if finished and live_ephemeral(pod, runtime):
+            # The pod is done: its debug containers end with it (kubelet's killPod), and its final
+            # status shows them terminated.
+            await self.terminator.stop_all(None, uid, 0)
+            runtime = await self.backend.pod_containers(uid)
         if not finished:  # configMap/secret/downwardAPI/projected volumes follow their sources
             await self.containers.config.refresh_volumes(pod, st)
         self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
@@ -253,6 +274,36 @@ class PodWorker:
             probes=self.probes.status(uid),
         )
         await self.status.patch(pod, st, status)
+
+    # -- ephemeral containers that cannot run ----------------------------------------------------
+
+    def _ephemeral_waiting(
+        self, pod: JSON, st: PodState, waiting: dict[str, Waiting], out: StartOutcome
+    ) -> None:
+        """Ephemeral containers that cannot start: their status says why, a Warning event says it
+        once per reason (never silence)."""
+        for name, w in waiting.items():
+            out.waiting[name] = w
+            if (name, w.reason) not in st.ephemeral_warned:
+                st.ephemeral_warned.add((name, w.reason))
+                self.events.record(pod, WARNING, "Failed", f"Error: {w.message}")
+                EPHEMERAL_CONTAINERS.labels(result=w.reason).inc()
+
+    async def _ephemeral_after_finish(self, pod: JSON, st: PodState) -> None:
+        """Ephemeral containers added to a pod that has finished never run: a waiting status and a
+        Warning event say so (kubelet says nothing at all)."""
+        if not ephemeral_specs(pod):
+            return
+        statuses, new = finished_pod_statuses(pod)
+        if not new:
+            return
+        for name in new:
+            if (name, POD_NOT_RUNNING) not in st.ephemeral_warned:
+                st.ephemeral_warned.add((name, POD_NOT_RUNNING))
+                phase = (pod.get("status") or {}).get("phase", "")
+                self.events.record(pod, WARNING, "Failed", f"Error: {not_running_message(name, phase)}")
+                EPHEMERAL_CONTAINERS.labels(result=POD_NOT_RUNNING).inc()
+        await self.status.patch(pod, st, {"ephemeralContainerStatuses": statuses})
 
     # -- activeDeadlineSeconds (kubelet's activeDeadlineHandler + killPod) ------------------------
 

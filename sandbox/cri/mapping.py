@@ -293,6 +293,14 @@ def non_root_problem(
     return ""
 
 
+def namespace_options(container: ContainerSpec) -> pb.NamespaceOption:
+    """kubelet's namespacesForPod: the pod's network and IPC; the container's own PID namespace,
+    or an ephemeral container's target's (NamespaceMode TARGET)."""
+    target = container.target_container_id
+    pid = pb.TARGET if target else pb.CONTAINER
+    return pb.NamespaceOption(network=pb.POD, pid=pid, ipc=pb.POD, target_id=target)
+
+
 def container_config(
     pod: PodSandboxSpec,
     container: ContainerSpec,
@@ -347,7 +355,7 @@ def container_config(
     sc.readonly_rootfs = sec.read_only_root_fs
     sc.capabilities.add_capabilities.extend(sec.capabilities_add)
     sc.capabilities.drop_capabilities.extend(sec.capabilities_drop)
-    sc.namespace_options.CopyFrom(pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))
+    sc.namespace_options.CopyFrom(namespace_options(container))
     if run_as_user is not None:
         sc.run_as_user.value = run_as_user
     if run_as_group is not None:
