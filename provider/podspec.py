@@ -238,6 +238,7 @@ def container_spec(
         ),
         tty=bool(c.get("tty")),
         stdin=bool(c.get("stdin")),
+        stdin_once=bool(c.get("stdinOnce")),
         termination_message_path=c.get("terminationMessagePath") or "/dev/termination-log",
         termination_message_policy=c.get("terminationMessagePolicy") or "File",
         is_init=is_init,

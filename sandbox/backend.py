@@ -88,6 +88,8 @@ class ContainerSpec(_Model):
     security: ContainerSecurity = Field(default_factory=ContainerSecurity)
     tty: bool = False
     stdin: bool = False
+    # with stdin: the runtime closes the container's stdin after the first attach session ends
+    stdin_once: bool = False
     termination_message_path: str = "/dev/termination-log"
     # "File" or "FallbackToLogsOnError": where a finished container's message comes from
     termination_message_policy: str = "File"

@@ -346,6 +346,7 @@ def container_config(
         },
         log_path=container_log_relpath(container.name, attempt),
         stdin=container.stdin,
+        stdin_once=container.stdin_once,
         tty=container.tty,
     )
     linux = cfg.linux

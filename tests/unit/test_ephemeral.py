@@ -235,3 +235,17 @@ def test_cri_pid_namespace_target() -> None:
     assert cfg.linux.security_context.namespace_options.pid == m.pb.TARGET
     assert cfg.linux.security_context.namespace_options.target_id == "abc"
     assert cfg.stdin and cfg.tty  # kubectl debug -it attaches to it
+
+
+def test_stdin_once_reaches_the_cri_config() -> None:
+    """kubectl run -i / attach: stdinOnce is passed to the runtime as kubelet does."""
+    from provider.podspec import container_spec
+    from sandbox.backend import PodSandboxSpec
+
+    sandbox = PodSandboxSpec(uid="u", namespace="ns", name="p", workload_key="k", hostname="p")
+    for once in (True, False):
+        c = {"name": "app", "image": "busybox", "stdin": True, "stdinOnce": once, "tty": True}
+        spec = container_spec(c, {"spec": {}}, [], [], False)
+        assert spec.stdin and spec.stdin_once is once
+        cfg = m.container_config(sandbox, spec, 0)
+        assert cfg.stdin and cfg.stdin_once is once and cfg.tty
