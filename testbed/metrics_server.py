@@ -165,7 +165,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
 class MetricsServer:
     """metrics-server of one bed: :meth:`start` (quick, synchronous), :meth:`available`, :meth:`stop`."""
 
-    def __init__(self, bed: TestBed, metric_resolution: str = "10s") -> None:
+    def __init__(self, bed: TestBed, metric_resolution: str = "15s") -> None:
         self.bed = bed
         self.resolution = metric_resolution
         self.address = gateway_of(bed.pod_subnet)
