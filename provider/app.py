@@ -16,16 +16,19 @@ import socket
 import uuid
 from typing import Any, cast
 
+from common.clock import SYSTEM, Clock
 from provider.config import WarmletConfig
 from provider.cron_prewarm import CronPrewarmer
 from provider.dirclaim import DirClaim, claim_dirs
 from provider.events import EventRecorder
 from provider.kubeclient import KubeClient
+from provider.kubelet_api.server import KubeletApiServer
+from provider.kubelet_api.serving_csr import ServingCertManager, effective_mode
 from provider.leader_election import LeaderElector
 from provider.logging_setup import setup_logging
 from provider.metrics import LEADER, record_api_error
 from provider.node import NodeController
-from provider.node_object import capacity, node_labels, node_taints
+from provider.node_object import capacity, node_addresses, node_labels, node_taints
 from provider.pods.controller import PodController
 from sandbox.backend import Backend
 
@@ -70,12 +73,15 @@ class WarmletNode:
         backend: Backend | None = None,
         client: KubeClient | None = None,
         serve_kubelet_api: bool = True,
+        cert_clock: Clock = SYSTEM,
     ) -> None:
         self.cfg = cfg
         self.backend = backend or build_backend(cfg)
         self._own_backend = backend is None
         self.client = client
         self.serve_kubelet_api = serve_kubelet_api
+        self.cert_clock = cert_clock  # the serving certificate's rotation clock (tests speed it up)
+        self.serving_cert: ServingCertManager | None = None
         self.lease_client: KubeClient | None = None
         self.events_client: KubeClient | None = None
         self.node: NodeController | None = None
@@ -120,6 +126,34 @@ class WarmletNode:
         waiter.result()
         log.info("warmlet node started name=%s backend=%s", cfg.node.name, self.backend.name)
 
+    def _serving_cert_manager(self) -> ServingCertManager | None:
+        """The CSR-issued serving certificate (serverTLSBootstrap); the persisted one served at once."""
+        server = self._api_server
+        srv = self.cfg.server
+        mode = effective_mode(srv.tls_bootstrap, srv.tls_cert_file is not None)
+        if mode == "never" or not isinstance(server, KubeletApiServer) or server.ssl_context is None:
+            return None
+        assert self.client is not None and self.recorder is not None and self.node is not None
+        recorder, node = self.recorder, self.node
+        manager = ServingCertManager(
+            self.client,
+            self.cfg.node.name,
+            node_addresses(self.cfg.node),
+            srv.cert_dir,
+            server.ssl_context,
+            mode=mode,
+            expiration_seconds=srv.tls_bootstrap_expiration_seconds,
+            clock=self.cert_clock,
+            on_rejected=lambda why: recorder.record(
+                {"kind": "Node", "metadata": {"name": node.cfg.name, "uid": node.node_uid}},
+                "Warning",
+                "CertificateRequestFailed",
+                why,
+            ),
+        )
+        manager.load_persisted()
+        return manager
+
     async def _ready(self) -> None:
         assert self.node is not None and self.pods is not None
         await self.node.registered.wait()
@@ -131,8 +165,11 @@ class WarmletNode:
             # before registration, so the Node advertises the port actually bound (port 0 = any)
             self._api_server = await _start_kubelet_api(self.cfg, self.backend, self.pods, self.client)
             self.node.kubelet_port = int(getattr(self._api_server, "port", self.cfg.server.port))
+            self.serving_cert = self._serving_cert_manager()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.recorder.run(), name="events")
+            if self.serving_cert is not None:
+                tg.create_task(self.serving_cert.run(), name="serving-cert")
             self._parts.append(tg.create_task(self.node.run(), name="node"))
             await self.node.registered.wait()
             self._parts.append(tg.create_task(self.pods.run(), name="pods"))

@@ -99,6 +99,12 @@ class ServerConfig(_Section):
     tls_key_file: Path | None = None
     cert_dir: Path = Path("/var/lib/warmlet/pki")
     client_ca_file: Path | None = None
+    # kubelet's serverTLSBootstrap: the serving certificate from a kubernetes.io/kubelet-serving
+    # CSR, rotated at 70-90 % of its lifetime; "auto": when the identity may create CSRs
+    # (SelfSubjectAccessReview) and no tls_cert_file is given. Self-signed (or tls_cert_file) until
+    # issued, and whenever CSRs fail.
+    tls_bootstrap: Literal["auto", "always", "never"] = "auto"
+    tls_bootstrap_expiration_seconds: int | None = Field(default=None, ge=600)  # CSR spec.expirationSeconds
     anonymous_auth: bool = False
     authorization_mode: Literal["Webhook", "AlwaysAllow"] = "Webhook"
     auth_cache_ttl_seconds: float = 60.0

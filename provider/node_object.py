@@ -126,6 +126,11 @@ def node_conditions(
     return out
 
 
+def node_addresses(cfg: NodeConfig) -> list[tuple[str, str]]:
+    """The Node's (type, address) pairs, as kubelet reports them (also the serving cert's SANs)."""
+    return [("InternalIP", cfg.internal_ip), ("Hostname", cfg.name)]
+
+
 def node_status(
     cfg: NodeConfig,
     health: BackendHealth,
@@ -140,10 +145,7 @@ def node_status(
         "capacity": cap,
         "allocatable": dict(cap),
         "conditions": node_conditions(health, now, (old or {}).get("conditions") or [], stopped),
-        "addresses": [
-            {"type": "InternalIP", "address": cfg.internal_ip},
-            {"type": "Hostname", "address": cfg.name},
-        ],
+        "addresses": [{"type": t, "address": a} for t, a in node_addresses(cfg)],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": "",

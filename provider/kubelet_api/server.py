@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -366,6 +367,7 @@ class KubeletApiServer:
     address: str
     port: int
     serving: ServingCert
+    ssl_context: ssl.SSLContext | None = None  # live: a new chain loaded here serves new handshakes
 
     @property
     def url(self) -> str:
@@ -451,4 +453,4 @@ async def start_kubelet_api(
         serving.cert_file,
         cfg.authorization_mode,
     )
-    return KubeletApiServer(runner, cfg.address, port, serving)
+    return KubeletApiServer(runner, cfg.address, port, serving, ssl_ctx)
