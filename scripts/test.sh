@@ -26,6 +26,8 @@ run_tier() {
 }
 t0=$SECONDS
 run_tier unit -q "$@"
+say "metrics-server of the e2e tier (kubectl top through the aggregation layer): built once from the Go module proxy, then cached"
+bash scripts/build-metrics-server.sh
 run_tier "integration or e2e" -q -rfEs --durations=15 "$@"
 run_tier faults -q -rfEs --durations=15 "$@"
 say "Kubernetes' e2e suite of the pinned release (e2e.test, ginkgo, agnhost: built once from the Go module proxy, then cached)"
