@@ -53,9 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--procs", type=int, default=4, help="specs run in parallel (Ginkgo processes)")
     parser.add_argument("--timeout-minutes", type=float, default=None, help="whole-suite timeout")
-    parser.add_argument(
-        "--junit", default=None, help="no run: re-classify the JUnit report of a previous run"
-    )
     parser.add_argument("--junit", default=None, help="no run: re-classify a previous run's JUnit report")
     parser.add_argument(
         "--output", default=None, help="result file (default bench/results/conformance.json; --quick: none)"
