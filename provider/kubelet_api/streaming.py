@@ -220,7 +220,15 @@ async def _remote_command(request: web.Request, kind: str) -> web.StreamResponse
     except BackendError as e:
         SESSIONS.labels(kind, "error").inc()
         return _text(500, e.message)
-    log.info("stream session kind=%s pod=%s/%s container=%s tty=%s", kind, ns, name, container, opts.tty)
+    log.info(
+        "stream session kind=%s pod=%s/%s container=%s tty=%s upgrade=%s",
+        kind,
+        ns,
+        name,
+        container,
+        opts.tty,
+        request.headers.get("Upgrade", "")[:32],
+    )
     return await proxy_upgrade(request, url, kind)
 
 
@@ -262,7 +270,14 @@ async def _port_forward(request: web.Request) -> web.StreamResponse:
     except BackendError as e:
         SESSIONS.labels(kind, "error").inc()
         return _text(500, e.message)
-    log.info("stream session kind=%s pod=%s/%s ports=%s", kind, ns, name, ports)
+    log.info(
+        "stream session kind=%s pod=%s/%s ports=%s upgrade=%s",
+        kind,
+        ns,
+        name,
+        ports,
+        request.headers.get("Upgrade", "")[:32],
+    )
     return await proxy_upgrade(request, url, kind)
 
 
