@@ -40,6 +40,8 @@ from provider.kubelet_api.log_options import LogParamError, parse_log_options
 from provider.kubelet_api.pods import JSON, PodsProvider, as_pods_provider, pod_container_names, pod_uid
 from provider.kubelet_api.resource_metrics import CONTENT_TYPE as PROM_TEXT
 from provider.kubelet_api.resource_metrics import render_resource_metrics
+from provider.kubelet_api.streaming import StreamContext
+from provider.kubelet_api.streaming import add_routes as add_stream_routes
 from provider.kubelet_api.summary import build_summary
 from provider.kubelet_api.tls import ServingCert, ensure_serving_cert, server_ssl_context
 from provider.probes.metrics import render as render_probe_metrics
@@ -236,22 +238,6 @@ async def _empty_metrics(request: web.Request) -> web.Response:
     return web.Response(body=b"", headers={"Content-Type": PROM_TEXT})
 
 
-async def _not_supported(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
-    what = request.path.lstrip("/").split("/", 1)[0] or "this endpoint"
-    status = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": f'{what} is not supported on virtual node "{ctx.node_name}": warmlet runs containers '
-        "in sandboxes without a streaming server; use kubectl logs",
-        "reason": "NotImplemented",
-        "code": 501,
-    }
-    return _json(status, status=501)
-
-
 async def _container_logs(request: web.Request) -> web.StreamResponse:
     ctx = _ctx(request)
     ns = request.match_info["namespace"]
@@ -330,7 +316,7 @@ def build_app(
 ) -> web.Application:
     """The application without TLS (tests drive it directly; start_kubelet_api adds TLS)."""
     app = web.Application(middlewares=[_observe, _limits, _auth], client_max_size=max_body_bytes)
-    app[KEY_CTX] = _Ctx(
+    app[KEY_CTX] = ctx = _Ctx(
         node_name,
         backend,
         as_pods_provider(pods_provider),
@@ -354,8 +340,7 @@ def build_app(
     r.add_get("/runningpods/", _pods)
     r.add_get("/healthz", _healthz)
     r.add_get("/healthz/{check}", _healthz)
-    for prefix in ("exec", "attach", "portForward", "run"):
-        r.add_route("*", f"/{prefix}/{{tail:.*}}", _not_supported)
+    add_stream_routes(app, StreamContext(node_name, backend, ctx.pods))
     return app
 
 

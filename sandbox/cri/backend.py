@@ -31,6 +31,7 @@ from sandbox.backend import (
     ContainerRuntimeState,
     ContainerSpec,
     ContainerState,
+    ContainerStreamer,
     ExecResult,
     ImageResult,
     NodeUsage,
@@ -61,6 +62,7 @@ from sandbox.cri.relay import RelayProcess, start_relay, stop_relay
 from sandbox.cri.sandboxes import CriSandboxes
 from sandbox.cri.scrub import ContainerReaper
 from sandbox.cri.stats import CriStats, OomCounter
+from sandbox.cri.streaming import CriStreamer
 from sandbox.images import ImageCache
 from sandbox.pool import WarmPool
 from sandbox.pool_policy import PoolDefaults, PoolSettings
@@ -90,7 +92,7 @@ class CriSettings(Protocol):
     call_relay: bool
 
 
-class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor):
+class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor, ContainerStreamer):
     """Backend over a CRI runtime with a per-workload warm pool (see module docstring)."""
 
     name = "cri"
@@ -163,6 +165,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor):
         self.pod_gc = PodGC(
             self.ctx, self.pool, self.sandboxes, self.reaper, self.finished, self.release_sandbox
         )
+        self.streams = CriStreamer(client, self._sandbox_of)
         self.orphans = OrphanSweeper(self.ctx, self.pool, self.sandboxes)
         self.image_gc = ImageGC(self.ctx, self.pool, self.images, image_gc_interval)
         self.usage = CriStats(self.ctx, self.facts, self.pool.get_by_pod, self._specs, self.log_path)
@@ -376,6 +379,27 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor):
 
     async def pod_containers(self, pod_uid: str) -> list[ContainerRuntimeState]:
         return await self.containers.pod_containers(pod_uid)
+
+    # ------------------------------------------------------------------ interactive streams
+
+    async def exec_url(
+        self, container_id: str, cmd: list[str], *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str:
+        return await self.streams.exec_url(
+            container_id, cmd, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+
+    async def attach_url(
+        self, container_id: str, *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> str:
+        return await self.streams.attach_url(container_id, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    async def port_forward_url(self, pod_uid: str, ports: list[int]) -> str:
+        return await self.streams.port_forward_url(pod_uid, ports)
+
+    def _sandbox_of(self, pod_uid: str) -> str | None:
+        rec = self.pool.get_by_pod(pod_uid)
+        return rec.sandbox_id if rec is not None else None
 
     def log_path(self, namespace: str, name: str, uid: str, container: str, attempt: int) -> str:
         return self.containers.log_path(namespace, name, uid, container, attempt)

@@ -281,6 +281,19 @@ class CriClient:
             "ExecSync", self.rt.ExecSync, req, deadline=self.call_timeout + timeout_seconds
         )
 
+    async def exec(self, req: pb.ExecRequest) -> str:
+        """The URL of one exec session on the runtime's streaming server."""
+        return str((await self._call("Exec", self.rt.Exec, req)).url)
+
+    async def attach(self, req: pb.AttachRequest) -> str:
+        """The URL of one attach session on the runtime's streaming server."""
+        return str((await self._call("Attach", self.rt.Attach, req)).url)
+
+    async def port_forward(self, sandbox_id: str, ports: list[int]) -> str:
+        """The URL of one port-forward session to the sandbox's network namespace."""
+        req = pb.PortForwardRequest(pod_sandbox_id=sandbox_id, port=ports)
+        return str((await self._call("PortForward", self.rt.PortForward, req)).url)
+
     async def container_stats(self, container_id: str) -> pb.ContainerStats:
         req = pb.ContainerStatsRequest(container_id=container_id)
         resp = await self._call("ContainerStats", self.rt.ContainerStats, req)
@@ -370,6 +383,9 @@ class CriApi(Protocol):
     async def exec_sync(
         self, container_id: str, cmd: list[str], timeout_seconds: int = 10
     ) -> pb.ExecSyncResponse: ...
+    async def exec(self, req: pb.ExecRequest) -> str: ...
+    async def attach(self, req: pb.AttachRequest) -> str: ...
+    async def port_forward(self, sandbox_id: str, ports: list[int]) -> str: ...
     async def container_stats(self, container_id: str) -> pb.ContainerStats: ...
     async def list_container_stats(
         self, labels: dict[str, str] | None = None, sandbox_id: str = ""

@@ -119,6 +119,15 @@ class MeteredCriClient:
     ) -> pb.ExecSyncResponse:
         return await self._timed("ExecSync", self.inner.exec_sync(container_id, cmd, timeout_seconds))
 
+    async def exec(self, req: pb.ExecRequest) -> str:
+        return await self._timed("Exec", self.inner.exec(req))
+
+    async def attach(self, req: pb.AttachRequest) -> str:
+        return await self._timed("Attach", self.inner.attach(req))
+
+    async def port_forward(self, sandbox_id: str, ports: list[int]) -> str:
+        return await self._timed("PortForward", self.inner.port_forward(sandbox_id, ports))
+
     async def container_stats(self, container_id: str) -> pb.ContainerStats:
         return await self._timed("ContainerStats", self.inner.container_stats(container_id))
 

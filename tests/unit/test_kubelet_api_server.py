@@ -360,24 +360,52 @@ async def test_metrics_pods_healthz(env: Env) -> None:
     assert doc["kind"] == "PodList" and [p["metadata"]["name"] for p in doc["items"]] == ["p1"]
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize(
-    "path",
+    ("method", "path"),
     [
-        "/exec/default/p1/main",
-        "/exec/default/p1/u1/main",
-        "/attach/default/p1/main",
-        "/portForward/default/p1",
-        "/run/default/p1/main",
+        ("GET", "/exec/default/p1/main?command=ls&output=1"),
+        ("POST", "/exec/default/p1/u1/main?command=ls&output=1"),
+        ("POST", "/attach/default/p1/main?input=1"),
+        ("GET", "/portForward/default/p1"),
+        ("POST", "/portForward/default/p1/u1"),
+        ("POST", "/run/default/p1/main?cmd=ls"),
     ],
 )
-async def test_streaming_endpoints_not_supported(env: Env, method: str, path: str) -> None:
-    async with env.client.request(method, path, headers=ADMIN) as r:
+async def test_streaming_endpoints_on_simulated_backend(env: Env, method: str, path: str) -> None:
+    """The simulated backend runs no processes: a 501 Status that says so (the pod exists)."""
+    headers = {**ADMIN, "Connection": "Upgrade", "Upgrade": "SPDY/3.1"}
+    async with env.client.request(method, path, headers=headers) as r:
         assert r.status == 501
         doc = await r.json()
-    assert (
-        doc["kind"] == "Status" and doc["code"] == 501 and "not supported on virtual node" in doc["message"]
-    )
+    assert doc["kind"] == "Status" and doc["code"] == 501 and doc["reason"] == "NotImplemented"
+    assert "runs no processes" in doc["message"] and f'node "{NODE}"' in doc["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "body"),
+    [
+        (
+            "GET",
+            "/exec/default/p1/main?command=ls",
+            400,
+            b"you must specify at least 1 of stdin, stdout, stderr",
+        ),
+        ("GET", "/exec/default/nope/main?output=1", 404, b"pod does not exist"),
+        ("POST", "/attach/default/nope/main?input=1", 404, b"pod does not exist"),
+        ("GET", "/portForward/default/nope", 404, b"pod does not exist"),
+        ("GET", "/portForward/default/p1/other-uid", 404, b"pod not found"),
+        ("POST", "/run/default/nope/main?cmd=ls", 404, b"pod does not exist"),
+        ("GET", "/run/default/p1/main?cmd=ls", 405, None),
+        ("PUT", "/exec/default/p1/main?output=1", 405, None),
+    ],
+)
+async def test_streaming_endpoints_refusals(
+    env: Env, method: str, path: str, status: int, body: bytes | None
+) -> None:
+    async with env.client.request(method, path, headers=ADMIN) as r:
+        assert r.status == status
+        if body is not None:
+            assert await r.read() == body
 
 
 # -- auth ----------------------------------------------------------------------------------
