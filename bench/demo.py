@@ -135,6 +135,7 @@ def next_steps(
     namespace: str,
     warmlet_log: str,
     client_cert: tuple[str, str] | None,
+    image: str = "busybox",
 ) -> list[str]:
     """Commands to look around while the demo node runs (pure, unit tested)."""
     k = "kubectl"
@@ -149,6 +150,12 @@ def next_steps(
         r"NAME:.metadata.name,PHASE:.status.phase,START:.metadata.annotations.warmlet\.io/start-level'",
         f"{k} -n {namespace} logs deploy/web",
         f"{k} -n {namespace} logs -l job-name --tail 5 --prefix",
+        f"{k} -n {namespace} exec -it deploy/web -- sh   # a shell in a pod (exit leaves it)",
+        f"{k} -n {namespace} port-forward deploy/web 8080:8080 & sleep 1; curl -s 127.0.0.1:8080/; kill %1",
+        f"POD=$({k} -n {namespace} get pod -l app=web -o name | head -1 | cut -d/ -f2)",
+        f"{k} -n {namespace} cp /etc/os-release $POD:/tmp/os-release && "
+        f"{k} -n {namespace} exec $POD -- head -1 /tmp/os-release",
+        f"{k} -n {namespace} debug -it pod/$POD --image={image} --target=app -- ps   # the app's processes",
     ]
     # Not through the API server's node proxy: it refuses loopback node addresses.
     if client_cert:
@@ -167,7 +174,6 @@ def next_steps(
 
 def sample_workload(node: str, image: str) -> list[tuple[str, JSON]]:
     """(API collection path, object) of the sample CronJob (every minute) and Deployment."""
-    from bench.harness import HOLD_COMMAND
     from testbed.testing import pod_template
 
     def template(command: list[str], labels: dict[str, str], **spec: Any) -> JSON:
@@ -210,7 +216,13 @@ def sample_workload(node: str, image: str) -> list[tuple[str, JSON]]:
             "replicas": 2,
             "selector": {"matchLabels": {"app": "web"}},
             "template": template(
-                ["sh", "-c", "echo web up on $(hostname); " + HOLD_COMMAND[2]], {"app": "web"}
+                [
+                    "sh",
+                    "-c",
+                    "echo web up on $(hostname); mkdir -p /www && echo hello from $(hostname) > "
+                    "/www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait",
+                ],
+                {"app": "web"},
             ),
         },
     }
@@ -427,6 +439,7 @@ async def run_demo(ns: argparse.Namespace) -> int:
                     NAMESPACE,
                     str(node.log_path),
                     admin_client_cert(bed.kubeconfig),
+                    str(sample_image),
                 ):
                     console.print(f"  {line}", soft_wrap=True, highlight=False)
                 if ns.no_wait:

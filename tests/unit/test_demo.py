@@ -59,8 +59,12 @@ def test_next_steps() -> None:
         "warmlet-demo",
         "/tmp/w.log",
         ("c", "k"),
+        "img:1",
     )
     text = "\n".join(lines)
+    assert "kubectl -n warmlet-demo exec -it deploy/web -- sh" in text
+    assert "port-forward deploy/web 8080:8080" in text
+    assert "debug -it pod/$POD --image=img:1 --target=app" in text
     assert lines[0] == "export KUBECONFIG=/k/admin.kubeconfig"
     assert 'export PATH="/bin/x:$PATH"' in text
     assert "kubectl get nodes,pods -A -o wide" in text
