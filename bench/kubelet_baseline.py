@@ -64,8 +64,11 @@ KERNEL_TUNABLES = (
 )
 
 
-def kubelet_config(endpoint: str, client_ca: str, port: int, healthz: int, cgroup_root: str) -> JSON:
-    """A KubeletConfiguration that runs on this machine (cgroup v1 hybrid, swap, no kube-proxy)."""
+def kubelet_config(
+    endpoint: str, client_ca: str, port: int, healthz: int, cgroup_root: str, address: str = "127.0.0.1"
+) -> JSON:
+    """A KubeletConfiguration that runs on this machine (cgroup v1 hybrid, swap, no kube-proxy),
+    serving its API on ``address``."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -74,7 +77,7 @@ def kubelet_config(endpoint: str, client_ca: str, port: int, healthz: int, cgrou
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": cgroup_root,
         "containerRuntimeEndpoint": endpoint,
-        "address": "127.0.0.1",
+        "address": address,
         "port": port,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
@@ -169,6 +172,16 @@ class KubeletNode:
         self.containerd = Containerd(workdir, self.procs, SLOT, bed.images["pause"], bed.registry)
         self.endpoint = f"unix://{self.containerd.socket}"
         self.cgroup_root = f"/warmlet-kubelet-{name}"
+        # kubelet refuses a loopback node IP ("nodeIP can't be loopback address") and then reports
+        # no address, so the API server could not reach it for exec/attach/port-forward/logs: it
+        # gets the gateway address of its own containerd's CNI bridge, an interface of this bed.
+        self.node_ip = ""
+        self.api_port = 0
+
+    @property
+    def api_url(self) -> str:
+        """The kubelet API's base URL (its serving address and port)."""
+        return f"https://{self.node_ip}:{self.api_port}"
 
     def start_containerd(self) -> None:
         from testbed import images as images_mod
@@ -193,10 +206,14 @@ class KubeletNode:
 
     def start_kubelet(self, binary: Path, extra: JSON | None = None) -> None:
         """Start the kubelet; ``extra`` overrides fields of its KubeletConfiguration."""
+        from testbed.containerd import ensure_bridge
+
         self.make_cgroup_root()
         tb = self.bed.testbed
+        self.node_ip = ensure_bridge(self.containerd.bridge, self.containerd.subnet)
+        self.api_port = free_port()
         cfg = kubelet_config(
-            self.endpoint, str(tb.client_ca_cert), free_port(), free_port(), self.cgroup_root
+            self.endpoint, str(tb.client_ca_cert), self.api_port, free_port(), self.cgroup_root, self.node_ip
         )
         cfg.update(extra or {})
         cfg_path = self.dir / "kubelet.yaml"
@@ -211,7 +228,7 @@ class KubeletNode:
                 f"--root-dir={self.dir / 'kubelet'}",
                 f"--cert-dir={self.dir / 'kubelet' / 'pki'}",
                 f"--hostname-override={self.name}",
-                "--node-ip=127.0.0.1",
+                f"--node-ip={self.node_ip}",
                 "--v=1",
             ],
         )

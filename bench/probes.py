@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from bench.common import ratio, summarize_ms, write_result
 from bench.demo import admin_client_cert
@@ -301,12 +300,11 @@ async def _kubelet(bed: Bed, pods: int, args: argparse.Namespace, measure: Measu
     image = bed.images.get("busybox", "busybox")
     try:
         async with running_kubelet(bed, name=name, extra={"maxPods": max(110, pods + 20)}) as node:
-            port = yaml.safe_load((node.dir / "kubelet.yaml").read_text())["port"]
             agent = Agent(
                 "kubelet",
                 name,
                 node.procs.procs["kubelet"].pid,
-                f"https://127.0.0.1:{port}/metrics/probes",
+                f"{node.api_url}/metrics/probes",
                 containerd_pid(str(node.containerd.socket)),
                 image,
                 lambda n: probed_cri_pod(n, name, image, args.period),

@@ -9,6 +9,7 @@ anything. Config is ``containerd config default`` plus the changes these machine
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -262,3 +263,29 @@ class Containerd:
         self.procs.stop(["containerd"])
         self.kill_shims()
         self.remove_leftovers()
+
+
+def gateway_of(subnet: str) -> str:
+    """A bridge's gateway address: the subnet's first host (the CNI bridge plugin's choice)."""
+    return str(next(ipaddress.ip_network(subnet).hosts()))
+
+
+def ensure_bridge(bridge: str, subnet: str) -> str:
+    """The CNI bridge ``bridge`` with its gateway address, up, as the bridge plugin (``isGateway``)
+    creates it at the first pod; returns the gateway address. For what must reach the host on an
+    address of an interface the bed owns before any pod ran (loopback addresses are refused in
+    EndpointSlices and as a kubelet's node IP). Idempotent; :meth:`Containerd.remove_leftovers`
+    deletes the bridge."""
+    gateway, prefix = gateway_of(subnet), ipaddress.ip_network(subnet).prefixlen
+    if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0:
+        subprocess.run(
+            ["ip", "link", "add", "name", bridge, "type", "bridge"], check=True, capture_output=True
+        )
+    addrs = subprocess.run(["ip", "-j", "addr", "show", "dev", bridge], capture_output=True, check=True)
+    have = {a.get("local") for i in json.loads(addrs.stdout) for a in i.get("addr_info", [])}
+    if gateway not in have:
+        subprocess.run(
+            ["ip", "addr", "add", f"{gateway}/{prefix}", "dev", bridge], check=True, capture_output=True
+        )
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
+    return gateway

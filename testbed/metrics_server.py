@@ -23,16 +23,15 @@ is the client CA (``pki.client_ca``) -- so that is ``--kubelet-certificate-autho
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from testbed.bed import TestBed
+from testbed.containerd import ensure_bridge, gateway_of
 from testbed.util import bin_dir, free_port, kv
 
 log = logging.getLogger("testbed.metrics_server")
@@ -51,11 +50,6 @@ class MetricsServerMissing(RuntimeError):
 
 def binary() -> Path:
     return bin_dir() / NAME
-
-
-def gateway_of(subnet: str) -> str:
-    """The bridge's gateway address: the subnet's first host (the CNI bridge plugin's choice)."""
-    return str(next(ipaddress.ip_network(subnet).hosts()))
 
 
 def rbac_manifests() -> list[dict[str, Any]]:
@@ -158,10 +152,6 @@ def service_manifests(address: str, port: int, ca_bundle_pem: bytes) -> list[dic
     ]
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["ip", *args], capture_output=True, check=check)
-
-
 class MetricsServer:
     """metrics-server of one bed: :meth:`start` (quick, synchronous), :meth:`available`, :meth:`stop`."""
 
@@ -176,7 +166,7 @@ class MetricsServer:
         if not binary().exists():
             raise MetricsServerMissing(f"{binary()} is not built; run {BUILD}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._ensure_bridge()
+        ensure_bridge(self.bed.cni_bridge, self.bed.pod_subnet)
         pki = self.bed.pki
         serving = self.bed.pki.issue_serving_cert(
             NAME, NAME, [f"{NAME}.{NAMESPACE}.svc", f"{NAME}.{NAMESPACE}.svc.cluster.local", self.address]
@@ -210,23 +200,6 @@ class MetricsServer:
             ],
         )
         log.info(kv("metrics-server spawned", address=self.address, port=self.port))
-
-    def _ensure_bridge(self) -> None:
-        """The bed's CNI bridge with its gateway address, as the bridge plugin would create it."""
-        bridge, prefix = self.bed.cni_bridge, ipaddress.ip_network(self.bed.pod_subnet).prefixlen
-        if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0:
-            subprocess.run(
-                ["ip", "link", "add", "name", bridge, "type", "bridge"], check=True, capture_output=True
-            )
-        addrs = subprocess.run(["ip", "-j", "addr", "show", "dev", bridge], capture_output=True, check=True)
-        have = {a.get("local") for i in json.loads(addrs.stdout) for a in i.get("addr_info", [])}
-        if self.address not in have:
-            subprocess.run(
-                ["ip", "addr", "add", f"{self.address}/{prefix}", "dev", bridge],
-                check=True,
-                capture_output=True,
-            )
-        subprocess.run(["ip", "link", "set", bridge, "up"], check=True, capture_output=True)
 
     def _apply(self, docs: list[dict[str, Any]]) -> None:
         path = self.dir / "manifests.yaml"
