@@ -6,7 +6,8 @@ one busybox pod runs ``httpd`` serving a ``--mb`` MB file of random bytes (its s
 the pod). Measured per node:
 
 - **exec round trip, API**: ``--execs`` sequential ``exec -- true`` sessions opened directly on the
-  API server with the WebSocket protocol current clients speak (``v5.channel.k8s.io``), timed from
+  API server with the WebSocket protocols kubectl offers (``v5.channel.k8s.io``, then
+  ``v4.channel.k8s.io``; the negotiated one is recorded), timed from
   the connect to the exit status on the error channel: what the node adds, without a client
   process's start-up.
 - **exec round trip, kubectl**: ``--execs`` sequential ``kubectl exec <pod> -- true`` (wall time
@@ -73,7 +74,7 @@ def httpd_pod(name: str, node: str, image: str, mb: int) -> JSON:
 
 
 def exec_status(frames: list[bytes]) -> JSON | None:
-    """The Status object a v5.channel.k8s.io session sent on its error channel (None if none)."""
+    """The Status object a v4/v5.channel.k8s.io session sent on its error channel (None if none)."""
     for f in frames:
         if f[:1] == bytes([STATUS_CHANNEL]) and len(f) > 1:
             try:
@@ -102,15 +103,20 @@ class Agent:
 Measure = Callable[[Agent], Awaitable[JSON]]
 
 
-async def ws_exec_once(client: KubeClient, ns: str, pod: str) -> float:
-    """One ``exec -- true`` over the API server's WebSocket (v5): seconds until the exit status."""
+WS_PROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+
+
+async def ws_exec_once(client: KubeClient, ns: str, pod: str) -> tuple[float, str]:
+    """One ``exec -- true`` over the API server's WebSocket: seconds until the exit status, and the
+    negotiated protocol."""
     url = (
         f"{client.server}/api/v1/namespaces/{ns}/pods/{pod}/exec"
         "?command=true&stdout=true&stderr=true&container=app"
     )
     t0 = time.perf_counter()
     frames: list[bytes] = []
-    async with client.session.ws_connect(url, protocols=["v5.channel.k8s.io"]) as ws:
+    async with client.session.ws_connect(url, protocols=WS_PROTOCOLS) as ws:
+        protocol = ws.protocol or ""
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 frames.append(msg.data)
@@ -122,7 +128,7 @@ async def ws_exec_once(client: KubeClient, ns: str, pod: str) -> float:
     status = exec_status(frames)
     if status is None or status.get("status") != "Success":
         raise RuntimeError(f"exec over WebSocket did not succeed: {status!r}")
-    return elapsed
+    return elapsed, protocol
 
 
 async def kubectl(kubeconfig: str, *args: str, limit: float = 60) -> tuple[int, bytes]:
@@ -224,7 +230,8 @@ async def measure_agent(
             raise RuntimeError(f"{agent.label}: pod not Ready: {out.decode(errors='replace')}")
         _say(f"{agent.label}: {execs} exec sessions over the API server's WebSocket")
         await ws_exec_once(client, ns, "httpd")  # warm-up (connections, caches)
-        ws = [await ws_exec_once(client, ns, "httpd") for _ in range(execs)]
+        sessions = [await ws_exec_once(client, ns, "httpd") for _ in range(execs)]
+        ws = [t for t, _ in sessions]
         _say(f"{agent.label}: {execs} kubectl exec")
         kc = [await kubectl_exec_once(bed.kubeconfig, ns, "httpd") for _ in range(execs)]
         _say(f"{agent.label}: port-forward, {downloads} downloads of {mb} MB")
@@ -232,6 +239,7 @@ async def measure_agent(
         return {
             "ran": True,
             "exec_api_ws_ms": summarize_ms(ws),
+            "exec_api_ws_protocols": sorted({p for _, p in sessions}),
             "exec_kubectl_ms": summarize_ms(kc),
             "port_forward": pf,
         }
