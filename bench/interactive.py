@@ -284,7 +284,7 @@ async def _kubelet(bed: Bed, measure: Measure) -> JSON:
 
 def _p50(r: JSON, key: str) -> float | None:
     v = r.get(key) or {}
-    return v.get("p50") if isinstance(v, dict) else None
+    return v.get("p50_ms") if isinstance(v, dict) else None
 
 
 async def run(args: argparse.Namespace, quick: bool) -> JSON:
