@@ -23,7 +23,9 @@ is closed after the handler returns (``force_close``).
 
 /run runs a command to completion through the backend's ``ContainerExecutor`` (kubelet's getRun).
 A backend without ``ContainerStreamer`` (the simulated one) answers exec/attach/port-forward with
-a 501 Status saying it runs no processes.
+a 501 Status saying it runs no processes. An exec session is reported to a backend with the
+optional ``ExecSessionTracker`` (``exec_reaping``), which ends the session's process if it still
+runs when the connection is over (a client that left).
 """
 
 from __future__ import annotations

@@ -274,6 +274,10 @@ class ExecSessions:
         except BaseException:
             self._forget(s)
             raise
+        if not table:
+            # Not even the container's init is visible (no host /proc here): nothing to find.
+            self._give_up_turn(s)
+            return s.key
         s.poller = asyncio.create_task(self._look(s), name=f"exec-session-{s.key}")
         return s.key
 

@@ -389,6 +389,16 @@ async def test_cancelled_waits_and_close_leave_nothing_behind() -> None:
     assert await t.exec_session_ended(a) == 0  # unknown by now: nothing
 
 
+async def test_a_container_whose_processes_are_invisible_is_not_tracked() -> None:
+    node = FakeNode()  # not even the init: this /proc is not the node's
+    t = tracker(node)
+    a = await t.exec_session_started("c", ["sleep", "4242"])
+    b = await asyncio.wait_for(t.exec_session_started("c", ["sleep", "4242"]), 1)  # no turn held
+    assert t._sessions[a].poller is None and node.reads == 2
+    assert await t.exec_session_ended(a) == 0 and await t.exec_session_ended(b) == 0
+    assert node.reads == 2 and t._turns == {}
+
+
 async def test_a_failing_view_never_hangs_the_next_session() -> None:
     class Broken(FakeNode):
         def table(self, container_id: str) -> dict[int, Proc]:
