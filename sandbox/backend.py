@@ -460,3 +460,22 @@ class ContainerStreamer(Protocol):
     ) -> str: ...
 
     async def port_forward_url(self, pod_uid: str, ports: list[int]) -> str: ...
+
+
+@runtime_checkable
+class ExecSessionTracker(Protocol):
+    """Optional: backends that can find the process an interactive exec session started and end
+    it when the session ends without it (a client that left). Kubelet on containerd >= 1.7 gets
+    this from the runtime (the exec's context is cancelled with its connection); on runtimes that
+    do not, the backend does it. The provider calls ``exec_session_started`` before it asks for
+    the session's URL and ``exec_session_ended`` once the proxied connection is over, for exec
+    sessions only (attach joins the container's own process; port-forward starts none)."""
+
+    async def exec_session_started(self, container_id: str, cmd: list[str]) -> str:
+        """Begin watching for the process of one exec session of ``cmd`` in the container;
+        returns the session's key (for ``exec_session_ended``)."""
+
+    async def exec_session_ended(self, key: str) -> int:
+        """The session's connection is over: kill what its process left running (nothing when
+        the command already ended, whatever it left behind on purpose); returns how many
+        processes were killed. Never kills a process another session or the container started."""

@@ -23,7 +23,9 @@ is closed after the handler returns (``force_close``).
 
 /run runs a command to completion through the backend's ``ContainerExecutor`` (kubelet's getRun).
 A backend without ``ContainerStreamer`` (the simulated one) answers exec/attach/port-forward with
-a 501 Status saying it runs no processes.
+a 501 Status saying it runs no processes. An exec session is reported to a backend with the
+optional ``ExecSessionTracker`` (``exec_reaping``), which ends the session's process if it still
+runs when the connection is over (a client that left).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any, cast
 import prometheus_client
 from aiohttp import web
 
+from provider.kubelet_api.exec_reaping import exec_session
 from provider.kubelet_api.pods import JSON, PodsProvider, pod_uid
 from provider.kubelet_api.stream_options import (
     ResponseHead,
@@ -205,31 +208,39 @@ async def _remote_command(request: web.Request, kind: str) -> web.StreamResponse
         if kind == "attach":
             return _text(500, f"container {container} not found in pod {name}_{ns}")
         return _text(500, f'container not found ("{container}")')
-    try:
-        if kind == "exec":
-            url = await backend.exec_url(cid, exec_command(_query(request)), **_flags(opts))
-        else:
-            # Whether attach has a tty is the container's, fixed when it started (as kubelet).
-            tty = bool((container_spec(pod, container) or {}).get("tty"))
-            url = await backend.attach_url(
-                cid, tty=tty, stdin=opts.stdin, stdout=opts.stdout, stderr=opts.stderr
-            )
-    except ContainerNotRunningError as e:
-        SESSIONS.labels(kind, "not_found").inc()
-        return _text(404, e.message)
-    except BackendError as e:
-        SESSIONS.labels(kind, "error").inc()
-        return _text(500, e.message)
-    log.info(
-        "stream session kind=%s pod=%s/%s container=%s tty=%s upgrade=%s",
-        kind,
-        ns,
-        name,
-        container,
-        opts.tty,
-        request.headers.get("Upgrade", "")[:32],
+    cmd = exec_command(_query(request)) if kind == "exec" else []
+    # An exec's process must not outlive its session (a client that left): the backend is told.
+    session: contextlib.AbstractAsyncContextManager[None] = (
+        exec_session(backend, cid, cmd, f"{ns}/{name}/{container}")
+        if kind == "exec"
+        else contextlib.nullcontext()
     )
-    return await proxy_upgrade(request, url, kind)
+    async with session:
+        try:
+            if kind == "exec":
+                url = await backend.exec_url(cid, cmd, **_flags(opts))
+            else:
+                # Whether attach has a tty is the container's, fixed when it started (as kubelet).
+                tty = bool((container_spec(pod, container) or {}).get("tty"))
+                url = await backend.attach_url(
+                    cid, tty=tty, stdin=opts.stdin, stdout=opts.stdout, stderr=opts.stderr
+                )
+        except ContainerNotRunningError as e:
+            SESSIONS.labels(kind, "not_found").inc()
+            return _text(404, e.message)
+        except BackendError as e:
+            SESSIONS.labels(kind, "error").inc()
+            return _text(500, e.message)
+        log.info(
+            "stream session kind=%s pod=%s/%s container=%s tty=%s upgrade=%s",
+            kind,
+            ns,
+            name,
+            container,
+            opts.tty,
+            request.headers.get("Upgrade", "")[:32],
+        )
+        return await proxy_upgrade(request, url, kind)
 
 
 def _flags(opts: StreamOptions) -> dict[str, bool]:

@@ -33,6 +33,7 @@ from sandbox.backend import (
     ContainerState,
     ContainerStreamer,
     ExecResult,
+    ExecSessionTracker,
     ImageResult,
     NodeUsage,
     PodChangeCallback,
@@ -50,6 +51,7 @@ from sandbox.cri.adoption import adopt
 from sandbox.cri.client import CriApi, CriClient
 from sandbox.cri.containers import CriContainers
 from sandbox.cri.context import CriContext
+from sandbox.cri.exec_sessions import ExecSessions
 from sandbox.cri.facts import SandboxFacts
 from sandbox.cri.finished import FinishedPods
 from sandbox.cri.gc import ImageGC, OrphanSweeper, PodGC
@@ -92,7 +94,9 @@ class CriSettings(Protocol):
     call_relay: bool
 
 
-class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor, ContainerStreamer):
+class CriBackend(
+    Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor, ContainerStreamer, ExecSessionTracker
+):
     """Backend over a CRI runtime with a per-workload warm pool (see module docstring)."""
 
     name = "cri"
@@ -166,6 +170,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor, Co
             self.ctx, self.pool, self.sandboxes, self.reaper, self.finished, self.release_sandbox
         )
         self.streams = CriStreamer(client, self._sandbox_of)
+        self.exec_sessions = ExecSessions(clock=clock)
         self.orphans = OrphanSweeper(self.ctx, self.pool, self.sandboxes)
         self.image_gc = ImageGC(self.ctx, self.pool, self.images, image_gc_interval)
         self.usage = CriStats(self.ctx, self.facts, self.pool.get_by_pod, self._specs, self.log_path)
@@ -260,6 +265,7 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor, Co
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.exec_sessions.close()
         await self.pool.stop_maintenance()
         await self.images.close()
         self.pool.save()
@@ -375,7 +381,9 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor, Co
         await self.containers.remove_container(container_id)
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout_seconds: float) -> ExecResult:
-        return await self.containers.exec_sync(container_id, cmd, timeout_seconds)
+        # never while an interactive exec of the same command looks for its process
+        async with self.exec_sessions.exclusive(container_id, cmd):
+            return await self.containers.exec_sync(container_id, cmd, timeout_seconds)
 
     async def pod_containers(self, pod_uid: str) -> list[ContainerRuntimeState]:
         return await self.containers.pod_containers(pod_uid)
@@ -396,6 +404,12 @@ class CriBackend(Prewarmer, Reconciler, PodLifecycleAware, ContainerExecutor, Co
 
     async def port_forward_url(self, pod_uid: str, ports: list[int]) -> str:
         return await self.streams.port_forward_url(pod_uid, ports)
+
+    async def exec_session_started(self, container_id: str, cmd: list[str]) -> str:
+        return await self.exec_sessions.exec_session_started(container_id, cmd)
+
+    async def exec_session_ended(self, key: str) -> int:
+        return await self.exec_sessions.exec_session_ended(key)
 
     def _sandbox_of(self, pod_uid: str) -> str | None:
         rec = self.pool.get_by_pod(pod_uid)

@@ -1,7 +1,9 @@
 """Interactive access end to end: the real kubectl, through the real API server, to warmlet's kubelet
 API, to containerd's streaming server. exec with and without a tty (a real pty: terminal size
 carried), stdin piped, exit codes, attach, port-forward of a 100 MB file, cp both ways, an exec
-whose client is killed leaves nothing behind, unauthenticated/unauthorized upgrades refused, and
+whose client is killed leaves nothing behind (each of two concurrent sessions of one command ends
+only its own process; what a finished exec left in the background stays, as on kubelet),
+unauthenticated/unauthorized upgrades refused, and
 the simulated backend's answer. Every test failed before: warmlet answered 501 to all of them.
 
 One module, one CRI node and one set of pods shared by all tests (a bed session is expensive)."""
@@ -255,10 +257,9 @@ async def test_cp_a_directory_in_and_out(bed: Bed, tmp_path: Path) -> None:
     assert (back / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
 
 
-async def _killed_client_leaves(bed: Bed, marker: str, *argv: str) -> None:
-    """Start ``kubectl exec`` (stdin a pipe kept open), SIGKILL it once ``marker`` runs, and wait
-    for ``marker`` to leave the container's process list."""
-    proc = await asyncio.create_subprocess_exec(
+async def _exec_client(bed: Bed, *argv: str) -> asyncio.subprocess.Process:
+    """``kubectl exec`` in the background, its stdin a pipe kept open."""
+    return await asyncio.create_subprocess_exec(
         KUBECTL,
         f"--kubeconfig={bed.e2e.kubeconfig}",
         "-n",
@@ -269,6 +270,19 @@ async def _killed_client_leaves(bed: Bed, marker: str, *argv: str) -> None:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+async def _pids(bed: Bed, args: str) -> list[str]:
+    """Pids of the shell pod's processes whose command line is exactly ``args``."""
+    out = await bed.sh("shell", "ps -o pid,args")
+    rows = [line.split(None, 1) for line in out.splitlines()]
+    return [r[0] for r in rows if len(r) == 2 and r[1].strip() == args]
+
+
+async def _killed_client_leaves(bed: Bed, marker: str, *argv: str) -> None:
+    """Start ``kubectl exec``, SIGKILL it once ``marker`` runs, and wait for ``marker`` to leave
+    the container's process list."""
+    proc = await _exec_client(bed, *argv)
 
     async def running() -> bool:
         return marker in await bed.sh("shell", "ps -o pid,args")
@@ -293,14 +307,60 @@ async def test_killed_exec_client_with_stdin_leaves_no_process(bed: Bed) -> None
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="containerd 1.6 runs a streaming exec under a context that the connection's end does not "
-    "cancel: a command that neither reads stdin nor writes a tty outlives its client (the runtime "
-    "owns exec processes; CRI gives warmlet no handle on them)",
-)
 async def test_killed_exec_client_leaves_no_process(bed: Bed) -> None:
+    """containerd 1.6 does not end a streaming exec with its connection: warmlet ends the
+    session's process (it neither reads stdin nor has a tty, so nothing else would)."""
     await _killed_client_leaves(bed, "sleep 31337", "shell", "--", "sleep", "31337")
+
+
+async def test_concurrent_execs_of_one_command_each_end_only_their_own(bed: Bed) -> None:
+    """Two ``kubectl exec -- sleep 4242`` at once: killing one client ends one process, and the
+    one left is the other session's (its client still runs and gets its exit code)."""
+    first, second = await asyncio.gather(
+        _exec_client(bed, "shell", "--", "sleep", "4242"), _exec_client(bed, "shell", "--", "sleep", "4242")
+    )
+    try:
+
+        async def both() -> bool:
+            return len(await _pids(bed, "sleep 4242")) == 2
+
+        await wait_for(both, 60, 0.5, "two sleep 4242 running")
+        first.kill()
+        await first.wait()
+
+        async def one() -> list[str]:
+            left = await _pids(bed, "sleep 4242")
+            return left if len(left) == 1 else []
+
+        (left,) = await wait_for(one, 30, 0.5, "one sleep 4242 left after its client was killed")
+        await asyncio.sleep(2)  # the first session is over: nothing else goes
+        assert await _pids(bed, "sleep 4242") == [left] and second.returncode is None
+        await bed.sh("shell", f"kill {left}")
+        assert await asyncio.wait_for(second.wait(), 30) == 143  # its own process: SIGTERM
+    finally:
+        for p in (first, second):
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+        with contextlib.suppress(AssertionError):
+            for pid in await _pids(bed, "sleep 4242"):
+                await bed.sh("shell", f"kill {pid}")
+
+
+async def test_finished_exec_leaves_what_it_started_in_the_background(bed: Bed) -> None:
+    """As on kubelet: an exec that ended by itself ends nothing it left behind on purpose (the
+    child is reparented to the shim, like a new exec's process)."""
+    rc, out, err = await bed.kubectl(
+        "exec", "shell", "--", "sh", "-c", "sleep 4343 </dev/null >/dev/null 2>&1 & echo started"
+    )
+    assert (rc, out) == (0, b"started\n"), err
+    try:
+        for _ in range(8):  # the session's end has run by now; the child stays
+            await asyncio.sleep(0.5)
+            assert len(await _pids(bed, "sleep 4343")) == 1
+    finally:
+        for pid in await _pids(bed, "sleep 4343"):
+            await bed.sh("shell", f"kill {pid}")
 
 
 async def _kubelet_port(bed: Bed) -> int:
