@@ -87,7 +87,8 @@ BYTES = prometheus_client.Counter(
 
 DIAL_TIMEOUT = 10.0  # connect + the runtime's answer to the upgrade request
 ERROR_BODY_MAX = 1024 * 1024
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024  # largest read from the runtime per write to the client
+READ_LIMIT = 256 * 1024  # the runtime's bytes buffered (up to twice that) before its reads pause
 CLIENT_BUFFER_HIGH = 256 * 1024  # queued client bytes above which the client's reads pause
 # kubelet runs /run commands without a timeout; warmlet bounds them (the request would otherwise
 # hold a connection for as long as the command runs).
@@ -333,9 +334,13 @@ async def _dial(up: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
     if up.scheme == "https":
         # As kubelet's proxy without a transport: the system's trust and the URL's host name.
         return await asyncio.open_connection(
-            up.host, up.port, ssl=ssl.create_default_context(), server_hostname=up.host
+            up.host,
+            up.port,
+            ssl=ssl.create_default_context(),
+            server_hostname=up.host,
+            limit=READ_LIMIT,
         )
-    return await asyncio.open_connection(up.host, up.port)
+    return await asyncio.open_connection(up.host, up.port, limit=READ_LIMIT)
 
 
 async def proxy_upgrade(request: web.Request, url: str, kind: str) -> web.StreamResponse:
