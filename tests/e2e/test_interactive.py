@@ -192,6 +192,59 @@ async def test_attach_to_a_container_reading_stdin(bed: Bed) -> None:
         await proc.wait()
 
 
+async def test_kubectl_debug_it_sees_the_targets_processes(bed: Bed) -> None:
+    """kubectl debug -it on a terminal: the ephemeral container starts in the pod's sandbox, in the
+    target's process namespace, and kubectl attaches to its tty (input typed, the shell's output
+    back). On a pipe instead of a terminal kubectl asks for stderr beside the container's tty,
+    which the runtime refuses for kubelet too (CRI Attach: tty and stderr cannot both be true)."""
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        KUBECTL,
+        f"--kubeconfig={bed.e2e.kubeconfig}",
+        "-n",
+        bed.ns,
+        "debug",
+        "-it",
+        "shell",
+        f"--image={bed.e2e.busybox}",
+        "--target=main",
+        "-c",
+        "dbg-it",
+        "--",
+        "sh",
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    os.write(master, b"ps -o pid,args; echo marker-$((6*7)); exit 3\n")
+
+    def read_all() -> bytes:
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: every writer of the pty is gone
+                return b"".join(chunks)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    try:
+        output = await asyncio.wait_for(asyncio.to_thread(read_all), 120)
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert "marker-42" in text and "sleep 3600" in text, text
+    p = await bed.e2e.pod(bed.ns, "shell")
+    s = next(s for s in p["status"].get("ephemeralContainerStatuses") or [] if s["name"] == "dbg-it")
+    assert s["containerID"].startswith("containerd://"), s
+
+
 async def test_port_forward_serves_a_100mb_file_intact(bed: Bed) -> None:
     async def served() -> str:
         rc, out, _ = await bed.kubectl(
