@@ -71,6 +71,19 @@ def pod(bed_node: str, name: str, command: str, image: str, **container: Any) ->
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
+def read_pty(master: int) -> bytes:
+    """Everything written to a pty until every writer of it is gone."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: every writer of the pty is gone
+            return b"".join(chunks)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
 @pytest.fixture(scope="module")
 async def bed(testbed: Any, kubeconfig: Path, cri_endpoint: str, tmp_path_factory: Any) -> AsyncIterator[Bed]:
     client = await KubeClient.from_kubeconfig(str(kubeconfig))
@@ -143,19 +156,8 @@ async def test_exec_with_a_real_tty_carries_the_terminal_size(bed: Bed) -> None:
     )
     os.close(slave)
 
-    def read_all() -> bytes:
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: every writer of the pty is gone
-                return b"".join(chunks)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-
     try:
-        output = await asyncio.wait_for(asyncio.to_thread(read_all), 60)
+        output = await asyncio.wait_for(asyncio.to_thread(read_pty, master), 60)
         rc = await asyncio.wait_for(proc.wait(), 30)
     finally:
         os.close(master)
@@ -219,19 +221,8 @@ async def test_kubectl_debug_it_sees_the_targets_processes(bed: Bed) -> None:
     os.close(slave)
     os.write(master, b"ps -o pid,args; echo marker-$((6*7)); exit 3\n")
 
-    def read_all() -> bytes:
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: every writer of the pty is gone
-                return b"".join(chunks)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-
     try:
-        output = await asyncio.wait_for(asyncio.to_thread(read_all), 120)
+        output = await asyncio.wait_for(asyncio.to_thread(read_pty, master), 120)
         await asyncio.wait_for(proc.wait(), 30)
     finally:
         if proc.returncode is None:
