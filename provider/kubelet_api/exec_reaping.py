@@ -1,8 +1,8 @@
 """An exec session's process ends with the session: the backend is told when one begins and ends.
 
 A client that leaves (killed ``kubectl exec``, a dropped connection) must leave no process behind
-in the container. Kubelet gets this from the runtime (containerd >= 1.7 cancels the exec with its
-connection); where the runtime does not, a backend with the optional ``ExecSessionTracker``
+in the container. Kubelet leaves this to the runtime, and containerd 1.6 does not end a streaming
+exec with its connection; where the runtime does not, a backend with the optional ``ExecSessionTracker``
 finds the session's process and kills what of it still runs once the proxied connection is over.
 This module calls it around an exec session: started before the session's URL is asked for,
 ended after the proxy finished, shielded from cancellation, and never failing the request (a

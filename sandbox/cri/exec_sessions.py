@@ -3,7 +3,7 @@ session ends while it still runs (its client left).
 
 Why: containerd 1.6 runs a streaming exec under a context that the connection's end never
 cancels, so a command that neither reads stdin nor uses a tty outlives its killed client (a
-kubelet on containerd 1.6 leaks the same way; containerd >= 1.7 kills the exec's process). CRI
+kubelet on containerd 1.6 leaks the same way). CRI
 gives no handle on an exec's process, so the backend finds it on the node:
 
 - runc starts an exec's process as a child of the containerd shim (a subreaper outside the
