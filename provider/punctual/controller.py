@@ -295,11 +295,14 @@ class PunctualController:
         """Watch and act until cancelled (acting only while holding the Lease, if elected)."""
         if not self.cfg.enabled:
             return
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.cronjobs.run(), name="punctual-cronjobs")
-            tg.create_task(self.jobs.run(), name="punctual-jobs")
-            tg.create_task(self.queue.run(), name="punctual-queue")
-            tg.create_task(self._lead(), name="punctual-lead")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.cronjobs.run(), name="punctual-cronjobs")
+                tg.create_task(self.jobs.run(), name="punctual-jobs")
+                tg.create_task(self.queue.run(), name="punctual-queue")
+                tg.create_task(self._lead(), name="punctual-lead")
+        finally:
+            self.queue.close()  # its timers' pump task
 
     async def _lead(self) -> None:
         await self.cronjobs.synced.wait()

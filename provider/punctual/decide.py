@@ -399,4 +399,4 @@ def _precreate(
     if spec.get("concurrencyPolicy") == "Forbid" and others:
         plan.skipped = FORBID  # decided again when status.active changes
         return
-    plan.actions.append(Create(held_job(cronjob, nxt, tz), nxt))
+    plan.actions.append(Create(held_job(cronjob, nxt, tz, created_at=now), nxt))

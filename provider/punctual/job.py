@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from datetime import tzinfo
 from typing import Any
@@ -31,6 +32,7 @@ LEAD = "warmlet.io/punctual-lead-seconds"
 PRECREATED = "warmlet.io/punctual-precreated"
 SPEC_HASH = "warmlet.io/punctual-spec-hash"
 START_AT = "warmlet.io/start-at"
+ACTIVE_DEADLINE = "warmlet.io/punctual-active-deadline-seconds"  # the template's, before the lead was added
 HOLDS_START = "warmlet.io/holds-start"
 SCHEDULED_TIMESTAMP = "batch.kubernetes.io/cronjob-scheduled-timestamp"
 
@@ -88,8 +90,15 @@ def spec_hash(labels: Mapping[str, str], annotations: Mapping[str, str], spec: M
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def held_job(cronjob: Mapping[str, Any], instant: float, tz: tzinfo) -> JSON:
-    """The Job to create for ``instant`` (owner reference not yet controller)."""
+def held_job(cronjob: Mapping[str, Any], instant: float, tz: tzinfo, created_at: float | None = None) -> JSON:
+    """The Job to create for ``instant`` (owner reference not yet controller).
+
+    ``created_at`` (when it is created): the Job controller counts ``activeDeadlineSeconds`` from
+    the Job's ``status.startTime``, set when it first sees the Job, i.e. up to the lead before
+    the instant; so the lead is added to it (plus 1 s for startTime's truncation to the second),
+    making the deadline fall at instant + the template's value, never earlier. The template's
+    value is kept in ``warmlet.io/punctual-active-deadline-seconds``. The spec hash is of the Job
+    before that, so it does not depend on when the Job was made."""
     meta = cronjob.get("metadata") or {}
     template = (cronjob.get("spec") or {}).get("jobTemplate") or {}
     tmeta = template.get("metadata") or {}
@@ -102,6 +111,10 @@ def held_job(cronjob: Mapping[str, Any], instant: float, tz: tzinfo) -> JSON:
     spec = copy.deepcopy(dict(template.get("spec") or {}))
     spec["template"] = with_hold(spec.get("template") or {}, instant)
     annotations[SPEC_HASH] = spec_hash(labels, annotations, spec)
+    deadline = spec.get("activeDeadlineSeconds")
+    if deadline is not None and created_at is not None:
+        spec["activeDeadlineSeconds"] = int(deadline) + max(0, math.ceil(instant - created_at)) + 1
+        annotations[ACTIVE_DEADLINE] = str(int(deadline))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -460,3 +460,16 @@ def test_the_lead_never_leaves_the_controller_anything_to_complain_about(
         assert not mine or not processed
     if edit == "forbid-active" and edited and policy == "Replace" and processed:
         assert len(w.cj["status"]["active"]) == 1  # the previous run was replaced
+
+
+def test_active_deadline_counts_from_the_instant_not_the_early_creation() -> None:
+    cj = cronjob()
+    cj["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] = 30
+    create = decide(cj, [], T - 42.5, S, True).actions[0]
+    assert isinstance(create, Create)
+    # the Job controller counts from status.startTime (>= creation, truncated to the second)
+    assert create.job["spec"]["activeDeadlineSeconds"] == 30 + 43 + 1
+    assert create.job["metadata"]["annotations"]["warmlet.io/punctual-active-deadline-seconds"] == "30"
+    # the same Job made at another moment is not a changed template
+    job = stored(create.job, controlled=True)
+    assert decide(with_active(cj, job), [job], T - 20, S, True).actions == []
