@@ -40,7 +40,7 @@ from provider.punctual.decide import (
     decide,
     orphans,
 )
-from provider.punctual.job import owner_uid
+from provider.punctual.job import is_held, owner_uid
 from provider.punctual.metrics import HELD_DELETED, INSTANTS, LEAD, LEADER, PRECREATE_FAILURES, PRECREATED
 from provider.punctual.schedule import parse_timestamp
 from provider.reflector import DELETED, Reflector
@@ -114,8 +114,8 @@ class PunctualController:
             self.queue.add(uid)
 
     def _on_job(self, etype: str, job: JSON) -> None:
-        owner = owner_uid(job)
-        if not owner:
+        owner = owner_uid(job)  # "": a held Job that lost its owner reference (indexed under "")
+        if not owner and not is_held(job):
             return
         uid = str((job.get("metadata") or {}).get("uid", ""))
         kids = self.children.setdefault(owner, {})
@@ -137,7 +137,7 @@ class PunctualController:
         cj = self.cronjobs.objects.get(uid)
         jobs = list(self.children.get(uid, {}).values())
         if cj is None:
-            return None, Plan(actions=list(orphans(jobs, set())))
+            return None, Plan(actions=list(orphans(jobs, set(), self.clock.time())))
         cj = with_kind(cj)
         return cj, decide(cj, jobs, self.clock.time(), self.settings, self.lands_here(cj))
 
@@ -282,7 +282,7 @@ class PunctualController:
     def _remember(self, job: JSON) -> None:
         owner = owner_uid(job)
         uid = str((job.get("metadata") or {}).get("uid", ""))
-        if owner and uid:
+        if uid and (owner or is_held(job)):
             self.children.setdefault(owner, {})[uid] = job
 
     def _forget(self, uid: str) -> None:

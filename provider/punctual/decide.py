@@ -162,12 +162,17 @@ def ran(job: Mapping[str, Any]) -> bool:
     return any(int(st.get(k) or 0) > 0 for k in ("ready", "succeeded", "failed"))
 
 
-def orphans(jobs: Iterable[Mapping[str, Any]], cronjob_uids: set[str]) -> list[Delete]:
-    """Held Jobs whose CronJob is gone (the garbage collector would delete them too, later)."""
+def orphans(jobs: Iterable[Mapping[str, Any]], cronjob_uids: set[str], now: float) -> list[Delete]:
+    """Held Jobs whose instant has not come and whose CronJob is gone or that lost their owner
+    reference (a CronJob deleted with orphan propagation): they must never run (the garbage
+    collector deletes them too, later, unless orphaned). After the instant they are ordinary Jobs."""
     out = []
     for j in jobs:
         m = _meta(j)
         if not is_held(j) or m.get("deletionTimestamp") or owner_uid(j) in cronjob_uids:
+            continue
+        instant = instant_of(j)
+        if instant is not None and instant <= now:
             continue
         out.append(Delete(m.get("namespace", ""), m.get("name", ""), m.get("uid", ""), CRONJOB_DELETED))
     return out

@@ -342,11 +342,17 @@ def test_processed_job_whose_adoption_was_interrupted_is_adopted() -> None:
 
 def test_orphans() -> None:
     job = stored(held_job(cronjob(), T, UTC))
-    assert orphans([job], {"cj-uid"}) == []
-    (d,) = orphans([job], set())
+    assert orphans([job], {"cj-uid"}, T - 30) == []
+    (d,) = orphans([job], set(), T - 30)
     assert d.reason == CRONJOB_DELETED and d.uid == job["metadata"]["uid"]
+    job["metadata"]["ownerReferences"] = []  # deleted with orphan propagation
+    assert [o.uid for o in orphans([job], {"cj-uid"}, T - 30)] == [job["metadata"]["uid"]]
+    assert orphans([job], set(), T) == []  # after its instant: an ordinary Job
+    ordinary = stored(held_job(cronjob(), T, UTC))
+    del ordinary["metadata"]["annotations"]["warmlet.io/punctual-precreated"]
+    assert orphans([ordinary], set(), T - 30) == []
     job["metadata"]["deletionTimestamp"] = "x"
-    assert orphans([job], set()) == []
+    assert orphans([job], set(), T - 30) == []
 
 
 def test_a_held_job_name_already_taken_is_not_created_again() -> None:
