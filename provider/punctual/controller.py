@@ -196,7 +196,7 @@ class PunctualController:
             job = await self.client.post(f"/apis/batch/v1/namespaces/{ns}/jobs", a.job)
         except ApiError as e:
             if e.status == 409:
-                return False  # exists: ours (the watch brings it) or someone else's (left alone)
+                return True  # exists: ours (the watch brings it) or someone else's (left alone)
             PRECREATE_FAILURES.labels(code=str(e.status)).inc()
             if cj is not None:
                 self._note(

@@ -330,7 +330,7 @@ def decide(
             SetOwner(m.get("namespace", ""), m.get("name", ""), m.get("uid", ""), refs, adopt=True)
         )
     plan.actions.extend(deletes)
-    _precreate(plan, cronjob, held, now, s, lands_here, nxt, tz, unsupported, last, others)
+    _precreate(plan, cronjob, jobs, now, s, lands_here, nxt, tz, unsupported, last, others)
     if nxt is not None:
         plan.wake(nxt + 1.0)  # the next cycle is looked at even if nothing changes meanwhile
     return plan
@@ -339,7 +339,7 @@ def decide(
 def _precreate(
     plan: Plan,
     cronjob: Mapping[str, Any],
-    held: Sequence[Mapping[str, Any]],
+    jobs: Sequence[Mapping[str, Any]],
     now: float,
     s: Settings,
     lands_here: bool,
@@ -380,8 +380,8 @@ def _precreate(
         plan.skipped = "too-late"
         return
     name = job_name(str(meta.get("name", "")), nxt)
-    if any(_meta(j).get("name") == name for j in held):
-        return
+    if any(_meta(j).get("name") == name for j in jobs):
+        return  # ours, or the controller's own (it fired without us)
     if near_offset_change(tz, nxt):
         plan.skipped = "dst"
         plan.notes.append(

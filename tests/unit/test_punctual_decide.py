@@ -479,3 +479,11 @@ def test_active_deadline_counts_from_the_instant_not_the_early_creation() -> Non
     # the same Job made at another moment is not a changed template
     job = stored(create.job, controlled=True)
     assert decide(with_active(cj, job), [job], T - 20, S, True).actions == []
+
+
+def test_a_job_of_that_name_not_made_by_warmlet_is_left_alone() -> None:
+    cj = cronjob()
+    other = stored(held_job(cj, T, UTC), controlled=True)
+    del other["metadata"]["annotations"]["warmlet.io/punctual-precreated"]
+    plan = decide(with_active(cj, other), [other], T - 30, S, True)
+    assert plan.actions == []
