@@ -37,6 +37,8 @@ class FakeBatchApi:
         self.uids = itertools.count(1)
         self.creates = 0
         self.writes: list[str] = []
+        self.leases: dict[str, JSON] = {}
+        self.posts_by: dict[str, int] = {}  # create attempts by client name (see Named)
 
     def _emit(self, coll: str, etype: str, obj: JSON) -> None:
         for q in self.watchers[coll]:
@@ -85,7 +87,23 @@ class FakeBatchApi:
         finally:
             self.watchers[path].remove(q)
 
+    async def get(self, path: str, **params: Any) -> JSON:
+        if path not in self.leases:
+            raise ApiError(404, "NotFound", "no lease")
+        return copy.deepcopy(self.leases[path])
+
+    def _lease(self, path: str, body: JSON) -> JSON:
+        body = copy.deepcopy(body)
+        body["metadata"]["resourceVersion"] = str(next(self.rv))
+        self.leases[path] = body
+        return copy.deepcopy(body)
+
     async def post(self, path: str, body: JSON, **params: Any) -> JSON:
+        if path.endswith("/leases"):
+            full = f"{path}/{body['metadata']['name']}"
+            if full in self.leases:
+                raise ApiError(409, "AlreadyExists", "lease")
+            return self._lease(full, body)
         ns = path.split("/namespaces/")[1].split("/")[0]
         with contextlib.suppress(ApiError):
             self._find(JOB_PATH, ns, body["metadata"]["name"])
@@ -95,6 +113,11 @@ class FakeBatchApi:
         return self.store(JOB_PATH, body)
 
     async def put(self, path: str, body: JSON, **params: Any) -> JSON:
+        if "/leases/" in path:
+            cur = self.leases.get(path)
+            if cur is None or cur["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
+                raise ApiError(409, "Conflict", "lease")
+            return self._lease(path, body)
         ns, rest = path.split("/namespaces/")[1].split("/cronjobs/")
         cur = self._find(CJ_PATH, ns, rest.split("/")[0])
         if body["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"]:
@@ -171,16 +194,34 @@ async def settle(clock: FakeClock) -> None:
         await asyncio.sleep(0)
 
 
+class Named:
+    """One process's client of the shared fake API: counts its Job creates."""
+
+    def __init__(self, api: FakeBatchApi, name: str) -> None:
+        self.api, self.name = api, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.api, attr)
+
+    async def post(self, path: str, body: JSON, **params: Any) -> JSON:
+        if path.endswith("/jobs"):
+            self.api.posts_by[self.name] = self.api.posts_by.get(self.name, 0) + 1
+        return await self.api.post(path, body, **params)
+
+
 @contextlib.asynccontextmanager
-async def running(api: FakeBatchApi, clock: FakeClock) -> AsyncIterator[tuple[PunctualController, Recorder]]:
+async def running(
+    api: FakeBatchApi, clock: FakeClock, elect: bool = False, name: str = "a"
+) -> AsyncIterator[tuple[PunctualController, Recorder]]:
     rec = Recorder()
     ctl = PunctualController(
-        PunctualConfig(enabled=True, lead_seconds=60),
-        cast(KubeClient, api),
+        PunctualConfig(enabled=True, lead_seconds=60, leader_election=elect),
+        cast(KubeClient, Named(api, name)),
         cast(EventRecorder, rec),
         {"kubernetes.io/hostname": "vnode"},
         [],
         clock=clock,
+        identity=name,
     )
     task = asyncio.create_task(ctl.run())
     await settle(clock)
@@ -278,3 +319,22 @@ async def test_not_opted_in_nothing_happens() -> None:
     async with running(api, clock):
         await step(clock, 70)
     assert api.writes == []
+
+
+async def test_with_leader_election_only_the_lease_holder_creates() -> None:
+    api = FakeBatchApi()
+    for i in range(5):
+        cj = punctual_cronjob()
+        cj["metadata"].update(name=f"cj{i}", uid=f"cj-{i}")
+        api.store(CJ_PATH, cj)
+    clock = clock_at(T - 65)
+    async with (
+        running(api, clock, elect=True, name="a") as (a, _),
+        running(api, clock, elect=True, name="b") as (b, _),
+    ):
+        await step(clock, 1)
+        assert a.leading.is_set() != b.leading.is_set()  # exactly one leads
+        await step(clock, 10)
+        assert api.creates == 5
+        leader = "a" if a.leading.is_set() else "b"
+        assert api.posts_by == {leader: 5}  # the standby never even tried
