@@ -156,7 +156,7 @@ class PunctualController:
                     return CONFLICT_RETRY_SECONDS
         if plan.wake_at is None:
             return None
-        return max(0.0, plan.wake_at - self.clock.time())
+        return max(0.01, plan.wake_at - self.clock.time())  # never a hot loop
 
     def _note(self, cj: JSON, notes: list[Note]) -> None:
         """Record each distinct note once per CronJob (a pass runs often; an Event once is enough)."""
