@@ -37,7 +37,7 @@ from provider.events import EventRecorder
 from provider.kubeclient import ApiError, KubeClient
 from provider.punctual.controller import PunctualController
 from testbed.bed import TestBed
-from testbed.testing import create_namespace, wait_for
+from testbed.testing import create_namespace, node_config, running_node, wait_for
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -417,3 +417,22 @@ async def test_punctual_cronjobs_against_the_real_controller(
 
 async def _gone(api: Api, name: str) -> bool:
     return await api.job(name) is None
+
+
+async def test_a_warmlet_node_with_punctual_enabled_runs_the_controller(
+    kubeconfig: Path, tmp_path: Path
+) -> None:
+    cfg = node_config(kubeconfig, tmp_path)
+    cfg.punctual.enabled = True
+    async with running_node(cfg) as node:
+        ctl = node.punctual
+        assert isinstance(ctl, PunctualController)
+        await asyncio.wait_for(ctl.leading.wait(), 30)  # both watches synced, acting
+        assert ctl.cronjobs.synced.is_set() and ctl.jobs.synced.is_set()
+        assert ctl.lands_here(
+            {
+                "spec": {
+                    "jobTemplate": {"spec": {"template": {"spec": template()["spec"]["template"]["spec"]}}}
+                }
+            }
+        )
