@@ -88,6 +88,7 @@ class WarmletNode:
         self.pods: PodController | None = None
         self.recorder: EventRecorder | None = None
         self.prewarmer: CronPrewarmer | None = None
+        self.punctual: Any = None  # provider.punctual.controller.PunctualController when enabled
         self._task: asyncio.Task[None] | None = None
         self._api_server: Any = None
         self._parts: list[asyncio.Task[None]] = []  # node, pods, cron-prewarm: stopped first on SIGTERM
@@ -174,6 +175,20 @@ class WarmletNode:
             await self.node.registered.wait()
             self._parts.append(tg.create_task(self.pods.run(), name="pods"))
             self._parts.append(tg.create_task(self.prewarmer.run(), name="cron-prewarm"))
+            if self.cfg.punctual.enabled:  # pre-created Jobs of punctual CronJobs (provider/punctual)
+                from provider.punctual.controller import PunctualController
+
+                punctual = PunctualController(
+                    self.cfg.punctual,
+                    self.client,
+                    self.recorder,
+                    node_labels(self.cfg.node),
+                    node_taints(self.cfg.node),
+                    election=self.cfg.leader_election,
+                    identity=f"{self.cfg.node.name}_{uuid.uuid4().hex[:6]}",
+                )
+                self.punctual = punctual
+                self._parts.append(tg.create_task(punctual.run(), name="punctual"))
             if self.cfg.placement.enabled:  # webhook and/or fast binder (provider/placement)
                 from provider.placement.service import PlacementService
 

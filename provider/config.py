@@ -173,6 +173,20 @@ class PlacementConfig(_Section):
         return self.webhook.enabled or self.binder.enabled
 
 
+class PunctualConfig(_Section):
+    """Punctual CronJobs: the Job of an opted-in CronJob created ahead of its instant and held on
+    warmlet nodes until then (docs/design.md: "Punctual CronJobs"); kind-config/punctual-rbac.yaml."""
+
+    enabled: bool = False
+    lead_seconds: float = Field(default=60.0, gt=0)  # default of warmlet.io/punctual-lead-seconds
+    min_lead_seconds: float = Field(default=5.0, ge=0)  # closer to the instant: the controller fires it
+    max_lead_seconds: float = Field(default=600.0, gt=0)  # the largest lead an annotation may ask for
+    workers: int = Field(default=16, ge=1)  # CronJobs handled at once
+    leader_election: bool = False  # several warmlet nodes: only the Lease holder creates Jobs
+    lease_name: str = "warmlet-punctual"
+    lease_namespace: str = "kube-node-lease"
+
+
 class WarmletConfig(_Section):
     kubeconfig: Path | None = None
     backend: Literal["simulated", "cri"] = "simulated"
@@ -188,6 +202,7 @@ class WarmletConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)
+    punctual: PunctualConfig = Field(default_factory=PunctualConfig)
 
     @model_validator(mode="after")
     def _dirs_follow_state_dir(self) -> WarmletConfig:

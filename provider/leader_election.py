@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from prometheus_client import Gauge
+
 from common.clock import SYSTEM, Clock
 from common.retry import STOP, periodic
 from provider.kubeclient import ApiError, KubeClient
@@ -202,8 +204,10 @@ class LeaderElector:
         renew_deadline: float = 8.0,
         retry_period: float = 2.0,
         clock: Clock = SYSTEM,
+        gauge: Gauge = LEADER,  # 1 while held (another election, e.g. punctual's, has its own)
     ) -> None:
         validate_timings(lease_duration, renew_deadline, retry_period)
+        self.gauge = gauge
         self.client = client
         self.name = name
         self.namespace = namespace
@@ -216,7 +220,7 @@ class LeaderElector:
         self.last_renew = 0.0
         self.is_leader = False
         self._waiting_for: str | None = None
-        LEADER.set(0)
+        self.gauge.set(0)
 
     @property
     def path(self) -> str:
@@ -278,7 +282,7 @@ class LeaderElector:
     async def _acquire_round(self) -> object:
         if await self.try_acquire_or_renew():
             self.is_leader = True
-            LEADER.set(1)
+            self.gauge.set(1)
             return STOP
         holder = self.obs.record.holder if self.obs.record else ""
         if holder != self._waiting_for:
@@ -319,7 +323,7 @@ class LeaderElector:
 
     def _lost(self, why: str) -> None:
         self.is_leader = False
-        LEADER.set(0)
+        self.gauge.set(0)
         log.error(
             "leader election: lost leadership lease=%s/%s identity=%s reason=%s",
             self.namespace,
@@ -333,7 +337,7 @@ class LeaderElector:
         if not self.is_leader:
             return
         self.is_leader = False
-        LEADER.set(0)
+        self.gauge.set(0)
         try:
             rec = await self._read()
             if rec is None:
