@@ -149,7 +149,7 @@ class SimulatedBackend:
     container_id_scheme = "simulated"
     # Simulated starts are timers (simulated.start_seconds each), not processes: they do not slow
     # each other down, so a start wave may have many in flight.
-    capabilities = BackendCapabilities(runs_processes=False, start_concurrency=256)
+    capabilities = BackendCapabilities(runs_processes=False, start_concurrency=512)
 
     def __init__(
         self,
