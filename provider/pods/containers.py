@@ -110,9 +110,6 @@ class ContainerStarter:
         for cid in cids:
             try:
                 await self.backend.start_container(cid)
-                out.started_any = True
-                if cid in names:
-                    await self.post_start(pod, st, names[cid], cid, out)
             except RuntimeUnavailableError:
                 raise  # the runtime is away: retried with back-off, the container is kept
             except ContainerStartInProgressError:
@@ -130,6 +127,11 @@ class ContainerStarter:
                 await self.backend.stop_container(cid, 0)
                 await self.backend.remove_container(cid)
                 out.retry_in(RECREATE_RETRY_SECONDS)
+                continue
+            out.started_any = True
+            if cid in names:
+                self.events.record(pod, NORMAL, "Started", f"Started container {names[cid]}")
+                await self.post_start(pod, st, names[cid], cid, out)
 
     async def start(
         self, pod: JSON, st: PodState, starts: Sequence[Start], now: float, out: StartOutcome
