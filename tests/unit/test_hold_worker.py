@@ -186,6 +186,7 @@ async def test_restart_after_the_instant_never_starts_a_container_twice(node: No
     assert len(runtime) == 2 and runtime["a"].started_at == a_started  # a is not started again
     assert runtime["b"].state == ContainerState.RUNNING
     assert node.status()["phase"] == "Running"
+    assert node.rec.reasons().count("Started") == 1  # b, resumed by the sync: a started once
 
 
 async def test_a_pod_arriving_after_its_instant_starts_at_once(node: Node) -> None:
