@@ -44,6 +44,9 @@ class PodConfig(_Section):
     # Secrets, tokens, downward API and emptyDir{medium: Memory}: one tmpfs mount per volume here,
     # or plain dirs when this dir is already on tmpfs. None: "<volumes_dir>-memory".
     memory_volumes_dir: Path | None = None
+    # StartContainer calls in flight in a start wave (the held pods of one warmlet.io/start-at
+    # instant started together); 0: the backend's own figure (CRI: 6, simulated: 512).
+    start_wave_concurrency: int = Field(default=0, ge=0)
 
 
 class SimulatedConfig(_Section):

@@ -67,3 +67,25 @@ LEADER_TRANSITIONS = Counter(
 LEADER_RENEWALS = Counter(
     "warmlet_leader_renewals_total", "Leader election Lease renewals by result (ok, error)", ["result"]
 )
+
+# The start hold (provider/pods/hold.py, start_wave.py): pods prepared ahead of their
+# warmlet.io/start-at instant and started together at it.
+HELD_PODS = Gauge("warmlet_held_pods", "Pods prepared and held until their warmlet.io/start-at instant")
+START_WAVE_SIZE = Histogram(
+    "warmlet_start_wave_pods",
+    "Pods started by one start wave (all the held pods of one instant)",
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+START_WAVE_CONCURRENCY = Gauge(
+    "warmlet_start_wave_concurrency", "StartContainer calls in flight allowed in the last start wave"
+)
+START_WAVE_SECONDS = Histogram(
+    "warmlet_start_wave_duration_seconds",
+    "From a start wave's instant to its last StartContainer answered",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+)
+START_LATENESS = Histogram(
+    "warmlet_start_lateness_seconds",
+    "First app container start (the runtime's startedAt) minus the pod's warmlet.io/start-at instant",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60),
+)

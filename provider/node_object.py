@@ -31,6 +31,11 @@ def arch() -> str:
     return _ARCH.get(platform.machine(), platform.machine())
 
 
+# This node honours warmlet.io/start-at (provider/pods/hold.py): a held pod's required node affinity
+# names this label, so a node that would start such a pod early can never get one.
+HOLDS_START_LABEL = "warmlet.io/holds-start"
+
+
 def node_labels(cfg: NodeConfig) -> dict[str, str]:
     a = arch()
     labels = {
@@ -42,6 +47,7 @@ def node_labels(cfg: NodeConfig) -> dict[str, str]:
         "beta.kubernetes.io/os": "linux",
         "beta.kubernetes.io/arch": a,
         "node.kubernetes.io/exclude-from-external-load-balancers": "true",
+        HOLDS_START_LABEL: "true",
     }
     labels.update(cfg.labels)
     return labels

@@ -203,6 +203,10 @@ class SimContainers:
         c.exec_exit_code = _int_annotation(ann, ANN_EXEC_EXIT_CODE, cname, 0)
         c.exec_output = _annotation(ann, ANN_EXEC_OUTPUT, cname) or ""
         c.exec_seconds = _float_annotation(ann, ANN_EXEC_SECONDS, cname, 0.0) or 0.0
+        try:  # the log file exists from creation on: a start only appends (cheap in a start wave)
+            CRILogWriter(log_path).create()
+        except OSError as e:
+            log.warning("cannot create container log path=%s error=%s", log_path, e)
         self.by_id[cid] = c
         return cid
 
@@ -220,13 +224,11 @@ class SimContainers:
         st.state = ContainerState.RUNNING
         st.started_at = self.clock.time()
         writer = CRILogWriter(st.log_path)
-        try:
-            writer.create()
-            writer.write(f"simulated container {st.name} started\n")
-            for line in c.log_lines:
-                writer.write(line + "\n")
-            for line in c.stderr_lines:
-                writer.write(line + "\n", STDERR)
+        try:  # one append per stream (the file was created with the container)
+            lines = [f"simulated container {st.name} started", *c.log_lines]
+            writer.write("".join(line + "\n" for line in lines))
+            if c.stderr_lines:
+                writer.write("".join(line + "\n" for line in c.stderr_lines), STDERR)
         except OSError as e:
             log.warning("cannot write container log path=%s error=%s", st.log_path, e)
         c.started_mono = self.clock.monotonic()

@@ -147,7 +147,9 @@ class SimulatedBackend:
 
     name = "simulated"
     container_id_scheme = "simulated"
-    capabilities = BackendCapabilities(runs_processes=False)
+    # Simulated starts are timers (simulated.start_seconds each), not processes: they do not slow
+    # each other down, so a start wave may have many in flight.
+    capabilities = BackendCapabilities(runs_processes=False, start_concurrency=512)
 
     def __init__(
         self,

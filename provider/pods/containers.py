@@ -96,8 +96,17 @@ class ContainerStarter:
             await self.backend.stop_container(cid, 0)
             await self.backend.remove_container(cid)
 
-    async def resume(self, pod: JSON, cids: list[str], out: StartOutcome) -> None:
-        """Start containers created but never started (a warmlet that died in between)."""
+    async def resume(
+        self,
+        pod: JSON,
+        st: PodState,
+        runtime: list[ContainerRuntimeState],
+        cids: list[str],
+        out: StartOutcome,
+    ) -> None:
+        """Start containers created but never started (created ahead for the start hold, or by a
+        warmlet that died in between), each with its postStart hook before the next (kubelet)."""
+        names = {c.container_id: c.name for c in runtime}
         for cid in cids:
             try:
                 await self.backend.start_container(cid)
@@ -118,6 +127,11 @@ class ContainerStarter:
                 await self.backend.stop_container(cid, 0)
                 await self.backend.remove_container(cid)
                 out.retry_in(RECREATE_RETRY_SECONDS)
+                continue
+            out.started_any = True
+            if cid in names:
+                self.events.record(pod, NORMAL, "Started", f"Started container {names[cid]}")
+                await self.post_start(pod, st, names[cid], cid, out)
 
     async def start(
         self, pod: JSON, st: PodState, starts: Sequence[Start], now: float, out: StartOutcome
@@ -166,6 +180,16 @@ class ContainerStarter:
                 out.retry_in(self.restarts.next(backoff_key(uid, start.name), now))
             if start.is_init:
                 break
+
+    async def post_start_due(
+        self, pod: JSON, st: PodState, runtime: list[ContainerRuntimeState], out: StartOutcome
+    ) -> None:
+        """The postStart hook of the container the start wave started last for this pod (the wave
+        stops at a container with a hook: its pod's sync runs it before starting the next)."""
+        name, st.post_start_due = st.post_start_due, ""
+        running = [c for c in runtime if c.name == name and c.state == ContainerState.RUNNING]
+        if running:
+            await self.post_start(pod, st, name, running[-1].container_id, out)
 
     async def post_start(self, pod: JSON, st: PodState, name: str, cid: str, out: StartOutcome) -> None:
         """Run the container's postStart hook before anything reports it Running (the pod's status

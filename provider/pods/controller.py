@@ -106,6 +106,7 @@ class PodController:
             await self.cleanup_orphans()
             tg.create_task(self.queue.run(), name="pod-workers")
             tg.create_task(self.worker.probes.run(), name="probes")
+            tg.create_task(self.worker.holds.wave.run(), name="start-wave")
             self.ready.set()
             tg.create_task(self._periodic(), name="pod-resync")
 

@@ -32,6 +32,12 @@ class PodState:
     debugged: bool = False
     # (container, waiting reason) of ephemeral containers already reported unable to run
     ephemeral_warned: set[tuple[str, str]] = field(default_factory=set)
+    # The start hold (provider/pods/hold.py): over once the instant came or the pod ran (an
+    # ordinary pod from then on); its app containers were created ahead and started by a wave;
+    # the container the wave started last, whose postStart hook this pod's next sync runs.
+    hold_over: bool = False
+    precreated: bool = False
+    post_start_due: str = ""
 
 
 def earliest(a: float | None, b: float) -> float:

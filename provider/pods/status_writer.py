@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from common.clock import SYSTEM, Clock
 from provider.config import PodConfig
 from provider.kubeclient import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
-from provider.metrics import POD_START_LATENCY, POD_STARTS, STATUS_PATCHES
+from provider.metrics import POD_START_LATENCY, POD_STARTS, START_LATENESS, STATUS_PATCHES
+from provider.pods import hold
 from provider.pods.state import JSON, PodState
 from provider.status import TERMINAL_PHASES, Waiting, compute_status, status_changed
 from provider.timefmt import parse_rfc3339
@@ -107,11 +108,15 @@ class StatusWriter:
         if isinstance(self.backend, PodLifecycleAware):
             await self.backend.final_status_written(uid)
 
-    async def annotate_started(self, pod: JSON, st: PodState) -> None:
-        """Start level + deletion cost, once per pod, and the start latency histogram."""
+    async def annotate_started(self, pod: JSON, st: PodState, runtime: list[ContainerRuntimeState]) -> None:
+        """Start level, deletion cost and the precise start (``warmlet.io/started-at``: the first
+        app container's start as the runtime reports it, to the millisecond), once per pod; the
+        start latency histogram, and for a pod with a start instant its lateness."""
         st.annotated = True
         assert st.sandbox is not None
-        if st.pulled_any:
+        if st.precreated:
+            level = StartLevel.PRECREATED
+        elif st.pulled_any:
             level = StartLevel.COLD
         elif st.sandbox.from_pool:
             level = StartLevel.WARM
@@ -127,6 +132,12 @@ class StatusWriter:
         patch: dict[str, str] = {}
         if anns.get(START_LEVEL_ANNOTATION) is None:
             patch[START_LEVEL_ANNOTATION] = level.value
+        started = hold.first_start(runtime, hold.app_names(pod))
+        if started is not None and anns.get(hold.STARTED_AT_ANNOTATION) is None:
+            patch[hold.STARTED_AT_ANNOTATION] = hold.format_millis(started)
+            at = hold.start_at(pod)
+            if at is not None and at.instant is not None:
+                START_LATENESS.observe(started - at.instant)
         cost = self.deletion_cost
         if cost is not None and anns.get(DELETION_COST_ANNOTATION) != str(cost):
             patch[DELETION_COST_ANNOTATION] = str(cost)

@@ -28,9 +28,11 @@ from provider.ephemeral import (
 from provider.events import NORMAL, WARNING, EventRecorder
 from provider.kubeclient import KubeClient
 from provider.metrics import EPHEMERAL_CONTAINERS
+from provider.pods import hold
 from provider.pods.container_config import ContainerConfigResolver
 from provider.pods.containers import ContainerStarter, StartOutcome
 from provider.pods.images import PERSISTENT_IMAGE_ERRORS, ImagePuller
+from provider.pods.precreate import Precreator
 from provider.pods.state import JSON, PodState
 from provider.pods.status_writer import (
     DELETION_COST_ANNOTATION,
@@ -115,6 +117,18 @@ class PodWorker:
             self.terminator,
             get_pod,
         )
+        # Pods held until their warmlet.io/start-at instant, started together by one start wave.
+        self.holds = Precreator(
+            backend,
+            recorder,
+            self.containers,
+            self.status,
+            self.states,
+            get_pod,
+            on_probe_change or (lambda uid: None),
+            pods.start_wave_concurrency or backend.capabilities.start_concurrency,
+            clock,
+        )
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -124,6 +138,7 @@ class PodWorker:
             await self.cleanup(uid)
             return None
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            self.holds.forget(uid)  # a held pod being deleted never starts
             await self.terminator.terminate(pod, self._write_stopped)
             return None
         st = self.states.setdefault(uid, PodState())
@@ -180,10 +195,18 @@ class PodWorker:
         if left is not None and left <= 0:
             await self._deadline_exceeded(pod, st)
             return None
+        at = hold.start_at(pod)
+        if at is not None and not st.hold_over:
+            handled, retry = await self.holds.sync(pod, st, at)
+            if handled:
+                return retry
         sandbox = st.sandbox
+        out = StartOutcome()
         runtime = before = await self.backend.pod_containers(uid)
         killed = await self._kill_failed_probes(pod, runtime)
-        if killed:
+        if st.post_start_due:  # the start wave started it; its hook runs before the next starts
+            await self.containers.post_start_due(pod, st, runtime, out)
+        if killed or out.waiting:
             runtime = await self.backend.pod_containers(uid)
         now = self.clock.time()
         actions = compute_pod_actions(pod, runtime, self.restarts, now, killed)
@@ -193,9 +216,8 @@ class PodWorker:
         st.debugged = st.debugged or bool(ephemeral_specs(pod))
         await self._report_exits(pod, st, before, actions)
         apply_backoff(actions, self.restarts, now)
-        out = StartOutcome()
         await self.containers.kill_unknown(pod, runtime, actions.kill)
-        await self.containers.resume(pod, eph.resume + actions.resume, out)
+        await self.containers.resume(pod, st, runtime, eph.resume + actions.resume, out)
         # like kubelet: ephemeral containers first (they may debug a pod stuck initializing)
         await self.containers.start(pod, st, eph.start + actions.start, now, out)
         self._ephemeral_waiting(pod, st, eph.waiting, out)
@@ -231,7 +253,7 @@ class PodWorker:
             or (finished and any(c.state in (ContainerState.RUNNING, ContainerState.EXITED) for c in runtime))
         )
         if annotate and finished:
-            await self.status.annotate_started(pod, st)  # visible no later than the terminal phase
+            await self.status.annotate_started(pod, st, runtime)  # visible no later than the terminal phase
         if finished:
             self.probes.remove_pod(uid)
             # Back to the pool BEFORE the terminal status is visible: the workload's next pod
@@ -241,7 +263,7 @@ class PodWorker:
         await self.status.patch(pod, st, status)
         if annotate and not finished:
             # After the status: Running is what users wait for; the annotations can follow.
-            await self.status.annotate_started(pod, st)
+            await self.status.annotate_started(pod, st, runtime)
         if out.started_any and any(s.is_init for s in actions.start):
             out.retry_in(0.0)  # the next init step may already be possible
         if not finished:
@@ -377,6 +399,7 @@ class PodWorker:
 
     def _forget(self, uid: str) -> None:
         self.states.pop(uid, None)
+        self.holds.forget(uid)
         self.probes.remove_pod(uid)
         self.restarts.forget_prefix(uid + "/")
         self.pulls.forget_prefix(uid + "/")
