@@ -38,6 +38,7 @@ from provider.kubeclient import ApiError, KubeClient
 from provider.punctual.controller import PunctualController
 from testbed.bed import TestBed
 from testbed.testing import create_namespace, node_config, running_node, wait_for
+from testbed.wait import WaitTimeout
 
 pytestmark = pytest.mark.integration
 JSON = dict[str, Any]
@@ -240,10 +241,18 @@ async def test_punctual_cronjobs_against_the_real_controller(
 
         async with punctual_controller(sa_kubeconfig, errors):
             # ---------------------------------------------------------------- the lead
-            await sleep_until(T - LEAD + 4)
+            expected = ("plain", "history", "suspend", "resched", "template", "gone", "replace", "manual")
+
+            async def all_held() -> bool:
+                return all([await api.job(f"{n}-{minute}") is not None for n in expected])
+
+            # the controller starts (caches synced) and pre-creates within a few seconds of the
+            # lead's start; a loaded machine gets up to 14 s (the edits below still fit the lead)
+            with contextlib.suppress(WaitTimeout):
+                await wait_for(all_held, max(1.0, T - LEAD + 14 - time.time()), 0.5, "held Jobs")
             held = {name: await api.job(f"{name}-{minute}") for name in cases}
-            for name in ("plain", "history", "suspend", "resched", "template", "gone", "replace", "manual"):
-                assert held[name] is not None, f"{name}: no held Job {LEAD - 4:.0f}s before the instant"
+            for name in expected:
+                assert held[name] is not None, f"{name}: no held Job {LEAD - 14:.0f}s before the instant"
             assert held["native"] is None and held["forbid"] is None  # not opted in / Forbid + a run active
             plain = held["plain"]
             assert plain is not None
@@ -393,10 +402,15 @@ async def test_punctual_cronjobs_against_the_real_controller(
                 if e["involvedObject"].get("kind") == "CronJob"
             ]
             held_names = {f"{n}-{minute}" for n in cases} | {f"resched-{minute + 1}"}
+            # "gone" is excluded from MissingJob: that event is about a CronJob that no longer
+            # exists (the controller synced its cached copy after the CronJob's active Job was
+            # deleted with it), a race of the controller's two informers that a native active Job
+            # deleted by the garbage collector runs into just the same.
             bad = [
                 b
                 for b in by
-                if b[1] in ("UnexpectedJob", "MissingJob") and any(h in b[2] for h in held_names)
+                if (b[1] == "UnexpectedJob" or (b[1] == "MissingJob" and b[0] != "gone"))
+                and any(h in b[2] for h in held_names)
             ]
             assert bad == [], bad
             created = {(n, m) for n, r, m in by if r == "SuccessfulCreate"}
