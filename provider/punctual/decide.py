@@ -294,6 +294,10 @@ def decide(
                     take_back.append((by_uid.get(str(r.get("uid", ""))), r, REPLACED))
                     plan.notes.append(Note(NORMAL, "SuccessfulDelete", f"Deleted job {r.get('name', '')}"))
             status.set_last(instant)
+            if is_controlled(j, cj_uid) and not committed.has(str(_meta(j).get("uid", ""))):
+                # adopted during the lead and no longer active: the controller removed it (it
+                # finished). A Job cache lagging the CronJob's must not put it back (MissingJob).
+                continue
         else:
             plan.wake(instant)
         status.add(j)  # in status.active before it is made the controller's (adoption below)

@@ -238,6 +238,25 @@ def test_at_the_instant_lastScheduleTime_is_set() -> None:
     assert decide(after, [job], T + 1, S, True).actions == []  # processed: the controller's now
 
 
+def test_a_held_job_the_controller_removed_from_active_is_not_put_back() -> None:
+    """Past the instant, an adopted held Job missing from status.active was removed by the
+    controller (it finished; a history limit may have deleted it). warmlet's Job cache can lag
+    its CronJob cache: the status write must not add it again (the controller then warns
+    MissingJob), but still records the instant."""
+    cj = cronjob()
+    job = stored(held_job(cj, T, UTC), controlled=True)
+    plan = decide(with_active(cj), [job], T + 4, S, True)
+    assert kinds(plan) == ["SetStatus"]
+    st_ = plan.actions[0]
+    assert isinstance(st_, SetStatus)
+    assert st_.active == [] and st_.last_schedule_time == "2026-11-28T18:00:00Z"
+    # not yet adopted (created late, the instant already due): it does go into status.active
+    fresh = stored(held_job(cj, T, UTC))
+    plan = decide(cj, [fresh], T + 4, S, True)
+    sets = [a for a in plan.actions if isinstance(a, SetStatus)]
+    assert sets and [r["uid"] for r in sets[0].active] == [fresh["metadata"]["uid"]]
+
+
 def test_replace_deletes_the_previous_run_at_the_instant_not_before() -> None:
     cj = cronjob(concurrencyPolicy="Replace")
     prev = stored(held_job(cj, T - 3600, UTC), controlled=True)
