@@ -119,6 +119,12 @@ def _text(status: int, body: str) -> web.Response:
     return web.Response(status=status, body=body.encode(), headers={"Content-Type": TEXT})
 
 
+def _no_pod(kind: str) -> web.Response:
+    """kubelet's answer for a pod it does not have (every stream kind)."""
+    SESSIONS.labels(kind, "not_found").inc()
+    return _text(404, "pod does not exist")
+
+
 def _unsupported(ctx: StreamContext, kind: str) -> web.Response:
     status = {
         "kind": "Status",
@@ -195,8 +201,7 @@ async def _remote_command(request: web.Request, kind: str) -> web.StreamResponse
         return _text(400, str(e))
     pod = ctx.pods.get_pod(ns, name)
     if pod is None:
-        SESSIONS.labels(kind, "not_found").inc()
-        return _text(404, "pod does not exist")
+        return _no_pod(kind)
     backend = ctx.backend
     if not isinstance(backend, ContainerStreamer):
         return _unsupported(ctx, kind)
@@ -262,8 +267,7 @@ async def _port_forward(request: web.Request) -> web.StreamResponse:
             return _text(400, str(e))
     pod = ctx.pods.get_pod(ns, name)
     if pod is None:
-        SESSIONS.labels(kind, "not_found").inc()
-        return _text(404, "pod does not exist")
+        return _no_pod(kind)
     uid_in_path = request.match_info.get("uid", "")
     if uid_in_path and uid_in_path != pod_uid(pod):
         SESSIONS.labels(kind, "not_found").inc()
@@ -300,8 +304,7 @@ async def _run(request: web.Request) -> web.StreamResponse:
     ns, name, container = (request.match_info[k] for k in ("namespace", "pod", "container"))
     pod = ctx.pods.get_pod(ns, name)
     if pod is None:
-        SESSIONS.labels(kind, "not_found").inc()
-        return _text(404, "pod does not exist")
+        return _no_pod(kind)
     backend = ctx.backend
     # The same rule as exec: a backend without interactive sessions runs no processes to run in.
     if not isinstance(backend, ContainerStreamer) or not isinstance(backend, ContainerExecutor):
