@@ -244,6 +244,8 @@ class PunctualController:
     async def _set_owner(self, a: SetOwner) -> bool:
         job = self._job(a.uid)
         meta: JSON = {"ownerReferences": a.refs, "uid": a.uid}
+        if a.annotations:
+            meta["annotations"] = dict(a.annotations)
         if job is not None:
             meta["resourceVersion"] = job["metadata"].get("resourceVersion", "")
         out = await self.client.patch(

@@ -24,6 +24,7 @@ from typing import Any
 from provider.punctual.job import (
     LEAD,
     OPT_IN,
+    RELEASED_AT,
     SCHEDULED_TIMESTAMP,
     SPEC_HASH,
     controller_refs,
@@ -60,6 +61,13 @@ OPTED_OUT = "opted-out"
 INVALID = "invalid"
 REPLACED = "replaced"  # a previous run deleted at the instant (concurrencyPolicy Replace)
 
+# A held Job taken back is deleted only this long after it left the controller's view (released,
+# out of status.active): the controller's CronJob informer must have seen that before the Job's
+# deletion reaches its Job informer, or it reports the Job missing (MissingJob). Closer to the
+# instant than SETTLE_SECONDS + NEAR_SECONDS it is deleted at once (its pods must never start).
+SETTLE_SECONDS = 1.0
+NEAR_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -92,6 +100,7 @@ class SetOwner:
     uid: str
     refs: list[JSON]
     adopt: bool
+    annotations: Mapping[str, str] = field(default_factory=dict)  # set in the same write
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,14 @@ def ran(job: Mapping[str, Any]) -> bool:
     """Whether a pod of the Job got to run (ready, succeeded or failed)."""
     st = job.get("status") or {}
     return any(int(st.get(k) or 0) > 0 for k in ("ready", "succeeded", "failed"))
+
+
+def _released_at(job: Mapping[str, Any]) -> float | None:
+    value = (_meta(job).get("annotations") or {}).get(RELEASED_AT)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def orphans(jobs: Iterable[Mapping[str, Any]], cronjob_uids: set[str], now: float) -> list[Delete]:
@@ -312,16 +329,30 @@ def decide(
         name = str(m.get("name") or (ref or {}).get("name", ""))
         uid = str(m.get("uid") or (ref or {}).get("uid", ""))
         held_one = reason != REPLACED
-        if reason != CRONJOB_DELETED:
-            if job is not None and is_controlled(job, cj_uid):
-                refs = [
-                    dict(r, controller=False) if r.get("uid") == cj_uid else r
-                    for r in m.get("ownerReferences") or []
-                ]
-                releases.append(SetOwner(ns, name, uid, refs, adopt=False))
-            status.remove(uid)
-        if job is not None:
-            deletes.append(Delete(ns, name, uid, reason, held=held_one))
+        if reason == CRONJOB_DELETED:
+            if job is not None:
+                deletes.append(Delete(ns, name, uid, reason))
+            continue
+        released = _released_at(job) if job is not None and held_one else None
+        wrote = committed.has(uid)
+        if job is not None and (is_controlled(job, cj_uid) or (held_one and released is None)):
+            refs = [
+                dict(r, controller=False) if r.get("uid") == cj_uid else r
+                for r in m.get("ownerReferences") or []
+            ]
+            marks = {RELEASED_AT: f"{now:.3f}"} if held_one else {}
+            releases.append(SetOwner(ns, name, uid, refs, adopt=False, annotations=marks))
+            wrote = True
+        status.remove(uid)
+        if job is None:
+            continue
+        instant = instant_of(job)
+        if held_one and instant is not None and instant - now > SETTLE_SECONDS + NEAR_SECONDS:
+            ready = now + SETTLE_SECONDS if wrote or released is None else released + SETTLE_SECONDS
+            if now < ready:
+                plan.wake(ready)  # deleted once the controller has surely seen it leave
+                continue
+        deletes.append(Delete(ns, name, uid, reason, held=held_one))
 
     # release -> one status write -> adopt; delete only once out of status.active; create last
     plan.actions.extend(releases)

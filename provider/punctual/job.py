@@ -35,6 +35,8 @@ START_AT = "warmlet.io/start-at"
 ACTIVE_DEADLINE = "warmlet.io/punctual-active-deadline-seconds"  # the template's, before the lead was added
 HOLDS_START = "warmlet.io/holds-start"
 SCHEDULED_TIMESTAMP = "batch.kubernetes.io/cronjob-scheduled-timestamp"
+# When warmlet took a held Job back (epoch seconds): it is deleted only a moment after that
+RELEASED_AT = "warmlet.io/punctual-released-at"
 
 
 def job_name(cronjob_name: str, instant: float) -> str:

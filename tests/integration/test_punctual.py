@@ -402,14 +402,17 @@ async def test_punctual_cronjobs_against_the_real_controller(
                 if e["involvedObject"].get("kind") == "CronJob"
             ]
             held_names = {f"{n}-{minute}" for n in cases} | {f"resched-{minute + 1}"}
-            # "gone" is excluded from MissingJob: that event is about a CronJob that no longer
-            # exists (the controller synced its cached copy after the CronJob's active Job was
-            # deleted with it), a race of the controller's two informers that a native active Job
-            # deleted by the garbage collector runs into just the same.
+            # MissingJob (a Normal event) is not counted for "gone" and "history": there the Job
+            # was deleted by the garbage collector or by the controller itself (its history
+            # limit), and the controller's next sync can read its cached CronJob from before its
+            # own status write while its Job cache already has the deletion. Native CronJobs do the
+            # same: 8 of 40 runs of native CronJobs with failedJobsHistoryLimit 0 on this bed
+            # (docs/design.md, "Punctual CronJobs"). Jobs warmlet takes back are deleted only a
+            # settle time after they left status.active, so "resched" and the rest must have none.
             bad = [
                 b
                 for b in by
-                if (b[1] == "UnexpectedJob" or (b[1] == "MissingJob" and b[0] != "gone"))
+                if (b[1] == "UnexpectedJob" or (b[1] == "MissingJob" and b[0] not in ("gone", "history")))
                 and any(h in b[2] for h in held_names)
             ]
             assert bad == [], bad

@@ -134,6 +134,7 @@ class FakeBatchApi:
         if rv and rv != cur["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", "stale")
         cur["metadata"]["ownerReferences"] = body["metadata"]["ownerReferences"]
+        cur["metadata"].setdefault("annotations", {}).update(body["metadata"].get("annotations") or {})
         self.writes.append("owner")
         return self.store(JOB_PATH, cur, "MODIFIED")
 
@@ -286,8 +287,11 @@ async def test_suspend_during_the_lead_takes_the_job_back() -> None:
         assert len(api.jobs()) == 1
         api.edit(lambda cj: cj["spec"].__setitem__("suspend", True))
         await step(clock, 0.1)
-        assert api.jobs() == []
         assert not api.cronjob()["status"].get("active")
+        assert api.writes[-2:] == ["owner", "status"]
+        assert len(api.jobs()) == 1  # deleted only once the controller has surely seen that
+        await step(clock, 1.0)
+        assert api.jobs() == []
         assert api.writes[-3:] == ["owner", "status", "delete"]
         assert ("Normal", "PunctualDeleted") in rec.events
         await step(clock, 60)

@@ -14,9 +14,11 @@ from provider.punctual.decide import (
     CRONJOB_DELETED,
     DEADLINE,
     FORBID,
+    NEAR_SECONDS,
     OPTED_OUT,
     REPLACED,
     SCHEDULE_CHANGED,
+    SETTLE_SECONDS,
     SUSPENDED,
     TEMPLATE_CHANGED,
     Create,
@@ -26,9 +28,10 @@ from provider.punctual.decide import (
     SetStatus,
     Settings,
     decide,
+    instant_of,
     orphans,
 )
-from provider.punctual.job import held_job, is_controlled, job_name, job_ref
+from provider.punctual.job import RELEASED_AT, held_job, is_controlled, job_name, job_ref
 
 JSON = dict[str, Any]
 T = datetime(2026, 11, 28, 18, 0, tzinfo=UTC).timestamp()  # an instant of "0 * * * *"
@@ -288,22 +291,34 @@ def test_forbid_with_a_run_active_at_the_instant_takes_the_held_job_back() -> No
 
 
 def _take_back_steps(cj: JSON, job: JSON, now: float) -> list[str]:
-    """The take-back pass: release the ownerReference, out of status.active, delete (in that
-    order, applied one after the other without the controller ever seeing a half state);
-    returns the reasons of the Delete."""
+    """The take-back: release the ownerReference (stamping when), out of status.active, and the
+    delete SETTLE_SECONDS later (at once near the instant), applied one after the other without
+    the controller ever seeing a half state; returns the reasons of the Delete."""
     w = World(with_active(cj, job))
     w.jobs[job["metadata"]["uid"]] = copy.deepcopy(job)
     plan = decide(w.cj, w.held(), now, S, True)
     uid = job["metadata"]["uid"]
     mine = [a for a in plan.actions if getattr(a, "uid", None) == uid or isinstance(a, SetStatus)]
-    assert [type(a).__name__ for a in mine] == ["SetOwner", "SetStatus", "Delete"]
+    instant = instant_of(job)
+    near = instant is None or instant - now <= SETTLE_SECONDS + NEAR_SECONDS
+    assert [type(a).__name__ for a in mine] == ["SetOwner", "SetStatus"] + (["Delete"] if near else [])
     for a in plan.actions:
         w.apply(a)
+    if not near:
+        assert uid in w.jobs and plan.wake_at == now + SETTLE_SECONDS
+        assert w.jobs[uid]["metadata"]["annotations"][RELEASED_AT] == f"{now:.3f}"
+        later = decide(w.cj, w.held(), now + SETTLE_SECONDS / 2, S, True).actions
+        assert [a for a in later if getattr(a, "uid", None) == uid] == []  # not yet
+        plan = decide(w.cj, w.held(), now + SETTLE_SECONDS, S, True)
+        mine = [a for a in plan.actions if getattr(a, "uid", None) == uid]
+        assert [type(a).__name__ for a in mine] == ["Delete"]
+        for a in plan.actions:
+            w.apply(a)
     assert uid not in w.jobs
     return [a.reason for a in mine if isinstance(a, Delete)]
 
 
-def test_suspend_during_the_lead_takes_the_held_job_back_in_three_steps() -> None:
+def test_suspend_during_the_lead_takes_the_held_job_back_in_order() -> None:
     job = stored(held_job(cronjob(), T, UTC), controlled=True)
     assert _take_back_steps(cronjob(suspend=True), job, T - 20) == [SUSPENDED]
 
@@ -409,6 +424,7 @@ class World:
         elif isinstance(action, SetOwner):
             if action.uid in self.jobs:
                 self.jobs[action.uid]["metadata"]["ownerReferences"] = action.refs
+                self.jobs[action.uid]["metadata"].setdefault("annotations", {}).update(action.annotations)
         elif isinstance(action, SetStatus):
             self.cj["status"] = {"active": action.active, "lastScheduleTime": action.last_schedule_time}
         self.check()
