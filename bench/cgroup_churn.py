@@ -37,17 +37,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.cgroup_watch import Created, DirWatcher
+from bench.cgroup_count import (
+    Hierarchy,
+    attribute,
+    between,
+    classify,
+    created_between,
+    node_figures,
+    task_ids,
+    window_check,
+)
+from bench.cgroup_watch import DirWatcher
 from bench.common import write_result
 from bench.harness import Bed, bed_session, delete_namespace, owned_pod, owner_configmap
 from bench.podwatch import START_LEVEL_ANNOTATION, PodClock
@@ -56,122 +64,9 @@ from testbed.testing import create_namespace
 
 SCENARIO = "cgroup-churn"
 JSON = dict[str, Any]
-CGROUP_FS = Path("/sys/fs/cgroup")
 RUN_COMMAND = ["sh", "-c", "exit 0"]
-TASK_DIR = "io.containerd.runtime.v2.task"  # <containerd state>/<this>/<namespace>/<task id>
 PROBE = "warmlet-churn-probe"
 SETTLE_S = 5.0  # after the last run: the node removes its cgroups (kubelet: housekeeping, ~2 s)
-
-
-# ---------------------------------------------------------------------------- pure parts
-
-
-def parse_keyed(text: str) -> dict[str, int]:
-    """A flat-keyed cgroup file (``cgroup.stat``, ``memory.stat``): ``key value`` per line."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            with contextlib.suppress(ValueError):
-                out[parts[0]] = int(parts[1])
-    return out
-
-
-def parse_proc_cgroups(text: str) -> dict[str, int]:
-    """``/proc/cgroups``: subsystem → num_cgroups (live + dying cgroups of its hierarchy)."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and not line.startswith("#"):
-            with contextlib.suppress(ValueError):
-                out[parts[0]] = int(parts[2])
-    return out
-
-
-def dying_v1(num_cgroups: int, live_dirs: int) -> int:
-    """Dying memory cgroups on v1: counted by /proc/cgroups (root included) but no directory."""
-    return max(0, num_cgroups - live_dirs)
-
-
-def created_between(ino_before: int, ino_after: int, stride: int) -> int | None:
-    """Cgroups the hierarchy made strictly between two probe cgroups (kernfs numbers each cgroup
-    with ``stride`` = 1 + its file count, cyclically increasing); None if not a whole multiple."""
-    delta = ino_after - ino_before
-    if stride <= 0 or delta <= 0 or delta % stride:
-        return None
-    return delta // stride - 1
-
-
-def per_thousand(count: int, runs: int) -> float:
-    return round(count * 1000 / runs, 1) if runs else float("nan")
-
-
-def median(values: Sequence[float]) -> float:
-    return round(statistics.median(values), 3) if values else float("nan")
-
-
-def between(created: Sequence[Created], first: str, last: str, root: str = "memory") -> list[Created]:
-    """The directories of ``root`` recorded strictly between the probe cgroups ``first`` and
-    ``last`` (one inotify queue: records are in the order the kernel made them)."""
-    names = [c.name if c.root == root else None for c in created]
-    if first not in names or last not in names:
-        raise ValueError(f"probe {first if first not in names else last} not seen by the watcher")
-    i, j = names.index(first), names.index(last)
-    return [c for c in created[i + 1 : j] if c.root == root]
-
-
-def task_ids(created: Iterable[Created], label: str = "containerd") -> set[str]:
-    """Task ids a containerd started (``<TASK_DIR>/<namespace>/<id>`` under its state dir)."""
-    out = set()
-    for c in created:
-        parts = c.rel.split("/")
-        if c.root == label and len(parts) == 3 and parts[0] == TASK_DIR:
-            out.add(parts[2])
-    return out
-
-
-def attribute(created: Iterable[Created], prefix: str, names: set[str]) -> list[Created]:
-    """The node's cgroups: under ``prefix`` (its cgroup root, "" for none) or named in ``names``."""
-    p = prefix.strip("/")
-    return [c for c in created if (p and (c.rel == p or c.rel.startswith(p + "/"))) or c.name in names]
-
-
-def classify(c: Created, container_ids: set[str], pod_uids: set[str], tasks: set[str]) -> str:
-    """pod / container / sandbox (another task of the node: pause) / other (QoS parents, roots)."""
-    if c.name in container_ids:
-        return "container"
-    if c.name.startswith("pod") and c.name[3:] in pod_uids:
-        return "pod"
-    parent = c.rel.rsplit("/", 2)[-2] if c.rel.count("/") else ""
-    if c.name in tasks or (parent.startswith("pod") and parent[3:] in pod_uids):
-        return "sandbox"
-    return "other"
-
-
-def node_figures(
-    runs: int,
-    mine: Sequence[Created],
-    kinds: Callable[[Created], str],
-    container_ids: Sequence[str],
-) -> JSON:
-    """A node's count: cgroups made in its window, per 1,000 runs, by kind, container misses."""
-    by_kind = Counter(kinds(c) for c in mine)
-    seen = {c.name for c in mine}
-    return {
-        "runs": runs,
-        "created": len(mine),
-        "per_1000_runs": per_thousand(len(mine), runs),
-        "per_run": round(len(mine) / runs, 3) if runs else float("nan"),
-        "by_kind_per_1000_runs": {k: per_thousand(v, runs) for k, v in sorted(by_kind.items())},
-        "runs_without_container_id": runs - len(container_ids),
-        "misses": sum(1 for cid in container_ids if cid not in seen),
-    }
-
-
-def window_check(watched_all: int, probe_count: int | None) -> JSON:
-    """The watcher's count of every cgroup made in the window against the inode counter's."""
-    missed = None if probe_count is None else probe_count - watched_all
-    return {"watcher_all": watched_all, "kernfs_counter_all": probe_count, "watcher_missed": missed}
 
 
 def build_result(runs: int, lanes: int, hierarchy: JSON, nodes: dict[str, JSON], notes: list[str]) -> JSON:
@@ -188,57 +83,6 @@ def build_result(runs: int, lanes: int, hierarchy: JSON, nodes: dict[str, JSON],
         "ratio_warmlet_over_kubelet": ratio,
         "method": notes,
     }
-
-
-# ---------------------------------------------------------------------------- host reads
-
-
-@dataclass(frozen=True)
-class Hierarchy:
-    version: int
-    root: Path  # the memory hierarchy's root directory
-
-    @staticmethod
-    def detect(fs: Path = CGROUP_FS) -> Hierarchy:
-        if (fs / "cgroup.controllers").exists():
-            return Hierarchy(2, fs)
-        return Hierarchy(1, fs / "memory")
-
-    def read_ms(self, reads: int) -> list[float]:
-        """Timed reads of the root memory.stat (open + read to the end + close), in ms."""
-        out = []
-        for _ in range(reads):
-            t0 = time.perf_counter()
-            with open(self.root / "memory.stat", "rb") as f:
-                f.read()
-            out.append((time.perf_counter() - t0) * 1000)
-        return out
-
-    def dying(self) -> int:
-        if self.version == 2:
-            return parse_keyed((self.root / "cgroup.stat").read_text()).get("nr_dying_descendants", 0)
-        live = sum(1 for _ in os.walk(self.root))
-        return dying_v1(parse_proc_cgroups(Path("/proc/cgroups").read_text()).get("memory", 0), live)
-
-    def probe(self, name: str) -> tuple[int, int]:
-        """(inode, stride) of a probe cgroup ``name`` made and removed at once."""
-        d = self.root / name
-        d.mkdir()
-        try:
-            return d.stat().st_ino, 1 + len(os.listdir(d))
-        finally:
-            d.rmdir()
-
-    def checkpoint(self, reads: int, probe: str) -> JSON:
-        ms = self.read_ms(reads)
-        ino, stride = self.probe(probe)
-        return {
-            "probe": probe,
-            "ino": ino,
-            "stride": stride,
-            "dying": self.dying(),
-            "memory_stat_read_ms": median(ms),
-        }
 
 
 # ---------------------------------------------------------------------------- workload
@@ -350,6 +194,7 @@ async def measure_node(
         duration = time.monotonic() - t0
         await asyncio.sleep(SETTLE_S)
         after = await asyncio.to_thread(p.h.checkpoint, p.reads, f"{probe}-b")
+        live = await asyncio.to_thread(p.h.live_dirs)
     finally:
         await delete_namespace(client, ns)
     await asyncio.sleep(0.5)  # the watcher's thread records the last probe
@@ -366,7 +211,8 @@ async def measure_node(
             "failed_runs": runs.failed,
             "start_levels": dict(runs.levels),
             "duration_s": round(duration, 1),
-            "window_check": window_check(len(window), probe_all),
+            "window_check": window_check(len(window), probe_all, len(mine)),
+            "still_live_after": sum(1 for c in mine if c.rel in live),
             "dying_before": before["dying"],
             "dying_after": after["dying"],
             "memory_stat_read_ms_before": before["memory_stat_read_ms"],
@@ -441,11 +287,20 @@ async def run(args: argparse.Namespace, quick: bool) -> JSON:
             p = Phase(bed, watcher, h, bed.images["busybox"], runs, args.lanes, args.reads)
             client = await KubeClient.from_kubeconfig(bed.kubeconfig)
             try:
+                ends = {"start": await asyncio.to_thread(h.checkpoint, args.reads, f"{PROBE}-start")}
                 nodes["warmlet"] = await warmlet_phase(p, client)
                 nodes["kubelet"] = await kubelet_phase(p, client)
+                await asyncio.sleep(SETTLE_S)
+                ends["end"] = await asyncio.to_thread(h.checkpoint, args.reads, f"{PROBE}-end")
             finally:
                 await client.close()
     result = build_result(runs, args.lanes, hierarchy, nodes, METHOD)
+    result["machine_wide"] = {
+        "what": "start: before the warmlet node; end: both nodes stopped (kubelet's cgroup root removed)",
+        **{
+            k: {"dying": v["dying"], "memory_stat_read_ms": v["memory_stat_read_ms"]} for k, v in ends.items()
+        },
+    }
     result["quick"] = quick
     write_result(SCENARIO, result)
     return {"scenario": SCENARIO, **result}
@@ -464,21 +319,27 @@ def summary_rows(result: JSON) -> list[tuple[str, str]]:
             rows.append((f"{name}", f"not run: {str(n.get('reason'))[:200]}"))
             continue
         kinds = ", ".join(f"{k} {v}" for k, v in (n.get("by_kind_per_1000_runs") or {}).items())
-        rows.append((f"{name}: memory cgroups per 1,000 runs", f"{n.get('per_1000_runs')} ({kinds})"))
-        rows.append(
+        wc = n.get("window_check") or {}
+        rows += [
+            (f"{name}: memory cgroups per 1,000 runs", f"{n.get('per_1000_runs')} ({kinds})"),
             (
                 f"{name}: root memory.stat read ms before / after",
                 f"{n.get('memory_stat_read_ms_before')} / {n.get('memory_stat_read_ms_after')}",
+            ),
+            (f"{name}: dying cgroups before / after", f"{n.get('dying_before')} / {n.get('dying_after')}"),
+            (f"{name}: its cgroups still live after", str(n.get("still_live_after"))),
+            (f"{name}: watcher missed / container misses", f"{wc.get('watcher_missed')} / {n.get('misses')}"),
+        ]
+    rows.append(("ratio warmlet / kubelet", str(result.get("ratio_warmlet_over_kubelet"))))
+    mw = result.get("machine_wide") or {}
+    if "end" in mw and "start" in mw:
+        rows.append(
+            (
+                "machine: dying cgroups, memory.stat ms at start / end",
+                f"{mw['start']['dying']}, {mw['start']['memory_stat_read_ms']} / "
+                f"{mw['end']['dying']}, {mw['end']['memory_stat_read_ms']}",
             )
         )
-        rows.append(
-            (f"{name}: dying cgroups before / after", f"{n.get('dying_before')} / {n.get('dying_after')}")
-        )
-        wc = n.get("window_check") or {}
-        rows.append(
-            (f"{name}: watcher missed / container misses", f"{wc.get('watcher_missed')} / {n.get('misses')}")
-        )
-    rows.append(("ratio warmlet / kubelet", str(result.get("ratio_warmlet_over_kubelet"))))
     return rows
 
 

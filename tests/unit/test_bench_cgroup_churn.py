@@ -1,4 +1,4 @@
-"""bench/cgroup_churn.py and bench/cgroup_watch.py: parsing, counting, attribution, scaling."""
+"""bench/cgroup_churn.py, cgroup_count.py and cgroup_watch.py: parsing, counting, attribution, scaling."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench import cgroup_churn as cc
+from bench import cgroup_churn
+from bench import cgroup_count as cc
 from bench.cgroup_watch import IN_CREATE, IN_ISDIR, Created, DirWatcher, parse_events
 
 PROC_CGROUPS = """#subsys_name\thierarchy\tnum_cgroups\tenabled
@@ -131,17 +132,22 @@ def test_node_figures_scales_and_counts_misses() -> None:
 
 
 def test_window_check_and_ratio() -> None:
-    assert cc.window_check(10, 12) == {"watcher_all": 10, "kernfs_counter_all": 12, "watcher_missed": 2}
-    assert cc.window_check(10, None)["watcher_missed"] is None
+    assert cc.window_check(10, 12, 7) == {
+        "watcher_all": 10,
+        "kernfs_counter_all": 12,
+        "watcher_missed": 2,
+        "not_the_nodes": 3,
+    }
+    assert cc.window_check(10, None, 10)["watcher_missed"] is None
     nodes = {"warmlet": {"per_1000_runs": 1000.0}, "kubelet": {"per_1000_runs": 3000.0}}
-    assert cc.build_result(200, 2, {"version": 1}, nodes, [])["ratio_warmlet_over_kubelet"] == 0.333
+    assert cgroup_churn.build_result(200, 2, {"version": 1}, nodes, [])["ratio_warmlet_over_kubelet"] == 0.333
     nodes["kubelet"] = {"ran": False}
-    assert cc.build_result(1, 1, {}, nodes, [])["ratio_warmlet_over_kubelet"] is None
+    assert cgroup_churn.build_result(1, 1, {}, nodes, [])["ratio_warmlet_over_kubelet"] is None
 
 
 def test_container_id_strips_the_runtime_scheme() -> None:
-    assert cc.container_id({"containerStatuses": [{"containerID": "containerd://abc"}]}) == "abc"
-    assert cc.container_id({}) == ""
+    assert cgroup_churn.container_id({"containerStatuses": [{"containerID": "containerd://abc"}]}) == "abc"
+    assert cgroup_churn.container_id({}) == ""
 
 
 def test_summary_rows_show_both_nodes_and_a_node_that_did_not_run() -> None:
@@ -157,7 +163,7 @@ def test_summary_rows_show_both_nodes_and_a_node_that_did_not_run() -> None:
         "misses": 0,
     }
     rows = dict(
-        cc.summary_rows(
+        cgroup_churn.summary_rows(
             {"runs": 5, "nodes": {"warmlet": node, "kubelet": {"ran": False, "reason": "no binary"}}}
         )
     )
