@@ -154,8 +154,11 @@ class Hierarchy:
         return Hierarchy(1, fs / "memory")
 
     def read_ms(self, reads: int) -> list[float]:
-        """Timed reads of the root memory.stat (open + read to the end + close), in ms."""
-        out = []
+        """Timed reads of the root memory.stat (open + read to the end + close), in ms; none when
+        the root has no memory.stat (cgroup v2 before Linux 5.x had none at the root)."""
+        out: list[float] = []
+        if not (self.root / "memory.stat").exists():
+            return out
         for _ in range(reads):
             t0 = time.perf_counter()
             with open(self.root / "memory.stat", "rb") as f:

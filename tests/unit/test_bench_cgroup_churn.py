@@ -197,3 +197,16 @@ def test_watcher_sees_nested_directories_and_respects_max_depth(tmp_path: Path) 
         time.sleep(0.2)
     assert [x.rel for x in w.snapshot()] == ["a", "a/b"]
     assert not w.overflowed
+
+
+def test_hierarchy_detects_v1_and_v2_and_reads_v2_dying(tmp_path: Path) -> None:
+    v1 = cc.Hierarchy.detect(tmp_path)
+    assert (v1.version, v1.root) == (1, tmp_path / "memory")
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (tmp_path / "cgroup.stat").write_text("nr_descendants 40\nnr_dying_descendants 12345\n")
+    v2 = cc.Hierarchy.detect(tmp_path)
+    assert (v2.version, v2.root) == (2, tmp_path)
+    assert v2.dying() == 12345
+    assert v2.read_ms(3) == []  # no memory.stat at this root
+    (tmp_path / "memory.stat").write_text("anon 1\n")
+    assert len(v2.read_ms(3)) == 3
