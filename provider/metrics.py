@@ -77,7 +77,8 @@ START_WAVE_SIZE = Histogram(
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
 START_WAVE_CONCURRENCY = Gauge(
-    "warmlet_start_wave_concurrency", "StartContainer calls in flight allowed in the last start wave"
+    "warmlet_start_wave_concurrency",
+    "StartContainer calls in flight the start wave allows now (adaptive: the width it found)",
 )
 START_WAVE_SECONDS = Histogram(
     "warmlet_start_wave_duration_seconds",

@@ -41,6 +41,7 @@ class Precreator:
         request_sync: Callable[[str], None],
         concurrency: int,
         clock: Clock = SYSTEM,
+        adaptive: bool = False,
     ) -> None:
         self.backend = backend
         self.events = events
@@ -50,7 +51,7 @@ class Precreator:
         self.get_pod = get_pod
         self.request_sync = request_sync
         self.clock = clock
-        self.wave = StartWave(backend, concurrency, self._released, clock)
+        self.wave = StartWave(backend, concurrency, self._released, clock, adaptive)
 
     async def sync(self, pod: JSON, st: PodState, at: hold.StartAt) -> tuple[bool, float | None]:
         """(handled, retry): handled, the pod's sync ends here (held, being started, or preparing

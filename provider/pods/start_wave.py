@@ -11,8 +11,9 @@ is simply re-armed for what is left.
 At the instant the wave's pods are queued for start, and at most ``concurrency`` worker tasks (not a
 task per pod) take them one by one and call ``StartContainer`` on the pod's created containers, in
 order, up to its first postStart hook. The runtime's best rate needs a bounded number of calls in
-flight (more only make each call slower: docs/design.md has the figures), so the bound is a config
-field (``pods.start_wave_concurrency``) defaulting to the backend's own figure.
+flight (more only make each call slower: docs/design.md has the figures): a fixed bound
+(``pods.start_wave_concurrency``), or with ``0`` (``adaptive``) the width found by a hill climb on
+the rate measured during the waves (provider/pods/wave_width.py), starting at the backend's figure.
 
 While the wave runs, nothing else of its pods is done (their syncs return at once): status writes,
 postStart hooks, probes and the rest of a pod's sync would compete with the starts for the CPU.
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from common.clock import SYSTEM, Clock
 from common.timers import Timer, TimerQueue
 from provider.metrics import HELD_PODS, START_WAVE_CONCURRENCY, START_WAVE_SECONDS, START_WAVE_SIZE
+from provider.pods import wave_width as widths
 from sandbox.backend import Backend, BackendError
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,16 @@ class StartWave:
         concurrency: int,
         on_released: Callable[[HeldPod], None],
         clock: Clock = SYSTEM,
+        adaptive: bool = False,
     ) -> None:
         self.backend = backend
         self.concurrency = max(1, concurrency)
+        self.adaptive = adaptive
+        self.bounds = widths.Bounds.around(self.concurrency)
+        self.rates: dict[int, float] = {}  # width -> starts/s measured (adaptive)
+        self._win_start = 0.0  # monotonic start of the measured window
+        self._win_done = 0  # starts completed in it
+        self._win_skip = 0  # answers still to ignore after a width change (calls begun before it)
         self.on_released = on_released
         self.clock = clock
         self.timers = TimerQueue(clock, name="start-wave-timers")
@@ -177,7 +186,16 @@ class StartWave:
             self._wave_instant = instant
         HELD_PODS.set(len(self._held))
         START_WAVE_SIZE.observe(len(pods))
-        log.info("start wave instant=%.3f pods=%d late=%.3fs", instant, len(pods), wall - instant)
+        if self.adaptive and not self._workers:
+            self.concurrency = widths.choose(self.rates, self.bounds)
+            self._win_start, self._win_done = mono, 0
+        log.info(
+            "start wave instant=%.3f pods=%d late=%.3fs width=%d",
+            instant,
+            len(pods),
+            wall - instant,
+            self.concurrency,
+        )
         self._spawn()
 
     # -- the wave -------------------------------------------------------------------------------
@@ -189,10 +207,33 @@ class StartWave:
         while len(self._workers) < width:
             self._workers.add(loop.create_task(self._work(), name="start-wave"))
 
+    def _measured(self) -> None:
+        """One start answered: at the end of a window, fold its rate in and pick the next width."""
+        if not self.adaptive:
+            return
+        if self._win_skip:
+            self._win_skip -= 1
+            if not self._win_skip:
+                self._win_start = self.clock.monotonic()
+            return
+        self._win_done += 1
+        if self._win_done < widths.window_of(self.concurrency):
+            return
+        mono = self.clock.monotonic()
+        rate = self._win_done / max(mono - self._win_start, 1e-6)
+        self.rates = widths.learn(self.rates, self.concurrency, rate)
+        width = widths.choose(self.rates, self.bounds)
+        self._win_start, self._win_done = mono, 0
+        if width != self.concurrency:
+            log.info("start wave width=%d (was %d at %.1f starts/s)", width, self.concurrency, rate)
+            self._win_skip = self.concurrency  # the calls in flight began at the old width
+            self.concurrency = width
+        self._spawn()
+
     async def _work(self) -> None:
         task = asyncio.current_task()
         try:
-            while self._ready:
+            while self._ready and len(self._workers) <= self.concurrency:
                 await self._start(self._ready.popleft())
         finally:
             self._workers.discard(task)  # type: ignore[arg-type]
@@ -214,6 +255,7 @@ class StartWave:
                 p.error = BackendError(repr(e))
                 return
             p.started.append(name)
+            self._measured()
 
     def _release(self) -> None:
         """The wave is over: each of its pods goes back to its ordinary sync."""
