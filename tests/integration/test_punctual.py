@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import math
 import time
 from pathlib import Path
@@ -206,8 +207,9 @@ async def punctual_controller(sa_kubeconfig: Path, errors: list[tuple[str, int |
 
 
 async def test_punctual_cronjobs_against_the_real_controller(
-    testbed: TestBed, kubeconfig: Path, tmp_path: Path
+    testbed: TestBed, kubeconfig: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="provider.punctual")  # shown if it fails
     testbed.kubectl("apply", "--server-side", "--field-manager=warmlet-rbac-test", "-f", str(RBAC))
     testbed.kubectl("apply", "--server-side", "--field-manager=warmlet-rbac-test", "-f", str(PUNCTUAL_RBAC))
     sa_kubeconfig = mint_sa_kubeconfig(testbed, kubeconfig, tmp_path / "sa")
@@ -308,19 +310,29 @@ async def test_punctual_cronjobs_against_the_real_controller(
             )
             await admin.delete(api.cj_path("gone"), {"propagationPolicy": "Background"})
 
-            async def edits_done() -> bool:
+            async def edits_pending() -> list[str]:
                 tmpl = await api.job(f"template-{minute}")
-                return (
-                    await api.job(f"suspend-{minute}") is None
-                    and await api.job(f"resched-{minute}") is None
-                    and await api.job(f"resched-{minute + 1}") is not None
-                    and tmpl is not None
+                checks = {
+                    "suspend taken back": await api.job(f"suspend-{minute}") is None,
+                    "resched taken back": await api.job(f"resched-{minute}") is None,
+                    "resched held for its new instant": await api.job(f"resched-{minute + 1}") is not None,
+                    "template replaced": tmpl is not None
                     and tmpl["metadata"]["uid"] != template_uid
-                    and tmpl["metadata"]["labels"]["team"] == "day"
-                    and await api.job(f"gone-{minute}") is None
-                )
+                    and tmpl["metadata"]["labels"]["team"] == "day",
+                    "gone deleted": await api.job(f"gone-{minute}") is None,
+                }
+                return [k for k, ok in checks.items() if not ok]
 
-            await wait_for(edits_done, 15, 0.5, "suspend/schedule/template/delete handled during the lead")
+            pending: list[str] = []
+
+            async def edits_done() -> bool:
+                pending[:] = await edits_pending()
+                return not pending
+
+            try:
+                await wait_for(edits_done, 20, 0.5, "edits handled during the lead")
+            except WaitTimeout as e:
+                raise AssertionError(f"not handled during the lead: {pending}") from e
             assert time.time() < T, "the lead was not long enough to see the edits handled"
             history = await api.job(f"history-{minute}")
             assert history is not None and not failed(history)  # its deadline counts from the instant
