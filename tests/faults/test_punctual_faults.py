@@ -98,11 +98,13 @@ LEAD_A = 60.0
 @pytest.mark.reliability(
     fault="warmlet (punctual controller and node) SIGKILLed as its first held Job is created, "
     "right after CronJobs are suspended/deleted/edited during the lead, and mid start wave "
-    f"(18 held CRI pods, {WAVE} of one Job); restarted each time",
+    f"(18 held CRI pods, {WAVE} of one Job); restarted each time. A second punctual warmlet down "
+    "for the whole lead and instant of its CronJob",
     checked="exactly one Job per instant (the held one, same uid; none for the suspended/deleted "
     "CronJobs), no SuccessfulCreate/UnexpectedJob/MissingJob, lastScheduleTime = the instant; no "
     "container started before the instant, none of a taken-back Job ever started, every other "
-    "container started exactly once (one container, attempt 0, one run mark, restartCount 0)",
+    "container started exactly once (one container, attempt 0, one run mark, restartCount 0); "
+    "the second node's CronJob fired by the controller itself, one Job, run once",
 )
 async def test_sigkill_during_the_lead_and_the_start_wave(
     e2e: E2E, warmlets: list[Warmlet], unique: str, reliability: Any
@@ -110,8 +112,13 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
     node = f"pkill-{unique}"
     w = Warmlet(e2e, node, e2e.tmp / node, punctual={"enabled": True}, pods={"start_wave_concurrency": 1})
     warmlets.append(w)
-    proc = w.spawn()
-    await wait_ready(e2e, node)
+    # a second punctual warmlet node, down for the whole lead and the instant of its CronJob
+    down_node = f"pdown-{unique}"
+    wd = Warmlet(e2e, down_node, e2e.tmp / down_node, punctual={"enabled": True})
+    warmlets.append(wd)
+    proc, down_proc = w.spawn(), wd.spawn()
+    await asyncio.gather(wait_ready(e2e, node), wait_ready(e2e, down_node))
+    kill(down_proc)
     ns = await e2e.namespace("pkill")
     cron = Cron(e2e.client, ns)
     watch = StartWatch(e2e, node)
@@ -137,6 +144,7 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
         }
         for body in cases.values():
             await cron.create(body)
+        await cron.create(cronjob("down", down_node, e2e.busybox, [T], short, LEAD_A))
         held_names = {n: f"{n}-{mt}" for n in cases}
         assert time.time() < T - LEAD_A, "setup took too long for the lead"
 
@@ -162,6 +170,7 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
             0.5,
             "every pod of the five held Jobs held, containers created",
         )
+        held_at = time.time() - T
         jobs_before = {n: await cron.job(held_names[n]) for n in cases}
         uid_before = {n: j["metadata"]["uid"] for n, j in jobs_before.items() if j is not None}
         assert set(uid_before) == set(cases)
@@ -213,6 +222,8 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
             await c.close()
         assert 3 <= n_at_kill < WAVE, f"the kill missed the wave: {n_at_kill}/{WAVE} started"
         proc = w.spawn("-4")
+        await sleep_until(T + 2)  # the controller fires "down" itself (its warmlet is down)
+        wd.spawn("-2")
 
         # ----------------------------------------------------------------- after the instant
         final_jobs = [held_names[n] for n in ("lead", "wave", "edit")]
@@ -223,6 +234,12 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
             return pods if ok else None
 
         final = await wait_for(all_done, 240, 1.0, "every pod of the instant Succeeded")
+
+        async def down_done() -> list[JSON] | None:
+            pods = await cron.pods_of_job(f"down-{mt}")
+            return pods if len(pods) == 1 and phase(pods[0]) == "Succeeded" else None
+
+        (down_pod,) = await wait_for(down_done, 180, 1.0, "the natively fired pod of 'down' Succeeded")
         await asyncio.sleep(1.0)  # a last watcher poll
     finally:
         await watch.stop()
@@ -241,7 +258,14 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
     assert (await cron.cj("susp")).get("status", {}).get("lastScheduleTime") is None
     events = await cron.cronjob_events()
     assert bad_events(events, gone=("gone",)) == []
-    assert [e for e in events if e[1] == "SuccessfulCreate"] == [], "the controller created a Job itself"
+    created = [e for e in events if e[1] == "SuccessfulCreate"]
+    assert created == [("down", "SuccessfulCreate", f"Created job down-{mt}")], created
+    # down: warmlet down for the whole lead and the instant: fired the normal way, once
+    (down_job,) = await cron.jobs_of("down")
+    assert down_job["metadata"]["name"] == f"down-{mt}" and not precreated(down_job)
+    assert (await cron.cj("down"))["status"].get("lastScheduleTime") == rfc(T)
+    assert "warmlet.io/start-at" not in (down_pod["metadata"].get("annotations") or {})
+    assert marks(wd.log_dir, down_pod) == 1
 
     # containers: none before the instant, none of a taken-back Job, every other one exactly once
     early = [s for s in watch.seen.values() if s.started_at and s.started_at < T]
@@ -264,13 +288,14 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
     reliability.detail(
         f"kills at instant{kill1_at:+.1f} s (first held Job "
         f"{'adopted' if adopted_at_kill else 'not yet adopted'}), "
-        f"{kill2_at:+.1f} s (right after suspend/delete/edit), {kill3_at:+.2f} s ({n_at_kill}/{WAVE} of the "
-        f"wave started, {n_after_kill} once the kill landed)"
+        f"{kill2_at:+.1f} s (20 pods held from {held_at:+.1f} s; right after suspend/delete/edit), "
+        f"{kill3_at:+.2f} s ({n_at_kill}/{WAVE} of the wave started, {n_after_kill} once the kill landed)"
     )
     reliability.detail(
         f"3 Jobs for 3 remaining CronJobs, 0 duplicates, 0 early starts, 0 second starts; the 18 "
         f"held pods started {late[0]:.3f}..{late[-1]:.3f} s after the instant "
-        f"({sum(x <= ON_TIME for x in late)} within {ON_TIME:.0f} s; the rest after the restart)"
+        f"({sum(x <= ON_TIME for x in late)} within {ON_TIME:.0f} s; the rest after the restart); the "
+        "CronJob of the node down for the whole lead fired by the controller, 1 Job, run once"
     )
 
 
