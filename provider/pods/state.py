@@ -19,7 +19,8 @@ class PodState:
     spec: PodSandboxSpec | None = None
     pulled_any: bool = False
     released: bool = False
-    annotated: bool = False
+    annotated: bool = False  # the start annotations are in the API (retried until they are)
+    start_observed: bool = False  # the start counted in the metrics (once, even when retried)
     rejected: bool = False
     last_status: JSON | None = None
     image_errors: dict[str, tuple[str, float]] = field(default_factory=dict)  # key -> (error, when)

@@ -111,9 +111,11 @@ class StatusWriter:
     async def annotate_started(self, pod: JSON, st: PodState, runtime: list[ContainerRuntimeState]) -> None:
         """Start level, deletion cost and the precise start (``warmlet.io/started-at``: the first
         app container's start as the runtime reports it, to the millisecond), once per pod; the
-        start latency histogram, and for a pod with a start instant its lateness."""
-        st.annotated = True
+        start latency histogram, and for a pod with a start instant its lateness. Done once the
+        patch is in: a failed one (the API server unreachable) is retried by the next sync."""
         assert st.sandbox is not None
+        first = not st.start_observed
+        st.start_observed = True
         if st.precreated:
             level = StartLevel.PRECREATED
         elif st.pulled_any:
@@ -125,7 +127,7 @@ class StatusWriter:
         meta = pod["metadata"]
         anns = meta.get("annotations") or {}
         created = parse_rfc3339(meta.get("creationTimestamp"))
-        if START_LEVEL_ANNOTATION not in anns:
+        if first and START_LEVEL_ANNOTATION not in anns:
             POD_STARTS.labels(level=level.value).inc()
             if created is not None:
                 POD_START_LATENCY.labels(level=level.value).observe(max(0.0, self.clock.time() - created))
@@ -136,13 +138,16 @@ class StatusWriter:
         if started is not None and anns.get(hold.STARTED_AT_ANNOTATION) is None:
             patch[hold.STARTED_AT_ANNOTATION] = hold.format_millis(started)
             at = hold.start_at(pod)
-            if at is not None and at.instant is not None:
+            if first and at is not None and at.instant is not None:
                 START_LATENESS.observe(started - at.instant)
         cost = self.deletion_cost
         if cost is not None and anns.get(DELETION_COST_ANNOTATION) != str(cost):
             patch[DELETION_COST_ANNOTATION] = str(cost)
-        if not patch:
-            return
+        if patch:
+            await self._patch_annotations(meta, patch)
+        st.annotated = True
+
+    async def _patch_annotations(self, meta: JSON, patch: dict[str, str]) -> None:
         try:
             await self.client.patch(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",

@@ -293,6 +293,37 @@ async def test_forbidden_annotations_do_not_block_the_pod(env: Any) -> None:
         assert START_LEVEL_ANNOTATION not in api.pods[uid]["metadata"]["annotations"]
 
 
+async def test_start_annotations_lost_to_an_unreachable_api_are_written_by_the_next_sync(env: Any) -> None:
+    """The API server down when the pod first runs (a held pod started at its instant during an
+    outage, tests/faults/test_punctual_faults.py): the annotations patch fails, the sync fails
+    and is retried; the retry writes them (once counted in the start metrics)."""
+    from prometheus_client import REGISTRY
+
+    api, backend, rec, worker = env  # noqa: RUF059
+    real_patch = api.patch
+    down = [True]
+
+    async def patch(path: str, body: Any, content_type: str = "", **params: Any) -> dict[str, Any]:
+        if down[0] and not path.endswith("/status"):
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return await real_patch(path, body, content_type, **params)
+
+    def starts() -> float:
+        return REGISTRY.get_sample_value("warmlet_pod_starts_total", {"level": "cold"}) or 0.0
+
+    api.patch = patch
+    api.add(make_pod("p1", "u1"))
+    before = starts()
+    with pytest.raises(ConnectionRefusedError):
+        await worker.sync("u1")
+    assert START_LEVEL_ANNOTATION not in api.pods["u1"]["metadata"]["annotations"]
+    down[0] = False
+    await worker.sync("u1")
+    assert api.pods["u1"]["metadata"]["annotations"][START_LEVEL_ANNOTATION] == "cold"
+    assert starts() - before == 1
+    assert len(await backend.pod_containers("u1")) == 1
+
+
 async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(
     env: Any, clock: FakeClock
 ) -> None:
