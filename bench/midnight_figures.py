@@ -194,6 +194,15 @@ def wave_rate(n: int, wave_start: float, wave_end: float) -> float:
     return round(n / span, 2) if n and span > 0 else math.nan
 
 
+def sweep_points(sweep: Sequence[int], pods: int) -> list[int]:
+    """The concurrencies a sweep of ``pods`` containers per point can tell apart: more calls in
+    flight than containers is the same wave as ``pods`` in flight (then ``pods`` is measured once)."""
+    pts = sorted({c for c in sweep if 1 <= c <= pods})
+    if pods >= 1 and any(c > pods for c in sweep) and pods not in pts:
+        pts.append(pods)
+    return pts
+
+
 def best_concurrency(rates: Mapping[int, float]) -> int | None:
     """The concurrency with the best StartContainer rate (ties: the fewer calls in flight)."""
     ok = {c: r for c, r in rates.items() if not math.isnan(r)}

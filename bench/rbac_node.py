@@ -46,44 +46,48 @@ PUNCTUAL_RBAC_FILE = REPO_ROOT / "kind-config" / "punctual-rbac.yaml"
 PUNCTUAL_RBAC_NAME = "warmlet-bench-punctual"
 
 
-def warmlet_cluster_role(path: Path = RBAC_FILE, name: str = RBAC_NAME) -> JSON:
-    """The ClusterRole of ``path`` (kind-config/rbac.yaml), renamed ``name`` for the benches."""
+RBAC_API = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def warmlet_cluster_role(path: Path = RBAC_FILE, name: str = RBAC_NAME, kind: str = "ClusterRole") -> JSON:
+    """The ``kind`` (ClusterRole, or the namespaced Role: the node Lease's) of ``path``
+    (kind-config/rbac.yaml), renamed ``name`` for the benches; a Role keeps its namespace."""
     for doc in yaml.safe_load_all(path.read_text()):
-        if doc and doc.get("kind") == "ClusterRole":
-            return {"metadata": {"name": name}, "rules": doc["rules"]}
-    raise ValueError(f"no ClusterRole in {path}")
+        if doc and doc.get("kind") == kind:
+            meta = {"name": name}
+            if doc["metadata"].get("namespace"):
+                meta["namespace"] = doc["metadata"]["namespace"]
+            return {"metadata": meta, "rules": doc["rules"]}
+    raise ValueError(f"no {kind} in {path}")
 
 
 async def grant_warmlet_rbac(
-    client: KubeClient, user: str, path: Path = RBAC_FILE, name: str = RBAC_NAME
+    client: KubeClient, user: str, path: Path = RBAC_FILE, name: str = RBAC_NAME, kind: str = "ClusterRole"
 ) -> str:
-    """The (shared) ClusterRole of ``path`` and a ClusterRoleBinding for ``user``; returns the
-    binding's name."""
-    role = warmlet_cluster_role(path, name)
+    """The (shared) ``kind`` of ``path`` and a binding of it for ``user``; returns the binding's
+    API path (deleted when the node stops)."""
+    role = warmlet_cluster_role(path, name, kind)
+    ns = role["metadata"].get("namespace")
+    base = f"{RBAC_API}/namespaces/{ns}" if ns else RBAC_API
+    roles, bindings = ("roles", "rolebindings") if ns else ("clusterroles", "clusterrolebindings")
     try:
-        await client.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
+        await client.post(f"{base}/{roles}", role)
     except ApiError as e:
         if not e.conflict:
             raise
         # exists (an earlier run): make its rules those of the file
-        await client.patch(
-            f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}", {"rules": role["rules"]}
-        )
+        await client.patch(f"{base}/{roles}/{name}", {"rules": role["rules"]})
     binding = f"{name}-{user.replace(':', '-')}"
     with contextlib.suppress(ApiError):
         await client.post(
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            f"{base}/{bindings}",
             {
                 "metadata": {"name": binding},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": name,
-                },
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
             },
         )
-    return binding
+    return f"{base}/{bindings}/{binding}"
 
 
 @contextlib.asynccontextmanager
@@ -99,9 +103,9 @@ async def warmlet_process(
 
     Own process (own event loop, no GIL shared with the bench's watch); the simulated backend's
     timers and node sections; other config ``sections`` merged into the config's (e.g. ``punctual``,
-    ``pods``); an identity with the documented RBAC (see RBAC_FILE, and PUNCTUAL_RBAC_FILE with
-    ``punctual.enabled``). On exit: stopped, Node and bindings deleted, CRI sandboxes it left (idle
-    pool members) removed.
+    ``pods``); an identity with the documented RBAC (see RBAC_FILE: its ClusterRole and its node
+    Lease Role, and PUNCTUAL_RBAC_FILE's ClusterRole with ``punctual.enabled``). On exit: stopped,
+    Node and bindings deleted, CRI sandboxes it left (idle pool members) removed.
     """
     name = f"mb-{backend[:3]}-{uuid.uuid4().hex[:6]}"
     workdir = Path(tempfile.mkdtemp(prefix=f"warmlet-{name}-"))
@@ -125,7 +129,11 @@ async def warmlet_process(
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     h = NodeHandle(name, port, workdir, config_path, workdir / "warmlet.log", backend, str(cfg["kubeconfig"]))
     client = await KubeClient.from_kubeconfig(bed.kubeconfig)
-    bindings = [await grant_warmlet_rbac(client, user)]
+    bindings = [
+        await grant_warmlet_rbac(client, user),
+        # the node heartbeat Lease: rbac.yaml's Role in kube-node-lease
+        await grant_warmlet_rbac(client, user, RBAC_FILE, RBAC_NAME, "Role"),
+    ]
     if (cfg.get("punctual") or {}).get("enabled"):
         bindings.append(await grant_warmlet_rbac(client, user, PUNCTUAL_RBAC_FILE, PUNCTUAL_RBAC_NAME))
     try:
@@ -135,10 +143,7 @@ async def warmlet_process(
     finally:
         if h.proc is not None:
             await asyncio.to_thread(stop_process, h.proc)
-        for path in (
-            f"/api/v1/nodes/{name}",
-            *(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{b}" for b in bindings),
-        ):
+        for path in (f"/api/v1/nodes/{name}", *bindings):
             with contextlib.suppress(ApiError):
                 await client.delete(path)
         await client.close()

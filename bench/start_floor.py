@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.cold_vs_warm import bare_pod
 from bench.harness import HOLD_COMMAND, remove_instance_sandboxes
-from bench.midnight_figures import best_concurrency, started_figures, wave_rate
+from bench.midnight_figures import best_concurrency, started_figures, sweep_points, wave_rate
 from testbed.util import kv
 
 if TYPE_CHECKING:
@@ -154,7 +154,8 @@ async def measure_start_floor(
         await pods.make(max(n, sweep_pods))
         setup_s = round(time.monotonic() - t0, 1)
         floor, samples_ms = await pods.wave(n, concurrency)
-        points = [(await pods.wave(min(n, sweep_pods), c))[0] for c in sweep]
+        per_point = min(n, sweep_pods)
+        points = [(await pods.wave(per_point, c))[0] for c in sweep_points(sweep, per_point)]
     finally:
         removed = await remove_instance_sandboxes(cri_endpoint, instance)
         await cri.close()

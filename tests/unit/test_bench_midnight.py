@@ -22,6 +22,7 @@ from bench.midnight_figures import (
     punctual_goals,
     started_at,
     started_figures,
+    sweep_points,
     variant_figures,
     wave_rate,
 )
@@ -139,6 +140,20 @@ def test_variant_figures_report_the_real_start_and_duplicates() -> None:
 def test_wave_rate() -> None:
     assert wave_rate(100, 10.0, 13.2) == 31.25
     assert math.isnan(wave_rate(0, 10.0, 11.0)) and math.isnan(wave_rate(5, 10.0, 10.0))
+
+
+def test_sweep_points_never_exceed_the_pods_per_point() -> None:
+    assert sweep_points((1, 2, 4, 6, 8, 16, 32), 60) == [1, 2, 4, 6, 8, 16, 32]
+    assert sweep_points((1, 2, 4, 6, 8, 16, 32), 20) == [1, 2, 4, 6, 8, 16, 20]
+    assert sweep_points((32, 4, 4), 16) == [4, 16]
+    assert sweep_points((1, 2), 0) == []
+
+
+@given(st.lists(st.integers(1, 64), max_size=10), st.integers(0, 64))
+def test_sweep_points_are_distinct_and_bounded(sweep: list[int], pods: int) -> None:
+    pts = sweep_points(sweep, pods)
+    assert len(set(pts)) == len(pts) and all(1 <= c <= pods for c in pts)
+    assert all(c in pts for c in sweep if c <= pods)
 
 
 def test_best_concurrency_ties_go_to_fewer_calls_in_flight() -> None:
@@ -275,3 +290,6 @@ def test_punctual_rbac_role_is_the_files() -> None:
     assert role["metadata"]["name"] == "x"
     assert any("jobs" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
     assert warmlet_cluster_role(RBAC_FILE)["metadata"]["name"] == "warmlet-bench"
+    lease = warmlet_cluster_role(RBAC_FILE, "y", "Role")  # the node heartbeat Lease's Role
+    assert lease["metadata"] == {"name": "y", "namespace": "kube-node-lease"}
+    assert any("leases" in r["resources"] and "update" in r["verbs"] for r in lease["rules"])
