@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.midnight_burst import add_arguments, ratios_for, summary_rows, variants
+from bench.midnight_burst import add_arguments, plots, ratios_for, summary_rows, variants
 from bench.midnight_figures import (
     SOURCE_ANNOTATION,
     SOURCE_KUBELET,
@@ -26,7 +27,7 @@ from bench.midnight_figures import (
     variant_figures,
     wave_rate,
 )
-from bench.midnight_variants import PodTimeline, Variant, cronjob, variant_pool, variant_sections
+from bench.midnight_variants import PodTimeline, Variant, VariantRun, cronjob, variant_pool, variant_sections
 from bench.podwatch import START_LEVEL_ANNOTATION as LEVEL
 from bench.podwatch import PodTimes
 from bench.rbac_node import PUNCTUAL_RBAC_FILE, RBAC_FILE, warmlet_cluster_role
@@ -293,3 +294,20 @@ def test_punctual_rbac_role_is_the_files() -> None:
     lease = warmlet_cluster_role(RBAC_FILE, "y", "Role")  # the node heartbeat Lease's Role
     assert lease["metadata"] == {"name": "y", "namespace": "kube-node-lease"}
     assert any("leases" in r["resources"] and "update" in r["verbs"] for r in lease["rules"])
+
+
+def test_plots_started_per_backend_with_the_floor(tmp_path: Path) -> None:
+    vs = [Variant("cri", m, 3, 1, 10.0) for m in ("no-prewarm", "prewarm", "punctual")]
+    vs.append(Variant("simulated", "punctual", 3, 1, 10.0))
+    runs = [VariantRun({}, [900.0, 1000.0], [-0.5, 0.0, 800.0]) for _ in vs]
+    floors = {"cri": {"concurrency": 6, "started_ms": [100.0, 200.0]}}
+    got = {Path(p).name for p in plots(tmp_path, vs, runs, floors)}
+    assert got == {
+        "midnight-burst-started-cri.png",
+        "midnight-burst-started-simulated.png",
+        "midnight-burst.png",  # the CRI started plot, the one bench/RESULTS.md shows
+        "midnight-burst-running.png",
+    }
+    assert (tmp_path / "midnight-burst.png").read_bytes() == (
+        tmp_path / "midnight-burst-started-cri.png"
+    ).read_bytes()
