@@ -48,6 +48,7 @@ from bench.midnight_figures import (
     TARGET_SECONDS,
     prewarm_ratios,
     punctual_goals,
+    punctual_lead,
 )
 from bench.midnight_variants import (
     MODES,
@@ -76,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--punctual-lead-seconds",
         type=float,
-        default=60.0,
-        help="punctual variant: Jobs pre-created this long before the instant (punctual.lead_seconds)",
+        default=None,
+        help="punctual variant: Jobs pre-created this long before the instant (punctual.lead_seconds; "
+        "default 60 s, 0.1 s per pod for bigger bursts)",
     )
     parser.add_argument(
         "--start-wave-concurrency",
@@ -116,10 +118,8 @@ def variants(args: argparse.Namespace, quick: bool) -> list[Variant]:
     out = []
     for backend, n in (("cri", args.pods_cri), ("simulated", args.pods_sim)):
         if args.backend in (backend, "both"):
-            out += [
-                Variant(backend, m, n, args.parallelism, args.lead_seconds, args.punctual_lead_seconds, conc)
-                for m in modes
-            ]
+            lead = args.punctual_lead_seconds or punctual_lead(n)
+            out += [Variant(backend, m, n, args.parallelism, args.lead_seconds, lead, conc) for m in modes]
     return out
 
 

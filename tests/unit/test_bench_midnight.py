@@ -21,6 +21,7 @@ from bench.midnight_figures import (
     cronjob_of,
     duplicate_jobs,
     punctual_goals,
+    punctual_lead,
     started_at,
     started_figures,
     sweep_points,
@@ -214,6 +215,12 @@ def test_punctual_cronjob_opts_in() -> None:
     assert "annotations" not in cronjob("a", "0 0 * * *", "Etc/UTC", {})["metadata"]
 
 
+def test_punctual_lead_grows_with_the_burst() -> None:
+    assert punctual_lead(20) == punctual_lead(200) == 60.0
+    assert punctual_lead(2000) == 200.0
+    assert punctual_lead(6000) <= 600.0  # punctual.max_lead_seconds' default
+
+
 def test_punctual_variant_config_prewarms_before_the_jobs_arrive() -> None:
     v = Variant("cri", "punctual", 200, 1, 30.0, 60.0, 6)
     assert variant_pool(v)["cron_prewarm"] and variant_pool(v)["cron_lead_seconds"] == 90.0
@@ -254,6 +261,10 @@ def test_variants_three_modes_side_by_side_per_backend() -> None:
     ]
     vs = variants(parse("--backend", "cri", "--pods-cri", "20"), quick=False)
     assert [v.pods for v in vs] == [20, 20, 20]
+    full = {v.backend: v.punctual_lead for v in variants(parse(), quick=False)}
+    assert full == {"cri": 60.0, "simulated": 200.0}  # 2,000 pods need a longer lead to all be held
+    vs = variants(parse("--punctual-lead-seconds", "30"), quick=False)
+    assert {v.punctual_lead for v in vs} == {30.0}
     quick = variants(parse(), quick=True)
     assert {v.backend for v in quick} == {"simulated"} and [v.mode for v in quick][-1] == "punctual"
     with pytest.raises(ValueError):
