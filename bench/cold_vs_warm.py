@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
 from bench.harness import (
@@ -47,6 +47,10 @@ from bench.podwatch import START_LEVEL_ANNOTATION, PodClock
 from provider.kubeclient import KubeClient
 from testbed.testing import create_namespace
 from testbed.util import kv
+
+if TYPE_CHECKING:
+    from proto import cri_pb2 as pb
+    from sandbox.backend import ContainerSpec, PodSandboxSpec
 
 log = logging.getLogger("bench.cold_vs_warm")
 SCENARIO = "cold-vs-warm"
@@ -137,22 +141,37 @@ async def measure_levels(
     return {"samples_s": samples, "mismatches": mismatches, "namespace": ns}
 
 
+def bare_pod(
+    instance: str, name: str, image: str, logdir: str, command: Sequence[str] = HOLD_COMMAND
+) -> tuple[PodSandboxSpec, pb.PodSandboxConfig, ContainerSpec]:
+    """A bare-CRI pod of the floors (no warmlet): its sandbox spec, PodSandboxConfig (labelled as
+    ``instance``'s, so ``bench.harness.remove_instance_sandboxes`` finds it) and one container
+    ``app`` running ``command``. Container configs: ``mapping.container_config(spec, container, i,
+    instance=instance)``. Also used by bench/start_floor.py."""
+    from sandbox.backend import ContainerSpec, PodSandboxSpec
+    from sandbox.cri import mapping as m
+
+    spec = PodSandboxSpec(
+        uid=str(uuid.uuid4()),
+        namespace="bench-floor",
+        name=name,
+        workload_key="bench/floor",
+        hostname="floor",
+    )
+    container = ContainerSpec(name="app", image=image, command=list(command))
+    return spec, m.sandbox_config(spec, logdir, instance=instance), container
+
+
 async def measure_floor(cri_endpoint: str, image: str, n: int) -> JSON:
     """Bare CRI: create+start the same container in one existing sandbox, ``n`` times, directly
     and through warmlet's CRI relay (``cri.call_relay``), interleaved so both see the same noise."""
-    from sandbox.backend import ContainerSpec, PodSandboxSpec
     from sandbox.cri import mapping as m
     from sandbox.cri.client import CriClient
     from sandbox.cri.relay import RelayProcess, upstream_path
 
     instance = f"bench-floor-{uuid.uuid4().hex[:6]}"
-    uid = str(uuid.uuid4())
-    spec = PodSandboxSpec(
-        uid=uid, namespace="bench-floor", name=instance, workload_key="bench/floor", hostname="floor"
-    )
-    container = ContainerSpec(name="app", image=image, command=HOLD_COMMAND)
     logdir = tempfile.mkdtemp(prefix="cvw-floor-")
-    sb_cfg = m.sandbox_config(spec, logdir, instance=instance)
+    spec, sb_cfg, container = bare_pod(instance, instance, image, logdir)
     cri = CriClient(cri_endpoint)
     relay = RelayProcess(upstream_path(cri_endpoint))
     relayed = CriClient(cri_endpoint)

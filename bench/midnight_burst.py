@@ -2,378 +2,68 @@
 
 Models "thousands of jobs that must start at 00:00:00 (tolerance 3 s)": K distinct CronJobs
 (each Job runs one pod, --parallelism P packs P pods into one Job of K/P CronJobs instead), all
-scheduled at one minute boundary, run once with warmlet's schedule-aware prewarming
-(``pool.cron_prewarm``, lead time --lead-seconds) and once without (the pool is empty at the
-instant, the image is cached: image_cached starts). The measured firing is the first one after
-the CronJobs are created (a daily schedule "M H * * *" at the chosen boundary, so it fires once).
+scheduled at one minute boundary, in three variants side by side per backend
+(bench/midnight_variants.py): ``no-prewarm`` (the pool is empty at the instant, the image cached),
+``prewarm`` (schedule-aware prewarming, lead --lead-seconds) and ``punctual`` (the CronJobs opted
+in with ``warmlet.io/punctual: "true"``: warmlet pre-creates their Jobs --punctual-lead-seconds
+ahead, the pods wait on the node with their containers created and one start wave starts them at
+the instant; prewarming on). The measured firing is the first one after the CronJobs are created
+(a daily schedule "M H * * *" at the chosen boundary, so it fires once).
 
-Per pod, wall-clock times seen by a client-side watch: created (first event), bound (first event
-with spec.nodeName), Running (first event with phase Running), and the pod's
-``warmlet.io/start-level`` annotation. From the scheduled instant: p50/p99 to Running, time to all
-Running, how many were Running within 3 s, and the split control plane (instant → bound: CronJob
-controller → Job → pod → scheduler) vs warmlet (bound → Running). The floor is the control plane
-alone: no pod can run before it is bound.
+Per pod: the real container start - the instant (``warmlet.io/started-at``, milliseconds, where
+warmlet wrote it, else kubelet's ``containerStatuses[].state.running.startedAt``, whole seconds:
+the JSON says which per variant), observed Running - instant (client watch), created / bound, the
+start level. Per variant: p50/p99/max of startedAt - instant, within 3 s, started before the
+instant (must be 0), duplicate Jobs, and the split control plane (instant → bound) vs warmlet
+(bound → Running).
 
-    python -m bench.midnight_burst [--backend cri|simulated|both] [--quick]
+The physical floor, CRI backend, same run (bench/start_floor.py): bare CRI StartContainer of the
+same number of containers already created in warm sandboxes, all at one instant with the start
+wave's concurrency, and the StartContainer rate at several concurrencies. Goals (issue 16):
+punctual p99(startedAt - instant) <= 1.2 x the floor's, punctual within 3 s >= 0.9 x the floor's;
+simulated: every pod started within 1 s, none before the instant.
+
+    python -m bench.midnight_burst [--backend cri|simulated|both] [--quick] [--out-dir DIR]
 
 Cluster: --kubeconfig, else the running CLI test bed, else a test bed started for the run
 (bench.harness.bed_session); the CRI variants need the bed's containerd and busybox image.
 warmlet runs as ``warmlet run`` subprocesses with a user bound to kind-config/rbac.yaml's role
-(bench.rbac_node).
-Quick: 60 simulated pods per variant, both variants firing at the same instant on two nodes.
+(+ kind-config/punctual-rbac.yaml's for the punctual variant: bench.rbac_node).
+Quick: 60 simulated pods per variant, the three variants firing at one instant on three nodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import logging
-import math
-import re
-import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, plot_cdf, ratio, summarize_ms, write_result
-from bench.harness import HOLD_COMMAND, Bed, NodeHandle, bed_session, delete_namespace, owned_pod
-from bench.podwatch import PodTimes, watch_namespace_pods
-from bench.rbac_node import warmlet_process
+from bench.common import RESULTS_DIR, plot_cdf, write_result
+from bench.harness import HOLD_COMMAND, Bed, bed_session
+from bench.midnight_figures import (
+    SOURCES,
+    TARGET_SECONDS,
+    prewarm_ratios,
+    punctual_goals,
+    punctual_lead,
+)
+from bench.midnight_variants import (
+    MODES,
+    SIM_TIMERS,
+    SharedInstant,
+    Variant,
+    VariantRun,
+    run_variant,
+)
 from provider.kubeclient import KubeClient
-from testbed.testing import create_namespace, pod_template, wait_for
 
-log = logging.getLogger("bench.midnight_burst")
 JSON = dict[str, Any]
 
 SCENARIO = "midnight-burst"
-TARGET_SECONDS = 3.0  # the users' tolerance for a job scheduled at 00:00:00
-SIM_IMAGE = "127.0.0.1:5000/sim/app:1"
-# The simulated backend's timers, modelled on CRI calls measured on this machine type
-# (machine-notes: RunPodSandbox ~100 ms with a netns, Create+Start ~60 ms, 100 MB pull ~1.2 s).
-SIM_TIMERS = {"pull_seconds": 1.2, "sandbox_seconds": 0.1, "start_seconds": 0.06}
-
-
-# ---------------------------------------------------------------------------------------- pure parts
-
-
-def next_boundary(now: float, min_lead: float, period: float = 60.0) -> float:
-    """The first multiple of ``period`` (a minute boundary) at least ``min_lead`` seconds after ``now``.
-
-    CronJob schedules have minute resolution, so the burst can only fire on a boundary; it must
-    leave time to create the CronJobs and, with prewarming, for warmlet to see them and prewarm.
-    """
-    t = math.ceil(now / period) * period
-    while t - now < min_lead:
-        t += period
-    return float(t)
-
-
-def daily_schedule(instant: float) -> tuple[str, str]:
-    """(cron schedule, timeZone) firing once a day at ``instant`` (a minute boundary, UTC)."""
-    tm = time.gmtime(instant)
-    return f"{tm.tm_min} {tm.tm_hour} * * *", "Etc/UTC"
-
-
-def within(latencies: Iterable[float], limit: float = TARGET_SECONDS) -> int:
-    """How many latencies (seconds) are at most ``limit``."""
-    return sum(1 for v in latencies if v <= limit)
-
-
-def level_counts(levels: Iterable[str | None]) -> dict[str, int]:
-    """Start-level distribution; pods without the annotation count as "unknown"."""
-    out: dict[str, int] = {}
-    for lv in levels:
-        k = lv or "unknown"
-        out[k] = out.get(k, 0) + 1
-    return dict(sorted(out.items()))
-
-
-def cronjob(name: str, schedule: str, tz: str, template: JSON, parallelism: int = 1) -> JSON:
-    """A CronJob whose Job runs ``parallelism`` pods once (no retries, no overlap)."""
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": {"name": name},
-        "spec": {
-            "schedule": schedule,
-            "timeZone": tz,
-            "startingDeadlineSeconds": 300,
-            "concurrencyPolicy": "Forbid",
-            "jobTemplate": {
-                "spec": {
-                    "parallelism": parallelism,
-                    "completions": parallelism,
-                    "backoffLimit": 0,
-                    "template": template,
-                }
-            },
-        },
-    }
-
-
-# ---------------------------------------------------------------------------------------- pod clock
-
-
-@dataclass
-class PodTimeline:
-    """Watches one namespace's pods and records first-seen created/bound/Running wall-clock times
-    (``time.time()``, compared with the scheduled instant) and the start level per pod."""
-
-    client: KubeClient
-    ns: str
-    expect: int = 0
-    pods: dict[str, PodTimes] = field(default_factory=dict)
-    all_running: asyncio.Event = field(default_factory=asyncio.Event)
-    _running: int = 0
-
-    def observe(self, obj: Mapping[str, Any], now: float) -> None:
-        name = obj["metadata"]["name"]
-        t = self.pods.get(name)
-        if t is None:
-            t = self.pods[name] = PodTimes(created=now)
-        if t.bound is None and (obj.get("spec") or {}).get("nodeName"):
-            t.bound = now
-        if t.running is None and (obj.get("status") or {}).get("phase") == "Running":
-            t.running = now
-            self._running += 1
-            if self.expect and self._running >= self.expect:
-                self.all_running.set()
-        t.annotations.update((obj.get("metadata") or {}).get("annotations") or {})
-
-    async def run(self) -> None:
-        def on_event(etype: str, obj: JSON) -> None:
-            if etype != "DELETED":
-                self.observe(obj, time.time())
-
-        await watch_namespace_pods(self.client, self.ns, on_event)
-
-
-# ---------------------------------------------------------------------------------------- one variant
-
-
-@dataclass
-class Variant:
-    backend: str  # "cri" | "simulated"
-    prewarm: bool
-    pods: int
-    parallelism: int
-    lead: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend}/{'prewarm' if self.prewarm else 'no-prewarm'}"
-
-
-_PREWARMED_RE = re.compile(r"prewarmed cronjob .*?count=(\d+)")
-
-
-def prewarmed_from_log(text: str) -> int:
-    """Sandboxes warmlet reports as prewarmed ("prewarmed cronjob ... count=N" log lines)."""
-    return sum(int(m.group(1)) for m in _PREWARMED_RE.finditer(text))
-
-
-async def idle_cri_sandboxes(bed: Bed, instance: str) -> int:
-    """Ready sandboxes of one warmlet instance in the runtime (before the instant: all idle)."""
-    from sandbox.cri.client import CriClient
-    from sandbox.cri.mapping import managed_selector
-
-    cri = CriClient(bed.cri_endpoint)
-    try:
-        return sum(1 for sb in await cri.list_pod_sandbox(labels=managed_selector(instance)) if sb.state == 0)
-    finally:
-        await cri.close()
-
-
-async def prewarmed_now(bed: Bed, h: NodeHandle) -> int:
-    if h.backend == "cri":
-        return await idle_cri_sandboxes(bed, h.name)
-    return prewarmed_from_log(h.log_path.read_text(errors="replace"))
-
-
-async def delete_ns_timed(client: KubeClient, ns: str, within_s: float = 300) -> float | None:
-    """Delete the namespace and wait until it is gone; seconds it took (None: still there)."""
-    t0 = time.monotonic()
-    gone = await delete_namespace(client, ns, within_s)
-    return round(time.monotonic() - t0, 1) if gone else None
-
-
-async def bounded(calls: Iterable[Awaitable[Any]], concurrency: int = 32) -> None:
-    """Await ``calls`` with at most ``concurrency`` in flight (thousands of POSTs or PATCHes)."""
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(call: Awaitable[Any]) -> None:
-        async with sem:
-            await call
-
-    await asyncio.gather(*(one(c) for c in calls))
-
-
-def variant_figures(
-    times: Mapping[str, PodTimes], instant: float, expect: int, prewarmed: int, meta: JSON
-) -> JSON:
-    """Everything reported for one variant, from the pods' timelines (pure)."""
-    running = [t.running - instant for t in times.values() if t.running is not None]
-    bound = [t.bound - instant for t in times.values() if t.bound is not None]
-    created = [t.created - instant for t in times.values() if t.created is not None]
-    warmlet = [t.running - t.bound for t in times.values() if t.running is not None and t.bound is not None]
-    sched = [t.bound - t.created for t in times.values() if t.bound is not None and t.created is not None]
-    return {
-        **summarize_ms(running),
-        "expected": expect,
-        "running": len(running),
-        "seconds_to_all_running": round(max(running), 2) if len(running) >= expect and running else None,
-        "seconds_to_all_bound": round(max(bound), 2) if len(bound) >= expect and bound else None,
-        "within_3s": within(running),
-        "within_3s_fraction": round(within(running) / expect, 3) if expect else None,
-        "start_levels": level_counts(t.level for t in times.values()),
-        "prewarmed_at_instant": prewarmed,
-        "split": {
-            "instant_to_created": summarize_ms(created),
-            "created_to_bound": summarize_ms(sched),
-            "control_plane_instant_to_bound": summarize_ms(bound),
-            "warmlet_bound_to_running": summarize_ms(warmlet),
-        },
-        **meta,
-    }
-
-
-class SharedInstant:
-    """One scheduled instant for variants that fire together (quick mode), chosen once all are set up."""
-
-    def __init__(self, parties: int) -> None:
-        self.barrier = asyncio.Barrier(parties)
-        self.gaps: list[float] = []
-        self.instant = 0.0
-
-    async def agree(self, gap: float) -> float:
-        self.gaps.append(gap)
-        if await self.barrier.wait() == 0:
-            self.instant = next_boundary(time.time(), max(self.gaps))
-        await self.barrier.wait()
-        return self.instant
-
-
-def variant_pool(v: Variant) -> JSON:
-    """The warmlet pool section of a variant: prewarming on/off, caps that fit the burst."""
-    return {
-        "cron_prewarm": v.prewarm,
-        "cron_lead_seconds": v.lead,
-        "global_max_sandboxes": max(256, v.pods + 16),
-        # each sandbox counts at least 8 MiB against the memory cap (both backends run WarmPool)
-        "global_max_memory_bytes": max(8 * 1024**3, (v.pods + 16) * 8 * 1024**2),
-        "max_per_workload": max(8, v.parallelism),
-        "idle_ttl_seconds": 3600,
-    }
-
-
-async def warm_up_image(client: KubeClient, ns: str, node: str, image: str, command: list[str]) -> None:
-    """Run and delete one bare pod on the node so the image is cached there (image_cached starts)."""
-    pod = owned_pod("warmup", node, image, command=command, grace_seconds=1)
-    await client.post(f"/api/v1/namespaces/{ns}/pods", pod)
-
-    async def running() -> bool:
-        p = await client.get(f"/api/v1/namespaces/{ns}/pods/warmup")
-        return (p.get("status") or {}).get("phase") == "Running"
-
-    with contextlib.suppress(TimeoutError):  # then the measured starts pull it: it shows in their levels
-        await wait_for(running, 60, 0.25, "the warm-up pod Running")
-    await client.delete(f"/api/v1/namespaces/{ns}/pods/warmup")
-
-
-async def run_variant(
-    client: KubeClient,
-    bed: Bed,
-    v: Variant,
-    min_gap: float,
-    wait_s: float,
-    shared: SharedInstant | None = None,
-) -> tuple[JSON, list[float]]:
-    """Create the CronJobs, pick the instant, start warmlet, wait for the instant, measure, clean up."""
-    image = bed.images.get("busybox", "") if v.backend == "cri" else SIM_IMAGE
-    ns = await create_namespace(client, "midnight")
-    n_cj = max(1, v.pods // v.parallelism)
-    expect = n_cj * v.parallelism
-    try:
-        # Created with a schedule hours away (creating thousands takes a while), then retargeted to
-        # an instant that leaves time for the patch, warmlet's start and first CronJob list + lead.
-        t0 = time.time()
-        sched, tz = daily_schedule(next_boundary(t0 + 3 * 3600, 0))
-        names = [f"cj-{i:05d}" for i in range(n_cj)]
-        objs = [cronjob(n, sched, tz, {}, v.parallelism) for n in names]  # template: node name below
-        sim = dict(SIM_TIMERS) if v.backend == "simulated" else None
-        async with warmlet_process(bed, v.backend, variant_pool(v), sim) as h:
-            tpl = pod_template(
-                h.name,
-                None,
-                terminationGracePeriodSeconds=1,
-                restartPolicy="Never",
-                containers=[
-                    {
-                        "name": "app",
-                        "image": image,
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": HOLD_COMMAND,
-                    }
-                ],
-            )
-            for o in objs:
-                o["spec"]["jobTemplate"]["spec"]["template"] = tpl
-            await bounded(client.post(f"/apis/batch/v1/namespaces/{ns}/cronjobs", o) for o in objs)
-            await warm_up_image(client, ns, h.name, image, HOLD_COMMAND)
-            create_s = time.time() - t0
-            # warmlet relists CronJobs every 15 s: leave it one relist after the patch, plus the lead
-            gap = min_gap + 16 + create_s / 2 + (v.lead if v.prewarm else 0.0)
-            instant = await shared.agree(gap) if shared else next_boundary(time.time(), gap)
-            sched, tz = daily_schedule(instant)
-            await bounded(
-                client.patch(f"/apis/batch/v1/namespaces/{ns}/cronjobs/{n}", {"spec": {"schedule": sched}})
-                for n in names
-            )
-            timeline = PodTimeline(client, ns, expect)
-            watcher = asyncio.create_task(timeline.run())
-            log.info(
-                "%s: %d CronJobs fire at %s %s (in %.0fs)", v.label, n_cj, sched, tz, instant - time.time()
-            )
-            prewarm_done_at: float | None = None
-            prewarmed = 0
-            while time.time() < instant - 0.3:
-                prewarmed = await prewarmed_now(bed, h)
-                if prewarm_done_at is None and v.prewarm and prewarmed >= expect:
-                    prewarm_done_at = time.time()
-                await asyncio.sleep(min(1.0, max(0.0, instant - 0.3 - time.time())))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(timeline.all_running.wait(), max(0.0, instant - time.time()) + wait_s)
-            # start levels are patched right after Running: give the last ones a moment
-            for _ in range(30):
-                if all(t.level for t in timeline.pods.values() if t.running is not None):
-                    break
-                await asyncio.sleep(0.5)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            times = {k: t for k, t in timeline.pods.items() if k.startswith("cj-")}
-            meta: JSON = {
-                "cronjobs": n_cj,
-                "parallelism": v.parallelism,
-                "lead_seconds": v.lead if v.prewarm else None,
-                "schedule": f"{sched} ({tz})",
-                "setup_seconds": round(create_s, 1),
-                "prewarm_complete_seconds_before_instant": (
-                    round(instant - prewarm_done_at, 1) if prewarm_done_at is not None else None
-                ),
-                "warmlet_log": str(h.log_path),
-            }
-            fig = variant_figures(times, instant, expect, prewarmed, meta)
-            fig["cleanup_seconds"] = await delete_ns_timed(client, ns)
-        latencies_ms = [(t.running - instant) * 1000 for t in times.values() if t.running is not None]
-        return fig, latencies_ms
-    finally:
-        with contextlib.suppress(Exception):
-            await delete_namespace(client, ns, 120)
-
-
-# ---------------------------------------------------------------------------------------- scenario
+PLOT_MIN_MS = 1.0  # the CDF plots are log-scale: smaller values (and any before the instant) drawn here
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -384,106 +74,240 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--parallelism", type=int, default=1, help="pods per Job (K/P CronJobs)")
     parser.add_argument("--lead-seconds", type=float, default=30.0, help="cron prewarm lead time")
+    parser.add_argument(
+        "--punctual-lead-seconds",
+        type=float,
+        default=None,
+        help="punctual variant: Jobs pre-created this long before the instant (punctual.lead_seconds; "
+        "default 60 s, 0.1 s per pod for bigger bursts)",
+    )
+    parser.add_argument(
+        "--start-wave-concurrency",
+        type=int,
+        default=0,
+        help="pods.start_wave_concurrency of the nodes and the floor's (0: the backend's default)",
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+    )
+    parser.add_argument(
+        "--floor-sweep-pods",
+        type=int,
+        default=60,
+        help="containers per point of the floor's concurrency sweep",
+    )
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare-CRI floor")
     parser.add_argument("--timeout", type=float, default=300.0, help="per variant, after the instant")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where the JSON and plots go (default bench/results)",
+    )
 
 
 def variants(args: argparse.Namespace, quick: bool) -> list[Variant]:
-    """Quick: 60 simulated pods per variant, short lead. Otherwise the requested backends."""
+    """Quick: 60 simulated pods per variant, short leads. Otherwise the requested backends and modes."""
+    modes = [m for m in str(args.modes).split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; known: {MODES}")
+    conc = args.start_wave_concurrency
     if quick:
-        return [Variant("simulated", p, 60, 1, 10.0) for p in (False, True)]
+        return [Variant("simulated", m, 60, 1, 10.0, 15.0, conc) for m in modes]
     out = []
     for backend, n in (("cri", args.pods_cri), ("simulated", args.pods_sim)):
         if args.backend in (backend, "both"):
-            out += [Variant(backend, p, n, args.parallelism, args.lead_seconds) for p in (False, True)]
+            lead = args.punctual_lead_seconds or punctual_lead(n)
+            out += [Variant(backend, m, n, args.parallelism, args.lead_seconds, lead, conc) for m in modes]
     return out
+
+
+def cri_start_concurrency(configured: int) -> int:
+    """The start wave's concurrency on the CRI backend: the configured one, else the backend's default."""
+    from sandbox.cri.backend import CriBackend
+
+    return configured or CriBackend.capabilities.start_concurrency
 
 
 async def run_concurrently(
     client: KubeClient, bed: Bed, vs: Sequence[Variant], wait_s: float
-) -> list[tuple[JSON, list[float]]]:
-    """Quick mode: the variants fire at the same instant on their own nodes (one minute wait)."""
+) -> list[VariantRun]:
+    """Quick mode: the variants fire at the same instant on their own nodes (one or two minutes)."""
     shared = SharedInstant(len(vs))
     return list(await asyncio.gather(*(run_variant(client, bed, v, 5.0, wait_s, shared) for v in vs)))
 
 
-async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
-    vs = variants(args, quick)
-    results: dict[str, JSON] = {}
-    series: dict[str, Sequence[float]] = {}
-    kubeconfig = getattr(args, "kubeconfig", None)
-    async with bed_session(kubeconfig, getattr(args, "cri_endpoint", None)) as bed:
-        if any(v.backend == "cri" for v in vs) and not (bed.cri_endpoint and bed.images.get("busybox")):
-            raise RuntimeError("the CRI variants need the test bed's containerd and busybox image")
-        client = await KubeClient.from_kubeconfig(bed.kubeconfig, max_connections=64)
-        try:
-            if quick:
-                pairs = await run_concurrently(client, bed, vs, args.timeout)
-            else:
-                pairs = [await run_variant(client, bed, v, 5.0, args.timeout) for v in vs]
-        finally:
-            await client.close()
-    for v, (fig, lat) in zip(vs, pairs, strict=True):
-        results[v.label] = fig
-        series[v.label] = lat
-    ratios: JSON = {}
+async def measure(
+    args: argparse.Namespace, quick: bool, bed: Bed, vs: Sequence[Variant]
+) -> tuple[list[VariantRun], JSON]:
+    """Every variant (one after another; quick: together), then the CRI floor for the CRI pod count."""
+    from bench.start_floor import measure_start_floor
+
+    client = await KubeClient.from_kubeconfig(bed.kubeconfig, max_connections=64)
+    try:
+        if quick:
+            runs = await run_concurrently(client, bed, vs, args.timeout)
+        else:
+            runs = [await run_variant(client, bed, v, 5.0, args.timeout) for v in vs]
+    finally:
+        await client.close()
+    floors: JSON = {}
+    cri_pods = max((v.pods for v in vs if v.backend == "cri"), default=0)
+    if cri_pods and not args.no_floor:
+        floors["cri"] = await measure_start_floor(
+            bed.cri_endpoint,
+            bed.images["busybox"],
+            cri_pods,
+            cri_start_concurrency(args.start_wave_concurrency),
+            sweep_pods=args.floor_sweep_pods,
+            command=HOLD_COMMAND,
+        )
+    return runs, floors
+
+
+def ratios_for(results: dict[str, JSON], floors: JSON) -> JSON:
+    """Per backend: no-prewarm vs prewarm, and the punctual variant against its goals."""
+    out: JSON = {}
     for backend in ("cri", "simulated"):
+        r: JSON = {}
         on, off = results.get(f"{backend}/prewarm"), results.get(f"{backend}/no-prewarm")
         if on and off:
-            ratios[backend] = {
-                "p50_no_prewarm_over_prewarm": ratio(off["p50_ms"], on["p50_ms"]),
-                "p99_no_prewarm_over_prewarm": ratio(off["p99_ms"], on["p99_ms"]),
-                "warmlet_p50_no_prewarm_over_prewarm": ratio(
-                    off["split"]["warmlet_bound_to_running"]["p50_ms"],
-                    on["split"]["warmlet_bound_to_running"]["p50_ms"],
-                ),
-                "prewarm_p50_over_control_plane_floor_p50": ratio(
-                    on["p50_ms"], on["split"]["control_plane_instant_to_bound"]["p50_ms"]
-                ),
-                "prewarm_p99_over_control_plane_floor_p99": ratio(
-                    on["p99_ms"], on["split"]["control_plane_instant_to_bound"]["p99_ms"]
-                ),
-            }
+            r.update(prewarm_ratios(off, on))
+        punctual = results.get(f"{backend}/punctual")
+        if punctual:
+            floor = floors.get(backend)
+            if backend == "cri" and floor is None:
+                r["punctual"] = {"floor": "not measured (--no-floor)"}
+            else:
+                r["punctual"] = punctual_goals(punctual, floor)
+        if r:
+            out[backend] = r
+    return out
+
+
+def plots(out_dir: Path, vs: Sequence[Variant], runs: Sequence[VariantRun], floors: JSON) -> list[str]:
+    """Per backend midnight-burst-started-<backend>.png (startedAt - instant: the three variants +
+    the floor), midnight-burst-running.png (observed Running - instant, every variant), and
+    midnight-burst.png (the one bench/RESULTS.md shows): the first backend's started plot (CRI's)."""
+    paths = []
+    for backend in [b for b in ("cri", "simulated") if any(v.backend == b for v in vs)]:
+        series: dict[str, Sequence[float]] = {
+            v.label: [max(PLOT_MIN_MS, x) for x in r.started_ms]
+            for v, r in zip(vs, runs, strict=True)
+            if v.backend == backend
+        }
+        floor = floors.get(backend)
+        if floor is not None:
+            series[f"{backend}/floor (bare CRI, {floor['concurrency']} in flight)"] = [
+                max(PLOT_MIN_MS, x) for x in floor.get("started_ms") or []
+            ]
+        paths.append(
+            plot_cdf(
+                series,
+                f"midnight burst, {backend}: container started - scheduled instant",
+                out_dir / f"{SCENARIO}-started-{backend}.png",
+                xlabel=f"startedAt - instant (ms, log scale; below {PLOT_MIN_MS:.0f} ms drawn at it)",
+            )
+        )
+    if paths:
+        shutil.copyfile(paths[0], out_dir / f"{SCENARIO}.png")
+        paths.append(out_dir / f"{SCENARIO}.png")
+    paths.append(
+        plot_cdf(
+            {v.label: r.running_ms for v, r in zip(vs, runs, strict=True)},
+            "midnight burst: scheduled instant -> pod Running (client watch)",
+            out_dir / f"{SCENARIO}-running.png",
+            xlabel="time from the scheduled instant to Running (ms)",
+        )
+    )
+    return [str(p) for p in paths]
+
+
+async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    vs = variants(args, quick)
+    async with bed_session(getattr(args, "kubeconfig", None), getattr(args, "cri_endpoint", None)) as bed:
+        if any(v.backend == "cri" for v in vs) and not (bed.cri_endpoint and bed.images.get("busybox")):
+            raise RuntimeError("the CRI variants need the test bed's containerd and busybox image")
+        runs, floors = await measure(args, quick, bed, vs)
+    results = {v.label: r.figures for v, r in zip(vs, runs, strict=True)}
     result: JSON = {
         "quick": quick,
         "target_seconds": TARGET_SECONDS,
         "variants_fire": "at the same instant on separate nodes" if quick else "one after another",
-        "pods_created_by": "CronJob -> Job controller -> kube-scheduler (nodeSelector)",
+        "pods_created_by": (
+            "CronJob -> Job controller -> kube-scheduler (nodeSelector); punctual: warmlet pre-creates "
+            "the Job (the CronJob controller adopts it at the instant)"
+        ),
         "simulated_timers": SIM_TIMERS,
-        "floor": "control plane alone: instant -> pod bound (split.control_plane_instant_to_bound)",
+        "started_at_sources": SOURCES,
+        "control_plane_floor": "instant -> pod bound (split.control_plane_instant_to_bound)",
         "variants": results,
-        "ratios": ratios,
+        "floor": floors,
+        "ratios": ratios_for(results, floors),
     }
-    path = write_result(SCENARIO, result)
-    plot_cdf(
-        series,
-        "midnight burst: scheduled instant -> pod Running",
-        RESULTS_DIR / f"{SCENARIO}.png",
-        xlabel="time from the scheduled instant to Running (ms)",
-    )
-    result = {"scenario": SCENARIO, **result, "path": str(path)}
-    return result
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = write_result(SCENARIO, result, args.out_dir)
+    result["plots"] = plots(args.out_dir, vs, runs, floors)
+    return {"scenario": SCENARIO, **result, "path": str(path)}
+
+
+def _f(v: Any, unit: str = "ms") -> str:
+    return "-" if v is None else f"{float(v):,.0f}{unit}"
 
 
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     for label, v in (result.get("variants") or {}).items():
-        cp = v["split"]["control_plane_instant_to_bound"]
+        cp = (v.get("split") or {}).get("control_plane_instant_to_bound") or {}
         rows.append(
             (
                 label,
-                f"n={v['running']}/{v['expected']} p50={v['p50_ms']:.0f}ms p99={v['p99_ms']:.0f}ms "
-                f"all={v['seconds_to_all_running']}s within3s={v['within_3s']} "
-                f"bind p50={cp['p50_ms']:.0f}ms levels={v['start_levels']}",
+                f"n={v.get('running')}/{v.get('expected')} Running p50={_f(v.get('p50_ms'))} "
+                f"p99={_f(v.get('p99_ms'))} all={v.get('seconds_to_all_running')}s "
+                f"within3s={v.get('within_3s')} bind p50={_f(cp.get('p50_ms'))} "
+                f"levels={v.get('start_levels')}",
+            )
+        )
+        s = v.get("started_minus_instant")
+        if s:
+            rows.append(
+                (
+                    f"{label} startedAt-instant",
+                    f"p50={_f(s.get('p50_ms'))} p99={_f(s.get('p99_ms'))} max={_f(s.get('max_ms'))} "
+                    f"within3s={s.get('within_3s')} before={s.get('before_instant')} "
+                    f"duplicates={v.get('duplicates')} source={s.get('sources')}",
+                )
+            )
+    for backend, f in (result.get("floor") or {}).items():
+        sweep = f.get("sweep") or {}
+        rows.append(
+            (
+                f"{backend} floor (bare CRI, {f.get('concurrency')} in flight)",
+                f"n={f.get('started')} p50={_f(f.get('p50_ms'))} p99={_f(f.get('p99_ms'))} "
+                f"max={_f(f.get('max_ms'))} within3s={f.get('within_3s')} rate={f.get('rate_per_s')}/s",
+            )
+        )
+        rows.append(
+            (
+                f"{backend} floor rate by concurrency",
+                " ".join(f"{c}:{r}/s" for c, r in (sweep.get("rate_per_s_by_concurrency") or {}).items())
+                + f" best={sweep.get('best_concurrency')}",
             )
         )
     for backend, r in (result.get("ratios") or {}).items():
-        rows.append(
-            (
-                f"{backend} ratios",
-                f"p50 off/on={r['p50_no_prewarm_over_prewarm']} "
-                f"p99 off/on={r['p99_no_prewarm_over_prewarm']}",
+        if "p50_no_prewarm_over_prewarm" in r:
+            rows.append(
+                (
+                    f"{backend} ratios",
+                    f"p50 off/on={r['p50_no_prewarm_over_prewarm']} "
+                    f"p99 off/on={r['p99_no_prewarm_over_prewarm']}",
+                )
             )
-        )
+        if r.get("punctual"):
+            rows.append(
+                (f"{backend} punctual goals", ", ".join(f"{k}={v}" for k, v in r["punctual"].items()))
+            )
     return rows
 
 

@@ -2,8 +2,9 @@
 
 :func:`warmlet_process` is :func:`bench.harness.warmlet_node` plus what that does not set: an
 identity bound to the ClusterRole of kind-config/rbac.yaml (the documented out-of-cluster
-deployment) instead of the admin's, the simulated backend's timers, extra node settings, a faster
-CRI poll. Used by the scenarios that measure warmlet at scale in its own process
+deployment) instead of the admin's — plus kind-config/punctual-rbac.yaml's when the node runs with
+``punctual.enabled`` —, the simulated backend's timers, extra node settings and config sections, a
+faster CRI poll. Used by the scenarios that measure warmlet at scale in its own process
 (bench/midnight_burst.py, bench/scale.py).
 """
 
@@ -40,43 +41,53 @@ JSON = dict[str, Any]
 # authorizer does not let a node list CronJobs (no prewarming).
 RBAC_FILE = REPO_ROOT / "kind-config" / "rbac.yaml"
 RBAC_NAME = "warmlet-bench"
+# What punctual CronJobs need beyond it (punctual.enabled: true), bound the same way.
+PUNCTUAL_RBAC_FILE = REPO_ROOT / "kind-config" / "punctual-rbac.yaml"
+PUNCTUAL_RBAC_NAME = "warmlet-bench-punctual"
 
 
-def warmlet_cluster_role() -> JSON:
-    """The ClusterRole of kind-config/rbac.yaml, renamed for the benches."""
-    for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
-        if doc and doc.get("kind") == "ClusterRole":
-            return {"metadata": {"name": RBAC_NAME}, "rules": doc["rules"]}
-    raise ValueError(f"no ClusterRole in {RBAC_FILE}")
+RBAC_API = "/apis/rbac.authorization.k8s.io/v1"
 
 
-async def grant_warmlet_rbac(client: KubeClient, user: str) -> str:
-    """The (shared) ClusterRole and a ClusterRoleBinding for ``user``; returns the binding's name."""
-    role = warmlet_cluster_role()
+def warmlet_cluster_role(path: Path = RBAC_FILE, name: str = RBAC_NAME, kind: str = "ClusterRole") -> JSON:
+    """The ``kind`` (ClusterRole, or the namespaced Role: the node Lease's) of ``path``
+    (kind-config/rbac.yaml), renamed ``name`` for the benches; a Role keeps its namespace."""
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == kind:
+            meta = {"name": name}
+            if doc["metadata"].get("namespace"):
+                meta["namespace"] = doc["metadata"]["namespace"]
+            return {"metadata": meta, "rules": doc["rules"]}
+    raise ValueError(f"no {kind} in {path}")
+
+
+async def grant_warmlet_rbac(
+    client: KubeClient, user: str, path: Path = RBAC_FILE, name: str = RBAC_NAME, kind: str = "ClusterRole"
+) -> str:
+    """The (shared) ``kind`` of ``path`` and a binding of it for ``user``; returns the binding's
+    API path (deleted when the node stops)."""
+    role = warmlet_cluster_role(path, name, kind)
+    ns = role["metadata"].get("namespace")
+    base = f"{RBAC_API}/namespaces/{ns}" if ns else RBAC_API
+    roles, bindings = ("roles", "rolebindings") if ns else ("clusterroles", "clusterrolebindings")
     try:
-        await client.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
+        await client.post(f"{base}/{roles}", role)
     except ApiError as e:
         if not e.conflict:
             raise
         # exists (an earlier run): make its rules those of the file
-        await client.patch(
-            f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{RBAC_NAME}", {"rules": role["rules"]}
-        )
-    binding = f"{RBAC_NAME}-{user.replace(':', '-')}"
+        await client.patch(f"{base}/{roles}/{name}", {"rules": role["rules"]})
+    binding = f"{name}-{user.replace(':', '-')}"
     with contextlib.suppress(ApiError):
         await client.post(
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            f"{base}/{bindings}",
             {
                 "metadata": {"name": binding},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": RBAC_NAME,
-                },
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
             },
         )
-    return binding
+    return f"{base}/{bindings}/{binding}"
 
 
 @contextlib.asynccontextmanager
@@ -86,12 +97,15 @@ async def warmlet_process(
     pool: Mapping[str, Any],
     simulated: Mapping[str, Any] | None = None,
     node: Mapping[str, Any] | None = None,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[NodeHandle]:
     """``warmlet run`` as a subprocess, like harness.warmlet_node, plus what that does not set.
 
     Own process (own event loop, no GIL shared with the bench's watch); the simulated backend's
-    timers and node sections; an identity with the documented RBAC (see RBAC_FILE). On exit: stopped,
-    Node and binding deleted, CRI sandboxes it left (idle pool members) removed.
+    timers and node sections; other config ``sections`` merged into the config's (e.g. ``punctual``,
+    ``pods``); an identity with the documented RBAC (see RBAC_FILE: its ClusterRole and its node
+    Lease Role, and PUNCTUAL_RBAC_FILE's ClusterRole with ``punctual.enabled``). On exit: stopped,
+    Node and bindings deleted, CRI sandboxes it left (idle pool members) removed.
     """
     name = f"mb-{backend[:3]}-{uuid.uuid4().hex[:6]}"
     workdir = Path(tempfile.mkdtemp(prefix=f"warmlet-{name}-"))
@@ -107,13 +121,21 @@ async def warmlet_process(
         cfg["node"].update(node)
     if simulated:
         cfg["simulated"] = dict(simulated)
+    for key, section in (sections or {}).items():
+        cfg[key] = {**(cfg.get(key) or {}), **section}
     if backend == "cri":
         cfg["cri"]["poll_interval_seconds"] = 0.2
     config_path = workdir / "warmlet.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     h = NodeHandle(name, port, workdir, config_path, workdir / "warmlet.log", backend, str(cfg["kubeconfig"]))
     client = await KubeClient.from_kubeconfig(bed.kubeconfig)
-    binding = await grant_warmlet_rbac(client, user)
+    bindings = [
+        await grant_warmlet_rbac(client, user),
+        # the node heartbeat Lease: rbac.yaml's Role in kube-node-lease
+        await grant_warmlet_rbac(client, user, RBAC_FILE, RBAC_NAME, "Role"),
+    ]
+    if (cfg.get("punctual") or {}).get("enabled"):
+        bindings.append(await grant_warmlet_rbac(client, user, PUNCTUAL_RBAC_FILE, PUNCTUAL_RBAC_NAME))
     try:
         h.proc = spawn_warmlet(config_path, h.log_path)
         await wait_node_ready(client, name, 120)
@@ -121,10 +143,7 @@ async def warmlet_process(
     finally:
         if h.proc is not None:
             await asyncio.to_thread(stop_process, h.proc)
-        for path in (
-            f"/api/v1/nodes/{name}",
-            f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding}",
-        ):
+        for path in (f"/api/v1/nodes/{name}", *bindings):
             with contextlib.suppress(ApiError):
                 await client.delete(path)
         await client.close()

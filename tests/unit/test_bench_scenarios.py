@@ -9,16 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.kubelet_baseline import compare, kubelet_config, kubelet_error
-from bench.midnight_burst import (
-    PodTimeline,
-    cronjob,
-    daily_schedule,
-    level_counts,
-    next_boundary,
-    prewarmed_from_log,
-    variant_figures,
-    within,
-)
+from bench.midnight_figures import daily_schedule, level_counts, next_boundary, variant_figures, within
+from bench.midnight_variants import PodTimeline, cronjob, prewarmed_from_log
 from bench.podwatch import START_LEVEL_ANNOTATION as LEVEL
 from bench.podwatch import PodTimes
 from bench.scale import lags, parse_stat_cpu_seconds, parse_status_kb, warmlet_wrote_status
