@@ -40,7 +40,7 @@ from provider.punctual.decide import (
     decide,
     orphans,
 )
-from provider.punctual.job import is_held, owner_uid
+from provider.punctual.job import HOLDS_START, is_held, owner_uid
 from provider.punctual.metrics import HELD_DELETED, INSTANTS, LEAD, LEADER, PRECREATE_FAILURES, PRECREATED
 from provider.punctual.schedule import parse_timestamp
 from provider.reflector import DELETED, Reflector
@@ -99,6 +99,18 @@ class PunctualController:
             clock=clock,
             name="punctual-jobs",
         )
+        # The warmlet nodes that honour the hold (labelled by themselves): a CronJob is pre-created
+        # when its pods may land on any of them, not only on this one (several nodes, one leader).
+        self.nodes = Reflector(
+            client,
+            "/api/v1/nodes",
+            self._on_node,
+            params={"labelSelector": f"{HOLDS_START}=true"},
+            strip_managed_fields=True,
+            clock=clock,
+            name="punctual-nodes",
+        )
+        self.holding_nodes: dict[str, tuple[dict[str, str], list[JSON]]] = {}  # name -> (labels, taints)
         self.children: dict[str, dict[str, JSON]] = {}  # cronjob uid -> job uid -> Job
         self.queue = WorkQueue(self._sync, workers=cfg.workers, clock=clock)
         self.leading = asyncio.Event()
@@ -112,6 +124,20 @@ class PunctualController:
             self._noted.pop(uid, None)
         if uid:
             self.queue.add(uid)
+
+    def _on_node(self, etype: str, node: JSON) -> None:
+        """Only labels and taints are kept; a change of them decides every CronJob again."""
+        meta = node.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        view = (dict(meta.get("labels") or {}), list((node.get("spec") or {}).get("taints") or []))
+        if etype == DELETED:
+            changed = self.holding_nodes.pop(name, None) is not None
+        else:
+            changed = self.holding_nodes.get(name) != view
+            self.holding_nodes[name] = view
+        if changed and self.leading.is_set():
+            for uid in list(self.cronjobs.objects):
+                self.queue.add(uid)
 
     def _on_job(self, etype: str, job: JSON) -> None:
         owner = owner_uid(job)  # "": a held Job that lost its owner reference (indexed under "")
@@ -130,8 +156,12 @@ class PunctualController:
     # ------------------------------------------------------------------ one CronJob
 
     def lands_here(self, cj: Mapping[str, Any]) -> bool:
+        """Whether the CronJob's pods may run on this node or another warmlet node that holds."""
         template = (((cj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
-        return targets_node(template.get("spec") or {}, self.node_labels, self.taints)
+        spec = template.get("spec") or {}
+        views: list[tuple[Mapping[str, str], Sequence[Mapping[str, Any]]]] = [(self.node_labels, self.taints)]
+        views.extend(self.holding_nodes.values())
+        return any(targets_node(spec, labels, taints) for labels, taints in views)
 
     def plan_for(self, uid: str) -> tuple[JSON | None, Plan]:
         cj = self.cronjobs.objects.get(uid)
@@ -301,6 +331,7 @@ class PunctualController:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cronjobs.run(), name="punctual-cronjobs")
                 tg.create_task(self.jobs.run(), name="punctual-jobs")
+                tg.create_task(self.nodes.run(), name="punctual-nodes")
                 tg.create_task(self.queue.run(), name="punctual-queue")
                 tg.create_task(self._lead(), name="punctual-lead")
         finally:

@@ -233,8 +233,9 @@ def decide(
     """What to do for one CronJob now.
 
     ``jobs``: the Jobs owned by it (held ones carry PRECREATED; the others matter for Replace);
-    ``lands_here``: whether its pods may run on this warmlet node. The actions are to be carried
-    out in order, each one only after the previous one succeeded (a failure ends the pass)."""
+    ``lands_here``: whether its pods may run on a warmlet node that holds starts (this one or
+    another). The actions are to be carried out in order, each one only after the previous one
+    succeeded (a failure ends the pass)."""
     plan = Plan()
     meta, spec = _meta(cronjob), cronjob.get("spec") or {}
     cj_uid = str(meta.get("uid", ""))

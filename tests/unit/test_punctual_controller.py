@@ -27,12 +27,13 @@ JSON = dict[str, Any]
 T = datetime(2026, 11, 28, 18, 0, tzinfo=UTC).timestamp()
 CJ_PATH = "/apis/batch/v1/cronjobs"
 JOB_PATH = "/apis/batch/v1/jobs"
+NODE_PATH = "/api/v1/nodes"
 
 
 class FakeBatchApi:
     def __init__(self) -> None:
-        self.objects: dict[str, dict[str, JSON]] = {CJ_PATH: {}, JOB_PATH: {}}
-        self.watchers: dict[str, list[asyncio.Queue[JSON]]] = {CJ_PATH: [], JOB_PATH: []}
+        self.objects: dict[str, dict[str, JSON]] = {CJ_PATH: {}, JOB_PATH: {}, NODE_PATH: {}}
+        self.watchers: dict[str, list[asyncio.Queue[JSON]]] = {CJ_PATH: [], JOB_PATH: [], NODE_PATH: []}
         self.rv = itertools.count(100)
         self.uids = itertools.count(1)
         self.creates = 0
@@ -71,6 +72,8 @@ class FakeBatchApi:
     # -------------------------------------------------------------- KubeClient's surface
 
     async def list_all(self, path: str, **params: Any) -> JSON:
+        if path == NODE_PATH:  # the controller lists only the nodes that hold starts
+            assert params.get("labelSelector") == "warmlet.io/holds-start=true"
         return {
             "metadata": {"resourceVersion": str(next(self.rv))},
             "items": [copy.deepcopy(o) for o in self.objects[path].values()],
@@ -342,3 +345,29 @@ async def test_with_leader_election_only_the_lease_holder_creates() -> None:
         assert api.creates == 5
         leader = "a" if a.leading.is_set() else "b"
         assert api.posts_by == {leader: 5}  # the standby never even tried
+
+
+def holding_node(name: str, held: bool = True) -> JSON:
+    labels = {"kubernetes.io/hostname": name}
+    if held:
+        labels["warmlet.io/holds-start"] = "true"
+    return {"metadata": {"name": name, "uid": f"node-{name}", "labels": labels}, "spec": {}}
+
+
+async def test_a_cronjob_pinned_to_another_warmlet_node_is_precreated_by_this_one() -> None:
+    """Several warmlet nodes, one of them acting (leader election): pods that can only land on
+    another node that holds starts are pre-created all the same; on no such node, a Warning."""
+    api = FakeBatchApi()
+    template = {"nodeSelector": {"kubernetes.io/hostname": "vnode-2"}, "containers": [{"name": "c"}]}
+    cj = punctual_cronjob()
+    cj["spec"]["jobTemplate"]["spec"]["template"]["spec"] = template
+    api.store(CJ_PATH, cj)
+    clock = clock_at(T - 61)
+    async with running(api, clock) as (_, rec):
+        await step(clock, 2)
+        assert api.jobs() == []  # vnode-2 is not a warmlet node that holds starts
+        assert ("Warning", "PunctualNotOnWarmlet") in rec.events
+        api.store(NODE_PATH, holding_node("vnode-2"))  # it registers
+        await step(clock, 0.5)
+        (job,) = api.jobs()
+        assert job["metadata"]["name"] == f"nightly-{int(T // 60)}"
