@@ -144,8 +144,10 @@ def main(argv: list[str]) -> int:
     if unknown or not names:
         console.print(f"[red]unknown or no scenario {unknown}[/]; known: {', '.join(ordered(list(modules)))}")
         return 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if not logging.getLogger().handlers:  # progress of long scenarios; the node's own logs stay quiet
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        for name in ("provider", "sandbox"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         outcome = asyncio.run(run_scenarios(names, modules, ns.quick, extra, console))
     except KeyboardInterrupt:
