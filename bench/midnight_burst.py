@@ -141,28 +141,37 @@ async def run_concurrently(
 async def measure(
     args: argparse.Namespace, quick: bool, bed: Bed, vs: Sequence[Variant]
 ) -> tuple[list[VariantRun], JSON]:
-    """Every variant (one after another; quick: together), then the CRI floor for the CRI pod count."""
+    """Every variant (one after another; quick: together) and the CRI floor for the CRI pod count,
+    measured right after the CRI variants (the machine as they found it), before the simulated ones."""
     from bench.start_floor import measure_start_floor
+
+    floors: JSON = {}
+    cri_pods = max((v.pods for v in vs if v.backend == "cri"), default=0)
+
+    async def floor() -> None:
+        if cri_pods and not args.no_floor and "cri" not in floors:
+            floors["cri"] = await measure_start_floor(
+                bed.cri_endpoint,
+                bed.images["busybox"],
+                cri_pods,
+                cri_start_concurrency(args.start_wave_concurrency),
+                sweep_pods=args.floor_sweep_pods,
+                command=HOLD_COMMAND,
+            )
 
     client = await KubeClient.from_kubeconfig(bed.kubeconfig, max_connections=64)
     try:
         if quick:
             runs = await run_concurrently(client, bed, vs, args.timeout)
         else:
-            runs = [await run_variant(client, bed, v, 5.0, args.timeout) for v in vs]
+            runs = []
+            for v in sorted(vs, key=lambda v: v.backend != "cri"):  # CRI first, then its floor
+                if v.backend != "cri":
+                    await floor()
+                runs.append(await run_variant(client, bed, v, 5.0, args.timeout))
     finally:
         await client.close()
-    floors: JSON = {}
-    cri_pods = max((v.pods for v in vs if v.backend == "cri"), default=0)
-    if cri_pods and not args.no_floor:
-        floors["cri"] = await measure_start_floor(
-            bed.cri_endpoint,
-            bed.images["busybox"],
-            cri_pods,
-            cri_start_concurrency(args.start_wave_concurrency),
-            sweep_pods=args.floor_sweep_pods,
-            command=HOLD_COMMAND,
-        )
+    await floor()
     return runs, floors
 
 

@@ -47,6 +47,7 @@ class PodConfig(_Section):
     # StartContainer calls in flight in a start wave (the held pods of one warmlet.io/start-at
     # instant started together); 0: the backend's own figure (CRI: 6, simulated: 512).
     start_wave_concurrency: int = Field(default=0, ge=0)
+    start_wave_adaptive: bool = False
 
 
 class SimulatedConfig(_Section):

@@ -324,8 +324,9 @@ class BackendCapabilities(_Model):
     runs_processes: bool = True
     # StartContainer calls in flight at which this runtime starts containers fastest: the bound of
     # a start wave (all held pods of one instant started together) unless the configuration sets
-    # one. More calls in flight only make each call slower on a loaded machine.
-    start_concurrency: int = 6
+    # one. More calls in flight only make each call slower on a loaded machine (containerd 1.6 +
+    # runc, 2 cores: best at 4 in both sweeps of bench/results/midnight-burst.json and docs/design.md).
+    start_concurrency: int = 4
 
 
 PodChangeCallback = Callable[[str], None]

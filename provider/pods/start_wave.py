@@ -12,8 +12,8 @@ At the instant the wave's pods are queued for start, and at most ``concurrency``
 task per pod) take them one by one and call ``StartContainer`` on the pod's created containers, in
 order, up to its first postStart hook. The runtime's best rate needs a bounded number of calls in
 flight (more only make each call slower: docs/design.md has the figures): a fixed bound
-(``pods.start_wave_concurrency``), or with ``0`` (``adaptive``) the width found by a hill climb on
-the rate measured during the waves (provider/pods/wave_width.py), starting at the backend's figure.
+(``pods.start_wave_concurrency``, else the backend's figure), or with ``pods.start_wave_adaptive``
+the width found by a hill climb on the rate measured during the waves (provider/pods/wave_width.py).
 
 While the wave runs, nothing else of its pods is done (their syncs return at once): status writes,
 postStart hooks, probes and the rest of a pod's sync would compete with the starts for the CPU.

@@ -3,7 +3,7 @@
 The runtime's start rate depends on the calls in flight: too few leave the CPUs idle between
 calls, too many make every call slower (containerd 1.6 + runc on 2 cores: about 30 starts/s at
 4-8 in flight, 17/s at 32; docs/design.md). The best width depends on the machine and its load,
-so with ``pods.start_wave_concurrency: 0`` the wave finds it: it starts at the width that was best
+so with ``pods.start_wave_adaptive`` the wave finds it: it starts at the width that was best
 so far (first: the backend's own figure), measures the rate over a window of completed starts,
 tries the neighbouring widths it has not measured yet, and goes on with the best one. Rates are
 kept per width across waves (a moving average), so the next wave starts where the last one ended.

@@ -128,7 +128,7 @@ class PodWorker:
             on_probe_change or (lambda uid: None),
             pods.start_wave_concurrency or backend.capabilities.start_concurrency,
             clock,
-            adaptive=pods.start_wave_concurrency == 0,  # 0: found by the wave (wave_width.py)
+            adaptive=pods.start_wave_adaptive,  # the width found by the wave (wave_width.py)
         )
 
     # -- entry point ---------------------------------------------------------------------------
