@@ -112,3 +112,52 @@ def phase(p: JSON) -> str:
 async def events_for(client: KubeClient, namespace: str, reason: str | None = None) -> list[JSON]:
     items: list[JSON] = (await client.list_all(f"/api/v1/namespaces/{namespace}/events"))["items"]
     return [e for e in items if reason is None or e.get("reason") == reason]
+
+
+class BatchView:
+    """One namespace's CronJobs and Jobs as tests read and edit them (punctual CronJob tests)."""
+
+    def __init__(self, client: KubeClient, ns: str) -> None:
+        self.c, self.ns = client, ns
+
+    def cj_path(self, name: str = "") -> str:
+        return f"/apis/batch/v1/namespaces/{self.ns}/cronjobs" + (f"/{name}" if name else "")
+
+    def job_path(self, name: str = "") -> str:
+        return f"/apis/batch/v1/namespaces/{self.ns}/jobs" + (f"/{name}" if name else "")
+
+    async def cj(self, name: str) -> JSON:
+        return await self.c.get(self.cj_path(name))
+
+    async def job(self, name: str) -> JSON | None:
+        try:
+            return await self.c.get(self.job_path(name))
+        except ApiError as e:
+            if e.not_found:
+                return None
+            raise
+
+    async def jobs(self) -> list[JSON]:
+        items: list[JSON] = (await self.c.list_all(self.job_path()))["items"]
+        return items
+
+    async def jobs_of(self, cj_name: str) -> list[JSON]:
+        """Every Job of the CronJob: owned by it or named after it."""
+        return [
+            j
+            for j in await self.jobs()
+            if any(r.get("name") == cj_name for r in j["metadata"].get("ownerReferences") or [])
+            or j["metadata"]["name"].startswith(f"{cj_name}-")
+        ]
+
+    async def edit(self, name: str, fn: Any, subresource: str = "") -> JSON:
+        """Read-modify-write of the CronJob (or its ``/status``), again on a conflict."""
+        for _ in range(20):
+            cur = await self.cj(name)
+            fn(cur)
+            try:
+                return await self.c.put(self.cj_path(name) + subresource, cur)
+            except ApiError as e:
+                if not e.conflict:
+                    raise
+        raise AssertionError(f"cronjob {name}: 20 conflicts in a row")

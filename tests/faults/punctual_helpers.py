@@ -17,10 +17,10 @@ from typing import Any
 from e2e_helpers import E2E
 
 from proto import cri_pb2 as pb
-from provider.kubeclient import ApiError, KubeClient
 from provider.pods import hold
 from sandbox.cri import mapping as m
 from sandbox.cri.client import CriClient
+from testbed.testing import BatchView
 
 JSON = dict[str, Any]
 MARK = "punctual-run"  # printed once by every container: two lines in its logs = two runs
@@ -98,41 +98,11 @@ async def sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - time.time()))
 
 
-class Cron:
+class Cron(BatchView):
     """The API views of one namespace's CronJobs, Jobs, pods and events."""
-
-    def __init__(self, client: KubeClient, ns: str) -> None:
-        self.c, self.ns = client, ns
-
-    def cj_path(self, name: str = "") -> str:
-        return f"/apis/batch/v1/namespaces/{self.ns}/cronjobs" + (f"/{name}" if name else "")
-
-    def job_path(self, name: str = "") -> str:
-        return f"/apis/batch/v1/namespaces/{self.ns}/jobs" + (f"/{name}" if name else "")
 
     async def create(self, body: JSON) -> JSON:
         return await self.c.post(self.cj_path(), body)
-
-    async def cj(self, name: str) -> JSON:
-        return await self.c.get(self.cj_path(name))
-
-    async def job(self, name: str) -> JSON | None:
-        try:
-            return await self.c.get(self.job_path(name))
-        except ApiError as e:
-            if e.not_found:
-                return None
-            raise
-
-    async def jobs_of(self, cj_name: str) -> list[JSON]:
-        """Every Job of the CronJob: owned by it or named after it."""
-        items: list[JSON] = (await self.c.list_all(self.job_path()))["items"]
-        return [
-            j
-            for j in items
-            if any(r.get("name") == cj_name for r in j["metadata"].get("ownerReferences") or [])
-            or j["metadata"]["name"].startswith(f"{cj_name}-")
-        ]
 
     async def pods(self, selector: str = "") -> list[JSON]:
         params = {"labelSelector": selector} if selector else {}
@@ -141,18 +111,6 @@ class Cron:
 
     async def pods_of_job(self, job_name: str) -> list[JSON]:
         return await self.pods(f"job-name={job_name}")
-
-    async def edit(self, name: str, fn: Any, subresource: str = "") -> JSON:
-        """Read-modify-write with retries on conflict."""
-        for _ in range(20):
-            cur = await self.cj(name)
-            fn(cur)
-            try:
-                return await self.c.put(self.cj_path(name) + subresource, cur)
-            except ApiError as e:
-                if not e.conflict:
-                    raise
-        raise AssertionError(f"cronjob {name}: 20 conflicts in a row")
 
     async def cronjob_events(self) -> list[tuple[str, str, str]]:
         """(CronJob name, reason, message) of every event about a CronJob of the namespace."""

@@ -38,7 +38,7 @@ from provider.events import EventRecorder
 from provider.kubeclient import ApiError, KubeClient
 from provider.punctual.controller import PunctualController
 from testbed.bed import TestBed
-from testbed.testing import create_namespace, node_config, running_node, wait_for
+from testbed.testing import BatchView, create_namespace, node_config, running_node, wait_for
 from testbed.wait import WaitTimeout
 
 pytestmark = pytest.mark.integration
@@ -86,50 +86,7 @@ async def sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - time.time()))
 
 
-class Api:
-    def __init__(self, client: KubeClient, ns: str) -> None:
-        self.c, self.ns = client, ns
-
-    def cj_path(self, name: str = "") -> str:
-        return f"/apis/batch/v1/namespaces/{self.ns}/cronjobs" + (f"/{name}" if name else "")
-
-    def job_path(self, name: str = "") -> str:
-        return f"/apis/batch/v1/namespaces/{self.ns}/jobs" + (f"/{name}" if name else "")
-
-    async def cj(self, name: str) -> JSON:
-        return await self.c.get(self.cj_path(name))
-
-    async def jobs(self) -> list[JSON]:
-        items: list[JSON] = (await self.c.list_all(self.job_path()))["items"]
-        return items
-
-    async def jobs_of(self, cj_name: str) -> list[JSON]:
-        return [
-            j
-            for j in await self.jobs()
-            if any(r.get("name") == cj_name for r in j["metadata"].get("ownerReferences") or [])
-            or j["metadata"]["name"].startswith(f"{cj_name}-")
-        ]
-
-    async def job(self, name: str) -> JSON | None:
-        try:
-            return await self.c.get(self.job_path(name))
-        except ApiError as e:
-            if e.not_found:
-                return None
-            raise
-
-    async def edit(self, name: str, fn: Any) -> None:
-        for _ in range(10):
-            cur = await self.cj(name)
-            fn(cur)
-            try:
-                await self.c.put(self.cj_path(name), cur)
-                return
-            except ApiError as e:
-                if not e.conflict:
-                    raise
-
+class Api(BatchView):
     async def fake_previous_run(self, cj_name: str, instant: float) -> JSON:
         """A long run of an earlier instant in the CronJob's status.active (as the controller
         leaves it): a controlled Job whose pods cannot be scheduled."""
