@@ -178,6 +178,7 @@ class WarmletNode:
             if self.cfg.punctual.enabled:  # pre-created Jobs of punctual CronJobs (provider/punctual)
                 from provider.punctual.controller import PunctualController
 
+                wave = self.pods.worker.holds.wave  # recording an instant waits for this node's wave
                 punctual = PunctualController(
                     self.cfg.punctual,
                     self.client,
@@ -186,6 +187,7 @@ class WarmletNode:
                     node_taints(self.cfg.node),
                     election=self.cfg.leader_election,
                     identity=f"{self.cfg.node.name}_{uuid.uuid4().hex[:6]}",
+                    wave_running=lambda: wave.running,
                 )
                 self.punctual = punctual
                 self._parts.append(tg.create_task(punctual.run(), name="punctual"))

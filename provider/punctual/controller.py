@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from common.clock import SYSTEM, Clock
@@ -38,6 +38,7 @@ from provider.punctual.decide import (
     SetStatus,
     Settings,
     decide,
+    only_records,
     orphans,
 )
 from provider.punctual.job import HOLDS_START, is_held, owner_uid
@@ -47,6 +48,11 @@ from provider.reflector import DELETED, Reflector
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+# While this process's start wave runs, recording an instant (lastScheduleTime) waits, up to this
+# long after the instant: 200 status writes and their watch events would take the event loop and
+# the API server from the starts in the wave's first seconds.
+RECORD_DEFER_SECONDS = 30.0
+RECORD_RETRY_SECONDS = 0.25
 PASSES_PER_RUN = 4  # decide again at once after a pass (its results are known): create, adopt
 CONFLICT_RETRY_SECONDS = 0.5  # a write lost a race: decide again (the watch usually comes first)
 
@@ -73,6 +79,7 @@ class PunctualController:
         clock: Clock = SYSTEM,
         election: LeaderElectionConfig | None = None,
         identity: str = "",
+        wave_running: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self.settings = settings_from(cfg)
@@ -83,6 +90,7 @@ class PunctualController:
         self.clock = clock
         self.election = election or LeaderElectionConfig()
         self.identity = identity
+        self.wave_running = wave_running or (lambda: False)  # this node's start wave
         self.cronjobs = Reflector(
             client,
             "/apis/batch/v1/cronjobs",
@@ -181,6 +189,13 @@ class PunctualController:
                 self._note(cj, plan.notes)
             if not plan.actions:
                 break
+            if (
+                cj is not None
+                and self.wave_running()
+                and only_records(cj, plan, self.clock.time(), RECORD_DEFER_SECONDS)
+            ):
+                return RECORD_RETRY_SECONDS  # after the start wave
+
             for action in plan.actions:
                 if not await self._do(cj, action):
                     return CONFLICT_RETRY_SECONDS

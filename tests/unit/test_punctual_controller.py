@@ -20,7 +20,7 @@ from common.clock import FakeClock
 from provider.config import PunctualConfig
 from provider.events import EventRecorder
 from provider.kubeclient import ApiError, KubeClient
-from provider.punctual.controller import PunctualController
+from provider.punctual.controller import RECORD_DEFER_SECONDS, RECORD_RETRY_SECONDS, PunctualController
 from provider.punctual.job import is_controlled
 
 JSON = dict[str, Any]
@@ -215,7 +215,11 @@ class Named:
 
 @contextlib.asynccontextmanager
 async def running(
-    api: FakeBatchApi, clock: FakeClock, elect: bool = False, name: str = "a"
+    api: FakeBatchApi,
+    clock: FakeClock,
+    elect: bool = False,
+    name: str = "a",
+    wave_running: Any = None,
 ) -> AsyncIterator[tuple[PunctualController, Recorder]]:
     rec = Recorder()
     ctl = PunctualController(
@@ -226,6 +230,7 @@ async def running(
         [],
         clock=clock,
         identity=name,
+        wave_running=wave_running,
     )
     task = asyncio.create_task(ctl.run())
     await settle(clock)
@@ -371,3 +376,31 @@ async def test_a_cronjob_pinned_to_another_warmlet_node_is_precreated_by_this_on
         await step(clock, 0.5)
         (job,) = api.jobs()
         assert job["metadata"]["name"] == f"nightly-{int(T // 60)}"
+
+
+async def test_recording_the_instant_waits_for_this_nodes_start_wave() -> None:
+    api = FakeBatchApi()
+    api.store(CJ_PATH, punctual_cronjob())
+    clock = clock_at(T - 61)
+    wave = {"running": False}
+    async with running(api, clock, wave_running=lambda: wave["running"]):
+        await step(clock, 2)
+        assert len(api.jobs()) == 1
+        wave["running"] = True  # the instant's pods are being started
+        await step(clock, 59.5)  # T + 0.5
+        assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T17:00:00Z"  # waits
+        wave["running"] = False
+        await step(clock, 0.3)
+        assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T18:00:00Z"
+
+
+async def test_a_long_wave_delays_the_record_at_most_the_defer_bound() -> None:
+    api = FakeBatchApi()
+    api.store(CJ_PATH, punctual_cronjob())
+    clock = clock_at(T - 61)
+    async with running(api, clock, wave_running=lambda: True):
+        await step(clock, 61.5)
+        assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T17:00:00Z"
+        for _ in range(int(RECORD_DEFER_SECONDS / RECORD_RETRY_SECONDS) + 4):
+            await step(clock, RECORD_RETRY_SECONDS)
+        assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T18:00:00Z"
