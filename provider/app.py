@@ -187,7 +187,7 @@ class WarmletNode:
                     node_taints(self.cfg.node),
                     election=self.cfg.leader_election,
                     identity=f"{self.cfg.node.name}_{uuid.uuid4().hex[:6]}",
-                    wave_running=lambda: wave.running,
+                    wave_idle=wave.idle,
                 )
                 self.punctual = punctual
                 self._parts.append(tg.create_task(punctual.run(), name="punctual"))

@@ -99,6 +99,8 @@ class StartWave:
         self._wave: dict[str, HeldPod] = {}  # uid -> being started or started, not yet released
         self._wave_instant: float | None = None  # the earliest instant of the running wave
         self._workers: set[asyncio.Task[None]] = set()
+        self.idle = asyncio.Event()  # cleared while a wave runs (others wait for its end)
+        self.idle.set()
 
     # -- what the pod worker asks -----------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class StartWave:
         self._ready.extend(pods)
         if self._wave_instant is None:
             self._wave_instant = instant
+        self.idle.clear()
         HELD_PODS.set(len(self._held))
         START_WAVE_SIZE.observe(len(pods))
         if self.adaptive and not self._workers:
@@ -266,6 +269,7 @@ class StartWave:
         """The wave is over: each of its pods goes back to its ordinary sync."""
         done = list(self._wave.values())
         self._wave.clear()
+        self.idle.set()
         if self._wave_instant is not None:
             START_WAVE_SECONDS.observe(max(0.0, self.clock.time() - self._wave_instant))
             self._wave_instant = None
@@ -293,6 +297,7 @@ class StartWave:
         self._workers.clear()
         self._ready.clear()
         self._wave.clear()
+        self.idle.set()
         self._held.clear()
         for instant in list(self._by_instant):
             self._drop_instant(instant)

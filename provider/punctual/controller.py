@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.clock import SYSTEM, Clock
@@ -52,7 +52,6 @@ JSON = dict[str, Any]
 # long after the instant: 200 status writes and their watch events would take the event loop and
 # the API server from the starts in the wave's first seconds.
 RECORD_DEFER_SECONDS = 30.0
-RECORD_RETRY_SECONDS = 0.25
 PASSES_PER_RUN = 4  # decide again at once after a pass (its results are known): create, adopt
 CONFLICT_RETRY_SECONDS = 0.5  # a write lost a race: decide again (the watch usually comes first)
 
@@ -79,7 +78,7 @@ class PunctualController:
         clock: Clock = SYSTEM,
         election: LeaderElectionConfig | None = None,
         identity: str = "",
-        wave_running: Callable[[], bool] | None = None,
+        wave_idle: asyncio.Event | None = None,
     ) -> None:
         self.cfg = cfg
         self.settings = settings_from(cfg)
@@ -90,7 +89,9 @@ class PunctualController:
         self.clock = clock
         self.election = election or LeaderElectionConfig()
         self.identity = identity
-        self.wave_running = wave_running or (lambda: False)  # this node's start wave
+        self.wave_idle = wave_idle  # set while this node's start wave is not running
+        self._deferred: set[str] = set()  # CronJobs whose recording waits for the wave's end
+        self._has_deferred = asyncio.Event()
         self.cronjobs = Reflector(
             client,
             "/apis/batch/v1/cronjobs",
@@ -191,10 +192,13 @@ class PunctualController:
                 break
             if (
                 cj is not None
-                and self.wave_running()
+                and self.wave_idle is not None
+                and not self.wave_idle.is_set()
                 and only_records(cj, plan, self.clock.time(), RECORD_DEFER_SECONDS)
             ):
-                return RECORD_RETRY_SECONDS  # after the start wave
+                self._deferred.add(uid)  # queued again when the wave ends (_after_waves)
+                self._has_deferred.set()
+                return RECORD_DEFER_SECONDS  # or at the bound, whatever the wave
 
             for action in plan.actions:
                 if not await self._do(cj, action):
@@ -347,10 +351,23 @@ class PunctualController:
                 tg.create_task(self.cronjobs.run(), name="punctual-cronjobs")
                 tg.create_task(self.jobs.run(), name="punctual-jobs")
                 tg.create_task(self.nodes.run(), name="punctual-nodes")
+                tg.create_task(self._after_waves(), name="punctual-after-waves")
                 tg.create_task(self.queue.run(), name="punctual-queue")
                 tg.create_task(self._lead(), name="punctual-lead")
         finally:
             self.queue.close()  # its timers' pump task
+
+    async def _after_waves(self) -> None:
+        """Queue the CronJobs whose recording waited, once this node's start wave is over."""
+        if self.wave_idle is None:
+            return
+        while True:
+            await self._has_deferred.wait()
+            await self.wave_idle.wait()
+            self._has_deferred.clear()
+            deferred, self._deferred = self._deferred, set()
+            for uid in deferred:
+                self.queue.add(uid)
 
     async def _lead(self) -> None:
         await self.cronjobs.synced.wait()

@@ -20,7 +20,7 @@ from common.clock import FakeClock
 from provider.config import PunctualConfig
 from provider.events import EventRecorder
 from provider.kubeclient import ApiError, KubeClient
-from provider.punctual.controller import RECORD_DEFER_SECONDS, RECORD_RETRY_SECONDS, PunctualController
+from provider.punctual.controller import RECORD_DEFER_SECONDS, PunctualController
 from provider.punctual.job import is_controlled
 
 JSON = dict[str, Any]
@@ -219,7 +219,7 @@ async def running(
     clock: FakeClock,
     elect: bool = False,
     name: str = "a",
-    wave_running: Any = None,
+    wave_idle: asyncio.Event | None = None,
 ) -> AsyncIterator[tuple[PunctualController, Recorder]]:
     rec = Recorder()
     ctl = PunctualController(
@@ -230,7 +230,7 @@ async def running(
         [],
         clock=clock,
         identity=name,
-        wave_running=wave_running,
+        wave_idle=wave_idle,
     )
     task = asyncio.create_task(ctl.run())
     await settle(clock)
@@ -382,25 +382,30 @@ async def test_recording_the_instant_waits_for_this_nodes_start_wave() -> None:
     api = FakeBatchApi()
     api.store(CJ_PATH, punctual_cronjob())
     clock = clock_at(T - 61)
-    wave = {"running": False}
-    async with running(api, clock, wave_running=lambda: wave["running"]):
+    idle = asyncio.Event()
+    idle.set()
+    async with running(api, clock, wave_idle=idle) as (ctl, _):
         await step(clock, 2)
         assert len(api.jobs()) == 1
-        wave["running"] = True  # the instant's pods are being started
+        idle.clear()  # the instant's pods are being started
         await step(clock, 59.5)  # T + 0.5
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T17:00:00Z"  # waits
-        wave["running"] = False
-        await step(clock, 0.3)
+        passes = api.writes.count("status")
+        await step(clock, 5)
+        assert api.writes.count("status") == passes  # parked, not polled
+        idle.set()
+        await step(clock, 0.01)
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T18:00:00Z"
+        assert not ctl._deferred
 
 
 async def test_a_long_wave_delays_the_record_at_most_the_defer_bound() -> None:
     api = FakeBatchApi()
     api.store(CJ_PATH, punctual_cronjob())
     clock = clock_at(T - 61)
-    async with running(api, clock, wave_running=lambda: True):
+    idle = asyncio.Event()
+    async with running(api, clock, wave_idle=idle):
         await step(clock, 61.5)
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T17:00:00Z"
-        for _ in range(int(RECORD_DEFER_SECONDS / RECORD_RETRY_SECONDS) + 4):
-            await step(clock, RECORD_RETRY_SECONDS)
+        await step(clock, RECORD_DEFER_SECONDS)
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T18:00:00Z"
