@@ -35,6 +35,7 @@ from typing import Any
 from bench.apimetrics import account, counter_delta, scrape
 from bench.common import RESULTS_DIR, plot_cdf, write_result
 from bench.harness import bed_session, delete_namespace
+from bench.kwok import KWOK_VERSION
 from bench.podwatch import watch_namespace_pods
 from bench.procstat import PeakTracker, sample
 from bench.scale_contenders import (
@@ -47,7 +48,7 @@ from bench.scale_contenders import (
     warmlet_has_multinode,
     warmlet_multinode_skip,
 )
-from bench.scale_figures import Timing, case_ratios, contender_figures, goals, skipped, summary
+from bench.scale_figures import Timing, case_ratios, contender_figures, failed, goals, skipped, summary
 from provider.kubeclient import ApiError, KubeClient
 from testbed.testing import bare_pod, create_namespace
 
@@ -260,8 +261,12 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
                         rows[name] = skipped(multinode_skip)
                         continue
                     log.info("measuring contender=%s case=%s", name, case.label)
-                    rows[name], lat_ms = await measure(ctx, name, case, args.concurrency, args.timeout)
-                    series[f"{name} {case.label}"] = lat_ms
+                    try:
+                        rows[name], lat_ms = await measure(ctx, name, case, args.concurrency, args.timeout)
+                        series[f"{name} {case.label}"] = lat_ms
+                    except Exception as e:  # one contender failing leaves the others' figures
+                        log.exception("contender failed contender=%s case=%s", name, case.label)
+                        rows[name] = failed(e)
                     await asyncio.sleep(5.0)  # let the API server and etcd settle between contenders
                 results[case.label] = {
                     "nodes": case.nodes,
@@ -305,6 +310,8 @@ def result_document(
         "pod i on node i // pods_per_node",
         "contenders": {n: DESCRIPTIONS[n] for n in names},
         "kwok": {
+            "version": KWOK_VERSION,
+            "built_by": "scripts/build-kwok.sh",
             "binary": str(kwok.binary),
             "stages": kwok.stage_names(),
             "stages_source": kwok.source,

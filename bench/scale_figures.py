@@ -142,13 +142,18 @@ def skipped(reason: str) -> JSON:
     return {"skipped": reason}
 
 
+def failed(error: BaseException) -> JSON:
+    """A contender's row when its run raised (the other contenders' rows stand)."""
+    return {"failed": f"{type(error).__name__}: {error}"[:500]}
+
+
 def summary(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Rows of the printed table (and bench/RESULTS.md): per case, each contender's key figures."""
     rows: list[tuple[str, str]] = []
     for label, case in (result.get("cases") or {}).items():
         for name, row in (case.get("contenders") or {}).items():
-            if "skipped" in row:
-                rows.append((f"{label} {name}", str(row["skipped"])))
+            if "skipped" in row or "failed" in row:
+                rows.append((f"{label} {name}", str(row.get("skipped") or f"FAILED: {row['failed']}")))
                 continue
             api = row.get("api") or {}
             rows.append(

@@ -16,7 +16,7 @@ from bench.bare_loop import pod_ip, running_status, wants_running
 from bench.kwok import ANNOTATION, KwokInstall, cache_dir, fake_node, kwok_args, node_ready
 from bench.procstat import PeakTracker
 from bench.scale_contenders import Case, multinode_section, parse_case, warmlet_multinode_skip
-from bench.scale_figures import case_ratios, goals, skipped, summary
+from bench.scale_figures import case_ratios, failed, goals, skipped, summary
 
 
 def _series(
@@ -351,3 +351,11 @@ def test_peak_tracker_reads_this_process() -> None:
     last = t.poll()
     assert t.first.rss_kb > 0 and last.cpu_seconds >= t.first.cpu_seconds
     assert t.peak_kb(last) >= max(t.first.rss_kb, last.rss_kb)
+
+
+def test_a_failed_contender_is_reported_and_leaves_the_ratios_nan() -> None:
+    rows = {"warmlet": _row(10.0, 100.0, 1.0), "kwok": failed(RuntimeError("kwok exited 1; log: /x"))}
+    assert rows["kwok"] == {"failed": "RuntimeError: kwok exited 1; log: /x"}
+    assert math.isnan(case_ratios(rows)["warmlet_over_kwok_seconds"])
+    table = dict(summary({"cases": {"500": {"contenders": rows}}}))
+    assert table["500 kwok"] == "FAILED: RuntimeError: kwok exited 1; log: /x"
