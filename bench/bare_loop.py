@@ -108,6 +108,8 @@ class BareLoop:
                 self.patched += 1
             except (ApiError, TimeoutError):
                 self.errors += 1
+            finally:
+                self.queue.task_done()
 
     async def run(self, started: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:

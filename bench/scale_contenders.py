@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -115,7 +116,7 @@ def multinode_section(case: Case) -> JSON:
 
 
 async def wait_prefixed_nodes_ready(
-    client: KubeClient, prefix: str, count: int, within: float = 180.0
+    client: KubeClient, prefix: str, count: int, proc: subprocess.Popen[bytes], within: float = 180.0
 ) -> list[str]:
     """The ``count`` Ready nodes whose name starts with ``prefix``, once there are that many."""
     deadline = time.monotonic() + within
@@ -126,6 +127,8 @@ async def wait_prefixed_nodes_ready(
         )
         if len(ready) >= count:
             return ready[:count]
+        if proc.poll() is not None:
+            raise RuntimeError(f"warmlet exited {proc.returncode} before its {count} nodes were Ready")
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"{len(ready)} of {count} warmlet nodes named {prefix}* Ready after {within:.0f}s"
@@ -150,7 +153,7 @@ async def run_warmlet(ctx: RunContext, case: Case, ns: str) -> AsyncIterator[Nod
             ctx.bed, "simulated", pool, node=node, sections=sections, wait_ready=False
         ) as h:
             assert h.proc is not None
-            names = await wait_prefixed_nodes_ready(ctx.client, h.name, case.nodes)
+            names = await wait_prefixed_nodes_ready(ctx.client, h.name, case.nodes, h.proc)
             yield NodeProcess(h.proc.pid, names, confirms_deletion=True)
     finally:
         for name in names:  # warmlet_process deletes the node named node.name only

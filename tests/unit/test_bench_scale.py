@@ -3,20 +3,23 @@ loop's status, the side-by-side ratios and the issue's goals."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.apimetrics import RequestKey, account, counter_delta, kind_of, parse_request_totals, sum_calls
-from bench.bare_loop import pod_ip, running_status, wants_running
+from bench.bare_loop import BareLoop, pod_ip, running_status, wants_running
 from bench.kwok import ANNOTATION, KwokInstall, cache_dir, fake_node, kwok_args, node_ready
 from bench.procstat import PeakTracker
 from bench.scale_contenders import Case, multinode_section, parse_case, warmlet_multinode_skip
 from bench.scale_figures import case_ratios, failed, goals, skipped, summary
+from provider.kubeclient import KubeClient
 
 
 def _series(
@@ -359,3 +362,40 @@ def test_a_failed_contender_is_reported_and_leaves_the_ratios_nan() -> None:
     assert math.isnan(case_ratios(rows)["warmlet_over_kwok_seconds"])
     table = dict(summary({"cases": {"500": {"contenders": rows}}}))
     assert table["500 kwok"] == "FAILED: RuntimeError: kwok exited 1; log: /x"
+
+
+class _PatchRecorder:
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, Any]] = []
+
+    async def patch(self, path: str, body: Any, content_type: str = "") -> dict[str, Any]:
+        self.patches.append((path, body))
+        return {}
+
+
+def test_bare_loop_writes_one_running_patch_per_pod() -> None:
+    async def scenario() -> list[tuple[str, Any]]:
+        rec = _PatchRecorder()
+        loop = BareLoop(cast(KubeClient, rec), "ns", frozenset({"n1"}), workers=2)
+        a, b = _pod(), _pod()
+        b["metadata"] = {"name": "q", "namespace": "ns", "uid": "u-2"}
+        for etype, pod in (("ADDED", a), ("MODIFIED", a), ("ADDED", b), ("ADDED", _pod(node="other"))):
+            loop.on_event(etype, pod)
+        writers = [asyncio.create_task(loop.writer()) for _ in range(loop.workers)]
+        await asyncio.wait_for(loop.queue.join(), 5)
+        loop.on_event("MODIFIED", a)  # a pod seen again (its own Running write) is not written twice
+        await asyncio.wait_for(loop.queue.join(), 5)
+        for w in writers:
+            w.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
+        assert loop.patched == 2 and loop.errors == 0
+        return rec.patches
+
+    patches = asyncio.run(scenario())
+    assert sorted(p for p, _ in patches) == [
+        "/api/v1/namespaces/ns/pods/p/status",
+        "/api/v1/namespaces/ns/pods/q/status",
+    ]
+    ips = {body["status"]["podIP"] for _, body in patches}
+    assert len(ips) == 2
+    assert all(body["status"]["phase"] == "Running" and body["metadata"]["uid"] for _, body in patches)
