@@ -31,6 +31,18 @@ VOLUME_REFRESHES = Counter(
     ["result"],
 )
 STATUS_PATCHES = Counter("warmlet_pod_status_patches_total", "Pod status patches sent")
+STATUS_WRITES_QUEUED = Gauge(
+    "warmlet_pod_status_writes_queued", "Pod status writes waiting for a token (pods.status_qps)"
+)
+STATUS_WRITES_COALESCED = Counter(
+    "warmlet_pod_status_writes_coalesced_total",
+    "Pod status writes merged into a queued write of the same pod (one request instead of two)",
+)
+EVENTS_NOT_SENT = Counter(
+    "warmlet_events_not_sent_total",
+    "Pod Normal events counted but not written (pods.pod_events: warnings), by reason",
+    ["reason"],
+)
 EPHEMERAL_CONTAINERS = Counter(
     "warmlet_ephemeral_containers_total",
     "Ephemeral (kubectl debug) containers by outcome: started, or the reason one could not start",
