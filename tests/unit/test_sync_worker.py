@@ -510,3 +510,25 @@ async def test_active_deadline_fails_the_pod_on_time(env: Any, clock: FakeClock)
     assert await backend.list_sandboxes() == []
     await worker.sync("u1")  # terminal: never runs again
     assert ContainerState.RUNNING not in await states(backend, "u1")
+
+
+async def test_volumes_of_a_simulated_pod_are_never_refreshed(env: Any, clock: FakeClock) -> None:
+    """Nothing was written, nothing reads them: no periodic volume re-sync on a simulated node."""
+    from prometheus_client import REGISTRY
+
+    api, backend, rec, worker = env  # noqa: RUF059
+    api.configmaps["cfg"] = {"data": {"k": "v"}}
+    api.add(make_pod("p1", "u1", volumes=[{"name": "cfg", "configMap": {"name": "cfg"}}]))
+
+    def refreshes() -> float:
+        return sum(
+            REGISTRY.get_sample_value("warmlet_volume_refreshes_total", {"result": r}) or 0.0
+            for r in ("updated", "unchanged", "error")
+        )
+
+    await worker.sync("u1")
+    before = refreshes()
+    await clock.advance(31.0)
+    await worker.sync("u1")
+    assert api.pods["u1"]["status"]["phase"] == "Running"
+    assert refreshes() == before
