@@ -271,3 +271,46 @@ async def test_a_queued_write_that_fails_for_a_passing_reason_is_sent_again_afte
         drain.cancel()
         with pytest.raises(asyncio.CancelledError):
             await drain
+
+
+async def test_the_status_writer_enforces_status_qps_and_sends_the_latest_status_of_a_waiting_pod(
+    tmp_path: Any,
+) -> None:
+    """pods.status_qps 1 (burst 1): the first pod's write goes out at once, the second pod's two
+    writes (Pending, then Running with its start annotations) wait and go out as ONE request a
+    second later; the bookkeeping (last status, annotated) follows the send."""
+    from pod_fakes import FakeApi, make_pod
+
+    from provider.config import PodConfig
+    from provider.pods.state import PodState
+    from provider.pods.status_writer import StatusWriter
+    from sandbox.simulated import SimulatedBackend
+
+    clock = FakeClock()
+    api = FakeApi()
+    w = StatusWriter(
+        PodConfig(status_qps=1, status_burst=1),
+        api,  # type: ignore[arg-type]
+        SimulatedBackend(tmp_path / "logs", clock=clock),
+        "10.0.0.1",
+        clock,
+    )
+    drain = asyncio.create_task(w.queue.run())
+    try:
+        for uid in ("u1", "u2"):
+            api.add(make_pod(f"p-{uid}", uid))
+        s1, s2 = PodState(), PodState()
+        await w.patch(api.pods["u1"], s1, {"phase": "Running"}, {START_LEVEL_ANNOTATION: "warm"})
+        assert s1.annotated and s1.last_status == {"phase": "Running"}
+        await w.patch(api.pods["u2"], s2, {"phase": "Pending"})
+        await w.patch(api.pods["u2"], s2, {"phase": "Running"}, {START_LEVEL_ANNOTATION: "cold"})
+        assert len(api.patches()) == 1 and s2.last_status is None and not s2.annotated
+        await clock.advance(1.0)
+        assert len(api.patches()) == 2
+        assert api.pods["u2"]["status"]["phase"] == "Running"
+        assert api.pods["u2"]["metadata"]["annotations"][START_LEVEL_ANNOTATION] == "cold"
+        assert s2.annotated and s2.last_status == {"phase": "Running"}
+    finally:
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain
