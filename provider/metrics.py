@@ -16,6 +16,11 @@ API_ERRORS = Counter(
     "Kubernetes API errors by verb and HTTP code (transport: no answer at all)",
     ["verb", "code"],
 )
+API_REQUESTS = Counter(
+    "warmlet_api_requests_total",
+    "Kubernetes API requests sent, by HTTP verb (WATCH: a watch opened) and resource[/subresource]",
+    ["verb", "resource"],
+)
 PODS_BY_PHASE = Gauge("warmlet_pods", "Pods bound to this node by phase", ["phase"])
 EVENTS = Counter("warmlet_events_total", "Events recorded", ["type", "reason"])
 EVENTS_DROPPED = Counter("warmlet_events_dropped_total", "Events dropped by the rate limiter or a full queue")
