@@ -208,3 +208,23 @@ async def test_a_simulated_node_sends_only_warning_events_about_pods(tmp_path: P
     PodController(cfg.node, cfg.pods, api, backend, rec, {})  # type: ignore[arg-type]
     rec.record(pod, NORMAL, "Started", "Started container app")
     assert rec._queue.qsize() == 3
+
+
+async def test_the_pod_informer_keeps_pods_without_managed_fields() -> None:
+    """managedFields is often half a pod's bytes and nothing reads it: dropped from list and watch."""
+    from typing import Any
+
+    from provider.pods.informer import PodInformer
+
+    pod = {"metadata": {"uid": "u1", "name": "p", "managedFields": [{"manager": "kubectl"}]}}
+
+    class Api:
+        async def list_all(self, path: str, **params: Any) -> dict[str, Any]:
+            return {"metadata": {"resourceVersion": "1"}, "items": [pod]}
+
+        def watch(self, *a: Any, **kw: Any) -> Any:
+            raise AssertionError("not watched in this test")
+
+    informer = PodInformer(Api(), "vn", lambda uid: None)  # type: ignore[arg-type]
+    await informer.reflector._list("initial")
+    assert informer.get("u1") == {"metadata": {"uid": "u1", "name": "p"}}
