@@ -366,7 +366,9 @@ async def test_one_api_write_per_pod_start_on_the_simulated_backend(env: Any, tm
     body = api.patches()[0]
     assert body["status"]["phase"] == "Running"
     assert body["status"]["podIP"] and body["status"]["hostIP"]
-    assert "running" in body["status"]["containerStatuses"][0]["state"]
+    assert body["status"]["podIPs"][0] == {"ip": body["status"]["podIP"]}
+    assert body["status"]["hostIPs"][0] == {"ip": body["status"]["hostIP"]}
+    assert body["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
     assert {c["type"]: c["status"] for c in body["status"]["conditions"]}["Ready"] == "True"
     assert set(body["metadata"]["annotations"]) == {
         START_LEVEL_ANNOTATION,
