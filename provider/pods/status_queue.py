@@ -110,9 +110,6 @@ class StatusQueue:
     def __len__(self) -> int:
         return len(self._queued)
 
-    def queued(self, key: str) -> StatusWrite | None:
-        return self._queued.get(key)
-
     async def submit(self, w: StatusWrite) -> bool:
         """Send ``w`` now (True, awaited: its errors are the caller's) or queue it (False)."""
         if self._bucket is None:
