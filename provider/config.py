@@ -48,6 +48,15 @@ class PodConfig(_Section):
     # instant started together); 0: the backend's own figure (CRI: 6, simulated: 512).
     start_wave_concurrency: int = Field(default=0, ge=0)
     start_wave_adaptive: bool = False
+    # Pod status writes per second (kubelet's kubeAPIQPS/kubeAPIBurst, for status writes): a write
+    # without a token waits in a queue, one entry per pod, a newer status merged into a waiting one.
+    # 0: no limit.
+    status_qps: float = Field(default=0.0, ge=0)
+    status_burst: int = Field(default=100, ge=1)
+    # Events about pods: "all" (kubelet's Pulled/Created/Started/Killing/... and warnings),
+    # "warnings" (Warning events only; the Normal ones only counted in warmlet_events_total),
+    # "auto": all on a backend that runs processes (CRI), warnings on the simulated one.
+    pod_events: Literal["auto", "all", "warnings"] = "auto"
 
 
 class SimulatedConfig(_Section):
