@@ -28,7 +28,7 @@ from provider.node_object import (
     node_taints,
     overwritten_by_others,
 )
-from provider.reflector import Reflector
+from provider.reflector import Reflector, strip_managed_fields
 from sandbox.backend import Backend, BackendHealth
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,15 @@ class NodeController:
         recorder: EventRecorder | None = None,
         health_interval: float = 5.0,
         clock: Clock = SYSTEM,
+        own_watch: bool = True,
+        lease_phase: float | None = None,
     ) -> None:
+        """``own_watch=False``: a :class:`provider.node_fleet.NodeFleet` watches the Nodes of the
+        process (one watch for all) and calls :meth:`node_listed` / :meth:`node_event`.
+        ``lease_phase``: the wait between the first and second Lease renewal (spreads many nodes'
+        renewals over the interval)."""
         self.cfg = cfg
+        self.own_watch = own_watch
         self.clock = clock
         self.client = client
         self.backend = backend
@@ -74,6 +81,7 @@ class NodeController:
             cfg.lease_duration_seconds,
             cfg.lease_renew_interval_seconds,
             clock,
+            phase=lease_phase,
         )
         self._last_summary: list[tuple[str, str, str]] = []
         self._last_update = 0.0
@@ -172,6 +180,7 @@ class NodeController:
         }
 
     def _note_update(self, node: JSON, now: float) -> None:
+        strip_managed_fields(node)  # kept as self.node: thousands of nodes in one process add up
         self._last_summary = conditions_summary((node.get("status") or {}).get("conditions") or [])
         self._last_update = now
 
@@ -250,12 +259,12 @@ class NodeController:
             on_error=lambda e, n: log.warning("node status update failed attempt=%d err=%r", n, e),
         )
 
-    def _node_listed(self, nodes: Mapping[str, JSON]) -> None:
+    def node_listed(self, nodes: Mapping[str, JSON]) -> None:
         if not nodes:
             log.warning("node missing, registering again name=%s", self.cfg.name)
             self._wake.set()
 
-    def _node_event(self, etype: str, node: JSON) -> None:
+    def node_event(self, etype: str, node: JSON) -> None:
         if etype == "DELETED":
             log.warning("node deleted, registering again name=%s", self.cfg.name)
             self._wake.set()
@@ -268,13 +277,13 @@ class NodeController:
         await Reflector(
             self.client,
             "/api/v1/nodes",
-            self._node_event,
+            self.node_event,
             params={"fieldSelector": f"metadata.name={self.cfg.name}"},
             replay_list=False,
             strip_managed_fields=True,
             clock=self.clock,
             name="node",
-            on_list=self._node_listed,
+            on_list=self.node_listed,
         ).run()
 
     async def run(self) -> None:
@@ -288,4 +297,5 @@ class NodeController:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.lease.run(), name="node-lease")
             tg.create_task(self._status_loop(), name="node-status")
-            tg.create_task(self._watch_loop(), name="node-watch")
+            if self.own_watch:
+                tg.create_task(self._watch_loop(), name="node-watch")

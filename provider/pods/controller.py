@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from common.clock import SYSTEM, Clock
@@ -46,12 +46,13 @@ class PodController:
         node_allocatable: Mapping[str, str],
         resync_seconds: float = 60.0,
         clock: Clock = SYSTEM,
+        node_names: Collection[str] = (),  # a multi-node process: all its nodes (default: node.name)
     ) -> None:
         self.client = client
         self.backend = backend
         self.clock = clock
         self.queue = WorkQueue(self._sync, workers=pods.workers, clock=clock)
-        self.informer = PodInformer(client, node.name, self.queue.add)
+        self.informer = PodInformer(client, node_names or node.name, self.queue.add)
         self.owners = OwnerResolver(self._fetch, clock=clock)
         self.services = ServiceInformer(client)  # service-link env vars (provider/service_env.py)
         self.worker = PodWorker(
