@@ -59,11 +59,13 @@ class NodeController:
         clock: Clock = SYSTEM,
         own_watch: bool = True,
         lease_phase: float | None = None,
+        status_phase: float = 0.0,
     ) -> None:
         """``own_watch=False``: a :class:`provider.node_fleet.NodeFleet` watches the Nodes of the
         process (one watch for all) and calls :meth:`node_listed` / :meth:`node_event`.
         ``lease_phase``: the wait between the first and second Lease renewal (spreads many nodes'
-        renewals over the interval)."""
+        renewals over the interval); ``status_phase``: how much sooner than the interval the first
+        periodic status write is due (spreads many nodes' status writes likewise)."""
         self.cfg = cfg
         self.own_watch = own_watch
         self.clock = clock
@@ -87,6 +89,7 @@ class NodeController:
         self._last_update = 0.0
         self._wake = asyncio.Event()
         self._restricted = False  # the identity may not set kubernetes.io/role etc.
+        self._status_phase = status_phase  # used once, at the first registration
 
     @property
     def path(self) -> str:
@@ -159,7 +162,8 @@ class NodeController:
             )
             log.info("node taken over name=%s uid=%s", self.cfg.name, node["metadata"]["uid"])
         self.node = node
-        self._note_update(node, now)
+        self._note_update(node, now - self._status_phase)
+        self._status_phase = 0.0
         self.registered.set()
         if self.recorder is not None:
             self.recorder.record(self._ref(), NORMAL, "Starting", "Starting warmlet.")

@@ -16,8 +16,8 @@ them (and as many initial LISTs). One cluster-wide watch is one stream whose onl
 pods of nodes this process does not run, which on a cluster of simulated nodes are few. KWOK makes
 the same choice.
 
-Lease renewals are spread over the renew interval (``lease_phase``), so thousands of nodes do not
-renew in one burst every ten seconds.
+Lease renewals and periodic status writes are spread over their intervals (``lease_phases``,
+``status_phases``), so thousands of nodes do not write in one burst every ten (sixty) seconds.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from provider.config import NodeConfig
 from provider.events import EventRecorder
 from provider.kubeclient import KubeClient
 from provider.node import NodeController
-from provider.node_scope import lease_phases, node_name, node_scope
+from provider.node_scope import lease_phases, node_name, node_scope, status_phases
 from provider.reflector import Reflector
 from sandbox.backend import Backend
 
@@ -71,10 +71,14 @@ class NodeFleet:
                 recorder,
                 clock=clock,
                 own_watch=False,
-                lease_phase=phase,
+                lease_phase=lease,
+                status_phase=status,
             )
-            for c, phase in zip(
-                cfgs, lease_phases(n, min(c.lease_renew_interval_seconds for c in cfgs)), strict=True
+            for c, lease, status in zip(
+                cfgs,
+                lease_phases(n, min(c.lease_renew_interval_seconds for c in cfgs)),
+                status_phases(n, min(c.status_update_interval_seconds for c in cfgs)),
+                strict=True,
             )
         ]
         self.by_name = {c.cfg.name: c for c in self.controllers}

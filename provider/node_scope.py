@@ -1,4 +1,4 @@
-"""Which objects belong to the nodes of this process, and how their Lease renewals are spread.
+"""Which objects belong to the nodes of this process; how their periodic writes are spread.
 
 Pure functions for :mod:`provider.node_fleet` and the pod informer: a single node watches its own
 Node and pods by field selector (like kubelet); several nodes in one process share one watch of
@@ -18,6 +18,12 @@ def lease_phases(n: int, interval: float) -> list[float]:
     """Node i's wait between its first and second renewal: i+1 n-ths of the interval, so the n
     nodes' renewals fall evenly over the interval instead of together."""
     return [interval * (i + 1) / n for i in range(n)]
+
+
+def status_phases(n: int, interval: float) -> list[float]:
+    """How much sooner node i's first periodic status write is due: i n-ths of the interval (the
+    first node on the interval, like a single node), so the n nodes' writes spread over it."""
+    return [interval * i / n for i in range(n)]
 
 
 def node_name(obj: JSON) -> str:

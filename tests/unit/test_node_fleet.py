@@ -5,6 +5,7 @@ registered with its own Lease renewals spread over the interval, one Node watch 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from common.clock import FakeClock
 from provider.config import NodeConfig
 from provider.kubeclient import ApiError
 from provider.node_fleet import NodeFleet
-from provider.node_scope import lease_phases, node_scope, pod_scope, pods_per_node
+from provider.node_scope import lease_phases, node_scope, pod_scope, pods_per_node, status_phases
 from provider.pods.informer import PodInformer
 from sandbox.backend import BackendHealth
 
@@ -274,5 +275,44 @@ async def test_one_pod_informer_holds_every_pod_of_the_processs_nodes_and_no_oth
     assert api.params == [{"fieldSelector": "spec.nodeName!="}]
     assert set(informer.pods) == {"a1", "b1", "b2"}
     assert changed == ["a1", "b1", "b2"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@given(n=st.integers(1, 5000), interval=st.floats(1.0, 600.0))
+def test_status_phases_start_at_zero_and_spread_evenly_below_the_interval(n: int, interval: float) -> None:
+    phases = status_phases(n, interval)
+    assert phases[0] == 0.0 and len(phases) == n
+    assert all(0 <= p < interval for p in phases)
+    assert all(b - a == pytest.approx(interval / n) for a, b in itertools.pairwise(phases))
+
+
+async def test_the_nodes_periodic_status_writes_are_spread_over_the_interval() -> None:
+    clock = FakeClock(start=0.0)
+    api = FakeApi(clock)
+    cfgs = [NodeConfig(name=f"n-{i}", status_update_interval_seconds=20.0) for i in range(4)]
+    fleet = NodeFleet(cfgs, api, api, Healthy(), 10250, clock=clock)  # type: ignore[arg-type]
+    for c in fleet.controllers:
+        c.health_interval = 1.0
+    writes: dict[str, list[float]] = {}
+    patch = api.patch
+
+    async def counting(path: str, body: JSON, content_type: str = "", **params: Any) -> JSON:
+        if path.endswith("/status"):
+            writes.setdefault(path.split("/")[-2], []).append(clock.monotonic())
+        return await patch(path, body, content_type, **params)
+
+    api.patch = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(fleet.run())
+    await settle(clock, 8)
+    for _ in range(40):
+        await clock.advance(1.0)
+    # registered together at 0; then every 20 s, node i i*5 s sooner: not all four at once
+    assert {n: w[1:] for n, w in writes.items()} == {
+        "n-0": [20.0, 40.0],
+        "n-1": [15.0, 35.0],
+        "n-2": [10.0, 30.0],
+        "n-3": [5.0, 25.0],
+    }
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
