@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from common.clock import SYSTEM, Clock
@@ -46,6 +46,7 @@ class PodController:
         node_allocatable: Mapping[str, str],
         resync_seconds: float = 60.0,
         clock: Clock = SYSTEM,
+        node_names: Collection[str] = (),  # a multi-node process: all its nodes (default: node.name)
     ) -> None:
         self.client = client
         self.backend = backend
@@ -54,7 +55,7 @@ class PodController:
         # node unless pods.pod_events says otherwise (docs/configuration.md)
         recorder.pod_events = pod_events_policy(pods.pod_events, backend.capabilities.runs_processes)
         self.queue = WorkQueue(self._sync, workers=pods.workers, clock=clock)
-        self.informer = PodInformer(client, node.name, self.queue.add)
+        self.informer = PodInformer(client, node_names or node.name, self.queue.add)
         self.owners = OwnerResolver(self._fetch, clock=clock)
         self.services = ServiceInformer(client)  # service-link env vars (provider/service_env.py)
         self.worker = PodWorker(
