@@ -127,7 +127,8 @@ class PodConfig(_Section):
     # or plain dirs when this dir is already on tmpfs. None: "<volumes_dir>-memory".
     memory_volumes_dir: Path | None = None
     # StartContainer calls in flight in a start wave (the held pods of one warmlet.io/start-at
-    # instant started together); 0: the backend's own figure (CRI: 6, simulated: 512).
+    # instant started together); 0: the backend's own figure (CRI: 4, simulated: 512).
+    # start_wave_adaptive: the wave looks for its best width itself (provider/pods/wave_width.py).
     start_wave_concurrency: int = Field(default=0, ge=0)
     start_wave_adaptive: bool = False
     # Pod status writes per second (kubelet's kubeAPIQPS/kubeAPIBurst, for status writes): a write

@@ -112,11 +112,6 @@ class StartWave:
     def starting(self, uid: str) -> bool:
         return uid in self._wave
 
-    @property
-    def running(self) -> bool:
-        """A wave is under way (its pods are being started, not yet released)."""
-        return bool(self._wave)
-
     def __len__(self) -> int:
         """Pods held (waiting for their instant)."""
         return len(self._held)

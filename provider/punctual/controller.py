@@ -38,6 +38,7 @@ from provider.punctual.decide import (
     SetStatus,
     Settings,
     decide,
+    node_ready,
     only_records,
     orphans,
 )
@@ -135,11 +136,13 @@ class PunctualController:
             self.queue.add(uid)
 
     def _on_node(self, etype: str, node: JSON) -> None:
-        """Only labels and taints are kept; a change of them decides every CronJob again."""
+        """Only labels and taints of a Ready node are kept; a change of them decides every CronJob
+        again. A node whose Ready condition is not True (its warmlet down long enough for the node
+        lifecycle controller to say so) holds nothing: its CronJobs fire the normal way."""
         meta = node.get("metadata") or {}
         name = str(meta.get("name", ""))
         view = (dict(meta.get("labels") or {}), list((node.get("spec") or {}).get("taints") or []))
-        if etype == DELETED:
+        if etype == DELETED or not node_ready(node):
             changed = self.holding_nodes.pop(name, None) is not None
         else:
             changed = self.holding_nodes.get(name) != view

@@ -414,7 +414,7 @@ def _precreate(
             Note(
                 WARNING,
                 "PunctualNotOnWarmlet",
-                "not pre-created: the job's pods cannot run on a warmlet node",
+                "not pre-created: the job's pods cannot run on a Ready warmlet node that holds starts",
             )
         )
         return
@@ -453,3 +453,10 @@ def _precreate(
         plan.skipped = FORBID  # decided again when status.active changes
         return
     plan.actions.append(Create(held_job(cronjob, nxt, tz, created_at=now), nxt))
+
+
+def node_ready(node: Mapping[str, Any]) -> bool:
+    """Whether a Node's Ready condition is True: the node lifecycle controller's verdict on whether
+    its warmlet is alive (Unknown once the Lease has not been renewed for the grace period)."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

@@ -119,6 +119,14 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
     proc, down_proc = w.spawn(), wd.spawn()
     await asyncio.gather(wait_ready(e2e, node), wait_ready(e2e, down_node))
     kill(down_proc)
+
+    async def down_not_ready() -> bool:
+        conds = (await e2e.client.get(f"/api/v1/nodes/{down_node}")).get("status", {}).get("conditions")
+        return not any(c["type"] == "Ready" and c["status"] == "True" for c in conds or [])
+
+    # the node lifecycle controller's verdict (its grace period, 50 s): only then is it "down" for
+    # every punctual controller; before, the other node pre-creates for it as for a live node
+    await wait_for(down_not_ready, 120, 1.0, f"{down_node} NotReady/Unknown")
     ns = await e2e.namespace("pkill")
     cron = Cron(e2e.client, ns)
     watch = StartWatch(e2e, node)
@@ -260,6 +268,7 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
     assert bad_events(events, gone=("gone",)) == []
     created = [e for e in events if e[1] == "SuccessfulCreate"]
     assert created == [("down", "SuccessfulCreate", f"Created job down-{mt}")], created
+    assert any(e[:2] == ("down", "PunctualNotOnWarmlet") for e in events), events
     # down: warmlet down for the whole lead and the instant: fired the normal way, once
     (down_job,) = await cron.jobs_of("down")
     assert down_job["metadata"]["name"] == f"down-{mt}" and not precreated(down_job)

@@ -352,11 +352,12 @@ async def test_with_leader_election_only_the_lease_holder_creates() -> None:
         assert api.posts_by == {leader: 5}  # the standby never even tried
 
 
-def holding_node(name: str, held: bool = True) -> JSON:
+def holding_node(name: str, held: bool = True, ready: str = "True") -> JSON:
     labels = {"kubernetes.io/hostname": name}
     if held:
         labels["warmlet.io/holds-start"] = "true"
-    return {"metadata": {"name": name, "uid": f"node-{name}", "labels": labels}, "spec": {}}
+    status = {"conditions": [{"type": "Ready", "status": ready}]}
+    return {"metadata": {"name": name, "uid": f"node-{name}", "labels": labels}, "spec": {}, "status": status}
 
 
 async def test_a_cronjob_pinned_to_another_warmlet_node_is_precreated_by_this_one() -> None:
@@ -372,7 +373,10 @@ async def test_a_cronjob_pinned_to_another_warmlet_node_is_precreated_by_this_on
         await step(clock, 2)
         assert api.jobs() == []  # vnode-2 is not a warmlet node that holds starts
         assert ("Warning", "PunctualNotOnWarmlet") in rec.events
-        api.store(NODE_PATH, holding_node("vnode-2"))  # it registers
+        api.store(NODE_PATH, holding_node("vnode-2", ready="Unknown"))  # registered, but down
+        await step(clock, 0.5)
+        assert api.jobs() == []  # its CronJobs fire the normal way
+        api.store(NODE_PATH, holding_node("vnode-2"))  # it is Ready
         await step(clock, 0.5)
         (job,) = api.jobs()
         assert job["metadata"]["name"] == f"nightly-{int(T // 60)}"
