@@ -216,7 +216,10 @@ async def test_the_pod_informer_keeps_pods_without_managed_fields() -> None:
 
     from provider.pods.informer import PodInformer
 
-    pod = {"metadata": {"uid": "u1", "name": "p", "managedFields": [{"manager": "kubectl"}]}}
+    pod = {
+        "metadata": {"uid": "u1", "name": "p", "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"nodeName": "vn"},
+    }
 
     class Api:
         async def list_all(self, path: str, **params: Any) -> dict[str, Any]:
@@ -227,4 +230,4 @@ async def test_the_pod_informer_keeps_pods_without_managed_fields() -> None:
 
     informer = PodInformer(Api(), "vn", lambda uid: None)  # type: ignore[arg-type]
     await informer.reflector._list("initial")
-    assert informer.get("u1") == {"metadata": {"uid": "u1", "name": "p"}}
+    assert informer.get("u1") == {"metadata": {"uid": "u1", "name": "p"}, "spec": {"nodeName": "vn"}}
