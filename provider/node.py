@@ -284,7 +284,6 @@ class NodeController:
             self.node_event,
             params={"fieldSelector": f"metadata.name={self.cfg.name}"},
             replay_list=False,
-            strip_managed_fields=True,
             clock=self.clock,
             name="node",
             on_list=self.node_listed,

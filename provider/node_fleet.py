@@ -121,7 +121,6 @@ class NodeFleet:
             params=params,
             key=key,
             replay_list=False,
-            strip_managed_fields=True,
             clock=self.clock,
             name="nodes",
             on_list=self._listed,

@@ -37,9 +37,6 @@ class PodInformer:
             params=params,
             key=key,
             watch_timeout=watch_timeout,
-            # managedFields is often half a pod's size and nothing here reads it: 10,000 pods
-            # cached without it (the informer's memory and every status comparison)
-            strip_managed_fields=True,
             name="pods",
             on_relist=lambda reason: INFORMER_RELISTS.labels(reason=reason).inc(),
             on_watch_error=lambda _: INFORMER_WATCH_ERRORS.inc(),
