@@ -36,9 +36,8 @@ from provider.kubeclient import ApiError, KubeClient
 JSON = dict[str, Any]
 
 # warmlet's identity in the benches: a user bound to the ClusterRole of kind-config/rbac.yaml (the
-# documented out-of-cluster deployment). Not system:node:<name>: NodeRestriction forbids a node to
-# patch pod metadata, so warmlet could not write its start-level annotation, and the Node
-# authorizer does not let a node list CronJobs (no prewarming).
+# documented out-of-cluster deployment). Not system:node:<name>: the Node authorizer does not let
+# a node list CronJobs (no prewarming) nor Jobs (no punctual CronJobs).
 RBAC_FILE = REPO_ROOT / "kind-config" / "rbac.yaml"
 RBAC_NAME = "warmlet-bench"
 # What punctual CronJobs need beyond it (punctual.enabled: true), bound the same way.
