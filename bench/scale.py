@@ -45,10 +45,8 @@ from bench.scale_contenders import (
     Case,
     RunContext,
     parse_case,
-    warmlet_has_multinode,
-    warmlet_multinode_skip,
 )
-from bench.scale_figures import Timing, case_ratios, contender_figures, failed, goals, skipped, summary
+from bench.scale_figures import Timing, case_ratios, contender_figures, failed, goals, summary
 from provider.kubeclient import ApiError, KubeClient
 from testbed.testing import bare_pod, create_namespace
 
@@ -234,13 +232,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="pod POSTs in flight")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all Running")
     parser.add_argument(
-        "--warmlet-multinode",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="warmlet in the NODESxPODS cases: auto = only when the warmlet under test has a `nodes` "
-        "config section (many nodes per process), else recorded as skipped",
-    )
-    parser.add_argument(
         "--warmup",
         type=int,
         default=500,
@@ -268,13 +259,12 @@ def chosen_contenders(args: argparse.Namespace) -> list[str]:
 async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     cases, names = chosen_cases(args, quick), chosen_contenders(args)
     out_dir: Path = args.out or RESULTS_DIR
-    multinode_skip = warmlet_multinode_skip(args.warmlet_multinode, warmlet_has_multinode())
     results: dict[str, JSON] = {}
     series: dict[str, Sequence[float]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="warmlet-bench-scale-"))
     async with bed_session(getattr(args, "kubeconfig", None)) as bed:
         client = await KubeClient.from_kubeconfig(bed.kubeconfig, max_connections=64)
-        ctx = RunContext(bed, client, workdir, args.warmlet_multinode)
+        ctx = RunContext(bed, client, workdir)
         try:
             if args.warmup > 0:
                 log.info("warming the API server up with %d pods", args.warmup)
@@ -282,9 +272,6 @@ async def run(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
             for case in cases:
                 rows: dict[str, JSON] = {}
                 for name in names:
-                    if name == "warmlet" and case.nodes > 1 and multinode_skip:
-                        rows[name] = skipped(multinode_skip)
-                        continue
                     log.info("measuring contender=%s case=%s", name, case.label)
                     try:
                         rows[name], lat_ms = await measure(ctx, name, case, args.concurrency, args.timeout)

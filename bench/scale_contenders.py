@@ -6,10 +6,8 @@ bench binds its pods to, and whether the process confirms pod deletion (the bare
 its pods are force-deleted afterwards). Same API server, same pods, same machine, one after the
 other in one run.
 
-Many nodes in one warmlet process is another engineer's feature (a ``nodes`` section in the
-config). :func:`warmlet_multinode_skip` says whether the warmlet under test has it; the
-``--warmlet-multinode`` switch forces the case on or off. :func:`multinode_section` is the one
-place that writes that section.
+Many nodes in one warmlet process come from the config's ``nodes`` section;
+:func:`multinode_section` is the one place that writes it.
 """
 
 from __future__ import annotations
@@ -84,30 +82,10 @@ class RunContext:
     bed: Bed
     client: KubeClient  # admin
     workdir: Path
-    warmlet_multinode: str = "auto"  # auto | on | off
     kwok: KwokInstall | None = None  # set once KWOK has run (for the result's provenance)
 
 
 # ------------------------------------------------------------------------------- warmlet
-
-
-def warmlet_has_multinode() -> bool:
-    """Whether the warmlet under test takes a ``nodes`` section (many nodes in one process)."""
-    from provider.config import WarmletConfig
-
-    return "nodes" in WarmletConfig.model_fields
-
-
-def warmlet_multinode_skip(mode: str, has_feature: bool) -> str | None:
-    """Why the many-nodes case is skipped for warmlet (None: run it). ``mode``: auto | on | off."""
-    if mode == "off":
-        return "skipped: --warmlet-multinode off"
-    if mode == "on" or has_feature:
-        return None
-    return (
-        "skipped: the warmlet under test has no many-nodes support (no `nodes` section in "
-        "provider/config.py's WarmletConfig); --warmlet-multinode on forces the case"
-    )
 
 
 def multinode_section(case: Case) -> JSON:

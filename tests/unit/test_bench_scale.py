@@ -17,7 +17,7 @@ from bench.apimetrics import RequestKey, account, counter_delta, kind_of, parse_
 from bench.bare_loop import BareLoop, pod_ip, running_status, wants_running
 from bench.kwok import ANNOTATION, KwokInstall, cache_dir, fake_node, kwok_args, node_ready
 from bench.procstat import PeakTracker
-from bench.scale_contenders import Case, multinode_section, parse_case, warmlet_multinode_skip
+from bench.scale_contenders import Case, multinode_section, parse_case
 from bench.scale_figures import case_ratios, failed, goals, skipped, summary
 from provider.kubeclient import KubeClient
 
@@ -153,12 +153,7 @@ def test_case_binds_blocks_of_pods_per_node(nodes: int, per: int) -> None:
     assert all(assigned.count(n) == per for n in names)
 
 
-def test_warmlet_multinode_switch() -> None:
-    assert warmlet_multinode_skip("auto", has_feature=True) is None
-    assert warmlet_multinode_skip("on", has_feature=False) is None
-    reason = warmlet_multinode_skip("auto", has_feature=False)
-    assert reason is not None and "no many-nodes support" in reason
-    assert warmlet_multinode_skip("off", has_feature=True) == "skipped: --warmlet-multinode off"
+def test_multinode_section() -> None:
     assert multinode_section(Case(100, 100)) == {"count": 100}
 
 
