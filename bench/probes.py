@@ -48,7 +48,7 @@ from bench.harness import (
     warmlet_node,
 )
 from bench.podwatch import PodClock
-from bench.scale import parse_stat_cpu_seconds
+from bench.procstat import parse_stat_cpu_seconds
 from provider.kubeclient import KubeClient
 from testbed.testing import create_namespace
 

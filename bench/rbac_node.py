@@ -36,9 +36,8 @@ from provider.kubeclient import ApiError, KubeClient
 JSON = dict[str, Any]
 
 # warmlet's identity in the benches: a user bound to the ClusterRole of kind-config/rbac.yaml (the
-# documented out-of-cluster deployment). Not system:node:<name>: NodeRestriction forbids a node to
-# patch pod metadata, so warmlet could not write its start-level annotation, and the Node
-# authorizer does not let a node list CronJobs (no prewarming).
+# documented out-of-cluster deployment). Not system:node:<name>: the Node authorizer does not let
+# a node list CronJobs (no prewarming) nor Jobs (no punctual CronJobs).
 RBAC_FILE = REPO_ROOT / "kind-config" / "rbac.yaml"
 RBAC_NAME = "warmlet-bench"
 # What punctual CronJobs need beyond it (punctual.enabled: true), bound the same way.
@@ -98,13 +97,15 @@ async def warmlet_process(
     simulated: Mapping[str, Any] | None = None,
     node: Mapping[str, Any] | None = None,
     sections: Mapping[str, Mapping[str, Any]] | None = None,
+    wait_ready: bool = True,
 ) -> AsyncIterator[NodeHandle]:
     """``warmlet run`` as a subprocess, like harness.warmlet_node, plus what that does not set.
 
     Own process (own event loop, no GIL shared with the bench's watch); the simulated backend's
     timers and node sections; other config ``sections`` merged into the config's (e.g. ``punctual``,
     ``pods``); an identity with the documented RBAC (see RBAC_FILE: its ClusterRole and its node
-    Lease Role, and PUNCTUAL_RBAC_FILE's ClusterRole with ``punctual.enabled``). On exit: stopped,
+    Lease Role, and PUNCTUAL_RBAC_FILE's ClusterRole with ``punctual.enabled``). Yields once the
+    Node is Ready (``wait_ready=False``: once spawned; the caller waits for its nodes). On exit: stopped,
     Node and bindings deleted, CRI sandboxes it left (idle pool members) removed.
     """
     name = f"mb-{backend[:3]}-{uuid.uuid4().hex[:6]}"
@@ -138,7 +139,8 @@ async def warmlet_process(
         bindings.append(await grant_warmlet_rbac(client, user, PUNCTUAL_RBAC_FILE, PUNCTUAL_RBAC_NAME))
     try:
         h.proc = spawn_warmlet(config_path, h.log_path)
-        await wait_node_ready(client, name, 120)
+        if wait_ready:
+            await wait_node_ready(client, name, 120)
         yield h
     finally:
         if h.proc is not None:

@@ -17,7 +17,7 @@ import uuid
 from typing import Any, cast
 
 from common.clock import SYSTEM, Clock
-from provider.config import WarmletConfig
+from provider.config import NodeConfig, WarmletConfig
 from provider.cron_prewarm import CronPrewarmer
 from provider.dirclaim import DirClaim, claim_dirs
 from provider.events import EventRecorder
@@ -28,7 +28,9 @@ from provider.leader_election import LeaderElector
 from provider.logging_setup import setup_logging
 from provider.metrics import LEADER, record_api_error
 from provider.node import NodeController
+from provider.node_fleet import NodeFleet
 from provider.node_object import capacity, node_addresses, node_labels, node_taints
+from provider.node_scope import pods_per_node
 from provider.pods.controller import PodController
 from sandbox.backend import Backend
 
@@ -48,14 +50,17 @@ def build_backend(cfg: WarmletConfig) -> Backend:
 
 
 async def _start_kubelet_api(
-    cfg: WarmletConfig, backend: Backend, pods: PodController, client: KubeClient
+    cfg: WarmletConfig, node: NodeConfig, backend: Backend, pods: PodController, client: KubeClient
 ) -> Any:
-    """Start the kubelet HTTPS API (provider.kubelet_api) serving the informer's pods."""
+    """Start the kubelet HTTPS API (provider.kubelet_api) serving the informer's pods.
+
+    A multi-node process serves one API for all its nodes (every Node advertises its port): pods
+    are found by namespace/name whatever their node; ``node`` is the one it names itself after."""
     from provider.kubelet_api import start_kubelet_api
 
     return await start_kubelet_api(
         cfg.server,
-        cfg.node.name,
+        node.name,
         backend,
         lambda: list(pods.informer.pods.values()),
         client,
@@ -65,7 +70,11 @@ async def _start_kubelet_api(
 
 
 class WarmletNode:
-    """One virtual node in the current event loop: ``await start()`` ... ``await stop()``."""
+    """One virtual node in the current event loop: ``await start()`` ... ``await stop()``.
+
+    With ``nodes:`` in the config (simulated backend) it runs several nodes: one Node, Lease and
+    status loop each (``fleet``), one backend, pod informer, work queue and kubelet API for all.
+    ``node`` is then the first node's controller (``fleet.primary``)."""
 
     def __init__(
         self,
@@ -76,6 +85,7 @@ class WarmletNode:
         cert_clock: Clock = SYSTEM,
     ) -> None:
         self.cfg = cfg
+        cfg.node_configs()  # ValueError before any backend is built: nodes: with cri, bad names
         self.backend = backend or build_backend(cfg)
         self._own_backend = backend is None
         self.client = client
@@ -84,7 +94,9 @@ class WarmletNode:
         self.serving_cert: ServingCertManager | None = None
         self.lease_client: KubeClient | None = None
         self.events_client: KubeClient | None = None
-        self.node: NodeController | None = None
+        self.node: NodeController | None = None  # the (first) node
+        self.fleet: NodeFleet | None = None  # every node of the process
+        self.node_cfgs: list[NodeConfig] = []
         self.pods: PodController | None = None
         self.recorder: EventRecorder | None = None
         self.prewarmer: CronPrewarmer | None = None
@@ -98,26 +110,36 @@ class WarmletNode:
     async def start(self, within: float = 60.0) -> None:
         """Start everything; returns when the Node is registered and pods are being synced."""
         cfg = self.cfg
+        self.node_cfgs = cfg.node_configs()  # ValueError: nodes: with the cri backend, bad names
+        primary = self.node_cfgs[0]
         if self._dirs is None:
             self._dirs = claim_dirs(cfg)  # DirectoryInUse: another node's dirs (it would sweep ours)
         if self.client is None:
             self.client = await KubeClient.from_kubeconfig(
                 str(cfg.kubeconfig) if cfg.kubeconfig else None, on_error=record_api_error, max_connections=64
             )
-        self.lease_client = self.client.clone(max_connections=2)
+        # renewals never wait behind pod writes; a few more connections for thousands of nodes
+        self.lease_client = self.client.clone(max_connections=min(32, 2 + len(self.node_cfgs) // 50))
         await self.backend.start()
         self.events_client = self.client.clone(max_connections=4)
-        self.recorder = EventRecorder(self.events_client, cfg.node.name)
-        self.node = NodeController(
-            cfg.node, self.client, self.lease_client, self.backend, cfg.server.port, self.recorder
+        self.recorder = EventRecorder(self.events_client, primary.name)
+        self.fleet = NodeFleet(
+            self.node_cfgs, self.client, self.lease_client, self.backend, cfg.server.port, self.recorder
         )
+        self.node = self.fleet.primary
         self.pods = PodController(
-            cfg.node, cfg.pods, self.client, self.backend, self.recorder, capacity(cfg.node)
+            primary,
+            cfg.pods,
+            self.client,
+            self.backend,
+            self.recorder,
+            capacity(primary),
+            node_names=self.fleet.names,
         )
         self.prewarmer = CronPrewarmer(
-            cfg.pool, cfg.pods, self.client, self.backend, node_labels(cfg.node), node_taints(cfg.node)
+            cfg.pool, cfg.pods, self.client, self.backend, node_labels(primary), node_taints(primary)
         )
-        self._task = asyncio.create_task(self._main(), name=f"warmlet-{cfg.node.name}")
+        self._task = asyncio.create_task(self._main(), name=f"warmlet-{primary.name}")
         waiter = asyncio.ensure_future(asyncio.wait_for(self._ready(), within))
         done, _ = await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
         if self._task in done:
@@ -125,7 +147,12 @@ class WarmletNode:
             self._task.result()  # raise what killed it
             raise RuntimeError("warmlet stopped during start")
         waiter.result()
-        log.info("warmlet node started name=%s backend=%s", cfg.node.name, self.backend.name)
+        log.info(
+            "warmlet node started name=%s backend=%s nodes=%d",
+            primary.name,
+            self.backend.name,
+            len(self.node_cfgs),
+        )
 
     def _serving_cert_manager(self) -> ServingCertManager | None:
         """The CSR-issued serving certificate (serverTLSBootstrap); the persisted one served at once."""
@@ -135,11 +162,11 @@ class WarmletNode:
         if mode == "never" or not isinstance(server, KubeletApiServer) or server.ssl_context is None:
             return None
         assert self.client is not None and self.recorder is not None and self.node is not None
-        recorder, node = self.recorder, self.node
+        recorder, node = self.recorder, self.node  # a multi-node process: the first node's
         manager = ServingCertManager(
             self.client,
-            self.cfg.node.name,
-            node_addresses(self.cfg.node),
+            node.cfg.name,
+            node_addresses(node.cfg),
             srv.cert_dir,
             server.ssl_context,
             mode=mode,
@@ -156,23 +183,26 @@ class WarmletNode:
         return manager
 
     async def _ready(self) -> None:
-        assert self.node is not None and self.pods is not None
-        await self.node.registered.wait()
+        assert self.fleet is not None and self.pods is not None
+        await self.fleet.registered.wait()
         await self.pods.ready.wait()
 
     async def _main(self) -> None:
-        assert self.node and self.pods and self.recorder and self.prewarmer and self.client
+        assert self.node and self.fleet and self.pods and self.recorder and self.prewarmer and self.client
+        primary = self.node.cfg
         if self.serve_kubelet_api:
             # before registration, so the Node advertises the port actually bound (port 0 = any)
-            self._api_server = await _start_kubelet_api(self.cfg, self.backend, self.pods, self.client)
-            self.node.kubelet_port = int(getattr(self._api_server, "port", self.cfg.server.port))
+            self._api_server = await _start_kubelet_api(
+                self.cfg, primary, self.backend, self.pods, self.client
+            )
+            self.fleet.set_kubelet_port(int(getattr(self._api_server, "port", self.cfg.server.port)))
             self.serving_cert = self._serving_cert_manager()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.recorder.run(), name="events")
             if self.serving_cert is not None:
                 tg.create_task(self.serving_cert.run(), name="serving-cert")
-            self._parts.append(tg.create_task(self.node.run(), name="node"))
-            await self.node.registered.wait()
+            self._parts.append(tg.create_task(self.fleet.run(), name="node"))
+            await self.fleet.registered.wait()
             self._parts.append(tg.create_task(self.pods.run(), name="pods"))
             self._parts.append(tg.create_task(self.prewarmer.run(), name="cron-prewarm"))
             if self.cfg.punctual.enabled:  # pre-created Jobs of punctual CronJobs (provider/punctual)
@@ -183,10 +213,10 @@ class WarmletNode:
                     self.cfg.punctual,
                     self.client,
                     self.recorder,
-                    node_labels(self.cfg.node),
-                    node_taints(self.cfg.node),
+                    node_labels(primary),
+                    node_taints(primary),
                     election=self.cfg.leader_election,
-                    identity=f"{self.cfg.node.name}_{uuid.uuid4().hex[:6]}",
+                    identity=f"{primary.name}_{uuid.uuid4().hex[:6]}",
                     wave_idle=wave.idle,
                 )
                 self.punctual = punctual
@@ -238,29 +268,33 @@ class WarmletNode:
         loops stop (status, node lease, informer, prewarming) and the Node's Ready condition turns
         False with reason WarmletStopped. Returns how many pods were left running.
         """
-        running = 0
+        running: dict[str, int] = {}
         if self.pods is not None:
             await self.pods.quiesce(grace / 2)
-            running = sum(
-                1
-                for p in self.pods.informer.pods.values()
-                if (p.get("status") or {}).get("phase") == "Running"
-                and not (p.get("metadata") or {}).get("deletionTimestamp")
+            running = pods_per_node(
+                [
+                    p
+                    for p in self.pods.informer.pods.values()
+                    if (p.get("status") or {}).get("phase") == "Running"
+                    and not (p.get("metadata") or {}).get("deletionTimestamp")
+                ],
+                [c.name for c in self.node_cfgs],
             )
         parts, self._parts = self._parts, []
         for t in parts:
             t.cancel()
         await asyncio.gather(*parts, return_exceptions=True)
-        if self.node is not None:
+        if self.fleet is not None:
             try:
-                await asyncio.wait_for(self.node.mark_stopped(running), timeout=grace / 4)
+                await asyncio.wait_for(self.fleet.mark_stopped(running), timeout=grace / 4)
             except Exception as e:
-                log.warning("could not mark the node stopped err=%r", e)
+                log.warning("could not mark the nodes stopped err=%r", e)
         if self.recorder is not None:
             await self.recorder.flush(within=min(2.0, grace / 10))
         await self.stop()
-        log.info("warmlet stopped gracefully name=%s pods_left_running=%d", self.cfg.node.name, running)
-        return running
+        left = sum(running.values())
+        log.info("warmlet stopped gracefully name=%s pods_left_running=%d", self.cfg.node.name, left)
+        return left
 
     async def crash(self) -> None:
         """Stop abruptly as a SIGKILL would (tests): no cleanup, backend left as is."""

@@ -19,6 +19,11 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--kubeconfig", type=Path, help="kubeconfig of the cluster to join")
     p.add_argument("--node-name", help="name of the Node to register")
     p.add_argument("--backend", choices=["simulated", "cri"], help="where pods run")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        help="simulated nodes in this process (nodes.count): <node-name>-0 ... (see nodes.name_pattern)",
+    )
     p.add_argument("--runtime-endpoint", help="CRI socket, e.g. unix:///run/containerd/containerd.sock")
     p.add_argument("--port", type=int, help="kubelet API port (advertised in the Node)")
     p.add_argument("--address", help="kubelet API bind address")
@@ -79,6 +84,8 @@ def apply_run_flags(cfg: WarmletConfig, ns: argparse.Namespace) -> WarmletConfig
         cfg.node.name = ns.node_name
     if ns.backend:
         cfg.backend = ns.backend
+    if getattr(ns, "nodes", None) is not None:
+        cfg.nodes.count = ns.nodes
     if ns.runtime_endpoint:
         cfg.cri.runtime_endpoint = ns.runtime_endpoint
     if ns.port is not None:
@@ -147,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         from provider.app import run_forever
 
         cfg = apply_run_flags(load_config(ns.config), ns)
+        try:
+            cfg.node_configs()  # flags may have made nodes: invalid (e.g. --backend cri)
+        except ValueError as e:
+            parser.error(str(e))
         try:
             return asyncio.run(run_forever(cfg))
         except KeyboardInterrupt:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -33,6 +34,87 @@ class NodeConfig(_Section):
     kubelet_version: str = "v1.36.3-warmlet"
 
 
+# A Node name: a DNS-1123 subdomain (what the API server accepts for a Node and its Lease).
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+INDEX = "{index}"
+
+
+class NodeOverride(_Section):
+    """One named node of a multi-node process: ``node:`` with these fields changed.
+
+    Any ``node:`` field but ``internal_ip`` (every node of one process shares the process's
+    address: its kubelet API); ``labels`` and ``extended_resources`` are added to ``node:``'s."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> NodeOverride:
+        extra = set(self.model_extra or {})
+        if "internal_ip" in extra:
+            raise ValueError(
+                "internal_ip cannot differ per node: the nodes of one process share node.internal_ip "
+                "(the address of the process's one kubelet API)"
+            )
+        unknown = sorted(extra - set(NodeConfig.model_fields))
+        if unknown:
+            raise ValueError(f"not node: fields: {', '.join(unknown)}")
+        return self
+
+
+class NodesConfig(_Section):
+    """Several simulated nodes in one process (docs/configuration.md: ``nodes:``).
+
+    ``count`` nodes named by ``name_pattern`` (``{name}``: node.name, ``{index}``: start_index,
+    start_index + 1, ...) and the ``custom`` ones, all built from ``node:``. A YAML list given
+    as ``nodes:`` itself is the ``custom`` list. Empty (the default): ``node:`` is the one node."""
+
+    count: int = Field(default=0, ge=0, le=100_000)
+    name_pattern: str = "{name}-{index}"
+    start_index: int = Field(default=0, ge=0)
+    custom: list[NodeOverride] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_list_is_custom(cls, data: Any) -> Any:
+        return {"custom": data} if isinstance(data, list) else data
+
+    @property
+    def enabled(self) -> bool:
+        return self.count > 0 or bool(self.custom)
+
+
+def expand_nodes(template: NodeConfig, nodes: NodesConfig) -> list[NodeConfig]:
+    """Every node of the process: ``[template]`` alone, else the counted then the custom ones.
+
+    Raises ValueError for a pattern without ``{index}`` (count > 1), an invalid or repeated name."""
+    if not nodes.enabled:
+        return [template]
+    if nodes.count > 1 and INDEX not in nodes.name_pattern:
+        raise ValueError(f"nodes.name_pattern {nodes.name_pattern!r} needs {INDEX} when nodes.count > 1")
+    base = nodes.name_pattern.replace("{name}", template.name)
+    out = [
+        template.model_copy(update={"name": base.replace(INDEX, str(nodes.start_index + i))})
+        for i in range(nodes.count)
+    ]
+    for o in nodes.custom:
+        fields: dict[str, Any] = {**template.model_dump(), **(o.model_extra or {}), "name": o.name}
+        for merged in ("labels", "extended_resources"):
+            fields[merged] = {**getattr(template, merged), **((o.model_extra or {}).get(merged) or {})}
+        try:
+            out.append(NodeConfig.model_validate(fields))
+        except ValidationError as e:
+            raise ValueError(f"nodes: node {o.name!r}: {e}") from None
+    seen: set[str] = set()
+    for n in out:
+        if len(n.name) > 253 or not _NODE_NAME.fullmatch(n.name):
+            raise ValueError(f"node name {n.name!r} is not a DNS-1123 subdomain (lower case, digits, -, .)")
+        if n.name in seen:
+            raise ValueError(f"node name {n.name!r} appears twice in nodes:")
+        seen.add(n.name)
+    return out
+
+
 class PodConfig(_Section):
     workers: int = 64
     # Rejected on a virtual node; "reject" fails the pod with a reason, "ignore" runs it anyway.
@@ -49,6 +131,15 @@ class PodConfig(_Section):
     # start_wave_adaptive: the wave looks for its best width itself (provider/pods/wave_width.py).
     start_wave_concurrency: int = Field(default=0, ge=0)
     start_wave_adaptive: bool = False
+    # Pod status writes per second (kubelet's kubeAPIQPS/kubeAPIBurst, for status writes): a write
+    # without a token waits in a queue, one entry per pod, a newer status merged into a waiting one.
+    # 0: no limit.
+    status_qps: float = Field(default=0.0, ge=0)
+    status_burst: int = Field(default=100, ge=1)
+    # Events about pods: "all" (kubelet's Pulled/Created/Started/Killing/... and warnings),
+    # "warnings" (Warning events only; the Normal ones only counted in warmlet_events_total),
+    # "auto": all on a backend that runs processes (CRI), warnings on the simulated one.
+    pod_events: Literal["auto", "all", "warnings"] = "auto"
 
 
 class SimulatedConfig(_Section):
@@ -208,6 +299,23 @@ class WarmletConfig(_Section):
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)
     punctual: PunctualConfig = Field(default_factory=PunctualConfig)
+    nodes: NodesConfig = Field(default_factory=NodesConfig)
+
+    @model_validator(mode="after")
+    def _nodes_need_the_simulated_backend(self) -> WarmletConfig:
+        self.node_configs()  # checked at load time (and again at start: CLI flags come after)
+        return self
+
+    def node_configs(self) -> list[NodeConfig]:
+        """The nodes this process runs: ``[node]``, or the ones ``nodes:`` describes.
+
+        ValueError: ``nodes:`` with another backend than simulated, or bad names (expand_nodes)."""
+        if self.nodes.enabled and self.backend != "simulated":
+            raise ValueError(
+                "nodes: (several nodes in one process) needs backend: simulated; "
+                "the cri backend runs one node per process (run one warmlet per node)"
+            )
+        return expand_nodes(self.node, self.nodes)
 
     @model_validator(mode="after")
     def _dirs_follow_state_dir(self) -> WarmletConfig:

@@ -18,14 +18,34 @@ from typing import Any
 from cachetools import LRUCache
 
 from common.clock import SYSTEM, Clock
+from common.ratelimit import TokenBucket
 from provider.kubeclient import ApiError, KubeClient
-from provider.metrics import EVENTS, EVENTS_DROPPED
+from provider.metrics import EVENTS, EVENTS_DROPPED, EVENTS_NOT_SENT
 from provider.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
 NORMAL, WARNING = "Normal", "Warning"
+
+__all__ = ["NORMAL", "WARNING", "EventRecorder", "TokenBucket", "object_ref", "pod_events_policy", "sent"]
+
+ALL, WARNINGS = "all", "warnings"
+
+
+def pod_events_policy(setting: str, runs_processes: bool) -> str:
+    """``pods.pod_events`` resolved: "auto" is kubelet's every event where containers are processes
+    (CRI), Warnings only on a backend that runs none (simulated: thousands of pods a minute, whose
+    Normal events nobody reads, would cost three API writes each)."""
+    if setting == "auto":
+        return ALL if runs_processes else WARNINGS
+    return setting
+
+
+def sent(kind: str, type_: str, pod_events: str) -> bool:
+    """Whether an event is written: every event of other objects (the Node) and every Warning; a
+    pod's Normal events unless ``pod_events`` is "warnings"."""
+    return kind != "Pod" or type_ != NORMAL or pod_events != WARNINGS
 
 
 @dataclass
@@ -35,23 +55,6 @@ class _Pending:
     reason: str
     message: str
     ts: float
-
-
-class TokenBucket:
-    """qps tokens per second, up to burst; ``delay`` says how long until one is available."""
-
-    def __init__(self, qps: float, burst: int, now: float) -> None:
-        self.qps, self.burst = qps, burst
-        self.tokens = float(burst)
-        self.last = now
-
-    def take(self, now: float) -> float:
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.qps)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.qps
 
 
 def object_ref(obj: Mapping[str, Any]) -> JSON:
@@ -84,12 +87,19 @@ class EventRecorder:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
         self._bucket = TokenBucket(qps, burst, clock.monotonic())
         self._seen: LRUCache[tuple[str, str, str, str], tuple[str, str, int]] = LRUCache(4096)
+        # "all" or "warnings" (pod_events_policy): set by the pod controller for its backend
+        self.pod_events = ALL
 
     def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """Queue an event about a Pod or Node (non-blocking; dropped when the queue is full)."""
+        """Queue an event about a Pod or Node (non-blocking; dropped when the queue is full).
+        Counted in ``warmlet_events_total`` even when ``pod_events`` keeps it from the API."""
         EVENTS.labels(type=type_, reason=reason).inc()
+        ref = object_ref(obj)
+        if not sent(ref["kind"], type_, self.pod_events):
+            EVENTS_NOT_SENT.labels(reason=reason).inc()
+            return
         try:
-            self._queue.put_nowait(_Pending(object_ref(obj), type_, reason, message, self._clock.time()))
+            self._queue.put_nowait(_Pending(ref, type_, reason, message, self._clock.time()))
         except asyncio.QueueFull:
             EVENTS_DROPPED.inc()
 

@@ -20,6 +20,8 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.incluster_config import SERVICE_TOKEN_FILENAME
 
+from provider.metrics import API_REQUESTS
+
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
@@ -164,6 +166,7 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float | None = None,  # noqa: ASYNC109 - per-request override of the client timeout
     ) -> JSON:
+        API_REQUESTS.labels(verb=method, resource=api_resource(path)).inc()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
         headers.update(self._auth())
@@ -246,6 +249,7 @@ class KubeClient:
             timeoutSeconds=timeout_seconds,
         )
         client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30)
+        API_REQUESTS.labels(verb="WATCH", resource=api_resource(path)).inc()
         try:
             resp = await self.session.get(
                 self.server + path, params=_params(p), timeout=client_timeout, headers=self._auth()
@@ -260,6 +264,26 @@ class KubeClient:
                 event = watch_event(line)
                 if event is not None:
                     yield event
+
+
+def api_resource(path: str) -> str:
+    """The resource[/subresource] a request path names (``/api/v1/namespaces/ns/pods/p/status``:
+    ``pods/status``; ``/apis/coordination.k8s.io/v1/namespaces/ns/leases/n``: ``leases``), for
+    metrics: bounded labels, never a name. A path outside the resource API: its first segment."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if not parts:
+        return ""
+    if parts[0] == "api":
+        rest = parts[2:]
+    elif parts[0] == "apis":
+        rest = parts[3:]
+    else:
+        return parts[0]
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]  # a namespaced resource ("/namespaces/<ns>" alone is the namespace)
+    if not rest:
+        return ""
+    return f"{rest[0]}/{rest[2]}" if len(rest) >= 3 else rest[0]
 
 
 def watch_event(line: bytes) -> JSON | None:

@@ -32,8 +32,10 @@ class LeaseKeeper:
         duration: int = 40,
         interval: float = 10.0,
         clock: Clock = SYSTEM,
+        phase: float | None = None,
     ) -> None:
         self._client = client
+        self._phase = phase  # the first wait (after the first renewal); None: the interval
         self._clock = clock
         self._name = node_name
         self._node_uid = node_uid
@@ -100,9 +102,14 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         """Renew every interval; after a failure retry fast (RENEW_RETRY) until it works again."""
+        first = [self._interval if self._phase is None else self._phase]
+
+        def wait() -> float:  # read after each successful renewal: the phase once, then the interval
+            return first.pop() if first else self._interval
+
         await periodic(
             self._renew_once,
-            self._interval,
+            wait,
             clock=self._clock,
             backoff=RENEW_RETRY,
             on_error=lambda e, n: log.warning("lease renewal failed attempt=%d err=%r", n, e),

@@ -16,6 +16,11 @@ API_ERRORS = Counter(
     "Kubernetes API errors by verb and HTTP code (transport: no answer at all)",
     ["verb", "code"],
 )
+API_REQUESTS = Counter(
+    "warmlet_api_requests_total",
+    "Kubernetes API requests sent, by HTTP verb (WATCH: a watch opened) and resource[/subresource]",
+    ["verb", "resource"],
+)
 PODS_BY_PHASE = Gauge("warmlet_pods", "Pods bound to this node by phase", ["phase"])
 EVENTS = Counter("warmlet_events_total", "Events recorded", ["type", "reason"])
 EVENTS_DROPPED = Counter("warmlet_events_dropped_total", "Events dropped by the rate limiter or a full queue")
@@ -31,6 +36,18 @@ VOLUME_REFRESHES = Counter(
     ["result"],
 )
 STATUS_PATCHES = Counter("warmlet_pod_status_patches_total", "Pod status patches sent")
+STATUS_WRITES_QUEUED = Gauge(
+    "warmlet_pod_status_writes_queued", "Pod status writes waiting for a token (pods.status_qps)"
+)
+STATUS_WRITES_COALESCED = Counter(
+    "warmlet_pod_status_writes_coalesced_total",
+    "Pod status writes merged into a queued write of the same pod (one request instead of two)",
+)
+EVENTS_NOT_SENT = Counter(
+    "warmlet_events_not_sent_total",
+    "Pod Normal events counted but not written (pods.pod_events: warnings), by reason",
+    ["reason"],
+)
 EPHEMERAL_CONTAINERS = Counter(
     "warmlet_ephemeral_containers_total",
     "Ephemeral (kubectl debug) containers by outcome: started, or the reason one could not start",

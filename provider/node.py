@@ -28,7 +28,7 @@ from provider.node_object import (
     node_taints,
     overwritten_by_others,
 )
-from provider.reflector import Reflector
+from provider.reflector import Reflector, strip_managed_fields
 from sandbox.backend import Backend, BackendHealth
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,17 @@ class NodeController:
         recorder: EventRecorder | None = None,
         health_interval: float = 5.0,
         clock: Clock = SYSTEM,
+        own_watch: bool = True,
+        lease_phase: float | None = None,
+        status_phase: float = 0.0,
     ) -> None:
+        """``own_watch=False``: a :class:`provider.node_fleet.NodeFleet` watches the Nodes of the
+        process (one watch for all) and calls :meth:`node_listed` / :meth:`node_event`.
+        ``lease_phase``: the wait between the first and second Lease renewal (spreads many nodes'
+        renewals over the interval); ``status_phase``: how much sooner than the interval the first
+        periodic status write is due (spreads many nodes' status writes likewise)."""
         self.cfg = cfg
+        self.own_watch = own_watch
         self.clock = clock
         self.client = client
         self.backend = backend
@@ -74,11 +83,13 @@ class NodeController:
             cfg.lease_duration_seconds,
             cfg.lease_renew_interval_seconds,
             clock,
+            phase=lease_phase,
         )
         self._last_summary: list[tuple[str, str, str]] = []
         self._last_update = 0.0
         self._wake = asyncio.Event()
         self._restricted = False  # the identity may not set kubernetes.io/role etc.
+        self._status_phase = status_phase  # used once, at the first registration
 
     @property
     def path(self) -> str:
@@ -151,7 +162,8 @@ class NodeController:
             )
             log.info("node taken over name=%s uid=%s", self.cfg.name, node["metadata"]["uid"])
         self.node = node
-        self._note_update(node, now)
+        self._note_update(node, now - self._status_phase)
+        self._status_phase = 0.0
         self.registered.set()
         if self.recorder is not None:
             self.recorder.record(self._ref(), NORMAL, "Starting", "Starting warmlet.")
@@ -172,6 +184,7 @@ class NodeController:
         }
 
     def _note_update(self, node: JSON, now: float) -> None:
+        strip_managed_fields(node)  # kept as self.node: thousands of nodes in one process add up
         self._last_summary = conditions_summary((node.get("status") or {}).get("conditions") or [])
         self._last_update = now
 
@@ -250,12 +263,12 @@ class NodeController:
             on_error=lambda e, n: log.warning("node status update failed attempt=%d err=%r", n, e),
         )
 
-    def _node_listed(self, nodes: Mapping[str, JSON]) -> None:
+    def node_listed(self, nodes: Mapping[str, JSON]) -> None:
         if not nodes:
             log.warning("node missing, registering again name=%s", self.cfg.name)
             self._wake.set()
 
-    def _node_event(self, etype: str, node: JSON) -> None:
+    def node_event(self, etype: str, node: JSON) -> None:
         if etype == "DELETED":
             log.warning("node deleted, registering again name=%s", self.cfg.name)
             self._wake.set()
@@ -268,13 +281,12 @@ class NodeController:
         await Reflector(
             self.client,
             "/api/v1/nodes",
-            self._node_event,
+            self.node_event,
             params={"fieldSelector": f"metadata.name={self.cfg.name}"},
             replay_list=False,
-            strip_managed_fields=True,
             clock=self.clock,
             name="node",
-            on_list=self._node_listed,
+            on_list=self.node_listed,
         ).run()
 
     async def run(self) -> None:
@@ -288,4 +300,5 @@ class NodeController:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.lease.run(), name="node-lease")
             tg.create_task(self._status_loop(), name="node-status")
-            tg.create_task(self._watch_loop(), name="node-watch")
+            if self.own_watch:
+                tg.create_task(self._watch_loop(), name="node-watch")

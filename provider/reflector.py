@@ -156,7 +156,9 @@ class Reflector:
     ``on_event(type, obj)`` (sync or async) sees the first list's objects as ADDED (unless
     ``replay_list=False``), the changes a relist finds (:func:`relist_delta`), then every
     ADDED / MODIFIED / DELETED watch event. ``on_list(objects)`` runs after every (re)list;
-    ``on_relist(reason)`` and ``on_watch_error(error)`` are for metrics.
+    ``on_relist(reason)`` and ``on_watch_error(error)`` are for metrics. ``metadata.managedFields``
+    is dropped from every cached object unless ``strip_managed_fields=False``: it is often half an
+    object's bytes and nothing in warmlet reads it (10,000 pods, thousands of nodes).
     """
 
     def __init__(
@@ -169,7 +171,7 @@ class Reflector:
         key: KeyFunc = by_uid,
         watch_timeout: int = 240,
         replay_list: bool = True,
-        strip_managed_fields: bool = False,
+        strip_managed_fields: bool = True,
         relist_after_failures: int = RELIST_AFTER_FAILURES,
         backoff: Backoff = API_BACKOFF,
         clock: Clock = SYSTEM,

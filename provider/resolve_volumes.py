@@ -177,8 +177,10 @@ async def volume_files(
     pod_ip: str,
     host_ip: str,
     node_allocatable: Mapping[str, str],
+    tokens: bool = True,
 ) -> Files | None:
-    """The files of one volume; None for a plain directory (emptyDir)."""
+    """The files of one volume; None for a plain directory (emptyDir). ``tokens`` False: no
+    service-account token is requested (nothing will read it: a backend that runs no processes)."""
     meta = pod.get("metadata") or {}
     ns = meta.get("namespace", "default")
     if "emptyDir" in volume:
@@ -210,7 +212,7 @@ async def volume_files(
                         pod, src["downwardAPI"].get("items") or [], mode, pod_ip, host_ip, node_allocatable
                     )
                 )
-            elif "serviceAccountToken" in src:
+            elif "serviceAccountToken" in src and tokens:
                 t = src["serviceAccountToken"]
                 sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
                 audiences = [t["audience"]] if t.get("audience") else []
@@ -286,8 +288,11 @@ async def prepare_volumes(
     node_allocatable: Mapping[str, str],
     allow_host_path: bool = False,
     memory_dir: Path | None = None,
+    materialize: bool = True,
 ) -> dict[str, str]:
-    """Materialize every volume; returns volume name -> host directory."""
+    """Materialize every volume; returns volume name -> host directory. ``materialize`` False (a
+    backend that runs no processes): the sources are still checked (a missing ConfigMap or Secret
+    is a FailedMount as on kubelet), but no token is requested and nothing is written."""
     uid = (pod.get("metadata") or {}).get("uid", "")
     if not uid or "/" in uid or uid in (".", ".."):
         raise MountError(f"invalid pod uid {uid!r}")
@@ -302,10 +307,10 @@ async def prepare_volumes(
         root = volume_root(volumes_dir, memory_dir, uid, vol)
         if root is None:
             continue  # unsupported volume type (PVC, CSI, ...): rejected by validation unless ignored
-        files = await volume_files(pod, vol, source, pod_ip, host_ip, node_allocatable)
+        files = await volume_files(pod, vol, source, pod_ip, host_ip, node_allocatable, tokens=materialize)
         writes.append((root, files, is_memory_volume(vol), memory_size_limit(vol, node_allocatable)))
         paths[name] = str(root)
-    if writes:
+    if writes and materialize:
         await asyncio.to_thread(_write_all, writes, memory_root(volumes_dir, memory_dir), fs_group_of(pod))
     return paths
 

@@ -97,7 +97,6 @@ class ServiceInformer:
             "/api/v1/services",
             key=by_name,
             watch_timeout=watch_timeout,
-            strip_managed_fields=True,
             name="services",
         )
 

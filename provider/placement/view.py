@@ -56,7 +56,6 @@ class NodePods:
             "/api/v1/pods",
             self._event,
             params={"fieldSelector": f"spec.nodeName={node}"},
-            strip_managed_fields=True,
             name=f"placement-pods-{node}",
         )
         self.used = Resources()
@@ -101,7 +100,6 @@ class ClusterView:
             "/api/v1/nodes",
             self._node_event,
             params={"labelSelector": label_selector(node_labels)},
-            strip_managed_fields=True,
             name="placement-nodes",
         )
         self.leases: dict[str, JSON] = {}

@@ -74,6 +74,8 @@ class ContainerConfigResolver:
     async def refresh_volumes(self, pod: JSON, st: PodState) -> None:
         """Keep a running pod's volumes in sync with their sources (kubelet's periodic volume
         re-mount): at most once per VOLUME_REFRESH_SECONDS, or when its labels/annotations changed."""
+        if not self.capabilities.runs_processes:
+            return  # no volume files were written: nothing reads them (prepare_volumes)
         uid = (pod.get("metadata") or {}).get("uid", "")
         key = _meta_key(pod)
         if st.sandbox is None or self._refreshed.get(uid) == key:
@@ -111,6 +113,9 @@ class ContainerConfigResolver:
                 self.allocatable,
                 allow_host_path=self.allow_host_path,
                 memory_dir=self.memory_dir,
+                # no process reads a file on a backend that runs none: sources checked, no
+                # TokenRequest, nothing written (docs/configuration.md, simulated)
+                materialize=self.capabilities.runs_processes,
             )
         except MountError as e:
             msg = f"MountVolume.SetUp failed: {e}"
@@ -133,7 +138,12 @@ class ContainerConfigResolver:
             c = by_name[n]
             try:
                 env = await resolve_env(pod, c, self.source, ip, self.host_ip, self.allocatable)
-                mounts = with_etc_mounts(container_mounts(c, paths, {e.name: e.value for e in env}), etc)
+                # (no host directories behind the mounts without processes: none to resolve)
+                mounts = (
+                    with_etc_mounts(container_mounts(c, paths, {e.name: e.value for e in env}), etc)
+                    if self.capabilities.runs_processes
+                    else []
+                )
                 tpath = c.get("terminationMessagePath") or ""
                 if tpath and self.capabilities.runs_processes:
                     tlog = await asyncio.to_thread(

@@ -11,13 +11,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from common.clock import SYSTEM, Clock
 from common.retry import periodic
 from provider.config import NodeConfig, PodConfig
-from provider.events import EventRecorder
+from provider.events import EventRecorder, pod_events_policy
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import POD_SYNC_SECONDS, POD_SYNCS, PODS_BY_PHASE
 from provider.pods.informer import PodInformer
@@ -46,12 +46,16 @@ class PodController:
         node_allocatable: Mapping[str, str],
         resync_seconds: float = 60.0,
         clock: Clock = SYSTEM,
+        node_names: Collection[str] = (),  # a multi-node process: all its nodes (default: node.name)
     ) -> None:
         self.client = client
         self.backend = backend
         self.clock = clock
+        # kubelet's per-pod events where containers are processes; Warnings only on a simulated
+        # node unless pods.pod_events says otherwise (docs/configuration.md)
+        recorder.pod_events = pod_events_policy(pods.pod_events, backend.capabilities.runs_processes)
         self.queue = WorkQueue(self._sync, workers=pods.workers, clock=clock)
-        self.informer = PodInformer(client, node.name, self.queue.add)
+        self.informer = PodInformer(client, node_names or node.name, self.queue.add)
         self.owners = OwnerResolver(self._fetch, clock=clock)
         self.services = ServiceInformer(client)  # service-link env vars (provider/service_env.py)
         self.worker = PodWorker(
@@ -107,6 +111,7 @@ class PodController:
             tg.create_task(self.queue.run(), name="pod-workers")
             tg.create_task(self.worker.probes.run(), name="probes")
             tg.create_task(self.worker.holds.wave.run(), name="start-wave")
+            tg.create_task(self.worker.status.queue.run(), name="status-writes")  # pods.status_qps
             self.ready.set()
             tg.create_task(self._periodic(), name="pod-resync")
 

@@ -8,11 +8,12 @@ the work queue sees each change without deserializing into models.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from provider.kubeclient import KubeClient
 from provider.metrics import INFORMER_RELISTS, INFORMER_WATCH_ERRORS
+from provider.node_scope import pod_scope
 from provider.reflector import Reflector
 
 JSON = dict[str, Any]
@@ -20,14 +21,21 @@ JSON = dict[str, Any]
 
 class PodInformer:
     def __init__(
-        self, client: KubeClient, node_name: str, on_change: Callable[[str], None], watch_timeout: int = 240
+        self,
+        client: KubeClient,
+        node_name: str | Collection[str],
+        on_change: Callable[[str], None],
+        watch_timeout: int = 240,
     ) -> None:
+        """``node_name``: the node, or every node of a multi-node process (provider.node_scope)."""
         self._on_change = on_change
+        params, key = pod_scope([node_name] if isinstance(node_name, str) else node_name)
         self.reflector = Reflector(
             client,
             "/api/v1/pods",
             self._event,
-            params={"fieldSelector": f"spec.nodeName={node_name}"},
+            params=params,
+            key=key,
             watch_timeout=watch_timeout,
             name="pods",
             on_relist=lambda reason: INFORMER_RELISTS.labels(reason=reason).inc(),

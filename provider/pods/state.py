@@ -20,6 +20,7 @@ class PodState:
     pulled_any: bool = False
     released: bool = False
     annotated: bool = False  # the start annotations are in the API (retried until they are)
+    annotations: dict[str, str] = field(default_factory=dict)  # the start annotations to write
     start_observed: bool = False  # the start counted in the metrics (once, even when retried)
     rejected: bool = False
     last_status: JSON | None = None

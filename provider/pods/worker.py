@@ -149,8 +149,8 @@ class PodWorker:
             await self.status.final_status_written(uid)
             return None
         if st.released:
-            if st.final_status is not None:
-                await self.status.patch(pod, st, st.final_status)  # e.g. the first write failed
+            if st.final_status is not None:  # e.g. the first write failed
+                await self.status.patch(pod, st, st.final_status, None if st.annotated else st.annotations)
             return None
         rejection = validate_pod(pod, self.pods_cfg.unsupported_policy)
         if rejection is not None:
@@ -249,22 +249,21 @@ class PodWorker:
             probes=self.probes.status(uid),
         )
         # A short container may already have exited at its first status: record its start too.
-        annotate = not st.annotated and (
+        annotations: dict[str, str] = {}
+        if not st.annotated and (
             status.get("phase") == RUNNING
             or (finished and any(c.state in (ContainerState.RUNNING, ContainerState.EXITED) for c in runtime))
-        )
-        if annotate and finished:
-            await self.status.annotate_started(pod, st, runtime)  # visible no later than the terminal phase
+        ):
+            # in the same request as the status (the first Running one, or the terminal one)
+            annotations = self.status.start_annotations(pod, st, runtime)
+            st.annotated = not annotations  # all there already (e.g. after a restart)
         if finished:
             self.probes.remove_pod(uid)
             # Back to the pool BEFORE the terminal status is visible: the workload's next pod
             # (created by its controller when it sees this one finish) finds the sandbox idle.
             st.final_status = status
             await self.terminator.release(pod, st)
-        await self.status.patch(pod, st, status)
-        if annotate and not finished:
-            # After the status: Running is what users wait for; the annotations can follow.
-            await self.status.annotate_started(pod, st, runtime)
+        await self.status.patch(pod, st, status, annotations)
         if out.started_any and any(s.is_init for s in actions.start):
             out.retry_in(0.0)  # the next init step may already be possible
         if not finished:

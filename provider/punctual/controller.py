@@ -97,7 +97,6 @@ class PunctualController:
             client,
             "/apis/batch/v1/cronjobs",
             self._on_cronjob,
-            strip_managed_fields=True,
             clock=clock,
             name="punctual-cronjobs",
         )
@@ -105,7 +104,6 @@ class PunctualController:
             client,
             "/apis/batch/v1/jobs",
             self._on_job,
-            strip_managed_fields=True,
             clock=clock,
             name="punctual-jobs",
         )
@@ -116,7 +114,6 @@ class PunctualController:
             "/api/v1/nodes",
             self._on_node,
             params={"labelSelector": f"{HOLDS_START}=true"},
-            strip_managed_fields=True,
             clock=clock,
             name="punctual-nodes",
         )

@@ -122,6 +122,7 @@ async def test_warmlet_scenario_with_exactly_the_manifest_rights(
     cfg.server.client_ca_file = Path(testbed.client_ca_cert)  # the apiserver's client cert (kubectl logs)
     cfg.node.lease_renew_interval_seconds = 1.0
     cfg.node.status_update_interval_seconds = 2.0
+    cfg.pods.pod_events = "all"  # kubelet's Normal pod events (off by default on a simulated node)
     forbidden_before = forbidden_total()
     wn = WarmletNode(cfg, client=client)
     ns = await create_namespace(admin, "rbac")

@@ -43,6 +43,7 @@ def warmlet_cfg(
     cfg.node.labels = {"pool": pool}
     cfg.node.cpu, cfg.node.memory, cfg.node.pods = cpu, "16Gi", pods
     cfg.node.lease_renew_interval_seconds = 2.0
+    cfg.pods.pod_events = "all"  # kubelet's Normal pod events (off by default on a simulated node)
     return cfg
 
 

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 async def test_deployment_scale_up_and_down(kubeconfig: Any, tmp_path: Path) -> None:
     cfg = node_config(kubeconfig, tmp_path)
+    cfg.pods.pod_events = "all"  # kubelet's Normal pod events (off by default on a simulated node)
     client = await KubeClient.from_kubeconfig(str(kubeconfig))
     try:
         async with running_node(cfg) as wn:

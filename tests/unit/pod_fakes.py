@@ -16,6 +16,9 @@ from provider.workload import OwnerResolver
 class FakeApi:
     """Just enough of KubeClient: status/metadata patches applied to stored pods, configmaps."""
 
+    # the annotations a status patch carried are applied too (pods/status keeps only spec,
+    # ownerReferences and deletionTimestamp from the old object)
+
     def __init__(self) -> None:
         self.pods: dict[str, dict[str, Any]] = {}
         self.configmaps: dict[str, dict[str, Any]] = {}
@@ -44,6 +47,10 @@ class FakeApi:
                     status["conditions"] = list(merged.values())
                 else:
                     status[k] = v
+            # pods/status keeps spec and ownerReferences, not the annotations (as the API server)
+            anns = (body.get("metadata") or {}).get("annotations")
+            if anns:
+                pod["metadata"].setdefault("annotations", {}).update(anns)
         else:
             pod["metadata"].setdefault("annotations", {}).update(body["metadata"]["annotations"])
         return pod
@@ -55,12 +62,14 @@ class FakeApi:
         return {}
 
     async def get(self, path: str, **params: Any) -> dict[str, Any]:
+        self.calls.append(("GET", path, None))
         name = path.rsplit("/", 1)[1]
         if "/configmaps/" in path and name in self.configmaps:
             return self.configmaps[name]
         raise ApiError(404, "NotFound", "not found")
 
     async def post(self, path: str, body: Any, **params: Any) -> dict[str, Any]:
+        self.calls.append(("POST", path, body))
         return {"status": {"token": "T"}}
 
     def patches(self, kind: str = "/status") -> list[Any]:

@@ -13,7 +13,8 @@ from bench.midnight_figures import daily_schedule, level_counts, next_boundary, 
 from bench.midnight_variants import PodTimeline, cronjob, prewarmed_from_log
 from bench.podwatch import START_LEVEL_ANNOTATION as LEVEL
 from bench.podwatch import PodTimes
-from bench.scale import lags, parse_stat_cpu_seconds, parse_status_kb, warmlet_wrote_status
+from bench.procstat import parse_stat_cpu_seconds, parse_status_kb
+from bench.scale import lags, warmlet_wrote_status
 
 # ------------------------------------------------------------------ schedule boundary
 

@@ -342,7 +342,7 @@ async def test_managed_fields_stripped_and_async_handlers_awaited() -> None:
         await asyncio.sleep(0)
         got.append(x)
 
-    r = Reflector(api, "/p", handler, clock=clock, strip_managed_fields=True)
+    r = Reflector(api, "/p", handler, clock=clock)  # stripped by default
     task = asyncio.create_task(r.run())
     await settle()
     assert "managedFields" not in r.objects["a"]["metadata"] and got == [r.objects["a"]]

@@ -160,3 +160,74 @@ async def test_controller_resyncs_every_pod_on_its_clock(tmp_path: Path) -> None
     assert len(ctl.queue) == 2  # both pods queued once the resync period passed
     periodic.cancel()
     ctl.close()
+
+
+def test_pod_events_policy_and_what_is_sent() -> None:
+    from provider.events import NORMAL, WARNING, pod_events_policy, sent
+
+    assert pod_events_policy("auto", runs_processes=True) == "all"
+    assert pod_events_policy("auto", runs_processes=False) == "warnings"
+    assert pod_events_policy("all", runs_processes=False) == "all"
+    assert pod_events_policy("warnings", runs_processes=True) == "warnings"
+    for kind in ("Pod", "Node"):
+        for type_ in (NORMAL, WARNING):
+            assert sent(kind, type_, "all")
+            assert sent(kind, type_, "warnings") == (kind != "Pod" or type_ == WARNING)
+
+
+async def test_a_simulated_node_sends_only_warning_events_about_pods(tmp_path: Path) -> None:
+    """pods.pod_events auto on the simulated backend: a pod's Normal events are counted, not
+    written; its Warnings and the Node's events are written. On CRI (runs processes) all are."""
+    from pod_fakes import FakeApi
+    from prometheus_client import REGISTRY
+
+    from provider.config import WarmletConfig
+    from provider.events import NORMAL, WARNING, EventRecorder
+    from provider.pods.controller import PodController
+    from sandbox.simulated import SimulatedBackend
+
+    cfg = WarmletConfig()
+    cfg.pods.volumes_dir = tmp_path / "pods"
+    api = FakeApi()
+    rec = EventRecorder(api, "vn")  # type: ignore[arg-type]
+    backend = SimulatedBackend(tmp_path / "logs")
+    PodController(cfg.node, cfg.pods, api, backend, rec, {})  # type: ignore[arg-type]
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u"}}
+    node = {"kind": "Node", "metadata": {"name": "vn", "uid": "n"}}
+
+    def not_sent() -> float:
+        return REGISTRY.get_sample_value("warmlet_events_not_sent_total", {"reason": "Started"}) or 0.0
+
+    before = not_sent()
+    rec.record(pod, NORMAL, "Started", "Started container app")
+    rec.record(pod, WARNING, "Failed", "Error: x")
+    rec.record(node, NORMAL, "NodeReady", "ready")
+    assert [e.reason for e in list(rec._queue._queue)] == ["Failed", "NodeReady"]  # type: ignore[attr-defined]
+    assert not_sent() - before == 1
+    cfg.pods.pod_events = "all"
+    PodController(cfg.node, cfg.pods, api, backend, rec, {})  # type: ignore[arg-type]
+    rec.record(pod, NORMAL, "Started", "Started container app")
+    assert rec._queue.qsize() == 3
+
+
+async def test_the_pod_informer_keeps_pods_without_managed_fields() -> None:
+    """managedFields is often half a pod's bytes and nothing reads it: dropped from list and watch."""
+    from typing import Any
+
+    from provider.pods.informer import PodInformer
+
+    pod = {
+        "metadata": {"uid": "u1", "name": "p", "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"nodeName": "vn"},
+    }
+
+    class Api:
+        async def list_all(self, path: str, **params: Any) -> dict[str, Any]:
+            return {"metadata": {"resourceVersion": "1"}, "items": [pod]}
+
+        def watch(self, *a: Any, **kw: Any) -> Any:
+            raise AssertionError("not watched in this test")
+
+    informer = PodInformer(Api(), "vn", lambda uid: None)  # type: ignore[arg-type]
+    await informer.reflector._list("initial")
+    assert informer.get("u1") == {"metadata": {"uid": "u1", "name": "p"}, "spec": {"nodeName": "vn"}}

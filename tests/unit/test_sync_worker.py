@@ -13,6 +13,7 @@ from pod_fakes import FakeApi, FakeRecorder, make_pod, make_worker
 
 from common.clock import FakeClock
 from provider.kubeclient import ApiError
+from provider.pods.hold import STARTED_AT_ANNOTATION
 from provider.pods.worker import DELETION_COST_ANNOTATION, START_LEVEL_ANNOTATION, PodWorker
 from sandbox.backend import ContainerState
 from sandbox.simulated import SimulatedBackend
@@ -274,13 +275,15 @@ async def test_status_patch_skipped_when_unchanged(env: Any) -> None:
 
 
 async def test_forbidden_annotations_do_not_block_the_pod(env: Any) -> None:
-    """Under NodeRestriction a node identity may not patch pod metadata: the pod still runs."""
+    """An admission that refuses the start annotations on the status write (403): the status goes
+    again without them, the pod runs, and the next pod does the same."""
     api, backend, rec, worker = env  # noqa: RUF059
     real_patch = api.patch
 
     async def patch(path: str, body: Any, content_type: str = "", **params: Any) -> dict[str, Any]:
-        if not path.endswith("/status"):
-            raise ApiError(403, "Forbidden", "node may not modify pod metadata")
+        if (body.get("metadata") or {}).get("annotations"):
+            api.calls.append(("PATCH", path, body))
+            raise ApiError(403, "Forbidden", "may not modify pod metadata")
         return await real_patch(path, body, content_type, **params)
 
     api.patch = patch
@@ -291,12 +294,17 @@ async def test_forbidden_annotations_do_not_block_the_pod(env: Any) -> None:
     for uid in ("u1", "u2"):
         assert api.pods[uid]["status"]["phase"] == "Running"
         assert START_LEVEL_ANNOTATION not in api.pods[uid]["metadata"]["annotations"]
+    # refused once per pod, never retried by later syncs
+    n = len(api.calls)
+    await worker.sync("u1")
+    assert len(api.calls) == n
 
 
 async def test_start_annotations_lost_to_an_unreachable_api_are_written_by_the_next_sync(env: Any) -> None:
     """The API server down when the pod first runs (a held pod started at its instant during an
-    outage, tests/faults/test_punctual_faults.py): the annotations patch fails, the sync fails
-    and is retried; the retry writes them (once counted in the start metrics)."""
+    outage, tests/faults/test_punctual_faults.py): the status write (with the annotations) fails,
+    the sync fails and is retried; the retry writes both in one request (once counted in the
+    start metrics)."""
     from prometheus_client import REGISTRY
 
     api, backend, rec, worker = env  # noqa: RUF059
@@ -304,7 +312,7 @@ async def test_start_annotations_lost_to_an_unreachable_api_are_written_by_the_n
     down = [True]
 
     async def patch(path: str, body: Any, content_type: str = "", **params: Any) -> dict[str, Any]:
-        if down[0] and not path.endswith("/status"):
+        if down[0]:
             raise ConnectionRefusedError(111, "Connect call failed")
         return await real_patch(path, body, content_type, **params)
 
@@ -320,8 +328,65 @@ async def test_start_annotations_lost_to_an_unreachable_api_are_written_by_the_n
     down[0] = False
     await worker.sync("u1")
     assert api.pods["u1"]["metadata"]["annotations"][START_LEVEL_ANNOTATION] == "cold"
+    assert api.pods["u1"]["status"]["phase"] == "Running"
+    assert len(api.patches()) == 1 and api.patches("") == api.patches()
     assert starts() - before == 1
     assert len(await backend.pod_containers("u1")) == 1
+
+
+KUBE_API_ACCESS = {
+    "name": "kube-api-access-x",
+    "projected": {
+        "defaultMode": 420,
+        "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {
+                "downwardAPI": {
+                    "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                }
+            },
+        ],
+    },
+}
+
+
+async def test_one_api_write_per_pod_start_on_the_simulated_backend(env: Any, tmp_path: Path) -> None:
+    """A pod with the admission-injected token volume starts with exactly one API request: its
+    status patch, already Running with IPs and container statuses, carrying the start annotations.
+    No TokenRequest, no annotation patch of its own, no volume file (nothing reads it)."""
+    api, backend, rec, worker = env  # noqa: RUF059
+    api.configmaps["kube-root-ca.crt"] = {"data": {"ca.crt": "CA"}}
+    mount = {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}
+    containers = [{"name": "app", "image": "registry.local/app:1", "volumeMounts": [mount]}]
+    api.add(make_pod("p1", "u1", containers=containers, volumes=[KUBE_API_ACCESS]))
+    assert await worker.sync("u1") is None
+    writes = [(v, p) for v, p, _ in api.calls if v in ("PATCH", "POST", "PUT", "DELETE")]
+    assert writes == [("PATCH", "/api/v1/namespaces/ns/pods/p1/status")]
+    body = api.patches()[0]
+    assert body["status"]["phase"] == "Running"
+    assert body["status"]["podIP"] and body["status"]["hostIP"]
+    assert body["status"]["podIPs"][0] == {"ip": body["status"]["podIP"]}
+    assert body["status"]["hostIPs"][0] == {"ip": body["status"]["hostIP"]}
+    assert body["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    assert {c["type"]: c["status"] for c in body["status"]["conditions"]}["Ready"] == "True"
+    assert set(body["metadata"]["annotations"]) == {
+        START_LEVEL_ANNOTATION,
+        STARTED_AT_ANNOTATION,
+        DELETION_COST_ANNOTATION,
+    }
+    assert not list((tmp_path / "pods").glob("**/token"))
+    assert not (tmp_path / "pods-memory").exists() or not list((tmp_path / "pods-memory").iterdir())
+
+
+async def test_a_missing_configmap_volume_is_still_a_failed_mount_on_the_simulated_backend(env: Any) -> None:
+    api, backend, rec, worker = env  # noqa: RUF059
+    vol = {"name": "cfg", "configMap": {"name": "absent"}}
+    api.add(make_pod("p1", "u1", volumes=[vol]))
+    await worker.sync("u1")
+    w = api.pods["u1"]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert w["reason"] == "ContainerCreating" and 'configmap "absent" not found' in w["message"]
+    assert "FailedMount" in rec.reasons()
 
 
 async def test_every_per_pod_map_is_empty_after_pods_are_created_and_deleted(
@@ -447,3 +512,25 @@ async def test_active_deadline_fails_the_pod_on_time(env: Any, clock: FakeClock)
     assert await backend.list_sandboxes() == []
     await worker.sync("u1")  # terminal: never runs again
     assert ContainerState.RUNNING not in await states(backend, "u1")
+
+
+async def test_volumes_of_a_simulated_pod_are_never_refreshed(env: Any, clock: FakeClock) -> None:
+    """Nothing was written, nothing reads them: no periodic volume re-sync on a simulated node."""
+    from prometheus_client import REGISTRY
+
+    api, backend, rec, worker = env  # noqa: RUF059
+    api.configmaps["cfg"] = {"data": {"k": "v"}}
+    api.add(make_pod("p1", "u1", volumes=[{"name": "cfg", "configMap": {"name": "cfg"}}]))
+
+    def refreshes() -> float:
+        return sum(
+            REGISTRY.get_sample_value("warmlet_volume_refreshes_total", {"result": r}) or 0.0
+            for r in ("updated", "unchanged", "error")
+        )
+
+    await worker.sync("u1")
+    before = refreshes()
+    await clock.advance(31.0)
+    await worker.sync("u1")
+    assert api.pods["u1"]["status"]["phase"] == "Running"
+    assert refreshes() == before
