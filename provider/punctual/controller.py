@@ -22,7 +22,7 @@ from common.clock import SYSTEM, Clock
 from provider.config import LeaderElectionConfig, PunctualConfig
 from provider.cron_prewarm import targets_node
 from provider.events import EventRecorder
-from provider.kubeclient import ApiError, KubeClient
+from provider.kubeclient import JSON_PATCH, ApiError, KubeClient
 from provider.leader_election import LeaderElector
 from provider.pods.queue import WorkQueue
 from provider.punctual.decide import (
@@ -42,7 +42,7 @@ from provider.punctual.decide import (
     only_records,
     orphans,
 )
-from provider.punctual.job import HOLDS_START, is_held, owner_uid
+from provider.punctual.job import HOLDS_START, is_held, owner_patch, owner_uid
 from provider.punctual.metrics import HELD_DELETED, INSTANTS, LEAD, LEADER, PRECREATE_FAILURES, PRECREATED
 from provider.punctual.schedule import parse_timestamp
 from provider.reflector import DELETED, Reflector
@@ -292,14 +292,19 @@ class PunctualController:
 
     async def _set_owner(self, a: SetOwner) -> bool:
         job = self._job(a.uid)
-        meta: JSON = {"ownerReferences": a.refs, "uid": a.uid}
-        if a.annotations:
-            meta["annotations"] = dict(a.annotations)
-        if job is not None:
-            meta["resourceVersion"] = job["metadata"].get("resourceVersion", "")
-        out = await self.client.patch(
-            f"/apis/batch/v1/namespaces/{a.namespace}/jobs/{a.name}", {"metadata": meta}
-        )
+        if job is None:
+            return False  # gone from the cache since the plan: the watch brings what happened
+        path = f"/apis/batch/v1/namespaces/{a.namespace}/jobs/{a.name}"
+        try:
+            out = await self.client.patch(
+                path, owner_patch(a.uid, a.refs, a.annotations, job), content_type=JSON_PATCH
+            )
+        except ApiError as e:
+            if e.status != 422:
+                raise
+            # a failed test: its owners changed since the cache saw them (the watch brings it)
+            log.info("punctual: lost a race action=SetOwner job=%s/%s err=%s", a.namespace, a.name, e.message)
+            return False
         out.get("metadata", {}).pop("managedFields", None)
         self._remember(out)
         return True

@@ -133,11 +133,19 @@ class FakeBatchApi:
     async def patch(self, path: str, body: JSON, content_type: str = "", **params: Any) -> JSON:
         ns, name = path.split("/namespaces/")[1].split("/jobs/")
         cur = copy.deepcopy(self._find(JOB_PATH, ns, name))
-        rv = body["metadata"].get("resourceVersion")
-        if rv and rv != cur["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", "stale")
-        cur["metadata"]["ownerReferences"] = body["metadata"]["ownerReferences"]
-        cur["metadata"].setdefault("annotations", {}).update(body["metadata"].get("annotations") or {})
+        assert content_type == "application/json-patch+json", content_type
+        for op in body:  # RFC 6902 test/add/replace, as the API server applies them
+            *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+            target = cur
+            for p in parents:
+                target = target[p]
+            if op["op"] == "test":
+                if target.get(last) != op["value"]:
+                    raise ApiError(422, "Invalid", f"testing value {op['path']} failed")
+            elif op["op"] == "replace" and last not in target:
+                raise ApiError(422, "Invalid", f"replace of missing {op['path']}")
+            else:
+                target[last] = copy.deepcopy(op["value"])
         self.writes.append("owner")
         return self.store(JOB_PATH, cur, "MODIFIED")
 

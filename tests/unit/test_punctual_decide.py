@@ -540,3 +540,29 @@ def test_a_job_of_that_name_not_made_by_warmlet_is_left_alone() -> None:
     del other["metadata"]["annotations"]["warmlet.io/punctual-precreated"]
     plan = decide(with_active(cj, other), [other], T - 30, S, True)
     assert plan.actions == []
+
+
+def test_owner_patch_tests_the_owners_not_the_resource_version() -> None:
+    """The adoption's write is guarded by the uid and the ownerReferences it replaces, so the Job
+    controller's status writes in between never make it fail; annotations are added key by key
+    (escaped), keeping the Job's others."""
+    from provider.punctual.job import owner_patch
+
+    old = [{"uid": "cj", "controller": False}]
+    new = [{"uid": "cj", "controller": True}]
+    job = {
+        "metadata": {"uid": "j", "ownerReferences": old, "annotations": {"a": "1"}, "resourceVersion": "7"}
+    }
+    ops = owner_patch("j", new, {"warmlet.io/x~y": "2"}, job)
+    assert ops == [
+        {"op": "test", "path": "/metadata/uid", "value": "j"},
+        {"op": "test", "path": "/metadata/ownerReferences", "value": old},
+        {"op": "replace", "path": "/metadata/ownerReferences", "value": new},
+        {"op": "add", "path": "/metadata/annotations/warmlet.io~1x~0y", "value": "2"},
+    ]
+    assert not any("resourceVersion" in op["path"] for op in ops)
+    bare = owner_patch("j", new, {"k": "v"}, {"metadata": {"uid": "j"}})
+    assert bare[1:] == [
+        {"op": "add", "path": "/metadata/ownerReferences", "value": new},
+        {"op": "add", "path": "/metadata/annotations", "value": {"k": "v"}},
+    ]
