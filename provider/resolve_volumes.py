@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -214,15 +214,41 @@ async def volume_files(
                 )
             elif "serviceAccountToken" in src and tokens:
                 t = src["serviceAccountToken"]
-                sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-                audiences = [t["audience"]] if t.get("audience") else []
                 try:
-                    token = await source.token(ns, sa, audiences, int(t.get("expirationSeconds", 3607)), pod)
+                    token = await source.token(ns, *_token_args(pod, t), pod)
                 except Exception as e:
                     raise MountError(f"failed to fetch token: {e}") from None
                 files[t.get("path", "token")] = (token.encode(), 0o600 if "defaultMode" not in v else mode)
         return files
     return None
+
+
+def _token_args(pod: Mapping[str, Any], t: Mapping[str, Any]) -> tuple[str, list[str], int]:
+    """(service account, audiences, expirationSeconds) of one projected serviceAccountToken."""
+    sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    return sa, [t["audience"]] if t.get("audience") else [], int(t.get("expirationSeconds", 3607))
+
+
+async def prefetch_volume_sources(pod: Mapping[str, Any], source: ObjectSource) -> None:
+    """Ask the API now for what the pod's volumes will read (configMaps, secrets, projected
+    service-account tokens), so that their resolution finds it in the source's caches. Run while
+    the pod's sandbox is acquired: the TokenRequest of a warm start then costs no time of its
+    own. Errors are left to the resolution, which reports them precisely."""
+    ns = (pod.get("metadata") or {}).get("namespace", "default")
+    calls: list[Awaitable[Any]] = []
+    for vol in (pod.get("spec") or {}).get("volumes") or []:
+        sources = [vol] if "configMap" in vol or "secret" in vol else []
+        sources += (vol.get("projected") or {}).get("sources") or []
+        for src in sources:
+            if "configMap" in src:
+                calls.append(source.configmap(ns, src["configMap"].get("name", "")))
+            elif "secret" in src:
+                s = src["secret"]
+                calls.append(source.secret(ns, s.get("secretName") or s.get("name", "")))
+            elif "serviceAccountToken" in src:
+                calls.append(source.token(ns, *_token_args(pod, src["serviceAccountToken"]), pod))
+    if calls:
+        await asyncio.gather(*calls, return_exceptions=True)
 
 
 EMPTY_DIR_MODE = 0o777  # kubelet's emptyDir: any user of the pod may write to it

@@ -23,7 +23,7 @@ from provider.pods.state import JSON, PodState
 from provider.podspec import container_spec, pod_hostname_and_domain
 from provider.resolve_env import ConfigError, resolve_env
 from provider.resolve_source import ObjectSource
-from provider.resolve_volumes import MountError, container_mounts, prepare_volumes
+from provider.resolve_volumes import MountError, container_mounts, prefetch_volume_sources, prepare_volumes
 from provider.status import Waiting
 from provider.termination_log import create_termination_log, with_termination_log
 from provider.volume_refresh import refresh_volumes
@@ -70,6 +70,12 @@ class ContainerConfigResolver:
         self._refreshed: TTLCache[str, tuple[str, str]] = TTLCache(
             maxsize=100_000, ttl=VOLUME_REFRESH_SECONDS, timer=clock.monotonic
         )
+
+    async def prefetch(self, pod: JSON) -> None:
+        """What the pod's volumes will read from the API, asked for while its sandbox is acquired
+        (a backend that runs no processes requests no token: nothing to prefetch there)."""
+        if self.capabilities.runs_processes:
+            await prefetch_volume_sources(pod, self.source)
 
     async def refresh_volumes(self, pod: JSON, st: PodState) -> None:
         """Keep a running pod's volumes in sync with their sources (kubelet's periodic volume

@@ -10,6 +10,7 @@ kubelet's kuberuntime manager: this module is the sync itself and the sandbox pa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -186,7 +187,16 @@ class PodWorker:
             if await self._finished_before_restart(pod, st):
                 return None
         if st.sandbox is None:
-            delay = await self._acquire_sandbox(pod, st)
+            # the API reads of its volumes (the TokenRequest above all) overlap the sandbox's
+            # acquisition instead of following it; both are done before the containers resolve
+            prefetch = asyncio.create_task(self.containers.config.prefetch(pod), name=f"prefetch-{uid}")
+            try:
+                delay = await self._acquire_sandbox(pod, st)
+            except BaseException:
+                prefetch.cancel()
+                await asyncio.wait([prefetch])  # never left running
+                raise
+            await prefetch  # returns errors to no one: the resolution reports them
             if delay is not None:
                 return delay
         assert st.spec is not None and st.sandbox is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import shutil
 import uuid
@@ -494,3 +495,49 @@ async def test_sized_memory_empty_dir_gets_its_own_tmpfs(tmp_path: Path, mem_dir
     finally:
         remove_pod_dir(tmp_path, "uid1", mem_dir)  # unmounts it
     assert not (mem_dir / "uid1").exists()
+
+
+async def test_prefetch_asks_for_every_volume_source_and_swallows_errors() -> None:
+    """What the resolution will read is asked for ahead (the worker runs this while the sandbox
+    is acquired); a failing source is left for the resolution to report."""
+    from provider.resolve_volumes import prefetch_volume_sources
+
+    class Recording(Fake):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads: list[tuple[str, str]] = []
+
+        async def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+            self.reads.append(("cm", name))
+            return await super().configmap(namespace, name)
+
+        async def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+            self.reads.append(("secret", name))
+            raise RuntimeError("API down")
+
+    pod = copy.deepcopy(POD)
+    pod["spec"]["volumes"] = [
+        {"name": "c", "configMap": {"name": "cfg"}},
+        {"name": "s", "secret": {"secretName": "sec"}},
+        {"name": "e", "emptyDir": {}},
+        {
+            "name": "kube-api-access",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt"}},
+                    {"secret": {"name": "other"}},
+                    {"downwardAPI": {"items": []}},
+                ]
+            },
+        },
+    ]
+    fake = Recording()
+    await prefetch_volume_sources(pod, fake)
+    assert sorted(fake.reads) == [
+        ("cm", "cfg"),
+        ("cm", "kube-root-ca.crt"),
+        ("secret", "other"),
+        ("secret", "sec"),
+    ]
+    assert fake.token_calls == [("ns", "sa", (), 3607, "uid1")]
