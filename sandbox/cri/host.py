@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.cri import mapping as m
+from sandbox.cri import stats_mapping as sm
 
 log = logging.getLogger("warmlet.cri")
 
@@ -188,7 +189,7 @@ def net_counters(pause_pid: int) -> tuple[int, int]:
     if not pause_pid:
         return (0, 0)
     try:
-        nd = m.parse_net_dev(read_text(f"/proc/{pause_pid}/net/dev"))
+        nd = sm.parse_net_dev(read_text(f"/proc/{pause_pid}/net/dev"))
     except OSError:
         return (0, 0)
     return (nd.rx_bytes, nd.tx_bytes)
@@ -196,7 +197,7 @@ def net_counters(pause_pid: int) -> tuple[int, int]:
 
 def node_memory_bytes() -> int:
     try:
-        return m.parse_meminfo(read_text("/proc/meminfo")).get("MemTotal", 0)
+        return sm.parse_meminfo(read_text("/proc/meminfo")).get("MemTotal", 0)
     except OSError:
         return 0
 

@@ -16,6 +16,7 @@ from sandbox import metrics
 from sandbox.backend import BackendError, NodeUsage, PodSandboxSpec, PodUsage
 from sandbox.cri import host
 from sandbox.cri import mapping as m
+from sandbox.cri import stats_mapping as sm
 from sandbox.cri.client import CriApi, CriCallError
 from sandbox.cri.context import CriContext
 from sandbox.cri.facts import SandboxFacts
@@ -77,7 +78,7 @@ class CriStats:
 
     def node_usage(self) -> NodeUsage:
         now = self.ctx.clock.time()
-        cpu = m.parse_proc_stat(host.read_text("/proc/stat"))
+        cpu = sm.parse_proc_stat(host.read_text("/proc/stat"))
         hz = os.sysconf("SC_CLK_TCK") or 100
         cpu_ns = cpu.total_jiffies * (1_000_000_000 // hz)
         nano_cores = 0
@@ -86,7 +87,7 @@ class CriStats:
             if now > t_prev:
                 nano_cores = int(max(0, cpu_ns - ns_prev) / (now - t_prev))
         self._node_cpu_prev = (now, cpu_ns)
-        mem = m.parse_meminfo(host.read_text("/proc/meminfo"))
+        mem = sm.parse_meminfo(host.read_text("/proc/meminfo"))
         total = mem.get("MemTotal", 0)
         avail = mem.get("MemAvailable", 0)
         free = mem.get("MemFree", 0)
@@ -146,7 +147,7 @@ class CriStats:
             with contextlib.suppress(OSError):
                 path = self.log_path(ns, name, uid, cname, s.attributes.metadata.attempt)
                 log_bytes = os.stat(path).st_size
-            cu = m.container_usage_from_stats(
+            cu = sm.container_usage_from_stats(
                 s, start_time=self._start_times.get(s.attributes.id, 0.0), log_bytes=log_bytes
             )
             if cu is None:  # exited container: no live usage (kubelet omits it)

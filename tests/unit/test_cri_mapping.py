@@ -24,6 +24,7 @@ from sandbox.backend import (
     Resources,
 )
 from sandbox.cri import mapping as m
+from sandbox.cri import stats_mapping as sm
 
 
 def pod(**kw: object) -> PodSandboxSpec:
@@ -233,7 +234,7 @@ def test_running_and_created_status_mapping() -> None:
 
 def test_container_usage_from_stats() -> None:
     exited = pb.ContainerStats(attributes=pb.ContainerAttributes(id="c"))
-    assert m.container_usage_from_stats(exited) is None
+    assert sm.container_usage_from_stats(exited) is None
     s = pb.ContainerStats(
         attributes=pb.ContainerAttributes(id="c", metadata=pb.ContainerMetadata(name="app")),
         cpu=pb.CpuUsage(
@@ -249,7 +250,7 @@ def test_container_usage_from_stats() -> None:
         ),
         writable_layer=pb.FilesystemUsage(used_bytes=pb.UInt64Value(value=9)),
     )
-    u = m.container_usage_from_stats(s, log_bytes=11)
+    u = sm.container_usage_from_stats(s, log_bytes=11)
     assert u is not None
     assert (u.name, u.cpu_usage_core_nanoseconds, u.cpu_usage_nano_cores, u.memory_working_set_bytes) == (
         "app",
@@ -271,10 +272,10 @@ def test_proc_parsers() -> None:
     lo = "    lo:     100 1 0 0 0 0 0 0      100 1 0 0 0 0 0 0\n"
     eth = "  eth0:    1234 10 0 0 0 0 0 0      567 5 0 0 0 0 0 0\n"
     net = header + lo + eth
-    assert m.parse_net_dev(net) == m.NetDev(1234, 567)
+    assert sm.parse_net_dev(net) == sm.NetDev(1234, 567)
     stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4\nbtime 1700000000\n"
-    assert m.parse_proc_stat(stat) == m.ProcCpu(100 + 5 + 50 + 3 + 2 + 1, 1700000000.0)
-    mem = m.parse_meminfo("MemTotal:       2048 kB\nMemAvailable:   1024 kB\nHugePages_Total:       0\n")
+    assert sm.parse_proc_stat(stat) == sm.ProcCpu(100 + 5 + 50 + 3 + 2 + 1, 1700000000.0)
+    mem = sm.parse_meminfo("MemTotal:       2048 kB\nMemAvailable:   1024 kB\nHugePages_Total:       0\n")
     assert mem == {"MemTotal": 2048 * 1024, "MemAvailable": 1024 * 1024, "HugePages_Total": 0}
 
 
