@@ -41,19 +41,7 @@ if cached; then
   exit 0
 fi
 
-export PATH="$PATH:/usr/local/go/bin"
-if ! command -v go >/dev/null; then  # else a toolchain build-cluster-bins.sh fetched, if any
-  for tc in "$CACHE"/go-toolchain/*/bin; do
-    if [[ -x "$tc/go" ]]; then export PATH="$tc:$PATH"; fi
-  done
-fi
-command -v go >/dev/null || {
-  echo "no Go found: run scripts/build-cluster-bins.sh first (it fetches one), or install Go" >&2
-  exit 1
-}
-resolve_module_proxy || exit 2
-echo "Go module proxy: $PROXY (from $PROXY_FROM); Go: $(go env GOVERSION)"
-export GOPROXY="$PROXY" GOFLAGS="-buildvcs=false" CGO_ENABLED=0
+use_go_and_module_proxy || exit $?
 
 # 1. the module's source (into the Go module cache; read-only there)
 echo "==> go mod download $MODULE@$KWOK_VERSION"

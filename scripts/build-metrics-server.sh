@@ -27,19 +27,7 @@ if [[ -x "$OUT/metrics-server" && "$("$OUT/metrics-server" --version 2>/dev/null
   exit 0
 fi
 
-export PATH="$PATH:/usr/local/go/bin"
-if ! command -v go >/dev/null; then  # else a toolchain build-cluster-bins.sh fetched, if any
-  for tc in "$CACHE"/go-toolchain/*/bin; do
-    if [[ -x "$tc/go" ]]; then export PATH="$tc:$PATH"; fi
-  done
-fi
-command -v go >/dev/null || {
-  echo "no Go found: run scripts/build-cluster-bins.sh first (it fetches one), or install Go" >&2
-  exit 1
-}
-resolve_module_proxy || exit 2
-echo "Go module proxy: $PROXY (from $PROXY_FROM); Go: $(go env GOVERSION)"
-export GOPROXY="$PROXY" GOFLAGS="-buildvcs=false" CGO_ENABLED=0
+use_go_and_module_proxy || exit $?
 # `go install pkg@version` honours the release's own go.mod; with GOTOOLCHAIN=auto (the default)
 # Go fetches the toolchain that go.mod asks for from the same proxy when the local one is older.
 

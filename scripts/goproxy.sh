@@ -51,3 +51,22 @@ k8s_build_env() {
     LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
   done
 }
+
+# A Go toolchain on PATH (the system's, else the one build-cluster-bins.sh fetched into
+# $CACHE/go-toolchain) and GOPROXY from resolve_module_proxy, for the scripts that build a Go tool
+# of the tests from the module proxy. Returns 1 without Go, 2 without a proxy.
+use_go_and_module_proxy() {
+  export PATH="$PATH:/usr/local/go/bin"
+  if ! command -v go >/dev/null; then
+    for tc in "${CACHE:-$HOME/.cache/warmlet}"/go-toolchain/*/bin; do
+      if [[ -x "$tc/go" ]]; then export PATH="$tc:$PATH"; fi
+    done
+  fi
+  command -v go >/dev/null || {
+    echo "no Go found: run scripts/build-cluster-bins.sh first (it fetches one), or install Go" >&2
+    return 1
+  }
+  resolve_module_proxy || return 2
+  echo "Go module proxy: $PROXY (from $PROXY_FROM); Go: $(go env GOVERSION)"
+  export GOPROXY="$PROXY" GOFLAGS="-buildvcs=false" CGO_ENABLED=0
+}
