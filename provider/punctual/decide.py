@@ -171,18 +171,6 @@ def ran(job: Mapping[str, Any]) -> bool:
     return any(int(st.get(k) or 0) > 0 for k in ("ready", "succeeded", "failed"))
 
 
-def only_records(cronjob: Mapping[str, Any], plan: Plan, now: float, max_defer: float) -> bool:
-    """Whether the plan only records a past instant (``lastScheduleTime``, ``status.active``
-    unchanged) less than ``max_defer`` seconds ago: bookkeeping the controller does not need to
-    skip the instant (the Job is in ``status.active``), so it may wait for a start wave."""
-    if len(plan.actions) != 1 or not isinstance(plan.actions[0], SetStatus):
-        return False
-    a = plan.actions[0]
-    before = [r.get("uid") for r in (cronjob.get("status") or {}).get("active") or []]
-    recorded = parse_timestamp(a.last_schedule_time)
-    return [r.get("uid") for r in a.active] == before and recorded is not None and now < recorded + max_defer
-
-
 def _released_at(job: Mapping[str, Any]) -> float | None:
     value = (_meta(job).get("annotations") or {}).get(RELEASED_AT)
     try:

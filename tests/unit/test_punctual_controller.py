@@ -399,12 +399,17 @@ async def test_recording_the_instant_waits_for_this_nodes_start_wave() -> None:
     async with running(api, clock, wave_idle=idle) as (ctl, _):
         await step(clock, 2)
         assert len(api.jobs()) == 1
+        await step(clock, 58.9)  # T - 0.1
         idle.clear()  # the instant's pods are being started
-        await step(clock, 59.5)  # T + 0.5
+        decided: list[str] = []
+        plan_for = ctl.plan_for
+        ctl.plan_for = lambda uid: (decided.append(uid), plan_for(uid))[1]  # type: ignore[method-assign]
+        await step(clock, 0.6)  # T + 0.5
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T17:00:00Z"  # waits
         passes = api.writes.count("status")
         await step(clock, 5)
         assert api.writes.count("status") == passes  # parked, not polled
+        assert decided == []  # not even decided while the wave runs (the wave's CPU)
         idle.set()
         await step(clock, 0.01)
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T18:00:00Z"
@@ -416,8 +421,12 @@ async def test_a_long_wave_delays_the_record_at_most_the_defer_bound() -> None:
     api.store(CJ_PATH, punctual_cronjob())
     clock = clock_at(T - 61)
     idle = asyncio.Event()
+    idle.set()
     async with running(api, clock, wave_idle=idle):
-        await step(clock, 61.5)
+        await step(clock, 60.5)  # pre-created at the lead
+        assert len(api.jobs()) == 1
+        idle.clear()  # the wave starts at the instant and never ends
+        await step(clock, 1.0)
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T17:00:00Z"
         await step(clock, RECORD_DEFER_SECONDS)
         assert api.cronjob()["status"]["lastScheduleTime"] == "2026-11-28T18:00:00Z"

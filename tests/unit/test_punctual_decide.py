@@ -29,7 +29,6 @@ from provider.punctual.decide import (
     Settings,
     decide,
     instant_of,
-    only_records,
     orphans,
 )
 from provider.punctual.job import RELEASED_AT, held_job, is_controlled, job_name, job_ref
@@ -240,22 +239,6 @@ def test_at_the_instant_lastScheduleTime_is_set() -> None:
     assert isinstance(st_, SetStatus) and st_.last_schedule_time == "2026-11-28T18:00:00Z"
     after = with_active(cj, job, last="2026-11-28T18:00:00Z")
     assert decide(after, [job], T + 1, S, True).actions == []  # processed: the controller's now
-
-
-def test_only_recording_an_instant_may_wait_for_the_start_wave() -> None:
-    cj = cronjob()
-    job = stored(held_job(cj, T, UTC), controlled=True)
-    state = with_active(cj, job)
-    assert only_records(state, decide(state, [job], T + 0.1, S, True), T + 0.1, 30.0)
-    assert not only_records(state, decide(state, [job], T + 31, S, True), T + 31, 30.0)  # too late
-    # before the instant (adding to status.active) or with a take-back: never deferred
-    fresh = stored(held_job(cj, T, UTC))
-    assert not only_records(cj, decide(cj, [fresh], T - 50, S, True), T - 50, 30.0)
-    replace = cronjob(concurrencyPolicy="Replace")
-    prev = stored(held_job(replace, T - 3600, UTC), controlled=True)
-    mine = stored(held_job(replace, T, UTC), controlled=True)
-    both = with_active(replace, prev, mine)
-    assert not only_records(both, decide(both, [mine, prev], T, S, True), T, 30.0)
 
 
 def test_a_held_job_the_controller_removed_from_active_is_not_put_back() -> None:
