@@ -73,10 +73,13 @@ def render_table(scenario: str, rows: list[tuple[str, str]], title_note: str = "
     return table
 
 
-def _record_command(scenario: str, command: str) -> None:
-    """Stamp the reproducing command into the scenario's result JSON (if it wrote one)."""
+def _record_command(scenario: str, command: str, since: float) -> None:
+    """Stamp the reproducing command into the scenario's result JSON if this run wrote it (at or
+    after ``since``, wall clock): a run told to write elsewhere leaves the published one alone."""
     path = RESULTS_DIR / f"{scenario}.json"
     try:
+        if path.stat().st_mtime < since:
+            return
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return
@@ -99,9 +102,9 @@ async def run_scenarios(
             if unknown and len(names) == 1:
                 raise SystemExit(f"warmlet bench {name}: unknown options {unknown}")
             console.rule(f"[bold]{name}[/] {'(quick)' if quick else ''}")
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             result = await mod.run(args, quick)
-            _record_command(name, command_line(name, quick, [a for a in extra if a not in unknown]))
+            _record_command(name, command_line(name, quick, [a for a in extra if a not in unknown]), wall0)
             console.print(render_table(name, mod.summary_rows(result), f"{time.monotonic() - t0:.0f} s"))
             outcome[name] = "ok"
         except (KeyboardInterrupt, asyncio.CancelledError):

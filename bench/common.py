@@ -6,12 +6,13 @@ times are stamped with the machine they came from.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,15 @@ def plot_cdf(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+async def bounded(calls: Iterable[Awaitable[Any]], concurrency: int = 32) -> list[Any]:
+    """Await ``calls`` with at most ``concurrency`` in flight (thousands of POSTs, PATCHes,
+    DELETEs or CRI calls); results in order."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(call: Awaitable[Any]) -> Any:
+        async with sem:
+            return await call
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))

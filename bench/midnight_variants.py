@@ -20,10 +20,11 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.common import bounded
 from bench.harness import HOLD_COMMAND, Bed, NodeHandle, delete_namespace, owned_pod
 from bench.midnight_figures import (
     SOURCE_ANNOTATION,
@@ -210,17 +211,6 @@ async def delete_ns_timed(client: KubeClient, ns: str, within_s: float = 300) ->
     t0 = time.monotonic()
     gone = await delete_namespace(client, ns, within_s)
     return round(time.monotonic() - t0, 1) if gone else None
-
-
-async def bounded(calls: Iterable[Awaitable[Any]], concurrency: int = 32) -> list[Any]:
-    """Await ``calls`` with at most ``concurrency`` in flight (thousands of POSTs or PATCHes)."""
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(call: Awaitable[Any]) -> Any:
-        async with sem:
-            return await call
-
-    return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
 class SharedInstant:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.apimetrics import account, counter_delta, scrape
-from bench.common import RESULTS_DIR, plot_cdf, write_result
+from bench.common import RESULTS_DIR, bounded, plot_cdf, write_result
 from bench.harness import bed_session, delete_namespace
 from bench.kwok import KWOK_VERSION
 from bench.podwatch import watch_namespace_pods
@@ -129,10 +129,16 @@ async def remove_namespace(client: KubeClient, ns: str, force: bool, wait: float
     """Delete the namespace and wait until it is gone; ``force``: its pods first with grace 0
     (nobody confirms them)."""
     if force:
-        # deleting thousands can outlast the client's request timeout; the wait below decides
-        with contextlib.suppress(ApiError, TimeoutError):
-            await client.delete(f"/api/v1/namespaces/{ns}/pods", gracePeriodSeconds=0)
+        # one DELETE per pod, 50 in flight: a deletecollection of 10,000 pods outlasts the
+        # request's timeout and stops there (the rest then waited for a node that never confirms)
+        pods = (await client.list_all(f"/api/v1/namespaces/{ns}/pods"))["items"]
+        await bounded((_force_delete(client, ns, p["metadata"]["name"]) for p in pods), 50)
     return await delete_namespace(client, ns, wait)
+
+
+async def _force_delete(client: KubeClient, ns: str, name: str) -> None:
+    with contextlib.suppress(ApiError):  # already gone
+        await client.delete(f"/api/v1/namespaces/{ns}/pods/{name}", gracePeriodSeconds=0)
 
 
 async def measure(

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.cold_vs_warm import bare_pod
+from bench.common import bounded
 from bench.harness import HOLD_COMMAND, remove_instance_sandboxes
 from bench.midnight_figures import best_concurrency, started_figures, sweep_points, wave_rate
 from testbed.util import kv
@@ -42,16 +43,6 @@ JSON = dict[str, Any]
 SWEEP = (1, 2, 4, 6, 8, 16, 32)  # StartContainer calls in flight
 SETUP_CONCURRENCY = 8  # RunPodSandbox / CreateContainer / teardown calls in flight (not measured)
 SOURCE = "CRI ContainerStatus.started_at (ns)"
-
-
-async def _bounded(n: int, calls: Sequence[Any]) -> list[Any]:
-    sem = asyncio.Semaphore(n)
-
-    async def one(c: Any) -> Any:
-        async with sem:
-            return await c
-
-    return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
 class FloorPods:
@@ -74,7 +65,7 @@ class FloorPods:
             sid = await self.cri.run_pod_sandbox(sb_cfg)
             self.pods.append((sid, spec, sb_cfg, container))
 
-        await _bounded(SETUP_CONCURRENCY, [one(i) for i in range(n)])
+        await bounded([one(i) for i in range(n)], SETUP_CONCURRENCY)
 
     async def wave(self, n: int, concurrency: int, delay: float = 1.0) -> tuple[JSON, list[float]]:
         """Create one container in each of ``n`` sandboxes, start them all at one instant with
@@ -91,7 +82,7 @@ class FloorPods:
             cfg = m.container_config(spec, c, attempt, instance=self.instance)
             return await self.cri.create_container(sid, cfg, sb_cfg)
 
-        cids: list[str] = await _bounded(SETUP_CONCURRENCY, [create(*p) for p in self.pods[:n]])
+        cids: list[str] = await bounded([create(*p) for p in self.pods[:n]], SETUP_CONCURRENCY)
         instant = time.time() + delay
         await asyncio.sleep(max(0.0, instant - time.time()))
         queue = list(reversed(cids))
@@ -109,9 +100,9 @@ class FloorPods:
         t0 = time.time()
         await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(cids))))))
         t_end = time.time()
-        statuses = await _bounded(SETUP_CONCURRENCY, [self.cri.container_status(c) for c in cids])
+        statuses = await bounded([self.cri.container_status(c) for c in cids], SETUP_CONCURRENCY)
         starts = [(s.status.started_at / 1e9, SOURCE) for s in statuses if s.status.started_at]
-        await _bounded(SETUP_CONCURRENCY, [self._drop(c) for c in cids])
+        await bounded([self._drop(c) for c in cids], SETUP_CONCURRENCY)
         fig = started_figures(starts, instant, len(cids))
         fig.update(
             concurrency=concurrency,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -107,9 +108,12 @@ def test_command_line_quotes() -> None:
 def test_record_command_stamps_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path)
     (tmp_path / "s.json").write_text(json.dumps({"scenario": "s", "p50_ms": 1}))
-    cli._record_command("s", "warmlet bench s")
+    cli._record_command("s", "warmlet bench s", 0.0)
     assert json.loads((tmp_path / "s.json").read_text())["command"] == "warmlet bench s"
-    cli._record_command("missing", "x")  # no result file: nothing to do
+    cli._record_command("missing", "x", 0.0)  # no result file: nothing to do
+    # a run that wrote its result elsewhere (--out-dir) leaves the published one as it was
+    cli._record_command("s", "warmlet bench s --out-dir x", time.time() + 60)
+    assert json.loads((tmp_path / "s.json").read_text())["command"] == "warmlet bench s"
 
 
 def test_render_table_rows() -> None:
