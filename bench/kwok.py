@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.harness import REPO_ROOT, stop_process
 from provider.kubeclient import ApiError, KubeClient
+from provider.node_object import node_ready
 
 JSON = dict[str, Any]
 KWOK_VERSION = os.environ.get("WARMLET_KWOK_VERSION", "v0.8.0")
@@ -97,13 +98,6 @@ def fake_node(name: str, selector_value: str) -> JSON:
             "labels": {"type": "kwok", "kubernetes.io/hostname": name},
         },
     }
-
-
-def node_ready(node: JSON) -> bool:
-    for c in (node.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return c.get("status") == "True"
-    return False
 
 
 async def wait_nodes_ready(client: KubeClient, names: Sequence[str], within: float = 120.0) -> None:

@@ -25,9 +25,10 @@ from typing import Any
 
 from bench.bare_loop import bare_loop_process
 from bench.harness import Bed
-from bench.kwok import KwokInstall, kwok_process, node_ready
+from bench.kwok import KwokInstall, kwok_process
 from bench.rbac_node import warmlet_process
 from provider.kubeclient import ApiError, KubeClient
+from provider.node_object import node_ready
 
 JSON = dict[str, Any]
 CONTENDERS = ("warmlet", "kwok", "bare")

@@ -205,3 +205,10 @@ def overwritten_by_others(node: Mapping[str, Any], last_written: Sequence[tuple[
         return False
     conditions = (node.get("status") or {}).get("conditions") or []
     return conditions_summary(conditions) != list(last_written)
+
+
+def node_ready(node: Mapping[str, Any]) -> bool:
+    """Whether a Node's Ready condition is True: the node lifecycle controller's verdict on whether
+    its warmlet is alive (Unknown once the Lease has not been renewed for the grace period)."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

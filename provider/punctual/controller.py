@@ -24,6 +24,7 @@ from provider.cron_prewarm import targets_node
 from provider.events import EventRecorder
 from provider.kubeclient import JSON_PATCH, ApiError, KubeClient
 from provider.leader_election import LeaderElector
+from provider.node_object import node_ready
 from provider.pods.queue import WorkQueue
 from provider.punctual.decide import (
     NORMAL,
@@ -38,7 +39,6 @@ from provider.punctual.decide import (
     SetStatus,
     Settings,
     decide,
-    node_ready,
     orphans,
 )
 from provider.punctual.job import HOLDS_START, is_held, owner_patch, owner_uid

@@ -441,10 +441,3 @@ def _precreate(
         plan.skipped = FORBID  # decided again when status.active changes
         return
     plan.actions.append(Create(held_job(cronjob, nxt, tz, created_at=now), nxt))
-
-
-def node_ready(node: Mapping[str, Any]) -> bool:
-    """Whether a Node's Ready condition is True: the node lifecycle controller's verdict on whether
-    its warmlet is alive (Unknown once the Lease has not been renewed for the grace period)."""
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

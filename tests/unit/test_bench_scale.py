@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from bench.apimetrics import RequestKey, account, counter_delta, kind_of, parse_request_totals, sum_calls
 from bench.bare_loop import BareLoop, pod_ip, running_status, wants_running
-from bench.kwok import ANNOTATION, KwokInstall, cache_dir, fake_node, kwok_args, node_ready
+from bench.kwok import ANNOTATION, KwokInstall, cache_dir, fake_node, kwok_args
 from bench.procstat import PeakTracker
 from bench.scale_contenders import Case, multinode_section, parse_case
 from bench.scale_figures import case_ratios, failed, goals, skipped, summary
 from provider.kubeclient import KubeClient
+from provider.node_object import node_ready
 
 
 def _series(
