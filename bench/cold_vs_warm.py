@@ -15,7 +15,9 @@ by the owner), so bare pods get a stable workload key with nothing recreating th
 ``warmlet.io/start-level`` annotation is checked against the intended level (mismatches counted).
 
 Floor: a bare CRI loop (``sandbox.cri.client``): create+start the same container in one existing
-sandbox, N times (stop+remove between, not timed) — what a warm start cannot go below.
+sandbox, N times (stop+remove between, not timed) — what a warm start cannot go below. It runs
+beside the node, one sample after each warm pod (``BareFloor``): the runtime then holds the same
+idle sandboxes for both, and both see the same noise.
 
     warmlet bench cold-vs-warm [--quick] [-n 50] [--image REF]
 """
@@ -95,8 +97,10 @@ async def measure_levels(
     levels: Sequence[str] = LEVELS,
     on_pod: OnPod | None = None,
     ns: str | None = None,
+    floor: BareFloor | None = None,
 ) -> JSON:
     """Start ``n`` pods per level one at a time on ``node``; latencies and start-level checks.
+    With ``floor``, one floor sample follows each measured warm pod once it is gone.
 
     Returns {"samples_s": {level: [seconds]}, "mismatches": [...], "namespace": ns}.
     """
@@ -130,6 +134,8 @@ async def measure_levels(
                     await one(level, f"warm-{run_id}-warmup", owner, False, -1)
                     for i in range(n):
                         await one(level, f"warm-{run_id}-{i}", owner, True, i)
+                        if floor is not None:
+                            await floor.sample()
                 else:
                     prefix = "cold" if level == "cold" else "cached"
                     for i in range(n):
@@ -162,50 +168,74 @@ def bare_pod(
     return spec, m.sandbox_config(spec, logdir, instance=instance), container
 
 
-async def measure_floor(cri_endpoint: str, image: str, n: int) -> JSON:
-    """Bare CRI: create+start the same container in one existing sandbox, ``n`` times, directly
-    and through warmlet's CRI relay (``cri.call_relay``), interleaved so both see the same noise."""
-    from sandbox.cri import mapping as m
-    from sandbox.cri.client import CriClient
-    from sandbox.cri.relay import RelayProcess, upstream_path
+class BareFloor:
+    """Bare CRI (no warmlet): create+start the same container in one existing sandbox, directly
+    and through warmlet's CRI relay (``cri.call_relay``), in the order alternating per sample so
+    both see the same noise. Opened while the warmlet node runs and sampled between its warm pods
+    (``measure_levels``): the floor then meets the runtime in the warm level's state (the idle
+    sandboxes of the levels before it; 100 idle sandboxes make containerd's create+start about
+    30 ms slower on the 2-core bed) and the same noise, instead of an emptied runtime later."""
 
-    instance = f"bench-floor-{uuid.uuid4().hex[:6]}"
-    logdir = tempfile.mkdtemp(prefix="cvw-floor-")
-    spec, sb_cfg, container = bare_pod(instance, instance, image, logdir)
-    cri = CriClient(cri_endpoint)
-    relay = RelayProcess(upstream_path(cri_endpoint))
-    relayed = CriClient(cri_endpoint)
-    samples: dict[str, list[float]] = {"start_s": [], "relayed_start_s": []}
-    teardown: list[float] = []
-    sid = ""
-    try:
-        await asyncio.to_thread(relay.start)
-        relayed.dial_through(relay.target)
-        if await cri.image_status(image) is None:
-            await cri.pull_image(image)
-        sid = await cri.run_pod_sandbox(sb_cfg)
-        await relayed.version()  # connected before the first timed call, like the direct client
-        for i in range(n):
-            order = [("start_s", cri), ("relayed_start_s", relayed)]
-            for j, (key, client) in enumerate(order if i % 2 == 0 else order[::-1]):
-                cfg = m.container_config(spec, container, 2 * i + j, instance=instance)
-                t0 = time.perf_counter()
-                cid = await client.create_container(sid, cfg, sb_cfg)
-                await client.start_container(cid)
-                t1 = time.perf_counter()
-                await cri.stop_container(cid, 5)
-                await cri.remove_container(cid)
-                samples[key].append(t1 - t0)
-                teardown.append(time.perf_counter() - t1)
-    finally:
-        if sid:
+    def __init__(self, cri_endpoint: str, image: str) -> None:
+        from sandbox.cri.client import CriClient
+        from sandbox.cri.relay import RelayProcess, upstream_path
+
+        self.image = image
+        self.instance = f"bench-floor-{uuid.uuid4().hex[:6]}"
+        self.spec, self.sb_cfg, self.container = bare_pod(
+            self.instance, self.instance, image, tempfile.mkdtemp(prefix="cvw-floor-")
+        )
+        self.cri = CriClient(cri_endpoint)
+        self.relay = RelayProcess(upstream_path(cri_endpoint))
+        self.relayed = CriClient(cri_endpoint)
+        self.samples: dict[str, list[float]] = {"start_s": [], "relayed_start_s": []}
+        self.teardown: list[float] = []
+        self.sid = ""
+
+    async def __aenter__(self) -> BareFloor:
+        try:
+            await asyncio.to_thread(self.relay.start)
+            self.relayed.dial_through(self.relay.target)
+            if await self.cri.image_status(self.image) is None:
+                await self.cri.pull_image(self.image)
+            self.sid = await self.cri.run_pod_sandbox(self.sb_cfg)
+            await self.relayed.version()  # connected before the first timed call, like the direct one
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.sid:
             with contextlib.suppress(Exception):
-                await cri.stop_pod_sandbox(sid)
-                await cri.remove_pod_sandbox(sid)
-        await cri.close()
-        await relayed.close()
-        await asyncio.to_thread(relay.stop)
-    return {**samples, "stop_remove_s": teardown}
+                await self.cri.stop_pod_sandbox(self.sid)
+                await self.cri.remove_pod_sandbox(self.sid)
+        await self.cri.close()
+        await self.relayed.close()
+        await asyncio.to_thread(self.relay.stop)
+
+    async def sample(self) -> None:
+        """One timed create+start each way (stop+remove after each, not timed)."""
+        from sandbox.cri import mapping as m
+
+        i = len(self.samples["start_s"])
+        order = [("start_s", self.cri), ("relayed_start_s", self.relayed)]
+        for j, (key, client) in enumerate(order if i % 2 == 0 else order[::-1]):
+            cfg = m.container_config(self.spec, self.container, 2 * i + j, instance=self.instance)
+            t0 = time.perf_counter()
+            cid = await client.create_container(self.sid, cfg, self.sb_cfg)
+            await client.start_container(cid)
+            t1 = time.perf_counter()
+            await self.cri.stop_container(cid, 5)
+            await self.cri.remove_container(cid)
+            self.samples[key].append(t1 - t0)
+            self.teardown.append(time.perf_counter() - t1)
+
+    async def fill(self, n: int) -> JSON:
+        """Sample until there are ``n``; the samples as ``build_result`` takes them."""
+        while len(self.samples["start_s"]) < n:
+            await self.sample()
+        return {**self.samples, "stop_remove_s": list(self.teardown)}
 
 
 def build_result(
@@ -255,15 +285,18 @@ def plot(result: JSON, path: Path) -> Path:
 
 
 async def measure(bed: Bed, n: int, image: str, levels: Sequence[str], on_pod: OnPod | None = None) -> JSON:
-    """Start a warmlet node on ``bed``, measure every level, then the floor."""
+    """Start a warmlet node on ``bed`` and measure every level, the floor between the warm pods
+    (``BareFloor``; after the levels when there is no warm level)."""
     client = await KubeClient.from_kubeconfig(bed.kubeconfig)
     try:
-        async with warmlet_node(bed, "cri") as node:
-            got = await measure_levels(client, node.name, bed.cri_endpoint, image, n, levels, on_pod)
+        async with warmlet_node(bed, "cri") as node, BareFloor(bed.cri_endpoint, image) as bare:
+            got = await measure_levels(
+                client, node.name, bed.cri_endpoint, image, n, levels, on_pod, floor=bare
+            )
+            floor = await bare.fill(n)
             node_info = {"name": node.name, "backend": node.backend, "process": "warmlet run (subprocess)"}
     finally:
         await client.close()
-    floor = await measure_floor(bed.cri_endpoint, image, n)
     return build_result(n, image, got["samples_s"], floor, got["mismatches"], node_info)
 
 

@@ -352,7 +352,7 @@ async def run_demo(ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from bench.cold_vs_warm import build_result, measure_floor, measure_levels
+    from bench.cold_vs_warm import BareFloor, build_result, measure_levels
     from bench.harness import Bed, bed_session, warmlet_node
     from provider.kubeclient import KubeClient
     from testbed.util import bin_dir
@@ -418,11 +418,18 @@ async def run_demo(ns: argparse.Namespace) -> int:
                             description=f"measuring {nxt} starts (last {seconds * 1000:.0f} ms)",
                         )
 
-                    got = await measure_levels(
-                        client, node.name, bed.cri_endpoint, image, n, on_pod=on_pod, ns=NAMESPACE
-                    )
-                    progress.update(task, description="bare CRI floor")
-                    floor = await measure_floor(bed.cri_endpoint, image, n)
+                    async with BareFloor(bed.cri_endpoint, image) as bare:
+                        got = await measure_levels(
+                            client,
+                            node.name,
+                            bed.cri_endpoint,
+                            image,
+                            n,
+                            on_pod=on_pod,
+                            ns=NAMESPACE,
+                            floor=bare,
+                        )
+                        floor = await bare.fill(n)
                 result = build_result(
                     n, image, got["samples_s"], floor, got["mismatches"], {"name": node.name}
                 )

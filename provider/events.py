@@ -3,6 +3,12 @@
 ``record`` never blocks the caller: events go to a bounded queue; a single task sends
 them under a token bucket. A repeat of (object, type, reason, message) bumps the count
 of the existing Event with a PATCH instead of creating a new one, as client-go does.
+
+Status first: while a pod sync starts containers and writes the status that shows them
+(``status_first``), the sender holds back, for at most ``STATUS_FIRST_MAX_SECONDS`` after an
+event was recorded. A pod start's own events (Pulled, Created, Started: three API writes) then
+no longer take the API server's and the runtime's CPU from the start and its status write on a
+small node; they follow a moment later with the times they were recorded at.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +37,10 @@ NORMAL, WARNING = "Normal", "Warning"
 __all__ = ["NORMAL", "WARNING", "EventRecorder", "TokenBucket", "object_ref", "pod_events_policy", "sent"]
 
 ALL, WARNINGS = "all", "warnings"
+
+# The longest an event waits for the pod starts in flight (``EventRecorder.status_first``): a
+# node that never stops starting pods still sends its events, at most this late.
+STATUS_FIRST_MAX_SECONDS = 1.0
 
 
 def pod_events_policy(setting: str, runs_processes: bool) -> str:
@@ -55,6 +65,7 @@ class _Pending:
     reason: str
     message: str
     ts: float
+    recorded: float = 0.0  # monotonic: how long it may wait for the starts in flight
 
 
 def object_ref(obj: Mapping[str, Any]) -> JSON:
@@ -89,6 +100,39 @@ class EventRecorder:
         self._seen: LRUCache[tuple[str, str, str, str], tuple[str, str, int]] = LRUCache(4096)
         # "all" or "warnings" (pod_events_policy): set by the pod controller for its backend
         self.pod_events = ALL
+        self._starting = 0  # pod syncs in their status_first section
+        self._no_starts = asyncio.Event()
+        self._no_starts.set()
+
+    @contextlib.contextmanager
+    def status_first(self, active: bool = True) -> Iterator[None]:
+        """A section (a pod sync from its container starts to its status write) that queued
+        events wait for, up to STATUS_FIRST_MAX_SECONDS after each was recorded. Nests; a no-op
+        unless ``active``."""
+        if not active:
+            yield
+            return
+        self._starting += 1
+        self._no_starts.clear()
+        try:
+            yield
+        finally:
+            self._starting -= 1
+            if self._starting == 0:
+                self._no_starts.set()
+
+    async def _wait_for_starts(self, ev: _Pending) -> None:
+        left = ev.recorded + STATUS_FIRST_MAX_SECONDS - self._clock.monotonic()
+        if self._no_starts.is_set() or left <= 0:
+            return
+        waiter = asyncio.ensure_future(self._no_starts.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(left))
+        try:
+            await asyncio.wait([waiter, timer], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (waiter, timer):
+                t.cancel()
+            await asyncio.wait([waiter, timer])
 
     def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue an event about a Pod or Node (non-blocking; dropped when the queue is full).
@@ -99,13 +143,15 @@ class EventRecorder:
             EVENTS_NOT_SENT.labels(reason=reason).inc()
             return
         try:
-            self._queue.put_nowait(_Pending(ref, type_, reason, message, self._clock.time()))
+            now = self._clock
+            self._queue.put_nowait(_Pending(ref, type_, reason, message, now.time(), now.monotonic()))
         except asyncio.QueueFull:
             EVENTS_DROPPED.inc()
 
     async def run(self) -> None:
         while True:
             ev = await self._queue.get()
+            await self._wait_for_starts(ev)
             wait = self._bucket.take(self._clock.monotonic())
             if wait > 0:
                 await self._clock.sleep(wait)

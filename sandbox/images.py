@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from cachetools import TTLCache
+
 from common.clock import SYSTEM, Clock
 from common.imageref import (
     ImageReference,
@@ -50,6 +52,11 @@ log = logging.getLogger("warmlet.images")
 
 # The counter series of each pull result, looked up once (ensure runs for every container start).
 _pull_result = functools.lru_cache(maxsize=16)(metrics.IMAGE_PULLS.labels)
+
+# How long the runtime's answer for an image, got while ensuring it, stands for the container
+# created right after (``ImageCache.status``): kubelet asks the runtime twice per container start
+# (EnsureImageExists, then getImageUser); a warm start here asks once.
+STATUS_REUSE_SECONDS = 2.0
 
 # ---------------------------------------------------------------------------- references
 
@@ -100,6 +107,8 @@ class ImageInfo:
     tags: tuple[str, ...] = ()
     digests: tuple[str, ...] = ()
     pinned: bool = False
+    uid: int | None = None  # the image's configured user, when numeric
+    username: str = ""  # ... or by name
 
     def names(self) -> set[str]:
         return {self.id, *self.tags, *self.digests}
@@ -189,9 +198,29 @@ class ImageCache:
         init=False, default_factory=dict
     )
     _usage: dict[str, _Usage] = field(init=False, default_factory=dict)
+    # image as a pod names it -> the runtime's latest answer for it (STATUS_REUSE_SECONDS)
+    _statuses: TTLCache[str, ImageInfo] = field(init=False)
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(max(1, self.max_parallel_pulls))
+        self._statuses = TTLCache(maxsize=1024, ttl=STATUS_REUSE_SECONDS, timer=self.clock.monotonic)
+
+    async def _ask(self, image: str) -> ImageInfo | None:
+        """The runtime's answer for ``image``, remembered for the container created next."""
+        info = await self.runtime.status(image)
+        if info is None:
+            self._statuses.pop(image, None)
+        else:
+            self._statuses[image] = info
+        return info
+
+    async def status(self, image: str) -> ImageInfo | None:
+        """The image a container is about to be created from (its id and configured user): the
+        answer ``ensure`` got at most ``STATUS_REUSE_SECONDS`` ago, else the runtime's now. An
+        image removed meanwhile by someone else fails the runtime's CreateContainer as it would a
+        moment after a fresh answer."""
+        info = self._statuses.get(image)
+        return info if info is not None else await self._ask(image)
 
     def touch(self, image_id: str) -> None:
         """Record a use of an image (a container was created from it)."""
@@ -211,7 +240,7 @@ class ImageCache:
         ref = parse_reference(image)  # InvalidImageName before the runtime is contacted
         fingerprints = tuple(sorted({c.fingerprint for c in credentials}))
         key = (ref.normalized, fingerprints)
-        present = await self.runtime.status(image)
+        present = await self._ask(image)
         if present is not None and must_verify(self.records.get(present.id), ref.repository, fingerprints):
             # Pulled by warmlet with credentials this pod does not hold: it may not use the image
             # before the registry accepted its own (kubelet hides the image's presence the same way).
@@ -291,7 +320,7 @@ class ImageCache:
                 _pull_result("error").inc()
                 raise
             elapsed = self.clock.monotonic() - t0
-            after = await self.runtime.status(image)
+            after = await self._ask(image)
         size = after.size if after is not None else 0
         image_id = after.id if after is not None else image_ref
         self.records.record(image_id, repo, used.fingerprint if used is not None else None)
@@ -337,6 +366,7 @@ class ImageCache:
                 continue
             self._usage.pop(v.id, None)
             self.records.forget([v.id])
+            self._statuses.clear()  # no answer naming a removed image is handed out
             removed.append(v.id)
             metrics.IMAGE_GC_REMOVED.inc()
             log.info("image gc removed id=%s tags=%s bytes=%d", v.id, ",".join(v.tags), v.size)

@@ -182,23 +182,22 @@ class PodWorker:
 
     async def _run(self, pod: JSON, st: PodState) -> float | None:
         uid = pod["metadata"]["uid"]
-        if st.sandbox is None and not st.checked_finished:
-            st.checked_finished = True
-            if await self._finished_before_restart(pod, st):
-                return None
+        none_yet = False  # see _sandbox_for
         if st.sandbox is None:
-            # the API reads of its volumes (the TokenRequest above all) overlap the sandbox's
-            # acquisition instead of following it; both are done before the containers resolve
+            # the API reads of its volumes (the TokenRequest above all) overlap the runtime's
+            # answers and the sandbox's acquisition; both are done before the containers resolve
             prefetch = asyncio.create_task(self.containers.config.prefetch(pod), name=f"prefetch-{uid}")
             try:
-                delay = await self._acquire_sandbox(pod, st)
+                stop, delay, none_yet = await self._sandbox_for(pod, st)
             except BaseException:
                 prefetch.cancel()
                 await asyncio.wait([prefetch])  # never left running
                 raise
-            await prefetch  # returns errors to no one: the resolution reports them
-            if delay is not None:
+            if stop:
+                prefetch.cancel()
+                await asyncio.wait([prefetch])
                 return delay
+            await prefetch  # returns errors to no one: the resolution reports them
         assert st.spec is not None and st.sandbox is not None
         left = deadline.remaining(
             deadline.active_deadline(pod), deadline.start_time(pod, st.last_status), self.clock.time()
@@ -213,7 +212,7 @@ class PodWorker:
                 return retry
         sandbox = st.sandbox
         out = StartOutcome()
-        runtime = before = await self.backend.pod_containers(uid)
+        runtime = before = [] if none_yet and at is None else await self.backend.pod_containers(uid)
         killed = await self._kill_failed_probes(pod, runtime)
         if st.post_start_due:  # the start wave started it; its hook runs before the next starts
             await self.containers.post_start_due(pod, st, runtime, out)
@@ -227,53 +226,60 @@ class PodWorker:
         st.debugged = st.debugged or bool(ephemeral_specs(pod))
         await self._report_exits(pod, st, before, actions)
         apply_backoff(actions, self.restarts, now)
-        await self.containers.kill_unknown(pod, runtime, actions.kill)
-        await self.containers.resume(pod, st, runtime, eph.resume + actions.resume, out)
-        # like kubelet: ephemeral containers first (they may debug a pod stuck initializing)
-        await self.containers.start(pod, st, eph.start + actions.start, now, out)
-        self._ephemeral_waiting(pod, st, eph.waiting, out)
-        for name, (left, w) in actions.backoff.items():
-            out.waiting[name] = w
-            out.retry_in(left)
-            if w.reason == "CrashLoopBackOff":
-                self.events.record(pod, WARNING, "BackOff", "Back-off restarting failed container " + name)
+        # a start's own events wait until the status that shows it is written (events.py)
+        with self.events.status_first(bool(actions.start or eph.start)):
+            await self.containers.kill_unknown(pod, runtime, actions.kill)
+            await self.containers.resume(pod, st, runtime, eph.resume + actions.resume, out)
+            # like kubelet: ephemeral containers first (they may debug a pod stuck initializing)
+            await self.containers.start(pod, st, eph.start + actions.start, now, out)
+            self._ephemeral_waiting(pod, st, eph.waiting, out)
+            for name, (left, w) in actions.backoff.items():
+                out.waiting[name] = w
+                out.retry_in(left)
+                if w.reason == "CrashLoopBackOff":
+                    self.events.record(
+                        pod, WARNING, "BackOff", "Back-off restarting failed container " + name
+                    )
 
-        if out.started_any or actions.resume or eph.resume:
-            runtime = await self.backend.pod_containers(uid)
-            runtime = await self.containers.gc(runtime)
-        finished = is_finished(pod, runtime)
-        if finished and live_ephemeral(pod, runtime):
-            # The pod is done: its debug containers end with it (kubelet's killPod), and its final
-            # status shows them terminated.
-            await self.terminator.stop_all(None, uid, 0)
-            runtime = await self.backend.pod_containers(uid)
-        if not finished:  # configMap/secret/downwardAPI/projected volumes follow their sources
-            await self.containers.config.refresh_volumes(pod, st)
-        self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
-        status = self.status.compute(
-            pod,
-            runtime,
-            out.waiting,
-            sandbox_ready=not finished,
-            pod_ip=sandbox.pod_ip,
-            probes=self.probes.status(uid),
-        )
-        # A short container may already have exited at its first status: record its start too.
-        annotations: dict[str, str] = {}
-        if not st.annotated and (
-            status.get("phase") == RUNNING
-            or (finished and any(c.state in (ContainerState.RUNNING, ContainerState.EXITED) for c in runtime))
-        ):
-            # in the same request as the status (the first Running one, or the terminal one)
-            annotations = self.status.start_annotations(pod, st, runtime)
-            st.annotated = not annotations  # all there already (e.g. after a restart)
-        if finished:
-            self.probes.remove_pod(uid)
-            # Back to the pool BEFORE the terminal status is visible: the workload's next pod
-            # (created by its controller when it sees this one finish) finds the sandbox idle.
-            st.final_status = status
-            await self.terminator.release(pod, st)
-        await self.status.patch(pod, st, status, annotations)
+            if out.started_any or actions.resume or eph.resume:
+                runtime = await self.backend.pod_containers(uid)
+                runtime = await self.containers.gc(runtime)
+            finished = is_finished(pod, runtime)
+            if finished and live_ephemeral(pod, runtime):
+                # The pod is done: its debug containers end with it (kubelet's killPod), and its final
+                # status shows them terminated.
+                await self.terminator.stop_all(None, uid, 0)
+                runtime = await self.backend.pod_containers(uid)
+            if not finished:  # configMap/secret/downwardAPI/projected volumes follow their sources
+                await self.containers.config.refresh_volumes(pod, st)
+            self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
+            status = self.status.compute(
+                pod,
+                runtime,
+                out.waiting,
+                sandbox_ready=not finished,
+                pod_ip=sandbox.pod_ip,
+                probes=self.probes.status(uid),
+            )
+            # A short container may already have exited at its first status: record its start too.
+            annotations: dict[str, str] = {}
+            if not st.annotated and (
+                status.get("phase") == RUNNING
+                or (
+                    finished
+                    and any(c.state in (ContainerState.RUNNING, ContainerState.EXITED) for c in runtime)
+                )
+            ):
+                # in the same request as the status (the first Running one, or the terminal one)
+                annotations = self.status.start_annotations(pod, st, runtime)
+                st.annotated = not annotations  # all there already (e.g. after a restart)
+            if finished:
+                self.probes.remove_pod(uid)
+                # Back to the pool BEFORE the terminal status is visible: the workload's next pod
+                # (created by its controller when it sees this one finish) finds the sandbox idle.
+                st.final_status = status
+                await self.terminator.release(pod, st)
+            await self.status.patch(pod, st, status, annotations)
         if out.started_any and any(s.is_init for s in actions.start):
             out.retry_in(0.0)  # the next init step may already be possible
         if not finished:
@@ -373,11 +379,12 @@ class PodWorker:
             await self.terminator.kill_container(pod, by_id[k.container_id], k.grace_seconds, k.message)
         return frozenset(k.container for k in kills)
 
-    async def _finished_before_restart(self, pod: JSON, st: PodState) -> bool:
+    async def _finished_before_restart(
+        self, pod: JSON, st: PodState, before: list[ContainerRuntimeState]
+    ) -> bool:
         """After a restart: a pod whose containers finished and were scrubbed away (the backend
-        kept their final states) gets its terminal status, never a second run."""
+        kept their final states, ``before``) gets its terminal status, never a second run."""
         uid = pod["metadata"]["uid"]
-        before = await self.backend.pod_containers(uid)
         if (
             before
             and is_finished(pod, before)
@@ -389,6 +396,22 @@ class PodWorker:
             await self.status.patch(pod, st, status)
             return True
         return False
+
+    async def _sandbox_for(self, pod: JSON, st: PodState) -> tuple[bool, float | None, bool]:
+        """A sandbox for a pod that has none: (stop the sync, retry delay, none of its containers
+        exist yet). Its first sync asks the runtime for the pod's containers first (a pod that
+        finished before a restart is not run again); found none, it has none after getting its
+        sandbox too (nothing but this serialized sync creates them): the caller need not ask."""
+        found: list[ContainerRuntimeState] | None = None
+        if not st.checked_finished:
+            st.checked_finished = True
+            found = await self.backend.pod_containers(pod["metadata"]["uid"])
+            if await self._finished_before_restart(pod, st, found):
+                return True, None, False
+        delay = await self._acquire_sandbox(pod, st)
+        if delay is not None:
+            return True, delay, False
+        return False, None, found == []
 
     async def _acquire_sandbox(self, pod: JSON, st: PodState) -> float | None:
         """A sandbox for the pod (warm from the pool when one is idle); the retry delay on failure."""

@@ -97,6 +97,7 @@ class CriContainers:
         self.finished_states = finished_states  # kept final states of a released finished pod
         self.node_memory_bytes = node_memory_bytes
         self._messages: dict[str, str] = {}  # exited container id -> terminated message
+        self._log_directory_honoured = False  # see _ensure_log_location
 
     def log_path(self, namespace: str, name: str, uid: str, container: str, attempt: int) -> str:
         return crilog.container_log_path(self.ctx.log_dir, namespace, name, uid, container, attempt)
@@ -110,12 +111,12 @@ class CriContainers:
         image_ref = ""
         image_uid: int | None = 0  # kubelet's getImageUser: an image naming no user runs as root
         image_user = ""
-        img = await self.ctx.client.image_status(container.image)
+        img = await self.images.status(container.image)  # usually the one ensure_image just got
         if img is not None:
             image_ref = img.id
             self.images.touch(img.id)
-            if img.HasField("uid"):
-                image_uid = img.uid.value
+            if img.uid is not None:
+                image_uid = img.uid
             elif img.username:
                 image_uid, image_user = None, img.username
         pod_res = pod.resources
@@ -149,16 +150,21 @@ class CriContainers:
             raise
         except BackendError as e:
             raise CreateContainerError(f"Error: {e.message}") from e
-        if rec.from_pool or rec.uses > 1:
+        if (rec.from_pool or rec.uses > 1) and not self._log_directory_honoured:
             await self._ensure_log_location(cid, pod, container.name, attempt)
         return cid
 
     async def _ensure_log_location(self, cid: str, pod: PodSandboxSpec, container: str, attempt: int) -> None:
-        """If the runtime wrote the log elsewhere (old pod's dir), link the expected path to it."""
+        """If the runtime wrote the log elsewhere (old pod's dir), link the expected path to it.
+        A runtime seen honouring the current pod's ``log_directory`` once does so every time (it
+        is how its CreateContainer works): later creates skip this ContainerStatus call."""
         st = await self.ctx.client.container_status(cid)
         want = self.log_path(pod.namespace, pod.name, pod.uid, container, attempt)
         have = st.status.log_path
-        if have and have != want:
+        if have == want:
+            self._log_directory_honoured = True
+            log.info("runtime honours the current pod's log_directory: log paths no longer checked")
+        elif have:
             os.makedirs(os.path.dirname(want), exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.symlink(have, want)

@@ -1,9 +1,10 @@
 """Host operations of the CRI backend: what CRI cannot do, done on the node itself.
 
 procfs reads (processes of a network namespace, of a container's cgroup, net counters), pod
-cgroups (``pids.max``, removal of the pod-level parent), ``nsenter`` into a sandbox (hostname,
-SysV IPC), wiping directories, and containerd's own ``ctr`` as the last resort for a task CRI can
-no longer delete. All blocking: callers run them in a thread (``asyncio.to_thread``).
+cgroups (``pids.max``, removal of the pod-level parent), ``nsenter`` into a sandbox (SysV IPC),
+the sandbox's hostname file, wiping directories, and containerd's own ``ctr`` as the last resort
+for a task CRI can no longer delete (the hostname itself: ``uts``). All blocking: callers run
+them in a thread (``asyncio.to_thread``).
 """
 
 from __future__ import annotations
@@ -235,23 +236,12 @@ def wipe_ipc(pause_pid: int, shm_dir: str = "") -> None:
         log.warning("sysv ipc cleanup failed pause_pid=%d error=%s", pause_pid, e)
 
 
-def set_hostname(sandbox_id: str, pause_pid: int, hostname: str, hostname_file: str = "") -> None:
-    """A reused sandbox keeps the first pod's UTS hostname: set the new pod's (best effort), in
-    the sandbox's UTS namespace and in the runtime's hostname file (``hostname_file``)."""
-    if not pause_pid or not hostname:
-        return
-    try:
-        subprocess.run(
-            ["nsenter", "-t", str(pause_pid), "-u", "hostname", hostname[:63]],
-            check=True,
-            capture_output=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        log.warning("hostname reset failed sandbox=%s error=%s", sandbox_id[:12], e)
+def write_hostname_file(hostname_file: str, hostname: str) -> None:
+    """The runtime's per-sandbox hostname file (mounted at /etc/hostname), rewritten for a reused
+    sandbox's new pod (best effort: a runtime without one has nothing to rewrite)."""
     if hostname_file and os.path.exists(hostname_file):
         with contextlib.suppress(OSError), open(hostname_file, "w") as f:
-            f.write(hostname[:63] + "\n")
+            f.write(hostname + "\n")
 
 
 def ctr_delete_task(runtime_endpoint: str, container_id: str) -> None:

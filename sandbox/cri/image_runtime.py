@@ -32,6 +32,8 @@ class CriImageRuntime:
             tags=tuple(img.repo_tags),
             digests=tuple(img.repo_digests),
             pinned=bool(img.pinned),
+            uid=img.uid.value if img.HasField("uid") else None,
+            username=img.username,
         )
 
     async def status(self, image: str) -> ImageInfo | None:

@@ -22,7 +22,7 @@ from sandbox.backend import (
     RunSandboxError,
     RuntimeUnavailableError,
 )
-from sandbox.cri import host
+from sandbox.cri import host, uts
 from sandbox.cri import mapping as m
 from sandbox.cri.client import CriCallError
 from sandbox.cri.context import CriContext
@@ -173,12 +173,13 @@ class CriSandboxes:
             rec.pod_ip = rec.pod_ip or ip
             facts = self.facts.get(rec.sandbox_id)
             assert facts is not None  # read() recorded it
-        if rec.from_pool:
-            await asyncio.to_thread(
-                host.set_hostname,
-                rec.sandbox_id,
-                facts.pause_pid,
-                pod.hostname or pod.name,
-                self.ctx.runtime.hostname_file(rec.sandbox_id),
-            )
+        if rec.from_pool and facts.pause_pid:
+            # A reused sandbox keeps the first pod's UTS hostname: the new pod's, in its namespace
+            # and in the runtime's hostname file (best effort, as before the pod's containers).
+            hostname = (pod.hostname or pod.name)[:63]
+            try:
+                await uts.in_own_thread(uts.set_hostname_in, facts.pause_pid, hostname)
+            except (OSError, ValueError) as e:
+                log.warning("hostname reset failed sandbox=%s error=%s", rec.sandbox_id[:12], e)
+            host.write_hostname_file(self.ctx.runtime.hostname_file(rec.sandbox_id), hostname)
         facts.net_baseline = self.facts.net_counters(rec.sandbox_id)

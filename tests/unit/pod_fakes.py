@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,12 @@ class FakeApi:
 class FakeRecorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str, str]] = []
+        self.status_first_sections = 0  # entered with active=True
+
+    @contextlib.contextmanager
+    def status_first(self, active: bool = True) -> Iterator[None]:
+        self.status_first_sections += active
+        yield
 
     def record(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((obj["metadata"]["name"], type_, reason, message))

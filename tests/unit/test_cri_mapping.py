@@ -329,3 +329,15 @@ def test_non_root_problem_is_kubelets_verify_run_as_non_root(
         assert got.endswith('(pod: "p_ns(u)", container: app)')
         with pytest.raises(CreateContainerError):
             m.container_config(p, c, 0, image_uid=image_uid, image_user=image_user)
+
+
+def test_the_image_user_reaches_the_image_cache() -> None:
+    from sandbox.cri.image_runtime import CriImageRuntime
+
+    numeric = pb.Image(id="sha256:a", size=3, repo_tags=["r/a:1"], uid=pb.Int64Value(value=1000))
+    named = pb.Image(id="sha256:b", username="nobody")
+    plain = pb.Image(id="sha256:c")
+    a, b, c = (CriImageRuntime._info(i) for i in (numeric, named, plain))
+    assert (a.id, a.size, a.tags, a.uid, a.username) == ("sha256:a", 3, ("r/a:1",), 1000, "")
+    assert (b.uid, b.username) == (None, "nobody")
+    assert (c.uid, c.username) == (None, "")  # kubelet: an image naming no user runs as root

@@ -288,3 +288,50 @@ async def test_records_persist_across_a_restart(tmp_path: Path) -> None:
     restarted = ImageCache(rt, clock=clock, records=PullRecords(path))  # type: ignore[arg-type]
     with pytest.raises(ImagePullError):
         await restarted.ensure(PRIVATE, PullPolicy.IF_NOT_PRESENT)
+
+
+async def test_the_create_after_ensure_reuses_its_answer_within_the_reuse_window() -> None:
+    from sandbox.images import STATUS_REUSE_SECONDS
+
+    clock, rt, cache = make()
+    rt.images["reg.local/app:1"] = ImageInfo(id="sha256:x", size=5, uid=1000)
+    await cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT)
+    assert rt.status_calls == 1
+    info = await cache.status("reg.local/app:1")
+    assert info is not None and info.id == "sha256:x" and info.uid == 1000
+    assert rt.status_calls == 1  # the create did not ask again
+    await clock.advance(STATUS_REUSE_SECONDS + 0.01)
+    rt.images["reg.local/app:1"] = ImageInfo(id="sha256:y", size=5)
+    info = await cache.status("reg.local/app:1")
+    assert info is not None and info.id == "sha256:y" and rt.status_calls == 2  # asked: too old
+    # ensure always asks the runtime (its answer decides the pull), and refreshes the one kept
+    rt.images["reg.local/app:1"] = ImageInfo(id="sha256:z", size=5)
+    await cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT)
+    assert rt.status_calls == 3
+    info = await cache.status("reg.local/app:1")
+    assert info is not None and info.id == "sha256:z" and rt.status_calls == 3
+
+
+async def test_a_pull_keeps_the_pulled_image_for_the_create_and_absence_is_not_kept() -> None:
+    clock, rt, cache = make()
+    assert await cache.status("reg.local/none:1") is None
+    assert await cache.status("reg.local/none:1") is None
+    assert rt.status_calls == 2  # "not there" is always asked again
+    task = asyncio.ensure_future(cache.ensure("reg.local/app:1", PullPolicy.IF_NOT_PRESENT))
+    await clock.advance(0)
+    await clock.advance(0.05)
+    result = await task
+    calls = rt.status_calls
+    info = await cache.status("reg.local/app:1")
+    assert info is not None and info.id == result.image_ref and rt.status_calls == calls
+
+
+async def test_image_gc_drops_every_kept_answer() -> None:
+    clock, rt, cache = make(gc_budget_bytes=1, gc_min_age_seconds=0)
+    rt.images["reg.local/old:1"] = ImageInfo(id="sha256:old", size=10, tags=("reg.local/old:1",))
+    await cache.ensure("reg.local/old:1", PullPolicy.IF_NOT_PRESENT)
+    await clock.advance(1)
+    assert await cache.garbage_collect(set()) == ["sha256:old"]
+    calls = rt.status_calls
+    assert await cache.status("reg.local/old:1") is None
+    assert rt.status_calls == calls + 1

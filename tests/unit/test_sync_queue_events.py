@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -231,3 +232,51 @@ async def test_the_pod_informer_keeps_pods_without_managed_fields() -> None:
     informer = PodInformer(Api(), "vn", lambda uid: None)  # type: ignore[arg-type]
     await informer.reflector._list("initial")
     assert informer.get("u1") == {"metadata": {"uid": "u1", "name": "p"}, "spec": {"nodeName": "vn"}}
+
+
+async def test_events_wait_for_the_starts_in_flight_at_most_their_bound() -> None:
+    """Status first: an event recorded while a pod start is in its section is sent when the last
+    section ends, or STATUS_FIRST_MAX_SECONDS after it was recorded if starts never stop."""
+    from pod_fakes import FakeApi
+
+    from common.clock import FakeClock
+    from provider.events import NORMAL, STATUS_FIRST_MAX_SECONDS, EventRecorder
+
+    clock = FakeClock()
+    api = FakeApi()
+    rec = EventRecorder(api, "vn", clock=clock)  # type: ignore[arg-type]
+    sender = asyncio.create_task(rec.run())
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u"}}
+
+    def posted() -> list[str]:
+        return [b["reason"] for v, p, b in api.calls if v == "POST" and p.endswith("/events")]
+
+    try:
+        with rec.status_first():
+            with rec.status_first():  # nested: a second pod starting
+                rec.record(pod, NORMAL, "Created", "Created container app")
+                await clock.advance(0.1)
+                assert posted() == []
+            await clock.advance(0.1)
+            assert posted() == []  # one start still in flight
+        await clock.advance(0)
+        await asyncio.sleep(0)
+        assert posted() == ["Created"]  # the last section ended
+
+        with rec.status_first(active=False):  # a sync that starts nothing holds nothing back
+            rec.record(pod, NORMAL, "Killing", "Stopping container app")
+            await clock.advance(0)
+            await asyncio.sleep(0)
+            assert posted() == ["Created", "Killing"]
+
+        with rec.status_first():  # starts that never stop: sent at the bound
+            rec.record(pod, NORMAL, "Started", "Started container app")
+            await clock.advance(STATUS_FIRST_MAX_SECONDS - 0.01)
+            assert posted() == ["Created", "Killing"]
+            await clock.advance(0.02)
+            await asyncio.sleep(0)
+            assert posted() == ["Created", "Killing", "Started"]
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender

@@ -534,3 +534,29 @@ async def test_volumes_of_a_simulated_pod_are_never_refreshed(env: Any, clock: F
     await worker.sync("u1")
     assert api.pods["u1"]["status"]["phase"] == "Running"
     assert refreshes() == before
+
+
+async def test_a_new_pods_first_sync_lists_its_containers_once_before_starting(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing but the pod's own (serialized) sync creates its containers: found none before its
+    sandbox, it has none after getting one, so the second list is not asked; any later sync, or a
+    pod that had containers, lists again."""
+    api, backend, rec, worker = env
+    listed: list[str] = []
+    real = backend.pod_containers
+
+    async def counting(uid: str) -> Any:
+        listed.append(uid)
+        return await real(uid)
+
+    monkeypatch.setattr(backend, "pod_containers", counting)
+    api.add(make_pod("p1", "u1"))
+    await worker.sync("u1")
+    assert api.pods["u1"]["status"]["phase"] == "Running"
+    assert listed == ["u1", "u1"]  # before the sandbox, and after the start for the status
+    assert rec.status_first_sections == 1  # its events waited for the start's status write
+    listed.clear()
+    await worker.sync("u1")
+    assert listed == ["u1"]  # a running pod's sync always asks the runtime
+    assert rec.status_first_sections == 1  # that sync started nothing: no events held back
