@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from common.clock import SYSTEM, Clock
+from common.jsonshare import StringPool
 from common.retry import API_BACKOFF, Backoff
 from provider.kubeclient import ApiError
 
@@ -158,7 +159,9 @@ class Reflector:
     ADDED / MODIFIED / DELETED watch event. ``on_list(objects)`` runs after every (re)list;
     ``on_relist(reason)`` and ``on_watch_error(error)`` are for metrics. ``metadata.managedFields``
     is dropped from every cached object unless ``strip_managed_fields=False``: it is often half an
-    object's bytes and nothing in warmlet reads it (10,000 pods, thousands of nodes).
+    object's bytes and nothing in warmlet reads it (10,000 pods, thousands of nodes). With
+    ``share_strings`` (the default) cached objects share their repeated keys and short values
+    (:mod:`common.jsonshare`): half of a defaulted pod's remaining bytes.
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class Reflector:
         watch_timeout: int = 240,
         replay_list: bool = True,
         strip_managed_fields: bool = True,
+        share_strings: bool = True,
         relist_after_failures: int = RELIST_AFTER_FAILURES,
         backoff: Backoff = API_BACKOFF,
         clock: Clock = SYSTEM,
@@ -187,6 +191,7 @@ class Reflector:
         self.watch_timeout = watch_timeout
         self.replay_list = replay_list
         self.strip = strip_managed_fields
+        self.strings = StringPool() if share_strings else None
         self.relist_after = relist_after_failures
         self.backoff = backoff
         self.clock = clock
@@ -235,7 +240,7 @@ class Reflector:
         for obj in page.get("items") or []:
             k = self.key(obj)
             if k:
-                fresh[k] = strip_managed_fields(obj) if self.strip else obj
+                fresh[k] = self._cached_form(obj)
         first = not self.synced.is_set()
         delta = [] if first and not self.replay_list else relist_delta(self.objects, fresh)
         self.objects = fresh
@@ -255,15 +260,22 @@ class Reflector:
             self.resource_version = what.resource_version
         if what.key is None:
             return
-        obj: JSON = ev.get("object") or {}
-        if self.strip:
-            strip_managed_fields(obj)
+        obj = self._cached_form(ev.get("object") or {})
         if what.action == "delete":
             self.objects.pop(what.key, None)
             await self._emit(DELETED, obj)
         else:
             self.objects[what.key] = obj
             await self._emit(str(ev.get("type")), obj)
+
+    def _cached_form(self, obj: JSON) -> JSON:
+        """A decoded object as the cache keeps it (and handlers see it)."""
+        if self.strip:
+            strip_managed_fields(obj)
+        if self.strings is not None:
+            shared: JSON = self.strings.share(obj)
+            return shared
+        return obj
 
     async def _emit(self, etype: str, obj: JSON) -> None:
         if self.on_event is None:
