@@ -158,6 +158,9 @@ class PodSandboxSpec(_Model):
     # Credentials for pulling ``images`` ahead of the pod (prewarm), per image in the order to try
     # (provider/credentials.py). Never persisted (the pool's state file holds templates).
     pull_credentials: dict[str, list[RegistryCredential]] = Field(default_factory=dict, exclude=True)
+    # No other pod can ever have this workload key (a bare pod's): the pool learns nothing for it
+    # (no template, policy or concurrency history while it runs; its sandbox is not kept after).
+    single_use: bool = False
 
 
 class SandboxInfo(_Model):

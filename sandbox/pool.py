@@ -109,9 +109,11 @@ class WarmPool:
             lock = self._pod_locks[pod_uid] = asyncio.Lock()
         return lock
 
-    def track(self, key: str) -> None:
-        """Record the key's in-use level (learned concurrency) and publish its gauges."""
-        self.tracker.record(key, self.index.in_use_count(key), self.clock.time())
+    def track(self, key: str, learn: bool = True) -> None:
+        """Record the key's in-use level (learned concurrency, unless the key is single-use) and
+        publish its gauges."""
+        if learn:
+            self.tracker.record(key, self.index.in_use_count(key), self.clock.time())
         self.index.publish(key)
         self._forget_if_unused(key)
 
@@ -184,8 +186,8 @@ class WarmPool:
             existing = self.get_by_pod(spec.uid)
             if existing is not None:
                 return existing
-            pol = self.learn(spec)
-            rec = self._take_idle(spec) if pol.enabled else None
+            pol = self.policy(spec.workload_key) if spec.single_use else self.learn(spec)
+            rec = self._take_idle(spec) if pol.enabled and not spec.single_use else None
             warm = rec is not None
             label = metrics.workload_label(spec.workload_key)
             if rec is not None:
@@ -217,8 +219,9 @@ class WarmPool:
             rec.idle_since = 0.0
             rec.scratch_dirs = list(spec.scratch_dirs)
             rec.cost_bytes = spec_cost_bytes(spec)
+            rec.single_use = spec.single_use
             self.by_pod[spec.uid] = rec.sandbox_id
-            self.track(spec.workload_key)
+            self.track(spec.workload_key, learn=not spec.single_use)
             self.save()
             return rec
 
@@ -269,7 +272,7 @@ class WarmPool:
                 log.info("sandbox returned to pool sandbox=%s pod_uid=%s", rec.sandbox_id[:12], pod_uid)
             else:
                 await self.destroy(rec, reason)
-            self.track(rec.key)
+            self.track(rec.key, learn=not rec.single_use)
             self._pod_locks.pop(pod_uid, None)
             self.save()
         if reason is None:
@@ -302,7 +305,7 @@ class WarmPool:
         self.by_pod.pop(pod_uid, None)
         self._pod_locks.pop(pod_uid, None)
         self.index.remove(rec)
-        self.track(rec.key)
+        self.track(rec.key, learn=not rec.single_use)
         self.save()
         return rec
 

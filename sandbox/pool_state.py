@@ -44,6 +44,7 @@ class SandboxRecord:
     uses: int = 0  # how many pods have used it
     scratch_dirs: list[str] = field(default_factory=list)  # current pod's dirs to wipe on reuse
     cost_bytes: int = DEFAULT_SANDBOX_COST_BYTES  # what it counts against the memory cap
+    single_use: bool = False  # its pod's workload key can never come again (PodSandboxSpec)
 
     def to_json(self) -> dict[str, Any]:
         # Same dict as dataclasses.asdict (flat fields + a list of str), without its deep copy:

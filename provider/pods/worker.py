@@ -50,7 +50,7 @@ from provider.status import FAILED, RUNNING, TERMINAL_PHASES, Waiting, rejected_
 from provider.status_before import reported_waiting, terminal_pending, unreported_exits
 from provider.sync import PodActions, apply_backoff, compute_pod_actions, is_finished
 from provider.validation import validate_pod
-from provider.workload import OwnerResolver
+from provider.workload import OwnerResolver, single_use
 from sandbox.backend import Backend, BackendError, ContainerRuntimeState, ContainerState
 
 __all__ = [
@@ -419,6 +419,7 @@ class PodWorker:
         key = await self.owners.key(pod)
         st.spec = sandbox_spec(pod, key, self.pods_cfg.cluster_dns, self.pods_cfg.cluster_domain)
         st.spec.scratch_dirs = scratch_dirs(pod, self.volumes_dir, self.memory_dir)
+        st.spec.single_use = single_use(key)
         try:
             st.sandbox = await self.backend.acquire_sandbox(st.spec)
             st.released = False

@@ -346,3 +346,21 @@ async def test_index_matches_the_records_after_every_step(tmp_path: Path, clock:
         assert {k: len(pool.idle(k)) for k in per_key} == per_key and len(pool.idle()) == total, step
         assert total <= 5, step  # the global count cap holds after every release
         assert set(pool.by_pod) == {r.pod_uid for r in pool.records.values() if r.state == "in_use"}, step
+
+
+async def test_a_single_use_key_is_not_learned_while_it_runs(tmp_path: Path, clock: Clock) -> None:
+    """A bare pod's key can never come again: no template, policy or concurrency history is kept
+    for it (10,000 bare pods on a node would keep 10,000 of each), its gauges still count it."""
+    pool, d = make(tmp_path, clock)
+    await pool.acquire(spec("u1", key="ns/Pod/u1#a", single_use=True))
+    await pool.acquire(spec("u2", key="ns/Deployment/web#b"))
+    assert set(pool.templates) == {"ns/Deployment/web#b"} and set(pool.policies) == set(pool.templates)
+    assert set(pool.tracker._samples) == {"ns/Deployment/web#b"}
+    assert pool.in_use_count("ns/Pod/u1#a") == 1
+    await pool.release("u1", reusable=False)
+    assert d.destroyed == ["sb1"] and "ns/Pod/u1#a" not in pool.tracker._samples
+    # persisted and read back with the flag
+    await pool.acquire(spec("u3", key="ns/Pod/u3#c", single_use=True))
+    pool2, _ = make(tmp_path, clock)
+    records, _ = pool2.load()
+    assert {(r.pod_uid, r.single_use) for r in records} == {("u2", False), ("u3", True)}
