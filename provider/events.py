@@ -25,6 +25,7 @@ from cachetools import LRUCache
 
 from common.clock import SYSTEM, Clock
 from common.ratelimit import TokenBucket
+from common.retry import sleep_or_wake
 from provider.kubeclient import ApiError, KubeClient
 from provider.metrics import EVENTS, EVENTS_DROPPED, EVENTS_NOT_SENT
 from provider.timefmt import rfc3339
@@ -123,16 +124,8 @@ class EventRecorder:
 
     async def _wait_for_starts(self, ev: _Pending) -> None:
         left = ev.recorded + STATUS_FIRST_MAX_SECONDS - self._clock.monotonic()
-        if self._no_starts.is_set() or left <= 0:
-            return
-        waiter = asyncio.ensure_future(self._no_starts.wait())
-        timer = asyncio.ensure_future(self._clock.sleep(left))
-        try:
-            await asyncio.wait([waiter, timer], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (waiter, timer):
-                t.cancel()
-            await asyncio.wait([waiter, timer])
+        if left > 0:
+            await sleep_or_wake(self._clock, left, self._no_starts)
 
     def record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue an event about a Pod or Node (non-blocking; dropped when the queue is full).
@@ -143,8 +136,8 @@ class EventRecorder:
             EVENTS_NOT_SENT.labels(reason=reason).inc()
             return
         try:
-            now = self._clock
-            self._queue.put_nowait(_Pending(ref, type_, reason, message, now.time(), now.monotonic()))
+            clock = self._clock
+            self._queue.put_nowait(_Pending(ref, type_, reason, message, clock.time(), clock.monotonic()))
         except asyncio.QueueFull:
             EVENTS_DROPPED.inc()
 
