@@ -260,19 +260,21 @@ class Reflector:
             self.resource_version = what.resource_version
         if what.key is None:
             return
-        obj = self._cached_form(ev.get("object") or {})
-        if what.action == "delete":
+        deleted = what.action == "delete"
+        obj = self._cached_form(ev.get("object") or {}, kept=not deleted)
+        if deleted:
             self.objects.pop(what.key, None)
             await self._emit(DELETED, obj)
         else:
             self.objects[what.key] = obj
             await self._emit(str(ev.get("type")), obj)
 
-    def _cached_form(self, obj: JSON) -> JSON:
-        """A decoded object as the cache keeps it (and handlers see it)."""
+    def _cached_form(self, obj: JSON, kept: bool = True) -> JSON:
+        """A decoded object as the cache keeps it (and handlers see it); its strings are shared
+        only when ``kept``: a deleted object is handed to the handler once and dropped."""
         if self.strip:
             strip_managed_fields(obj)
-        if self.strings is not None:
+        if kept and self.strings is not None:
             shared: JSON = self.strings.share(obj)
             return shared
         return obj
