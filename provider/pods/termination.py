@@ -35,7 +35,7 @@ from provider.pods.hooks import (
 )
 from provider.pods.state import JSON, PodState
 from provider.resolve_volumes import remove_pod_dir
-from provider.workload import direct_owner, single_use
+from provider.workload import direct_owner
 from sandbox.backend import Backend, ContainerRuntimeState, ContainerState, PodLifecycleAware
 
 
@@ -224,7 +224,7 @@ class PodTerminator:
         ):
             return False
         if st is not None and st.spec is not None:
-            return not single_use(st.spec.workload_key)
+            return not st.spec.single_use
         return pod is None or direct_owner(pod)[0] != "Pod"
 
     async def pod_gone(self, uid: str) -> None:
