@@ -4,11 +4,12 @@
 them under a token bucket. A repeat of (object, type, reason, message) bumps the count
 of the existing Event with a PATCH instead of creating a new one, as client-go does.
 
-Status first: while a pod sync starts containers and writes the status that shows them
-(``status_first``), the sender holds back, for at most ``STATUS_FIRST_MAX_SECONDS`` after an
-event was recorded. A pod start's own events (Pulled, Created, Started: three API writes) then
-no longer take the API server's and the runtime's CPU from the start and its status write on a
-small node; they follow a moment later with the times they were recorded at.
+Status first: while a pod sync makes its runtime calls to start containers (``status_first``),
+the sender holds back, for at most ``STATUS_FIRST_MAX_SECONDS`` after an event was recorded. A
+pod start's own events (Pulled, Created, Started: three API writes) then no longer take the API
+server's CPU from the runtime's start on a small node; they go out beside the status write that
+shows the start, with the times they were recorded at. (Held until after that status write they
+could trail it: a client that saw the restart might not find its FailedPostStartHook yet.)
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class EventRecorder:
 
     @contextlib.contextmanager
     def status_first(self, active: bool = True) -> Iterator[None]:
-        """A section (a pod sync from its container starts to its status write) that queued
-        events wait for, up to STATUS_FIRST_MAX_SECONDS after each was recorded. Nests; a no-op
+        """A section (a pod sync's runtime calls that start containers) that queued events wait
+        for, up to STATUS_FIRST_MAX_SECONDS after each was recorded. Nests; a no-op
         unless ``active``."""
         if not active:
             yield

@@ -226,60 +226,56 @@ class PodWorker:
         st.debugged = st.debugged or bool(ephemeral_specs(pod))
         await self._report_exits(pod, st, before, actions)
         apply_backoff(actions, self.restarts, now)
-        # a start's own events wait until the status that shows it is written (events.py)
+        # a start's own events wait until its runtime calls are done (events.py), then go out
+        # beside the status write that shows it
         with self.events.status_first(bool(actions.start or eph.start)):
             await self.containers.kill_unknown(pod, runtime, actions.kill)
             await self.containers.resume(pod, st, runtime, eph.resume + actions.resume, out)
             # like kubelet: ephemeral containers first (they may debug a pod stuck initializing)
             await self.containers.start(pod, st, eph.start + actions.start, now, out)
-            self._ephemeral_waiting(pod, st, eph.waiting, out)
-            for name, (left, w) in actions.backoff.items():
-                out.waiting[name] = w
-                out.retry_in(left)
-                if w.reason == "CrashLoopBackOff":
-                    self.events.record(
-                        pod, WARNING, "BackOff", "Back-off restarting failed container " + name
-                    )
+        self._ephemeral_waiting(pod, st, eph.waiting, out)
+        for name, (left, w) in actions.backoff.items():
+            out.waiting[name] = w
+            out.retry_in(left)
+            if w.reason == "CrashLoopBackOff":
+                self.events.record(pod, WARNING, "BackOff", "Back-off restarting failed container " + name)
 
-            if out.started_any or actions.resume or eph.resume:
-                runtime = await self.backend.pod_containers(uid)
-                runtime = await self.containers.gc(runtime)
-            finished = is_finished(pod, runtime)
-            if finished and live_ephemeral(pod, runtime):
-                # The pod is done: its debug containers end with it (kubelet's killPod), and its final
-                # status shows them terminated.
-                await self.terminator.stop_all(None, uid, 0)
-                runtime = await self.backend.pod_containers(uid)
-            if not finished:  # configMap/secret/downwardAPI/projected volumes follow their sources
-                await self.containers.config.refresh_volumes(pod, st)
-            self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
-            status = self.status.compute(
-                pod,
-                runtime,
-                out.waiting,
-                sandbox_ready=not finished,
-                pod_ip=sandbox.pod_ip,
-                probes=self.probes.status(uid),
-            )
-            # A short container may already have exited at its first status: record its start too.
-            annotations: dict[str, str] = {}
-            if not st.annotated and (
-                status.get("phase") == RUNNING
-                or (
-                    finished
-                    and any(c.state in (ContainerState.RUNNING, ContainerState.EXITED) for c in runtime)
-                )
-            ):
-                # in the same request as the status (the first Running one, or the terminal one)
-                annotations = self.status.start_annotations(pod, st, runtime)
-                st.annotated = not annotations  # all there already (e.g. after a restart)
-            if finished:
-                self.probes.remove_pod(uid)
-                # Back to the pool BEFORE the terminal status is visible: the workload's next pod
-                # (created by its controller when it sees this one finish) finds the sandbox idle.
-                st.final_status = status
-                await self.terminator.release(pod, st)
-            await self.status.patch(pod, st, status, annotations)
+        if out.started_any or actions.resume or eph.resume:
+            runtime = await self.backend.pod_containers(uid)
+            runtime = await self.containers.gc(runtime)
+        finished = is_finished(pod, runtime)
+        if finished and live_ephemeral(pod, runtime):
+            # The pod is done: its debug containers end with it (kubelet's killPod), and its final
+            # status shows them terminated.
+            await self.terminator.stop_all(None, uid, 0)
+            runtime = await self.backend.pod_containers(uid)
+        if not finished:  # configMap/secret/downwardAPI/projected volumes follow their sources
+            await self.containers.config.refresh_volumes(pod, st)
+        self.probes.update(pod, runtime, sandbox.pod_ip, terminal=finished)
+        status = self.status.compute(
+            pod,
+            runtime,
+            out.waiting,
+            sandbox_ready=not finished,
+            pod_ip=sandbox.pod_ip,
+            probes=self.probes.status(uid),
+        )
+        # A short container may already have exited at its first status: record its start too.
+        annotations: dict[str, str] = {}
+        if not st.annotated and (
+            status.get("phase") == RUNNING
+            or (finished and any(c.state in (ContainerState.RUNNING, ContainerState.EXITED) for c in runtime))
+        ):
+            # in the same request as the status (the first Running one, or the terminal one)
+            annotations = self.status.start_annotations(pod, st, runtime)
+            st.annotated = not annotations  # all there already (e.g. after a restart)
+        if finished:
+            self.probes.remove_pod(uid)
+            # Back to the pool BEFORE the terminal status is visible: the workload's next pod
+            # (created by its controller when it sees this one finish) finds the sandbox idle.
+            st.final_status = status
+            await self.terminator.release(pod, st)
+        await self.status.patch(pod, st, status, annotations)
         if out.started_any and any(s.is_init for s in actions.start):
             out.retry_in(0.0)  # the next init step may already be possible
         if not finished:

@@ -555,7 +555,7 @@ async def test_a_new_pods_first_sync_lists_its_containers_once_before_starting(
     await worker.sync("u1")
     assert api.pods["u1"]["status"]["phase"] == "Running"
     assert listed == ["u1", "u1"]  # before the sandbox, and after the start for the status
-    assert rec.status_first_sections == 1  # its events waited for the start's status write
+    assert rec.status_first_sections == 1  # its events waited for the start's runtime calls
     listed.clear()
     await worker.sync("u1")
     assert listed == ["u1"]  # a running pod's sync always asks the runtime
