@@ -82,11 +82,16 @@ class FakeRecorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str, str]] = []
         self.status_first_sections = 0  # entered with active=True
+        self.status_first_open = 0  # of those, still open
 
     @contextlib.contextmanager
     def status_first(self, active: bool = True) -> Iterator[None]:
         self.status_first_sections += active
-        yield
+        self.status_first_open += active
+        try:
+            yield
+        finally:
+            self.status_first_open -= active
 
     def record(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((obj["metadata"]["name"], type_, reason, message))

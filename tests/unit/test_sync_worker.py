@@ -551,8 +551,18 @@ async def test_a_new_pods_first_sync_lists_its_containers_once_before_starting(
         return await real(uid)
 
     monkeypatch.setattr(backend, "pod_containers", counting)
+    open_at_patch: list[int] = []
+    real_patch = api.patch
+
+    async def patch(path: str, body: Any, *a: Any, **kw: Any) -> Any:
+        open_at_patch.append(rec.status_first_open)
+        return await real_patch(path, body, *a, **kw)
+
+    monkeypatch.setattr(api, "patch", patch)
     api.add(make_pod("p1", "u1"))
     await worker.sync("u1")
+    # the start's events were released before its status write: they never trail the status
+    assert open_at_patch and not any(open_at_patch)
     assert api.pods["u1"]["status"]["phase"] == "Running"
     assert listed == ["u1", "u1"]  # before the sandbox, and after the start for the status
     assert rec.status_first_sections == 1  # its events waited for the start's runtime calls
