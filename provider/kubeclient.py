@@ -1,6 +1,7 @@
 """A thin raw-JSON Kubernetes API client on aiohttp.
 
-kubernetes_asyncio loads the kubeconfig (certificates, tokens, exec plugins); requests
+kubernetes_asyncio loads the kubeconfig (certificates, tokens, exec plugins; provider/kubeconfig.py
+imports just its loaders); requests
 and watches then go out as plain JSON over one aiohttp session per client, so hot paths
 never deserialize into generated models. Several clients with separate connection
 budgets can exist side by side (the node lease must not queue behind pod traffic).
@@ -16,10 +17,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.config.incluster_config import SERVICE_TOKEN_FILENAME
 
+from provider.kubeconfig import loaders
 from provider.metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -86,19 +85,21 @@ class KubeClient:
     async def from_kubeconfig(
         cls, path: str | None = None, context: str | None = None, **kwargs: Any
     ) -> KubeClient:
-        cfg = k8s_client.Configuration()
+        k8s = loaders()
+        cfg = k8s.configuration()
         if path is None:
             try:
-                k8s_config.load_incluster_config(client_configuration=cfg)
-                kwargs.setdefault("token_file", SERVICE_TOKEN_FILENAME)
-            except k8s_config.ConfigException:
-                await k8s_config.load_kube_config(client_configuration=cfg, context=context)
+                k8s.load_incluster_config(client_configuration=cfg)
+                kwargs.setdefault("token_file", k8s.service_token_filename)
+            except k8s.config_exception:
+                await k8s.load_kube_config(client_configuration=cfg, context=context)
         else:
-            await k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+            await k8s.load_kube_config(config_file=path, context=context, client_configuration=cfg)
         return cls.from_configuration(cfg, **kwargs)
 
     @classmethod
-    def from_configuration(cls, cfg: k8s_client.Configuration, **kwargs: Any) -> KubeClient:
+    def from_configuration(cls, cfg: Any, **kwargs: Any) -> KubeClient:
+        """From a loaded ``kubernetes_asyncio.client.Configuration``."""
         ctx: ssl.SSLContext | bool
         if cfg.host.startswith("https"):
             ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
