@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,9 +92,9 @@ def pod_resources(spec: Mapping[str, Any]) -> Resources:
     apps = [container_resources(c) for c in spec.get("containers") or []]
     inits = [container_resources(c) for c in spec.get("initContainers") or []]
     out = Resources()
-    for field in Resources.model_fields:
-        total = sum(getattr(r, field) for r in apps)
-        setattr(out, field, max([total, *(getattr(r, field) for r in inits)]))
+    for field in dataclasses.fields(Resources):
+        total = sum(getattr(r, field.name) for r in apps)
+        setattr(out, field.name, max([total, *(getattr(r, field.name) for r in inits)]))
     return out
 
 

@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from pydantic import TypeAdapter
+
 from sandbox.backend import PodSandboxSpec, SandboxInfo
 from sandbox.pool_policy import DEFAULT_SANDBOX_COST_BYTES
 
 log = logging.getLogger("warmlet.pool")
 
 STATE_VERSION = 1
+# a template's JSON in the state file (its pull credentials are never written)
+TEMPLATE: TypeAdapter[PodSandboxSpec] = TypeAdapter(PodSandboxSpec)
 
 SandboxState = Literal["idle", "in_use", "releasing", "creating"]
 
@@ -60,7 +64,7 @@ class SandboxRecord:
 
     def info(self) -> SandboxInfo:
         """The record as the seam shows it to the provider (its fields are already typed)."""
-        return SandboxInfo.model_construct(
+        return SandboxInfo(
             sandbox_id=self.sandbox_id,
             pod_uid=self.pod_uid,
             workload_key=self.key,
@@ -130,7 +134,7 @@ class PoolStateFile:
         cached = self._template_json.get(key)
         if cached is not None and cached[0] is spec:
             return cached[1]
-        text = json.dumps(spec.model_dump(mode="json"))
+        text = json.dumps(TEMPLATE.dump_python(spec, mode="json"))
         self._template_json[key] = (spec, text)
         return text
 
@@ -143,7 +147,7 @@ class PoolStateFile:
             if data.get("version") != STATE_VERSION:
                 raise ValueError(f"unknown state version {data.get('version')}")
             recs = [SandboxRecord.from_json(d) for d in data.get("sandboxes", [])]
-            tpls = {k: PodSandboxSpec.model_validate(v) for k, v in data.get("templates", {}).items()}
+            tpls = {k: TEMPLATE.validate_python(v) for k, v in data.get("templates", {}).items()}
             finished = {str(k): json.dumps(v) for k, v in (data.get("finished") or {}).items()}
             return recs, tpls, finished
         except (OSError, ValueError, TypeError) as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from typing import Protocol
@@ -108,7 +109,7 @@ class PoolUpkeep:
         self._creating[key] = self._creating.get(key, 0) + 1
         try:
             uid = f"warm-{random.getrandbits(64):016x}"
-            spec = tpl.model_copy(update={"uid": uid, "name": uid})
+            spec = dataclasses.replace(tpl, uid=uid, name=uid)
             try:
                 sid, ip = await pool.driver.create_sandbox(spec, prewarmed=True)
             except BackendError as e:

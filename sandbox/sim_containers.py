@@ -8,6 +8,7 @@ tick, whichever is first), never a task; its log is a real CRI log file.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import secrets
@@ -346,7 +347,7 @@ class SimContainers:
 
     def states(self, container_ids: Iterable[str]) -> list[ContainerRuntimeState]:
         by_id = self.by_id
-        return [by_id[cid].state.model_copy() for cid in container_ids if cid in by_id]
+        return [copy.copy(by_id[cid].state) for cid in container_ids if cid in by_id]
 
     async def close(self) -> None:
         self.closed = True

@@ -15,6 +15,7 @@ follows kubelet (``mapping``). What is specific to warmlet:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -329,7 +330,7 @@ class CriBackend(
             log.warning("sandbox not ready, recreating sandbox=%s pod_uid=%s", rec.sandbox_id[:12], pod.uid)
             await self.pool.forget_pod(pod.uid)
             await self.sandboxes.destroy_sandbox(rec.sandbox_id)
-            pod = pod.model_copy(update={"attempt": pod.attempt + 1})
+            pod = dataclasses.replace(pod, attempt=pod.attempt + 1)
         rec = await self.pool.acquire(pod)
         self._specs[pod.uid] = pod
         os.makedirs(crilog.pod_log_dir(self.log_dir, pod.namespace, pod.name, pod.uid), exist_ok=True)

@@ -9,9 +9,12 @@ the pod's terminal status is in the API.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import shutil
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from common import crilog
 from sandbox.backend import ContainerRuntimeState, PodSandboxSpec
@@ -19,6 +22,8 @@ from sandbox.cri import host
 from sandbox.pool import WarmPool
 
 log = logging.getLogger("warmlet.cri")
+
+STATES: TypeAdapter[list[ContainerRuntimeState]] = TypeAdapter(list[ContainerRuntimeState])
 
 
 def restore_finished(uid: str, data: dict[str, Any]) -> tuple[PodSandboxSpec, list[ContainerRuntimeState]]:
@@ -30,7 +35,7 @@ def restore_finished(uid: str, data: dict[str, Any]) -> tuple[PodSandboxSpec, li
         workload_key=str(data.get("workload_key", "")),
         hostname=str(data.get("name", "")),
     )
-    states = [ContainerRuntimeState.model_validate(x) for x in data.get("states") or []]
+    states = STATES.validate_python(data.get("states") or [])
     return spec, states
 
 
@@ -45,7 +50,7 @@ class FinishedPods:
     def states(self, pod_uid: str) -> list[ContainerRuntimeState] | None:
         """Copies of the kept final states, None if none are kept for the pod."""
         kept = self._finished.get(pod_uid)
-        return [s.model_copy() for s in kept[1]] if kept is not None else None
+        return [copy.copy(s) for s in kept[1]] if kept is not None else None
 
     def keep(self, spec: PodSandboxSpec, final: list[ContainerRuntimeState]) -> None:
         self._finished[spec.uid] = (spec, final)
@@ -56,7 +61,7 @@ class FinishedPods:
                 "namespace": spec.namespace,
                 "name": spec.name,
                 "workload_key": spec.workload_key,
-                "states": [s.model_dump(mode="json") for s in final],
+                "states": STATES.dump_python(final, mode="json"),
             },
         )
 

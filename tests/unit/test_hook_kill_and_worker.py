@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ async def test_kill_container_without_grace_skips_pre_stop(tmp_path: Path) -> No
     t = terminator(b, rec, clock, tmp_path)
     await t.kill_container(hooked_pod(EXEC), RUNNING, 0, "m")
     assert b.calls == [] and b.stopped == [("cid", MIN_GRACE_SECONDS)]
-    exited = RUNNING.model_copy(update={"state": ContainerState.EXITED})
+    exited = dataclasses.replace(RUNNING, state=ContainerState.EXITED)
     await t.kill_container(hooked_pod(EXEC), exited, 10, "m")  # not running: no hook
     assert b.calls == []
 

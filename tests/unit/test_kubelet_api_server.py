@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import AsyncIterator, Mapping
@@ -289,7 +290,7 @@ async def test_log_path_outside_log_dir_is_refused(env: Env, tmp_path: Path) -> 
     real = env.backend.pod_containers
 
     async def evil(uid: str) -> list[ContainerRuntimeState]:
-        return [s.model_copy(update={"log_path": str(secret)}) for s in await real(uid)]
+        return [dataclasses.replace(s, log_path=str(secret)) for s in await real(uid)]
 
     env.backend.pod_containers = evil  # type: ignore[method-assign,assignment]
     status, body = await env.get("/containerLogs/default/p1/main")

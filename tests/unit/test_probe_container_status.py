@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from common.clock import FakeClock
@@ -86,7 +87,7 @@ async def test_a_restarted_warmlet_keeps_a_ready_pod_ready_until_a_probe_says_ot
     }
     m.update(pod, [old], "10.0.0.1")
     assert m.status("u") == {"a": (True, True)}
-    fresh = old.model_copy(update={"container_id": "c2", "started_at": clock.time()})
+    fresh = dataclasses.replace(old, container_id="c2", started_at=clock.time())
     m.update(pod, [fresh], "10.0.0.1")
     assert m.status("u") == {"a": (False, False)}  # a new container: its startup probe decides
     await m.scheduler.timers.close()
