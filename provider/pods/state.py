@@ -34,7 +34,8 @@ class PodState:
     # the pod has ephemeral containers (kubectl debug): its sandbox is never handed to another pod
     debugged: bool = False
     # (container, waiting reason) of ephemeral containers already reported unable to run
-    ephemeral_warned: set[tuple[str, str]] = field(default_factory=set)
+    # (a frozenset, replaced when one is added: no empty set kept for each of 10,000 pods)
+    ephemeral_warned: frozenset[tuple[str, str]] = frozenset()
     # The start hold (provider/pods/hold.py): over once the instant came or the pod ran (an
     # ordinary pod from then on); its app containers were created ahead and started by a wave;
     # the container the wave started last, whose postStart hook this pod's next sync runs.

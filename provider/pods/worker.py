@@ -144,6 +144,7 @@ class PodWorker:
             await self.terminator.terminate(pod, self._write_stopped)
             return None
         st = self.states.setdefault(uid, PodState())
+        self.status.settle(pod, st)
         if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             await self.terminator.release(pod, st)
             await self._ephemeral_after_finish(pod, st)
@@ -319,7 +320,7 @@ class PodWorker:
         for name, w in waiting.items():
             out.waiting[name] = w
             if (name, w.reason) not in st.ephemeral_warned:
-                st.ephemeral_warned.add((name, w.reason))
+                st.ephemeral_warned |= {(name, w.reason)}
                 self.events.record(pod, WARNING, "Failed", f"Error: {w.message}")
                 EPHEMERAL_CONTAINERS.labels(result=w.reason).inc()
 
@@ -333,7 +334,7 @@ class PodWorker:
             return
         for name in new:
             if (name, POD_NOT_RUNNING) not in st.ephemeral_warned:
-                st.ephemeral_warned.add((name, POD_NOT_RUNNING))
+                st.ephemeral_warned |= {(name, POD_NOT_RUNNING)}
                 phase = (pod.get("status") or {}).get("phase", "")
                 self.events.record(pod, WARNING, "Failed", f"Error: {not_running_message(name, phase)}")
                 EPHEMERAL_CONTAINERS.labels(result=POD_NOT_RUNNING).inc()

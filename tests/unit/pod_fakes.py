@@ -42,11 +42,19 @@ class FakeApi:
         pod = self._by_path(path)
         if path.endswith("/status"):
             status = pod.setdefault("status", {})
+            # a strategic merge as the API server applies it: conditions merged by type (a null
+            # deletes a field), a list's {"$patch": "replace"} directive not stored
             for k, v in body["status"].items():
                 if k == "conditions":
                     merged = {c["type"]: c for c in status.get("conditions") or []}
-                    merged.update({c["type"]: c for c in v})
+                    for c in v:
+                        both = {**merged.get(c["type"], {}), **c}
+                        merged[c["type"]] = {
+                            f: x for f, x in both.items() if x is not None or f == "lastProbeTime"
+                        }
                     status["conditions"] = list(merged.values())
+                elif isinstance(v, list):
+                    status[k] = [e for e in v if not (isinstance(e, dict) and "$patch" in e)]
                 else:
                     status[k] = v
             # pods/status keeps spec and ownerReferences, not the annotations (as the API server)

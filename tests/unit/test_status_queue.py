@@ -314,3 +314,66 @@ async def test_the_status_writer_enforces_status_qps_and_sends_the_latest_status
         drain.cancel()
         with pytest.raises(asyncio.CancelledError):
             await drain
+
+
+# ------------------------------------------------------------ letting the last written status go
+
+api_statuses = statuses.map(
+    lambda s: {k: ([e for e in v if "$patch" not in e] if k == "podIPs" else v) for k, v in s.items()}
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(api=api_statuses, last=api_statuses, new=api_statuses)
+def test_once_the_api_shows_the_last_written_status_it_answers_for_it(
+    api: JSON, last: JSON, new: JSON
+) -> None:
+    """What ``StatusWriter.settle`` relies on: when the API's copy shows everything last
+    written, deciding with the API's copy alone never skips a write the written copy would have
+    made, and never writes what the API already holds."""
+    from provider.status import status_changed
+
+    if status_changed(api, last):
+        return  # not shown yet: settle keeps the written copy
+    if needs_write(api, last, new, False):
+        assert needs_write(api, None, new, False)
+    assert not needs_write(api, None, api, False)
+
+
+async def test_the_writer_lets_the_last_status_go_once_the_api_shows_it(tmp_path: Any) -> None:
+    """A 10,000-pod node keeps one status per pod: the written copy goes once the informer's shows
+    it (not while that copy is stale), later writes are still decided right, and a write after
+    the copy went is remembered over what the API showed."""
+    from pod_fakes import FakeApi, make_pod
+
+    from provider.config import PodConfig
+    from provider.pods.state import PodState
+    from provider.pods.status_writer import StatusWriter
+    from sandbox.simulated import SimulatedBackend
+
+    clock = FakeClock()
+    api = FakeApi()
+    w = StatusWriter(PodConfig(), api, SimulatedBackend(tmp_path / "logs", clock=clock), "10.0.0.1", clock)  # type: ignore[arg-type]
+    drain = asyncio.create_task(w.queue.run())
+    try:
+        api.add(make_pod("p", "u1"))
+        s = PodState()
+        stale = copy.deepcopy(api.pods["u1"])
+        running = {"phase": "Running", "startTime": "2026-11-29T00:00:00Z"}
+        await w.patch(api.pods["u1"], s, running)
+        assert s.last_status == running and len(api.patches()) == 1
+        w.settle(stale, s)  # the watch has not brought the write yet
+        assert s.last_status == running
+        assert not needs_write(stale.get("status"), s.last_status, running, False)
+        api.pods["u1"]["status"]["qosClass"] = "BestEffort"  # set by the API server, not by us
+        w.settle(api.pods["u1"], s)
+        assert s.last_status is None
+        await w.patch(api.pods["u1"], s, running)  # the same status: nothing to write
+        assert len(api.patches()) == 1
+        await w.patch(api.pods["u1"], s, {**running, "phase": "Succeeded"})
+        assert len(api.patches()) == 2
+        assert s.last_status == {**running, "qosClass": "BestEffort", "phase": "Succeeded"}
+    finally:
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain

@@ -60,11 +60,14 @@ async def test_pod_runs_and_is_annotated(env: Any) -> None:
     assert pod["metadata"]["annotations"][START_LEVEL_ANNOTATION] == "cold"
     assert pod["metadata"]["annotations"][DELETION_COST_ANNOTATION] == "-1000"
     assert rec.reasons() == ["Pulling", "Pulled", "Created", "Started"]
-    # a second sync changes nothing: no new patch, no new container
+    assert worker.states["u1"].last_status is not None  # written; the sync has not seen it yet
+    # a second sync changes nothing: no new patch, no new container; the API's copy now shows
+    # the written status, which the worker lets go (one status per pod kept, not two)
     n = len(api.calls)
     await worker.sync("u1")
     assert len(api.calls) == n
     assert len(await backend.pod_containers("u1")) == 1
+    assert worker.states["u1"].last_status is None
 
 
 async def test_graceful_deletion_then_warm_start_for_same_workload(env: Any) -> None:
