@@ -141,6 +141,9 @@ def encode_text(text: str | bytes, stream: str = STDOUT, timestamp_ns: int | Non
     return b"".join(out)
 
 
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC  # as open(path, "ab")
+
+
 class CRILogWriter:
     """Appends CRI lines to one container's log file (open-append-close: no fd per container)."""
 
@@ -148,14 +151,26 @@ class CRILogWriter:
         self.path = path
 
     def create(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path, "ab"):
+        """The (empty) file and its directory. Plain syscalls: a simulated node creates one per
+        container, thousands a minute (``os.makedirs`` and a file object cost twice as much)."""
+        parent = os.path.dirname(self.path)
+        try:
+            os.mkdir(parent)
+        except FileExistsError:
             pass
+        except FileNotFoundError:
+            os.makedirs(parent, exist_ok=True)
+        os.close(os.open(self.path, _APPEND, 0o666))
 
     def write(self, text: str | bytes, stream: str = STDOUT, timestamp_ns: int | None = None) -> int:
         data = encode_text(text, stream, timestamp_ns)
-        with open(self.path, "ab") as f:
-            f.write(data)
+        fd = os.open(self.path, _APPEND, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         return len(data)
 
 

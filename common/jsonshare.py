@@ -18,6 +18,7 @@ from typing import Any
 
 MAX_VALUE_LENGTH = 64  # longer strings (container ids, messages, tokens) are rarely repeated
 MAX_VALUES = 100_000
+_ABSENT: Any = object()
 
 
 class StringPool:
@@ -29,13 +30,27 @@ class StringPool:
     def __len__(self) -> int:
         return len(self._values)
 
-    def share(self, obj: Any) -> Any:
+    def share(self, obj: Any, like: Any = None) -> Any:
         """``obj`` rebuilt (dicts and lists are new; nothing else is copied) with interned keys and
-        pooled short string values; equal to ``obj``."""
+        pooled short string values; equal to ``obj``.
+
+        ``like``: an earlier version of the object, already shared. Parts of ``obj`` equal to the
+        same parts of ``like`` are taken from ``like`` as they are, compared but not rebuilt: a
+        pod whose status was written keeps its spec and most of its metadata."""
         if isinstance(obj, dict):
             intern, share = sys.intern, self.share
-            return {intern(k) if type(k) is str else k: share(v) for k, v in obj.items()}
+            if type(like) is not dict:
+                return {intern(k) if type(k) is str else k: share(v) for k, v in obj.items()}
+            out: dict[Any, Any] = {}
+            for k, v in obj.items():
+                old = like.get(k, _ABSENT)
+                key = intern(k) if type(k) is str else k
+                out[key] = old if type(old) is type(v) and old == v else share(v, old)
+            return out
         if isinstance(obj, list):
+            if type(like) is list and like:
+                n = len(like)
+                return [self._share_item(v, like[i] if i < n else None) for i, v in enumerate(obj)]
             return [self.share(v) for v in obj]
         if type(obj) is str and len(obj) <= self.max_length:
             got = self._values.get(obj)
@@ -45,3 +60,6 @@ class StringPool:
                 self._values.clear()
             self._values[obj] = obj
         return obj
+
+    def _share_item(self, v: Any, old: Any) -> Any:
+        return old if type(old) is type(v) and old == v else self.share(v, old)

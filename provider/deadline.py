@@ -48,6 +48,15 @@ def counted_from(started: float, at: StartAt | None) -> float:
     return max(started, at.instant)
 
 
+def left(pod: Mapping[str, Any], reported: Mapping[str, Any] | None, now: float) -> float | None:
+    """Seconds until the pod's active deadline (``remaining``), None without one; its start time is
+    looked up only for a pod that has a deadline (most have none)."""
+    seconds = active_deadline(pod)
+    if seconds is None:
+        return None
+    return remaining(seconds, start_time(pod, reported), now)
+
+
 def remaining(deadline_seconds: int | None, started: float | None, now: float) -> float | None:
     """Seconds until the deadline (<= 0: it has passed); None when there is no deadline to
     enforce (no ``activeDeadlineSeconds`` or no start time yet)."""

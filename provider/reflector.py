@@ -240,7 +240,7 @@ class Reflector:
         for obj in page.get("items") or []:
             k = self.key(obj)
             if k:
-                fresh[k] = self._cached_form(obj)
+                fresh[k] = self._cached_form(obj, like=self.objects.get(k))
         first = not self.synced.is_set()
         delta = [] if first and not self.replay_list else relist_delta(self.objects, fresh)
         self.objects = fresh
@@ -261,7 +261,9 @@ class Reflector:
         if what.key is None:
             return
         deleted = what.action == "delete"
-        obj = self._cached_form(ev.get("object") or {}, kept=not deleted)
+        obj = self._cached_form(
+            ev.get("object") or {}, kept=not deleted, like=None if deleted else self.objects.get(what.key)
+        )
         if deleted:
             self.objects.pop(what.key, None)
             await self._emit(DELETED, obj)
@@ -269,13 +271,14 @@ class Reflector:
             self.objects[what.key] = obj
             await self._emit(str(ev.get("type")), obj)
 
-    def _cached_form(self, obj: JSON, kept: bool = True) -> JSON:
+    def _cached_form(self, obj: JSON, kept: bool = True, like: JSON | None = None) -> JSON:
         """A decoded object as the cache keeps it (and handlers see it); its strings are shared
-        only when ``kept``: a deleted object is handed to the handler once and dropped."""
+        only when ``kept``: a deleted object is handed to the handler once and dropped. ``like``:
+        the cached version it replaces, whose equal parts it takes over (``StringPool.share``)."""
         if self.strip:
             strip_managed_fields(obj)
         if kept and self.strings is not None:
-            shared: JSON = self.strings.share(obj)
+            shared: JSON = self.strings.share(obj, like)
             return shared
         return obj
 

@@ -452,8 +452,8 @@ def status_changed(old_status: Mapping[str, Any] | None, new_status: Mapping[str
         if key == "conditions":
             mine = {c["type"]: c for c in old.get("conditions") or [] if c.get("type") in OWN_CONDITIONS}
             theirs = {c["type"]: c for c in value}
-            if _normalize(mine) != _normalize(theirs):
+            if mine != theirs and _normalize(mine) != _normalize(theirs):
                 return True
-        elif _normalize(old.get(key)) != _normalize(value):
-            return True
+        elif (was := old.get(key)) != value and _normalize(was) != _normalize(value):
+            return True  # (equal as they are: equal normalized; most fields of most syncs)
     return False

@@ -200,9 +200,7 @@ class PodWorker:
                 return delay
             await prefetch  # returns errors to no one: the resolution reports them
         assert st.spec is not None and st.sandbox is not None
-        left = deadline.remaining(
-            deadline.active_deadline(pod), deadline.start_time(pod, st.last_status), self.clock.time()
-        )
+        left = deadline.left(pod, st.last_status, self.clock.time())
         if left is not None and left <= 0:
             await self._deadline_exceeded(pod, st)
             return None
@@ -280,9 +278,7 @@ class PodWorker:
         if out.started_any and any(s.is_init for s in actions.start):
             out.retry_in(0.0)  # the next init step may already be possible
         if not finished:
-            left = deadline.remaining(
-                deadline.active_deadline(pod), deadline.start_time(pod, st.last_status), self.clock.time()
-            )
+            left = deadline.left(pod, st.last_status, self.clock.time())
             if left is not None:
                 out.retry_in(max(0.0, left))  # fire at the deadline, no polling
         return out.retry

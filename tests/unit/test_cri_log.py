@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,16 @@ def test_writer(tmp_path: Path) -> None:
         ("stdout", b"hello"),
         ("stderr", b"err"),
     ]
+    # created as open(path, "ab") would: mode 0666 less the umask; the next attempt's file in the
+    # directory that exists now, and created again it is not truncated
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    again = CRILogWriter(container_log_path(tmp_path, "ns", "p", "uid", "c", 3))
+    again.create()
+    assert os.path.getsize(again.path) == 0
+    w.create()
+    assert len(parse_bytes(Path(path).read_bytes())) == 2
 
 
 def _log(lines: list[tuple[str, bool]]) -> bytes:

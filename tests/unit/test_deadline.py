@@ -94,3 +94,33 @@ def test_nothing_to_enforce_without_deadline_or_start(ads: int | None, start: fl
     if ads is None or start is None:
         assert deadline.remaining(ads, start, T0) is None
         assert not deadline.exceeded(ads, start, T0)
+
+
+@given(
+    ads=st.one_of(st.none(), st.integers(min_value=1, max_value=10**6)),
+    start=st.one_of(st.none(), st.integers(min_value=0, max_value=2 * 10**9)),
+    reported=st.booleans(),
+    now=st.floats(min_value=0, max_value=3e9),
+)
+def test_left_is_remaining_from_the_pods_own_fields(
+    ads: int | None, start: int | None, reported: bool, now: float
+) -> None:
+    status = {} if start is None else {"startTime": rfc3339(start)}
+    pod: dict[str, Any] = {"spec": {} if ads is None else {"activeDeadlineSeconds": ads}}
+    if not reported:
+        pod["status"] = status
+    expected = deadline.remaining(
+        deadline.active_deadline(pod), deadline.start_time(pod, status if reported else None), now
+    )
+    assert deadline.left(pod, status if reported else None, now) == expected
+
+
+def test_left_reads_no_start_time_without_a_deadline() -> None:
+    class Unread(dict[str, Any]):
+        def get(self, *a: Any, **kw: Any) -> Any:
+            raise AssertionError("the start time was read")
+
+    pod = {"spec": {}, "status": Unread(startTime="2026-01-01T00:00:00Z")}
+    assert deadline.left(pod, Unread(), 0.0) is None
+    with pytest.raises(AssertionError, match="was read"):
+        deadline.left({**pod, "spec": {"activeDeadlineSeconds": 5}}, Unread(), 0.0)

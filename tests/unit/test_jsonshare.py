@@ -28,6 +28,32 @@ def test_a_shared_object_equals_the_original(obj: Any) -> None:
     assert StringPool(max_values=8).share(obj) == obj
 
 
+@given(json_values, json_values)
+def test_a_shared_object_equals_the_original_whatever_its_earlier_version(obj: Any, like: Any) -> None:
+    pool = StringPool(max_values=8)
+    assert pool.share(obj, pool.share(like)) == obj
+
+
+def test_the_equal_parts_of_an_earlier_version_are_taken_over_and_the_rest_rebuilt() -> None:
+    pool = StringPool()
+    before = pool.share(pod(1))
+    changed = pod(1)
+    changed["status"] = {"phase": "Running", "message": "x" * 100}
+    changed["metadata"]["labels"] = {"a": "b"}
+    after = pool.share(changed, before)
+    assert after == changed
+    assert after["spec"] is before["spec"]  # equal: the same objects again
+    assert after["metadata"] is not before["metadata"]  # changed: rebuilt, its equal parts kept
+    assert after["metadata"]["uid"] is before["metadata"]["uid"]
+    assert after["status"]["message"] is before["status"]["message"]
+    assert after["status"] is not before["status"]
+    # types are compared too: 1 is not taken over for True
+    assert type(pool.share({"x": True}, {"x": 1})["x"]) is bool
+    # list items by position
+    got = pool.share({"l": [{"a": 1}, {"b": 2}]}, before_list := pool.share({"l": [{"a": 1}, {"b": 3}]}))
+    assert got["l"][0] is before_list["l"][0] and got["l"][1] == {"b": 2}
+
+
 def pod(i: int) -> dict[str, Any]:
     text = json.dumps(
         {
@@ -81,3 +107,12 @@ async def test_the_reflector_caches_and_hands_out_the_shared_form() -> None:
     assert one == pod(1) and two == pod(2)
     assert one["metadata"]["namespace"] is two["metadata"]["namespace"]
     assert seen[0] is one or seen[1] is one  # handlers get the cached object itself
+    # a watched change takes over the equal parts of the version it replaces
+    changed = pod(1)
+    changed["status"] = {"phase": "Running"}
+    await r._apply({"type": "MODIFIED", "object": changed})
+    assert r.objects["uid-1"] == changed
+    assert r.objects["uid-1"]["spec"] is one["spec"]
+    # and a relist those of the cached ones
+    await r._list("again")
+    assert r.objects["uid-2"] is two or r.objects["uid-2"]["spec"] is two["spec"]
