@@ -4,7 +4,11 @@ metav1.MicroTime (Lease renewals) to the microsecond."""
 from __future__ import annotations
 
 import calendar
+import re
 import time
+from datetime import UTC, datetime
+
+_SECONDS = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})")
 
 
 def rfc3339(ts: float) -> str:
@@ -22,6 +26,13 @@ def parse_rfc3339(value: str | None) -> float | None:
     if not value:
         return None
     s = value.rstrip("Z").split(".")[0]
+    m = _SECONDS.fullmatch(s)
+    if m is not None:  # the API server's form: read directly (strptime costs 50 us a call)
+        try:
+            y, mo, d, h, mi, sec = (int(x) for x in m.groups())
+            return datetime(y, mo, d, h, mi, sec, tzinfo=UTC).timestamp()
+        except ValueError:
+            pass  # e.g. a leap second, which strptime accepts: it decides
     try:
         return float(calendar.timegm(time.strptime(s, "%Y-%m-%dT%H:%M:%S")))
     except ValueError:

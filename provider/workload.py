@@ -59,22 +59,33 @@ def _clean(v: Any) -> Any:
     return v
 
 
+_SHAPED = (("cpu", cpu_milli), ("memory", to_int), ("ephemeral-storage", to_int))
+
+
+def _amounts(c: Mapping[str, Any]) -> dict[str, int]:
+    """A container's requests and limits of the shaped resources, as ``<part>.<resource>``."""
+    out: dict[str, int] = {}
+    resources = c.get("resources") or {}
+    for part in ("requests", "limits"):
+        values = resources.get(part)
+        if values:
+            for res, parse in _SHAPED:
+                value = values.get(res)
+                if value is not None:
+                    out[f"{part}.{res}"] = int(parse(value))
+    return out
+
+
 def resource_shape(spec: Mapping[str, Any]) -> dict[str, int]:
     """Effective pod requests/limits: max(sum of app containers, largest init container)."""
     shape: dict[str, int] = {}
-    for part in ("requests", "limits"):
-        for res, parse in (("cpu", cpu_milli), ("memory", to_int), ("ephemeral-storage", to_int)):
-
-            def amount(c: Mapping[str, Any], part: str = part, res: str = res, parse: Any = parse) -> int:
-                value = ((c.get("resources") or {}).get(part) or {}).get(res)
-                return int(parse(value)) if value is not None else 0
-
-            app = sum(amount(c) for c in spec.get("containers") or [])
-            init = max((amount(c) for c in spec.get("initContainers") or []), default=0)
-            total = max(app, init)
-            if total:
-                shape[f"{part}.{res}"] = total
-    return shape
+    for c in spec.get("containers") or []:
+        for k, v in _amounts(c).items():
+            shape[k] = shape.get(k, 0) + v
+    for c in spec.get("initContainers") or []:
+        for k, v in _amounts(c).items():
+            shape[k] = max(shape.get(k, 0), v)
+    return {k: v for k, v in shape.items() if v}
 
 
 def sandbox_attributes(namespace: str, spec: Mapping[str, Any]) -> JSON:

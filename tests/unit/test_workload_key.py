@@ -282,3 +282,47 @@ def test_sandbox_level_isolation_switches_split_keys() -> None:
         make_key("ns", "Job", "j", {**base, "os": {"name": "linux"}}),
     }
     assert plain not in others and len(others) == 3
+
+
+def _shape_reference(spec: dict[str, Any]) -> dict[str, int]:
+    """resource_shape as first written (per resource: the sum over app containers against the
+    largest init container); the one-pass version must agree with it."""
+    from provider.quantity import cpu_milli, to_int
+
+    shape: dict[str, int] = {}
+    for part in ("requests", "limits"):
+        for res, parse in (("cpu", cpu_milli), ("memory", to_int), ("ephemeral-storage", to_int)):
+
+            def amount(c: dict[str, Any], part: str = part, res: str = res, parse: Any = parse) -> int:
+                value = ((c.get("resources") or {}).get(part) or {}).get(res)
+                return int(parse(value)) if value is not None else 0
+
+            total = max(
+                sum(amount(c) for c in spec.get("containers") or []),
+                max((amount(c) for c in spec.get("initContainers") or []), default=0),
+            )
+            if total:
+                shape[f"{part}.{res}"] = total
+    return shape
+
+
+_quantities = st.dictionaries(
+    st.sampled_from(["cpu", "memory", "ephemeral-storage", "nvidia.com/gpu"]),
+    st.sampled_from(["0", "100m", "1", "2", "64Mi", "1Gi", "500M"]),
+    max_size=3,
+)
+_containers = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "resources": st.fixed_dictionaries({}, optional={"requests": _quantities, "limits": _quantities})
+        },
+    ),
+    max_size=3,
+)
+
+
+@given(apps=_containers, inits=_containers)
+def test_resource_shape_sums_apps_against_the_largest_init(apps: list[Any], inits: list[Any]) -> None:
+    spec = {"containers": apps, "initContainers": inits}
+    assert resource_shape(spec) == _shape_reference(spec)
