@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from common import gctune
 from provider import __version__
 from provider.config import WarmletConfig, load_config
 
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.node_configs()  # flags may have made nodes: invalid (e.g. --backend cri)
         except ValueError as e:
             parser.error(str(e))
+        gctune.tune()  # a node holds thousands of pods: see common/gctune.py
         try:
             return asyncio.run(run_forever(cfg))
         except KeyboardInterrupt:
