@@ -43,9 +43,7 @@ class StringPool:
                 return {intern(k) if type(k) is str else k: share(v) for k, v in obj.items()}
             out: dict[Any, Any] = {}
             for k, v in obj.items():
-                old = like.get(k, _ABSENT)
-                key = intern(k) if type(k) is str else k
-                out[key] = old if type(old) is type(v) and old == v else share(v, old)
+                out[intern(k) if type(k) is str else k] = self._share_item(v, like.get(k, _ABSENT))
             return out
         if isinstance(obj, list):
             if type(like) is list and like:
@@ -62,4 +60,5 @@ class StringPool:
         return obj
 
     def _share_item(self, v: Any, old: Any) -> Any:
+        """``old`` itself when equal to ``v`` (and of its type: 1 is not True), else ``v`` shared."""
         return old if type(old) is type(v) and old == v else self.share(v, old)

@@ -1,10 +1,10 @@
 """A thin raw-JSON Kubernetes API client on aiohttp.
 
 kubernetes_asyncio loads the kubeconfig (certificates, tokens, exec plugins; provider/kubeconfig.py
-imports just its loaders); requests
-and watches then go out as plain JSON over one aiohttp session per client, so hot paths
-never deserialize into generated models. Several clients with separate connection
-budgets can exist side by side (the node lease must not queue behind pod traffic).
+imports just its loaders); requests and watches then go out as plain JSON over one aiohttp
+session per client, so hot paths never deserialize into generated models. Several clients with
+separate connection budgets can exist side by side (the node lease must not queue behind pod
+traffic).
 """
 
 from __future__ import annotations

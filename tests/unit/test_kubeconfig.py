@@ -165,6 +165,15 @@ def test_lean_loaders_load_what_the_whole_library_loads(tmp_path: Path) -> None:
     assert out["client"] == ["http://127.0.0.1:8080", "from-the-plugin"]
 
 
+def uncached_loaders() -> kubeconfig.Loaders:
+    """``loaders()`` decided afresh, leaving no cached answer to the other tests."""
+    kubeconfig.loaders.cache_clear()
+    try:
+        return kubeconfig.loaders()
+    finally:
+        kubeconfig.loaders.cache_clear()
+
+
 def test_a_failing_lean_import_falls_back_to_the_whole_library(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -173,11 +182,7 @@ def test_a_failing_lean_import_falls_back_to_the_whole_library(
 
     monkeypatch.delitem(sys.modules, kubeconfig.PACKAGE, raising=False)
     monkeypatch.setattr(kubeconfig, "_lean", broken)
-    kubeconfig.loaders.cache_clear()
-    try:
-        got = kubeconfig.loaders()
-    finally:
-        kubeconfig.loaders.cache_clear()
+    got = uncached_loaders()
     assert got.lean is False
     assert got.service_token_filename.endswith("/token")
     assert "lean import failed" in caplog.text
@@ -186,11 +191,7 @@ def test_a_failing_lean_import_falls_back_to_the_whole_library(
 def test_an_already_loaded_library_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     import kubernetes_asyncio  # noqa: F401 - the whole library, as the tests' admin client has it
 
-    kubeconfig.loaders.cache_clear()
-    try:
-        got = kubeconfig.loaders()
-    finally:
-        kubeconfig.loaders.cache_clear()
+    got = uncached_loaders()
     assert got.lean is False
     from kubernetes_asyncio.client import Configuration
 
