@@ -15,6 +15,18 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
+# The seam's typed errors live in sandbox/errors.py; the seam re-exports them.
+from sandbox.errors import BackendError as BackendError
+from sandbox.errors import ContainerNotRunningError as ContainerNotRunningError
+from sandbox.errors import ContainerStartInProgressError as ContainerStartInProgressError
+from sandbox.errors import CreateContainerError as CreateContainerError
+from sandbox.errors import ExecTimeoutError as ExecTimeoutError
+from sandbox.errors import ImageNeverPullError as ImageNeverPullError
+from sandbox.errors import ImagePullError as ImagePullError
+from sandbox.errors import InvalidImageNameError as InvalidImageNameError
+from sandbox.errors import RunSandboxError as RunSandboxError
+from sandbox.errors import RuntimeUnavailableError as RuntimeUnavailableError
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=False, extra="forbid")
@@ -279,62 +291,6 @@ class NodeUsage(_Model):
     fs_available_bytes: int = 0
     fs_used_bytes: int = 0
     pods: list[PodUsage] = Field(default_factory=list)
-
-
-class BackendError(Exception):
-    """A runtime failure with a kubelet-style reason (e.g. ErrImagePull)."""
-
-    reason: str = "RuntimeError"
-
-    def __init__(self, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-        self.message = message
-
-
-class ImagePullError(BackendError):
-    reason = "ErrImagePull"
-
-
-class ImageNeverPullError(BackendError):
-    reason = "ErrImageNeverPull"
-
-
-class InvalidImageNameError(BackendError):
-    reason = "InvalidImageName"
-
-
-class CreateContainerError(BackendError):
-    reason = "CreateContainerError"
-
-
-class RunSandboxError(BackendError):
-    reason = "FailedCreatePodSandBox"
-
-
-class RuntimeUnavailableError(BackendError):
-    reason = "ContainerRuntimeUnavailable"
-
-
-class ContainerStartInProgressError(BackendError):
-    """A StartContainer issued earlier (e.g. by a warmlet that was killed mid-call) is still being
-    carried out by the runtime: the container must be neither removed nor started again; ask
-    again shortly for its outcome (running, or exited)."""
-
-    reason = "ContainerStarting"
-
-
-class ExecTimeoutError(BackendError):
-    """A command run in a container (probe, hook) did not finish within its timeout."""
-
-    reason = "ExecTimeout"
-
-
-class ContainerNotRunningError(BackendError):
-    """The container a command was meant for is not running (or no longer exists)."""
-
-    reason = "ContainerNotRunning"
 
 
 class BackendCapabilities(_Model):
