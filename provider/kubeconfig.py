@@ -51,29 +51,30 @@ class _NoApiClient:
         raise RuntimeError("warmlet loads kubernetes_asyncio without its ApiClient")
 
 
-def _from(modules: dict[str, types.ModuleType], lean: bool) -> Loaders:
-    kube_config = modules["kube_config"]
-    incluster = modules["incluster_config"]
+def _imported(lean: bool) -> Loaders:
+    """The loaders from the library's modules: imported here, or found in ``sys.modules`` when
+    ``_lean`` has imported them its way."""
+
+    def module(name: str) -> types.ModuleType:
+        return importlib.import_module(f"{PACKAGE}.{name}")
+
+    incluster = module("config.incluster_config")
     return Loaders(
-        configuration=modules["configuration"].Configuration,
-        load_kube_config=kube_config.load_kube_config,
+        configuration=module("client.configuration").Configuration,
+        load_kube_config=module("config.kube_config").load_kube_config,
         load_incluster_config=incluster.load_incluster_config,
-        config_exception=modules["config_exception"].ConfigException,
+        config_exception=module("config.config_exception").ConfigException,
         service_token_filename=incluster.SERVICE_TOKEN_FILENAME,
         lean=lean,
     )
 
 
 def _ordinary() -> Loaders:
-    return _from(
-        {
-            "configuration": importlib.import_module(f"{PACKAGE}.client.configuration"),
-            "kube_config": importlib.import_module(f"{PACKAGE}.config.kube_config"),
-            "incluster_config": importlib.import_module(f"{PACKAGE}.config.incluster_config"),
-            "config_exception": importlib.import_module(f"{PACKAGE}.config.config_exception"),
-        },
-        lean=False,
-    )
+    return _imported(lean=False)
+
+
+def _library_modules() -> list[str]:
+    return [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]
 
 
 def _stand_in(name: str, path: str) -> types.ModuleType:
@@ -88,7 +89,7 @@ def _lean() -> Loaders:
     if spec is None or spec.origin is None:
         raise ImportError(f"{PACKAGE} is not installed")
     root = os.path.dirname(spec.origin)
-    before = {name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")}
+    before = set(_library_modules())
     try:
         _stand_in(PACKAGE, root)
         client = _stand_in(f"{PACKAGE}.client", os.path.join(root, "client"))
@@ -96,17 +97,9 @@ def _lean() -> Loaders:
         configuration = importlib.import_module(f"{PACKAGE}.client.configuration")
         client.Configuration = configuration.Configuration  # type: ignore[attr-defined]
         client.ApiClient = _NoApiClient  # type: ignore[attr-defined]
-        return _from(
-            {
-                "configuration": configuration,
-                "kube_config": importlib.import_module(f"{PACKAGE}.config.kube_config"),
-                "incluster_config": importlib.import_module(f"{PACKAGE}.config.incluster_config"),
-                "config_exception": importlib.import_module(f"{PACKAGE}.config.config_exception"),
-            },
-            lean=True,
-        )
+        return _imported(lean=True)  # kube_config and the rest, under the stand-ins
     finally:
-        for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
+        for name in _library_modules():
             if name not in before:
                 del sys.modules[name]
 
