@@ -73,6 +73,10 @@ async def held_pods(cron: Cron, jobs: dict[str, int], watch: StartWatch) -> list
     return pods if {s.pod_uid for s in watch.of(uids)} == uids else None
 
 
+def controller_uid(obj: JSON) -> str | None:
+    return next((r["uid"] for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+
+
 def bad_events(events: list[tuple[str, str, str]], gone: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
     """UnexpectedJob / MissingJob Warnings on the CronJobs. A CronJob deleted during the lead
     (``gone``) may get a MissingJob from the controller's two informers racing (its cached copy
@@ -204,7 +208,12 @@ async def test_sigkill_during_the_lead_and_the_start_wave(
                 or edit["metadata"]["uid"] == uid_before["edit"]
             ):
                 return None
-            return await held_pods(cron, {held_names["edit"]: 1}, watch)
+            pods = await held_pods(cron, {held_names["edit"]: 1}, watch)
+            # the pod of the re-created Job: the replaced Job's pod has its Job's name too and
+            # stays listed until the garbage collector has deleted it
+            if pods is None or controller_uid(pods[0]) != edit["metadata"]["uid"]:
+                return None
+            return pods
 
         (edit_pod,) = await wait_for(
             edits_handled, max(3.0, T - 2 - time.time()), 0.5, "suspend/delete/edit handled after the restart"
